@@ -1,0 +1,373 @@
+package hardware
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"sort"
+	"strings"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Profile is a class of device that one bundle serves: how to build for it,
+// how big the binary may be, and how to emulate it.
+type Profile struct {
+	Name        string `yaml:"name" json:"name"`
+	Description string `yaml:"description,omitempty" json:"description,omitempty"`
+	GOOS        string `yaml:"goos" json:"goos"`
+	GOARCH      string `yaml:"goarch" json:"goarch"`
+	// GOARM ("5", "6", "7"), GOAMD64 ("v1".."v4") and GOMIPS ("hardfloat",
+	// "softfloat") are always passed explicitly to go build, with these
+	// defaults when empty: GOARM 7 is Go's cross default and the reason
+	// they are explicit; here an arm profile must name one.
+	GOARM   string `yaml:"goarm,omitempty" json:"goarm,omitempty"`
+	GOAMD64 string `yaml:"goamd64,omitempty" json:"goamd64,omitempty"`
+	GOMIPS  string `yaml:"gomips,omitempty" json:"gomips,omitempty"`
+	// UPX compresses the executable with upx (and tests it with upx -t).
+	UPX bool `yaml:"upx" json:"upx"`
+	// UPXArgs replaces the default upx arguments (--best --lzma).
+	UPXArgs []string `yaml:"upx_args,omitempty" json:"upx_args,omitempty"`
+	// MaxBinarySize is the budget for the final executable (after UPX).
+	MaxBinarySize Size `yaml:"max_binary_size" json:"max_binary_size"`
+	// MinFreeStorage is the reserve a device must keep after installing.
+	MinFreeStorage Size `yaml:"min_free_storage" json:"min_free_storage"`
+	// QEMUCPU is the qemu-user -cpu model that emulates this profile.
+	QEMUCPU string `yaml:"qemu_cpu" json:"qemu_cpu"`
+	// ChunkSize is the payload chunk size (signed hashes; MQTT messages).
+	ChunkSize Size `yaml:"chunk_size" json:"chunk_size"`
+	// XZDictSize is the xz dictionary size: decoder memory on the device.
+	XZDictSize Size `yaml:"xz_dict_size" json:"xz_dict_size"`
+}
+
+// Board is a real device mapped onto a profile, with overrides.
+type Board struct {
+	Name    string `json:"name"`
+	Model   string `json:"model"`
+	Profile string `json:"profile"`
+	// Optional overrides of the profile's fields.
+	UPX           *bool  `json:"upx,omitempty"`
+	MaxBinarySize Size   `json:"max_binary_size,omitempty"`
+	QEMUCPU       string `json:"qemu_cpu,omitempty"`
+	Notes         string `json:"notes,omitempty"`
+}
+
+// Defaults applied by Normalize when a field is zero.
+const (
+	DefaultChunkSize      Size = 128 << 10
+	DefaultXZDictSize32   Size = 1 << 20 // 32-bit boards: ~1 MiB decoder
+	DefaultXZDictSize64   Size = 4 << 20
+	DefaultMinFreeStorage Size = 4 << 20
+	DefaultMaxBinarySize  Size = 32 << 20
+)
+
+var builtin = []Profile{
+	{Name: "linux-amd64", Description: "x86-64 baseline (any 64-bit PC, GOAMD64=v1)", GOOS: "linux", GOARCH: "amd64", GOAMD64: "v1", QEMUCPU: "qemu64", MaxBinarySize: 32 << 20, XZDictSize: 4 << 20},
+	{Name: "linux-amd64-v3", Description: "x86-64-v3 (Haswell and later: AVX2, BMI2, FMA)", GOOS: "linux", GOARCH: "amd64", GOAMD64: "v3", QEMUCPU: "Haswell-v4", MaxBinarySize: 32 << 20, XZDictSize: 4 << 20},
+	{Name: "linux-arm64", Description: "64-bit ARMv8 (Cortex-A53 and later)", GOOS: "linux", GOARCH: "arm64", QEMUCPU: "cortex-a53", MaxBinarySize: 32 << 20, XZDictSize: 4 << 20},
+	{Name: "linux-armv7", Description: "32-bit ARMv7 with VFPv3 (Cortex-A7/A8/A9)", GOOS: "linux", GOARCH: "arm", GOARM: "7", QEMUCPU: "cortex-a7", MaxBinarySize: 16 << 20, XZDictSize: 1 << 20},
+	{Name: "linux-armv6", Description: "32-bit ARMv6 with VFPv2 (ARM1176: Raspberry Pi Zero/1)", GOOS: "linux", GOARCH: "arm", GOARM: "6", QEMUCPU: "arm1176", MaxBinarySize: 16 << 20, XZDictSize: 1 << 20},
+	{Name: "linux-armv5", Description: "32-bit ARMv5, software floating point (ARM926EJ-S)", GOOS: "linux", GOARCH: "arm", GOARM: "5", QEMUCPU: "arm926", MaxBinarySize: 12 << 20, XZDictSize: 1 << 20},
+	{Name: "linux-mipsle", Description: "32-bit little-endian MIPS, soft float (OpenWrt-class routers)", GOOS: "linux", GOARCH: "mipsle", GOMIPS: "softfloat", QEMUCPU: "24Kc", UPX: false, MaxBinarySize: 8 << 20, MinFreeStorage: 1 << 20, XZDictSize: 1 << 20, ChunkSize: 64 << 10},
+}
+
+func boolp(b bool) *bool { return &b }
+
+var boards = []Board{
+	{Name: "rpi-zero", Model: "Raspberry Pi Zero / Zero W (BCM2835, ARM1176JZF-S)", Profile: "linux-armv6"},
+	{Name: "rpi-1", Model: "Raspberry Pi 1 A/B/B+ (BCM2835, ARM1176JZF-S)", Profile: "linux-armv6"},
+	{Name: "rpi-2", Model: "Raspberry Pi 2 B (BCM2836, Cortex-A7)", Profile: "linux-armv7"},
+	{Name: "rpi-3", Model: "Raspberry Pi 3 B/B+ (BCM2837, Cortex-A53) on a 64-bit OS", Profile: "linux-arm64", Notes: "on a 32-bit Raspberry Pi OS use linux-armv7"},
+	{Name: "rpi-zero-2", Model: "Raspberry Pi Zero 2 W (RP3A0, Cortex-A53) on a 64-bit OS", Profile: "linux-arm64", Notes: "512 MiB RAM"},
+	{Name: "rpi-4", Model: "Raspberry Pi 4 B (BCM2711, Cortex-A72)", Profile: "linux-arm64", QEMUCPU: "cortex-a72"},
+	{Name: "rpi-5", Model: "Raspberry Pi 5 (BCM2712, Cortex-A76)", Profile: "linux-arm64", QEMUCPU: "cortex-a76"},
+	{Name: "beaglebone-black", Model: "BeagleBone Black (AM3358, Cortex-A8, 4 GB eMMC)", Profile: "linux-armv7", QEMUCPU: "cortex-a8"},
+	{Name: "x86-gateway", Model: "generic x86-64 industrial gateway (Atom/Celeron class)", Profile: "linux-amd64"},
+	{Name: "x86-gateway-v3", Model: "x86-64 gateway with AVX2 (Core i3/i5 8th gen and later)", Profile: "linux-amd64-v3"},
+	{Name: "mt7621-router", Model: "MediaTek MT7621 router (MIPS 1004Kc, 16 MiB NOR flash, OpenWrt)", Profile: "linux-mipsle", UPX: boolp(true), MaxBinarySize: 4 << 20, Notes: "tiny flash: UPX on, 4 MiB budget"},
+	{Name: "ar9331-router", Model: "Atheros AR9331 router (MIPS 24Kc, 8–16 MiB flash)", Profile: "linux-mipsle", UPX: boolp(true), MaxBinarySize: 3 << 20, Notes: "tiny flash and RAM: UPX on, 3 MiB budget"},
+}
+
+// Normalize fills defaults and validates p.
+func (p *Profile) Normalize() error {
+	if p.GOOS == "" {
+		p.GOOS = "linux"
+	}
+	switch p.GOARCH {
+	case "arm":
+		if p.GOARM == "" {
+			return fmt.Errorf("profile %s: goarch arm needs goarm 5, 6 or 7 (Go would silently default to 7, which dies on ARMv6 cores)", p.Name)
+		}
+		if p.GOARM != "5" && p.GOARM != "6" && p.GOARM != "7" {
+			return fmt.Errorf("profile %s: goarm %q, want 5, 6 or 7", p.Name, p.GOARM)
+		}
+	case "amd64":
+		if p.GOAMD64 == "" {
+			p.GOAMD64 = "v1"
+		}
+		if p.GOAMD64 < "v1" || p.GOAMD64 > "v4" || len(p.GOAMD64) != 2 {
+			return fmt.Errorf("profile %s: goamd64 %q, want v1..v4", p.Name, p.GOAMD64)
+		}
+	case "mips", "mipsle":
+		if p.GOMIPS == "" {
+			p.GOMIPS = "hardfloat"
+		}
+		if p.GOMIPS != "hardfloat" && p.GOMIPS != "softfloat" {
+			return fmt.Errorf("profile %s: gomips %q, want hardfloat or softfloat", p.Name, p.GOMIPS)
+		}
+	case "arm64", "386", "riscv64", "mips64", "mips64le", "ppc64le", "s390x", "loong64":
+	case "":
+		return fmt.Errorf("profile %s: goarch is required", p.Name)
+	default:
+		return fmt.Errorf("profile %s: goarch %q is not supported", p.Name, p.GOARCH)
+	}
+	if p.GOARCH != "arm" && p.GOARM != "" || p.GOARCH != "amd64" && p.GOAMD64 != "" || !strings.HasPrefix(p.GOARCH, "mips") && p.GOMIPS != "" {
+		return fmt.Errorf("profile %s: goarm/goamd64/gomips given for goarch %s", p.Name, p.GOARCH)
+	}
+	if p.Name == "" || !validName(p.Name) {
+		return fmt.Errorf("profile name %q: use lower-case letters, digits, '.', '_' and '-'", p.Name)
+	}
+	if p.ChunkSize == 0 {
+		p.ChunkSize = DefaultChunkSize
+	}
+	if p.ChunkSize < 4<<10 || p.ChunkSize > 16<<20 {
+		return fmt.Errorf("profile %s: chunk_size %s outside 4KiB..16MiB", p.Name, p.ChunkSize)
+	}
+	if p.XZDictSize == 0 {
+		p.XZDictSize = DefaultXZDictSize32
+		if is64(p.GOARCH) {
+			p.XZDictSize = DefaultXZDictSize64
+		}
+	}
+	if p.XZDictSize < 4<<10 || p.XZDictSize > 64<<20 {
+		return fmt.Errorf("profile %s: xz_dict_size %s outside 4KiB..64MiB", p.Name, p.XZDictSize)
+	}
+	if p.MinFreeStorage == 0 {
+		p.MinFreeStorage = DefaultMinFreeStorage
+	}
+	if p.MaxBinarySize == 0 {
+		p.MaxBinarySize = DefaultMaxBinarySize
+	}
+	return nil
+}
+
+func is64(goarch string) bool {
+	switch goarch {
+	case "amd64", "arm64", "riscv64", "mips64", "mips64le", "ppc64le", "s390x", "loong64":
+		return true
+	}
+	return false
+}
+
+func validName(s string) bool {
+	if len(s) == 0 || len(s) > 64 {
+		return false
+	}
+	for i, c := range s {
+		ok := c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || i > 0 && (c == '.' || c == '_' || c == '-')
+		if !ok {
+			return false
+		}
+	}
+	return true
+}
+
+// Profiles returns the built-in profiles, normalized.
+func Profiles() []Profile {
+	out := make([]Profile, len(builtin))
+	copy(out, builtin)
+	for i := range out {
+		if err := out[i].Normalize(); err != nil {
+			panic(err)
+		}
+	}
+	return out
+}
+
+// Boards returns the catalog of known boards.
+func Boards() []Board { return append([]Board(nil), boards...) }
+
+// Set is a lookup of profiles by name (built-in, custom and board names).
+type Set struct {
+	byName map[string]Profile
+}
+
+// DefaultSet holds the built-in profiles and the boards.
+func DefaultSet() *Set {
+	s := &Set{byName: map[string]Profile{}}
+	for _, p := range Profiles() {
+		s.byName[p.Name] = p
+	}
+	for _, b := range boards {
+		p := s.byName[b.Profile]
+		p.Name = b.Name
+		p.Description = b.Model
+		if b.UPX != nil {
+			p.UPX = *b.UPX
+		}
+		if b.MaxBinarySize != 0 {
+			p.MaxBinarySize = b.MaxBinarySize
+		}
+		if b.QEMUCPU != "" {
+			p.QEMUCPU = b.QEMUCPU
+		}
+		s.byName[b.Name] = p
+	}
+	return s
+}
+
+// Lookup returns the profile called name, or an error listing the choices.
+func (s *Set) Lookup(name string) (Profile, error) {
+	if p, ok := s.byName[name]; ok {
+		return p, nil
+	}
+	return Profile{}, fmt.Errorf("unknown profile %q; known: %s (see `edgefleet profiles`)", name, strings.Join(s.Names(), ", "))
+}
+
+// Names lists the profile names in order.
+func (s *Set) Names() []string {
+	n := make([]string, 0, len(s.byName))
+	for k := range s.byName {
+		n = append(n, k)
+	}
+	sort.Strings(n)
+	return n
+}
+
+// ProfilesFile is the YAML profiles file: a list of custom profiles, each
+// optionally based on a built-in one.
+type ProfilesFile struct {
+	Profiles []FileProfile `yaml:"profiles"`
+}
+
+// FileProfile is a Profile in a profiles file; Base names a built-in
+// profile or board whose fields are the defaults.
+type FileProfile struct {
+	Base    string `yaml:"base,omitempty"`
+	Profile `yaml:",inline"`
+}
+
+// LoadProfilesFile reads a YAML profiles file and adds its profiles to s
+// (replacing same-named ones). Unknown fields are an error.
+func (s *Set) LoadProfilesFile(path string) ([]Profile, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("profiles file: %w", err)
+	}
+	ps, err := s.ParseProfiles(b)
+	if err != nil {
+		return nil, fmt.Errorf("profiles file %s: %w", path, err)
+	}
+	return ps, nil
+}
+
+// ParseProfiles parses profiles-file YAML and adds the profiles to s.
+func (s *Set) ParseProfiles(b []byte) ([]Profile, error) {
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	var f ProfilesFile
+	if err := dec.Decode(&f); err != nil {
+		return nil, err
+	}
+	if len(f.Profiles) == 0 {
+		return nil, errors.New("no profiles: the file needs a top-level 'profiles:' list")
+	}
+	var out []Profile
+	seen := map[string]bool{}
+	for _, fp := range f.Profiles {
+		p := fp.Profile
+		if fp.Base != "" {
+			base, err := s.Lookup(fp.Base)
+			if err != nil {
+				return nil, fmt.Errorf("profile %s: base: %w", p.Name, err)
+			}
+			p = merge(base, fp.Profile)
+		}
+		if seen[p.Name] {
+			return nil, fmt.Errorf("profile %s is defined twice", p.Name)
+		}
+		seen[p.Name] = true
+		if err := p.Normalize(); err != nil {
+			return nil, err
+		}
+		out = append(out, p)
+	}
+	for _, p := range out {
+		s.byName[p.Name] = p
+	}
+	return out, nil
+}
+
+// merge overlays the non-zero fields of o onto base. UPX can be turned on
+// but not off this way unless upx_args is set to [] — keep it simple: a
+// profile that must not use UPX should not use an UPX base.
+func merge(base, o Profile) Profile {
+	p := base
+	p.Name = o.Name
+	if o.Description != "" {
+		p.Description = o.Description
+	}
+	set := func(dst *string, v string) {
+		if v != "" {
+			*dst = v
+		}
+	}
+	set(&p.GOOS, o.GOOS)
+	if o.GOARCH != "" && o.GOARCH != base.GOARCH {
+		p.GOARCH, p.GOARM, p.GOAMD64, p.GOMIPS = o.GOARCH, "", "", ""
+	}
+	set(&p.GOARM, o.GOARM)
+	set(&p.GOAMD64, o.GOAMD64)
+	set(&p.GOMIPS, o.GOMIPS)
+	set(&p.QEMUCPU, o.QEMUCPU)
+	if o.UPX {
+		p.UPX = true
+	}
+	if o.UPXArgs != nil {
+		p.UPXArgs = o.UPXArgs
+	}
+	for _, f := range []struct{ dst, v *Size }{{&p.MaxBinarySize, &o.MaxBinarySize}, {&p.MinFreeStorage, &o.MinFreeStorage}, {&p.ChunkSize, &o.ChunkSize}, {&p.XZDictSize, &o.XZDictSize}} {
+		if *f.v != 0 {
+			*f.dst = *f.v
+		}
+	}
+	return p
+}
+
+// QEMUBinary is the qemu-user program that runs p's executables
+// (qemu-arm, qemu-aarch64, qemu-x86_64, qemu-mipsel, ...).
+func (p Profile) QEMUBinary() string {
+	switch p.GOARCH {
+	case "amd64":
+		return "qemu-x86_64"
+	case "386":
+		return "qemu-i386"
+	case "arm64":
+		return "qemu-aarch64"
+	case "arm":
+		return "qemu-arm"
+	case "mipsle":
+		return "qemu-mipsel"
+	case "ppc64le":
+		return "qemu-ppc64le"
+	default:
+		return "qemu-" + p.GOARCH
+	}
+}
+
+// Env returns the go build environment for p: CGO_ENABLED=0 and every
+// GOARM/GOAMD64/GOMIPS that applies, always explicit.
+func (p Profile) Env() []string {
+	env := []string{"CGO_ENABLED=0", "GOOS=" + p.GOOS, "GOARCH=" + p.GOARCH}
+	if p.GOARM != "" {
+		env = append(env, "GOARM="+p.GOARM)
+	}
+	if p.GOAMD64 != "" {
+		env = append(env, "GOAMD64="+p.GOAMD64)
+	}
+	if p.GOMIPS != "" {
+		env = append(env, "GOMIPS="+p.GOMIPS)
+	}
+	return env
+}

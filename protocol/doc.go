@@ -1,0 +1,26 @@
+// Package protocol is the wire contract between the edgefleet packer and the
+// edgefleet agent: the release manifest, the minisign signature over it, the
+// keyring of trusted public keys and the bundle (.efb) container.
+//
+// SPEC.md in this directory is the normative description; the test vectors
+// under testdata/vectors are run by the tests of this package and by the
+// agent's.
+//
+// # Promises about untrusted input
+//
+//   - A manifest is parsed strictly (unknown fields, unknown schema versions
+//     and absurd sizes are errors) and only after its signature verified
+//     against a trusted key.
+//   - The bundle reader is a stream. It never hands out a payload byte before
+//     the manifest signature has verified, and it hands out a chunk only after
+//     that chunk's bytes matched the signed chunk hash, so memory is bounded
+//     by one chunk (at most MaxChunkSize), not by the payload.
+//   - The reader refuses more bytes than the manifest declares and fails at
+//     the end on any size or hash mismatch, including trailing data.
+//   - The decoded executable stream checks the signed executable size and
+//     sha256; it refuses to produce more bytes than declared.
+//
+// Every error is wrapped around one of the sentinels in errors.go, so callers
+// can tell a security failure (bad signature, unknown key, tampered payload)
+// from a malformed or truncated file with errors.Is.
+package protocol

@@ -1,0 +1,338 @@
+package protocol
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"regexp"
+	"strings"
+	"time"
+)
+
+// SchemaVersion is the manifest schema this package writes and the only one
+// it accepts.
+const SchemaVersion = 1
+
+// Limits on untrusted input. SPEC.md §Limits states them normatively.
+const (
+	MaxManifestSize   = 1 << 20  // bytes of manifest.json
+	MaxSignatureSize  = 4 << 10  // bytes of manifest.json.minisig
+	MaxPayloadSize    = 1 << 30  // encoded payload bytes
+	MaxExecutableSize = 1 << 30  // decoded executable bytes
+	MinChunkSize      = 4 << 10  // smallest allowed chunk
+	MaxChunkSize      = 16 << 20 // largest allowed chunk (the reader buffers one)
+	MaxXZDictSize     = 64 << 20 // largest xz dictionary a device must accept
+	MaxProbeTimeout   = 5 * time.Minute
+	maxStringLen      = 256
+	maxProbeArgs      = 32
+)
+
+// Payload encodings.
+const (
+	EncodingXZ   = "xz"
+	EncodingNone = "none"
+)
+
+// Manifest is the signed description of one release of one app for one
+// device profile. Field names and JSON tags are the wire format (SPEC.md).
+type Manifest struct {
+	Schema   int       `json:"schema"`
+	App      string    `json:"app"`
+	Version  string    `json:"version"`
+	Sequence uint64    `json:"sequence"`
+	Created  time.Time `json:"created"`
+	Profile  string    `json:"profile"`
+	Target   Target    `json:"target"`
+	Build    Build     `json:"build"`
+	UPX      bool      `json:"upx"`
+	Payload  Payload   `json:"payload"`
+	// Executable describes the program once the payload is decoded.
+	Executable Executable `json:"executable"`
+	// Expires, when set, is the time after which devices refuse the release.
+	Expires *time.Time `json:"expires,omitempty"`
+	// Probe, when set, is run on the staged binary before it is swapped in.
+	Probe *Probe `json:"probe,omitempty"`
+	// MinFreeStorage is the reserve (bytes) a device must keep free after
+	// installing.
+	MinFreeStorage int64 `json:"min_free_storage"`
+}
+
+// Target is what the executable needs from the device. GOARM/GOAMD64/GOMIPS
+// are invisible in the ELF header, which is why the signed manifest carries
+// them (DESIGN.md decision 4).
+type Target struct {
+	GOOS    string `json:"goos"`
+	GOARCH  string `json:"goarch"`
+	GOARM   string `json:"goarm,omitempty"`
+	GOAMD64 string `json:"goamd64,omitempty"`
+	GOMIPS  string `json:"gomips,omitempty"`
+	ELF     ELF    `json:"elf"`
+}
+
+// ELF identifies the executable's ELF header: class 32 or 64, machine as in
+// debug/elf ("EM_ARM"), byte order "little" or "big".
+type ELF struct {
+	Class   int    `json:"class"`
+	Machine string `json:"machine"`
+	Endian  string `json:"endian"`
+}
+
+// Build records how the executable was built (informational).
+type Build struct {
+	GoVersion string `json:"go_version"`
+	Module    string `json:"module,omitempty"`
+	Package   string `json:"package,omitempty"`
+	Revision  string `json:"vcs_revision,omitempty"`
+	Modified  bool   `json:"vcs_modified,omitempty"`
+}
+
+// Payload describes the bytes stored in the bundle (and sent as chunks).
+type Payload struct {
+	Encoding string `json:"encoding"`
+	Size     int64  `json:"size"`
+	SHA256   string `json:"sha256"`
+	// XZDictSize is the dictionary size the xz stream was written with: the
+	// decoder on the device allocates about this much.
+	XZDictSize int64    `json:"xz_dict_size,omitempty"`
+	ChunkSize  int64    `json:"chunk_size"`
+	Chunks     []string `json:"chunks"`
+}
+
+// Executable describes the decoded program.
+type Executable struct {
+	Size   int64  `json:"size"`
+	SHA256 string `json:"sha256"`
+}
+
+// Probe is a command line run against the new binary before the swap: it
+// must exit 0 within Timeout and, when Expect is set, print Expect.
+type Probe struct {
+	Args    []string `json:"args"`
+	Expect  string   `json:"expect,omitempty"`
+	Timeout Duration `json:"timeout"`
+}
+
+// Duration is a time.Duration written as a Go duration string ("5s").
+type Duration time.Duration
+
+// MarshalJSON writes d as a duration string.
+func (d Duration) MarshalJSON() ([]byte, error) {
+	return json.Marshal(time.Duration(d).String())
+}
+
+// UnmarshalJSON reads a duration string.
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return fmt.Errorf("duration must be a string like \"5s\": %w", err)
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return err
+	}
+	*d = Duration(v)
+	return nil
+}
+
+var (
+	appRe     = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,63}$`)
+	profileRe = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,63}$`)
+	hexRe     = regexp.MustCompile(`^[0-9a-f]{64}$`)
+	// semver 2.0.0, without a leading "v".
+	semverRe = regexp.MustCompile(`^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-((?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*)(?:\.(?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*))*))?(?:\+([0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?$`)
+)
+
+// ValidApp reports whether s is an acceptable app name (also used in topics
+// and file names): lower-case letters, digits, '.', '_', '-', at most 64.
+func ValidApp(s string) bool { return appRe.MatchString(s) }
+
+// ValidVersion reports whether s is a semantic version (no leading "v").
+func ValidVersion(s string) bool { return semverRe.MatchString(s) }
+
+// ValidProfileName reports whether s is an acceptable profile name.
+func ValidProfileName(s string) bool { return profileRe.MatchString(s) }
+
+// ParseManifest decodes and validates manifest bytes. It is strict: unknown
+// fields, trailing data, an unknown schema or inconsistent sizes are errors.
+// It does not check signatures; see Keyring.Verify and OpenBundle.
+func ParseManifest(b []byte) (*Manifest, error) {
+	if len(b) > MaxManifestSize {
+		return nil, fmt.Errorf("manifest is %d bytes, more than the %d allowed: %w", len(b), MaxManifestSize, ErrTooLarge)
+	}
+	// Peek at the schema first so that a future schema gets ErrSchema, not
+	// an unknown-field error.
+	var head struct {
+		Schema *int `json:"schema"`
+	}
+	if err := json.Unmarshal(b, &head); err != nil {
+		return nil, fmt.Errorf("manifest is not valid JSON: %v: %w", err, ErrMalformed)
+	}
+	if head.Schema == nil {
+		return nil, fmt.Errorf("manifest has no schema field: %w", ErrMalformed)
+	}
+	if *head.Schema != SchemaVersion {
+		return nil, fmt.Errorf("manifest schema %d, this build understands %d only; update the agent or pack with a matching edgefleet: %w", *head.Schema, SchemaVersion, ErrSchema)
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	var m Manifest
+	if err := dec.Decode(&m); err != nil {
+		return nil, fmt.Errorf("manifest: %v: %w", err, ErrMalformed)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, fmt.Errorf("manifest has data after the JSON object: %w", ErrMalformed)
+	}
+	if err := m.Validate(); err != nil {
+		return nil, err
+	}
+	return &m, nil
+}
+
+// Validate checks the manifest's internal consistency and limits.
+func (m *Manifest) Validate() error {
+	bad := func(format string, a ...any) error {
+		return fmt.Errorf("manifest: "+format+": %w", append(a, ErrMalformed)...)
+	}
+	large := func(format string, a ...any) error {
+		return fmt.Errorf("manifest: "+format+": %w", append(a, ErrTooLarge)...)
+	}
+	if m.Schema != SchemaVersion {
+		return fmt.Errorf("manifest schema %d, want %d: %w", m.Schema, SchemaVersion, ErrSchema)
+	}
+	if !ValidApp(m.App) {
+		return bad("app %q is not a valid name (lower-case letters, digits, . _ -; at most 64)", clip(m.App))
+	}
+	if !ValidVersion(m.Version) {
+		return bad("version %q is not a semantic version like 1.2.3", clip(m.Version))
+	}
+	if m.Sequence == 0 {
+		return bad("sequence must be at least 1")
+	}
+	if !ValidProfileName(m.Profile) {
+		return bad("profile %q is not a valid name", clip(m.Profile))
+	}
+	if m.Target.GOOS == "" || m.Target.GOARCH == "" || len(m.Target.GOOS) > 16 || len(m.Target.GOARCH) > 16 {
+		return bad("target goos/goarch missing or too long")
+	}
+	if m.Target.ELF.Class != 32 && m.Target.ELF.Class != 64 {
+		return bad("target elf class %d, want 32 or 64", m.Target.ELF.Class)
+	}
+	if m.Target.ELF.Endian != "little" && m.Target.ELF.Endian != "big" {
+		return bad("target elf endian %q, want little or big", clip(m.Target.ELF.Endian))
+	}
+	if m.Target.ELF.Machine == "" || len(m.Target.ELF.Machine) > 32 {
+		return bad("target elf machine missing")
+	}
+	p := m.Payload
+	switch p.Encoding {
+	case EncodingXZ:
+		if p.XZDictSize <= 0 || p.XZDictSize > MaxXZDictSize {
+			return large("xz dictionary size %d outside 1..%d", p.XZDictSize, MaxXZDictSize)
+		}
+	case EncodingNone:
+		if p.XZDictSize != 0 {
+			return bad("xz_dict_size set on an unencoded payload")
+		}
+		if p.Size != m.Executable.Size || p.SHA256 != m.Executable.SHA256 {
+			return bad("payload encoding none but payload and executable differ")
+		}
+	default:
+		return bad("payload encoding %q, want xz or none", clip(p.Encoding))
+	}
+	if p.Size <= 0 || p.Size > MaxPayloadSize {
+		return large("payload size %d outside 1..%d", p.Size, MaxPayloadSize)
+	}
+	if m.Executable.Size <= 0 || m.Executable.Size > MaxExecutableSize {
+		return large("executable size %d outside 1..%d", m.Executable.Size, MaxExecutableSize)
+	}
+	if !hexRe.MatchString(p.SHA256) || !hexRe.MatchString(m.Executable.SHA256) {
+		return bad("sha256 values must be 64 lower-case hex digits")
+	}
+	if p.ChunkSize < MinChunkSize || p.ChunkSize > MaxChunkSize {
+		return large("chunk size %d outside %d..%d", p.ChunkSize, MinChunkSize, MaxChunkSize)
+	}
+	if want := ChunkCount(p.Size, p.ChunkSize); int64(len(p.Chunks)) != want {
+		return bad("%d chunk hashes for %d bytes in chunks of %d, want %d", len(p.Chunks), p.Size, p.ChunkSize, want)
+	}
+	for i, c := range p.Chunks {
+		if !hexRe.MatchString(c) {
+			return bad("chunk %d hash is not 64 lower-case hex digits", i)
+		}
+	}
+	if m.Probe != nil {
+		if len(m.Probe.Args) > maxProbeArgs {
+			return bad("probe has %d arguments, at most %d", len(m.Probe.Args), maxProbeArgs)
+		}
+		for _, a := range m.Probe.Args {
+			if len(a) > maxStringLen {
+				return bad("probe argument longer than %d", maxStringLen)
+			}
+		}
+		if len(m.Probe.Expect) > maxStringLen {
+			return bad("probe expect longer than %d", maxStringLen)
+		}
+		if m.Probe.Timeout <= 0 || time.Duration(m.Probe.Timeout) > MaxProbeTimeout {
+			return bad("probe timeout %s outside 0..%s", time.Duration(m.Probe.Timeout), MaxProbeTimeout)
+		}
+	}
+	if m.MinFreeStorage < 0 || m.MinFreeStorage > 1<<40 {
+		return large("min_free_storage %d out of range", m.MinFreeStorage)
+	}
+	return nil
+}
+
+// CheckExpiry returns ErrExpired when the manifest has an expiry before now.
+func (m *Manifest) CheckExpiry(now time.Time) error {
+	if m.Expires != nil && now.After(*m.Expires) {
+		return fmt.Errorf("release %s %s expired at %s (now %s); ask the operator for a fresh release, or check this device's clock: %w",
+			m.App, m.Version, m.Expires.UTC().Format(time.RFC3339), now.UTC().Format(time.RFC3339), ErrExpired)
+	}
+	return nil
+}
+
+// Marshal returns the canonical encoding the packer signs: indented JSON
+// with a trailing newline. Readers never re-serialise; they verify the
+// stored bytes.
+func (m *Manifest) Marshal() ([]byte, error) {
+	b, err := json.MarshalIndent(m, "", "  ")
+	if err != nil {
+		return nil, err
+	}
+	return append(b, '\n'), nil
+}
+
+// ChunkCount is the number of chunks for size bytes in chunks of chunkSize.
+func ChunkCount(size, chunkSize int64) int64 {
+	if size <= 0 || chunkSize <= 0 {
+		return 0
+	}
+	return (size + chunkSize - 1) / chunkSize
+}
+
+// ChunkLen is the length of chunk i of a payload of size bytes.
+func (p *Payload) ChunkLen(i int) int64 {
+	off := int64(i) * p.ChunkSize
+	if rest := p.Size - off; rest < p.ChunkSize {
+		return rest
+	}
+	return p.ChunkSize
+}
+
+// String is a one-line summary for logs.
+func (m *Manifest) String() string {
+	t := m.Target.GOOS + "/" + m.Target.GOARCH
+	for _, v := range []string{m.Target.GOARM, m.Target.GOAMD64, m.Target.GOMIPS} {
+		if v != "" {
+			t += " " + v
+		}
+	}
+	return fmt.Sprintf("%s %s (sequence %d, profile %s, %s)", m.App, m.Version, m.Sequence, m.Profile, strings.TrimSpace(t))
+}
+
+func clip(s string) string {
+	if len(s) > 40 {
+		return s[:40] + "…"
+	}
+	return s
+}
