@@ -1,0 +1,409 @@
+package protocol
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// MQTT topics and messages (SPEC-mqtt.md). Every topic starts with
+// TopicPrefix, which carries the protocol version: a future incompatible
+// change moves to edgefleet/v2/ and both can live on one broker.
+const (
+	TopicPrefix = "edgefleet/v1/"
+
+	// MQTTSchemaVersion is the schema of the JSON messages below (release
+	// envelope and device status).
+	MQTTSchemaVersion = 1
+
+	// MaxEnvelopeSize bounds a release envelope: a base64 manifest of at
+	// most MaxManifestSize bytes plus a signature.
+	MaxEnvelopeSize = (MaxManifestSize+2)/3*4 + 2*MaxSignatureSize + 1024
+
+	// MaxStatusSize bounds a device status message.
+	MaxStatusSize = 64 << 10
+
+	// MaxStatusApps bounds the number of apps in one status message.
+	MaxStatusApps = 64
+
+	// MaxLastError bounds a status's last_error string (bytes).
+	MaxLastError = 1024
+
+	maxSegment = 128
+)
+
+var (
+	deviceRe  = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
+	channelRe = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,63}$`)
+)
+
+// ValidDeviceID reports whether s is an acceptable device id: letters,
+// digits, '.', '_', '-', at most 64, not starting with a punctuation mark.
+// Device ids are MQTT client ids, user names and topic segments.
+func ValidDeviceID(s string) bool { return deviceRe.MatchString(s) }
+
+// ValidChannel reports whether s is an acceptable release channel name.
+func ValidChannel(s string) bool { return channelRe.MatchString(s) }
+
+// TopicKind names what a topic carries.
+type TopicKind string
+
+// Topic kinds.
+const (
+	KindRelease TopicKind = "release" // edgefleet/v1/release/<channel>/<app>/<profile>/manifest
+	KindChunk   TopicKind = "chunk"   // edgefleet/v1/chunks/<app>/<payload sha256>/<index>
+	KindDesired TopicKind = "desired" // edgefleet/v1/device/<id>/desired/<app>
+	KindStatus  TopicKind = "status"  // edgefleet/v1/device/<id>/status
+)
+
+// Topic is a parsed edgefleet topic. Only the fields of its Kind are set.
+type Topic struct {
+	Kind    TopicKind
+	Channel string
+	App     string
+	Profile string
+	Device  string
+	SHA256  string // payload sha256 (chunks)
+	Index   int    // chunk index
+}
+
+// String builds the topic name. It panics on nothing; invalid fields give an
+// error from the builder functions instead, so prefer those.
+func (t Topic) String() string {
+	switch t.Kind {
+	case KindRelease:
+		return TopicPrefix + "release/" + t.Channel + "/" + t.App + "/" + t.Profile + "/manifest"
+	case KindChunk:
+		return TopicPrefix + "chunks/" + t.App + "/" + t.SHA256 + "/" + strconv.Itoa(t.Index)
+	case KindDesired:
+		return TopicPrefix + "device/" + t.Device + "/desired/" + t.App
+	case KindStatus:
+		return TopicPrefix + "device/" + t.Device + "/status"
+	}
+	return ""
+}
+
+func topicErr(what, v string) error {
+	return fmt.Errorf("%s %q cannot be used in an MQTT topic (letters, digits, . _ - only; no '/', '+', '#'): %w", what, clip(v), ErrMalformed)
+}
+
+// ReleaseTopic is where the retained release envelope of app for profile on
+// channel lives.
+func ReleaseTopic(channel, app, profile string) (string, error) {
+	switch {
+	case !ValidChannel(channel):
+		return "", topicErr("channel", channel)
+	case !ValidApp(app):
+		return "", topicErr("app", app)
+	case !ValidProfileName(profile):
+		return "", topicErr("profile", profile)
+	}
+	return Topic{Kind: KindRelease, Channel: channel, App: app, Profile: profile}.String(), nil
+}
+
+// ReleaseFilter subscribes to every profile's release of app on channel.
+func ReleaseFilter(channel, app string) (string, error) {
+	if !ValidChannel(channel) {
+		return "", topicErr("channel", channel)
+	}
+	if !ValidApp(app) {
+		return "", topicErr("app", app)
+	}
+	return TopicPrefix + "release/" + channel + "/" + app + "/+/manifest", nil
+}
+
+// AllReleasesFilter matches every retained release envelope.
+const AllReleasesFilter = TopicPrefix + "release/+/+/+/manifest"
+
+// AllDesiredFilter matches every device's desired releases.
+const AllDesiredFilter = TopicPrefix + "device/+/desired/+"
+
+// StatusFilter matches every device's status.
+const StatusFilter = TopicPrefix + "device/+/status"
+
+// ChunkTopic is where chunk index of the payload with sha256 payloadSHA lives.
+// Chunks are content-addressed, so channels and devices share them.
+func ChunkTopic(app, payloadSHA string, index int) (string, error) {
+	if !ValidApp(app) {
+		return "", topicErr("app", app)
+	}
+	if !hexRe.MatchString(payloadSHA) {
+		return "", fmt.Errorf("payload sha256 %q is not 64 lower-case hex digits: %w", clip(payloadSHA), ErrMalformed)
+	}
+	if index < 0 || int64(index) >= ChunkCount(MaxPayloadSize, MinChunkSize) {
+		return "", fmt.Errorf("chunk index %d out of range: %w", index, ErrMalformed)
+	}
+	return Topic{Kind: KindChunk, App: app, SHA256: payloadSHA, Index: index}.String(), nil
+}
+
+// ChunksFilter matches every chunk of one payload.
+func ChunksFilter(app, payloadSHA string) (string, error) {
+	t, err := ChunkTopic(app, payloadSHA, 0)
+	if err != nil {
+		return "", err
+	}
+	return strings.TrimSuffix(t, "0") + "+", nil
+}
+
+// DesiredTopic is where a release aimed at one device lives; it wins over
+// the device's channel.
+func DesiredTopic(device, app string) (string, error) {
+	if !ValidDeviceID(device) {
+		return "", topicErr("device id", device)
+	}
+	if !ValidApp(app) {
+		return "", topicErr("app", app)
+	}
+	return Topic{Kind: KindDesired, Device: device, App: app}.String(), nil
+}
+
+// StatusTopic is where a device publishes its retained status.
+func StatusTopic(device string) (string, error) {
+	if !ValidDeviceID(device) {
+		return "", topicErr("device id", device)
+	}
+	return Topic{Kind: KindStatus, Device: device}.String(), nil
+}
+
+// ParseTopic parses an edgefleet topic name (not a filter). Every segment is
+// validated, so the result can be trusted to rebuild the same topic.
+func ParseTopic(s string) (Topic, error) {
+	bad := func() (Topic, error) {
+		return Topic{}, fmt.Errorf("topic %q is not an edgefleet/v1 topic: %w", clip(s), ErrMalformed)
+	}
+	if len(s) > 512 || !strings.HasPrefix(s, TopicPrefix) {
+		return bad()
+	}
+	p := strings.Split(s[len(TopicPrefix):], "/")
+	var t Topic
+	switch {
+	case len(p) == 5 && p[0] == "release" && p[4] == "manifest":
+		t = Topic{Kind: KindRelease, Channel: p[1], App: p[2], Profile: p[3]}
+		if !ValidChannel(t.Channel) || !ValidApp(t.App) || !ValidProfileName(t.Profile) {
+			return bad()
+		}
+	case len(p) == 4 && p[0] == "chunks":
+		i, err := strconv.Atoi(p[3])
+		if err != nil || strconv.Itoa(i) != p[3] {
+			return bad()
+		}
+		t = Topic{Kind: KindChunk, App: p[1], SHA256: p[2], Index: i}
+		if _, err := ChunkTopic(t.App, t.SHA256, i); err != nil {
+			return bad()
+		}
+	case len(p) == 4 && p[0] == "device" && p[2] == "desired":
+		t = Topic{Kind: KindDesired, Device: p[1], App: p[3]}
+		if !ValidDeviceID(t.Device) || !ValidApp(t.App) {
+			return bad()
+		}
+	case len(p) == 3 && p[0] == "device" && p[2] == "status":
+		t = Topic{Kind: KindStatus, Device: p[1]}
+		if !ValidDeviceID(t.Device) {
+			return bad()
+		}
+	default:
+		return bad()
+	}
+	return t, nil
+}
+
+// Envelope is the retained message of a release (channel or desired
+// topic): the manifest bytes exactly as signed, and the minisign signature.
+// A device verifies Manifest as it is, never a re-serialisation.
+type Envelope struct {
+	Schema    int    `json:"schema"`
+	Manifest  []byte `json:"manifest"`  // base64 in JSON
+	Signature string `json:"signature"` // minisign signature text
+}
+
+// MarshalEnvelope builds a release envelope. It checks sizes and that the
+// manifest parses, but not the signature (the publisher verified it).
+func MarshalEnvelope(rawManifest, sig []byte) ([]byte, error) {
+	if len(rawManifest) > MaxManifestSize || len(sig) > MaxSignatureSize {
+		return nil, fmt.Errorf("manifest or signature too large for an envelope: %w", ErrTooLarge)
+	}
+	if _, err := ParseManifest(rawManifest); err != nil {
+		return nil, err
+	}
+	return json.Marshal(Envelope{Schema: MQTTSchemaVersion, Manifest: rawManifest, Signature: string(sig)})
+}
+
+// ParseEnvelope decodes a release envelope strictly. An empty message means
+// the retained release was cleared: callers check len(b) == 0 first. The
+// signature is not checked here: use Open.
+func ParseEnvelope(b []byte) (*Envelope, error) {
+	if len(b) == 0 {
+		return nil, fmt.Errorf("release envelope is empty (the release was retired): %w", ErrMalformed)
+	}
+	if len(b) > MaxEnvelopeSize {
+		return nil, fmt.Errorf("release envelope is %d bytes, more than the %d allowed: %w", len(b), MaxEnvelopeSize, ErrTooLarge)
+	}
+	if err := checkSchema(b, "release envelope"); err != nil {
+		return nil, err
+	}
+	var e Envelope
+	if err := strictJSON(b, &e); err != nil {
+		return nil, fmt.Errorf("release envelope: %v: %w", err, ErrMalformed)
+	}
+	if len(e.Manifest) == 0 || len(e.Manifest) > MaxManifestSize {
+		return nil, fmt.Errorf("release envelope manifest is %d bytes, want 1..%d: %w", len(e.Manifest), MaxManifestSize, ErrMalformed)
+	}
+	if len(e.Signature) == 0 || len(e.Signature) > MaxSignatureSize {
+		return nil, fmt.Errorf("release envelope signature is %d bytes, want 1..%d: %w", len(e.Signature), MaxSignatureSize, ErrMalformed)
+	}
+	return &e, nil
+}
+
+// Open verifies the envelope's signature with kr and parses the manifest.
+func (e *Envelope) Open(kr *Keyring) (*Manifest, error) {
+	if _, err := kr.Verify(e.Manifest, []byte(e.Signature)); err != nil {
+		return nil, err
+	}
+	return ParseManifest(e.Manifest)
+}
+
+// DeviceStatus is the retained status a device publishes on its status
+// topic. The last will is the same message with Online false.
+type DeviceStatus struct {
+	Schema       int         `json:"schema"`
+	Device       string      `json:"device"`
+	Profile      string      `json:"profile,omitempty"`
+	CPU          string      `json:"cpu,omitempty"`
+	AgentVersion string      `json:"agent_version,omitempty"`
+	Time         time.Time   `json:"time"`
+	Online       bool        `json:"online"`
+	Apps         []AppReport `json:"apps"`
+}
+
+// AppReport is one app's line in a device status.
+type AppReport struct {
+	App      string `json:"app"`
+	Version  string `json:"version,omitempty"`
+	Sequence uint64 `json:"sequence,omitempty"`
+	State    string `json:"state,omitempty"`
+	// Target is the version the device is working towards (downloading,
+	// installing), empty when idle.
+	Target    string          `json:"target,omitempty"`
+	Progress  *ProgressReport `json:"progress,omitempty"`
+	LastError string          `json:"last_error,omitempty"`
+}
+
+// ProgressReport is where an install stands: step ("download", "verify",
+// "stage", ...) and done/total units of that step.
+type ProgressReport struct {
+	Step  string `json:"step"`
+	Done  int64  `json:"done"`
+	Total int64  `json:"total"`
+}
+
+// Validate checks limits and names.
+func (s *DeviceStatus) Validate() error {
+	bad := func(format string, a ...any) error {
+		return fmt.Errorf("device status: "+format+": %w", append(a, ErrMalformed)...)
+	}
+	if s.Schema != MQTTSchemaVersion {
+		return fmt.Errorf("device status schema %d, this build understands %d: %w", s.Schema, MQTTSchemaVersion, ErrSchema)
+	}
+	if !ValidDeviceID(s.Device) {
+		return bad("device id %q is not valid", clip(s.Device))
+	}
+	if s.Profile != "" && !ValidProfileName(s.Profile) {
+		return bad("profile %q is not valid", clip(s.Profile))
+	}
+	if len(s.CPU) > maxStringLen || len(s.AgentVersion) > maxStringLen {
+		return bad("cpu or agent_version longer than %d", maxStringLen)
+	}
+	if len(s.Apps) > MaxStatusApps {
+		return bad("%d apps, at most %d", len(s.Apps), MaxStatusApps)
+	}
+	for i, a := range s.Apps {
+		if !ValidApp(a.App) {
+			return bad("app %d name %q is not valid", i, clip(a.App))
+		}
+		if len(a.Version) > maxStringLen || len(a.State) > 32 || len(a.Target) > maxStringLen {
+			return bad("app %s: version, state or target too long", a.App)
+		}
+		if len(a.LastError) > MaxLastError {
+			return bad("app %s: last_error longer than %d", a.App, MaxLastError)
+		}
+		if p := a.Progress; p != nil {
+			if len(p.Step) > 32 || p.Done < 0 || p.Total < 0 {
+				return bad("app %s: progress out of range", a.App)
+			}
+		}
+	}
+	return nil
+}
+
+// Marshal validates and encodes the status, clipping an overlong
+// last_error first (an error message must never stop a report).
+func (s *DeviceStatus) Marshal() ([]byte, error) {
+	for i := range s.Apps {
+		if e := s.Apps[i].LastError; len(e) > MaxLastError {
+			s.Apps[i].LastError = e[:MaxLastError-3] + "..."
+		}
+	}
+	if err := s.Validate(); err != nil {
+		return nil, err
+	}
+	b, err := json.Marshal(s)
+	if err != nil {
+		return nil, err
+	}
+	if len(b) > MaxStatusSize {
+		return nil, fmt.Errorf("device status is %d bytes, more than %d: %w", len(b), MaxStatusSize, ErrTooLarge)
+	}
+	return b, nil
+}
+
+// ParseStatus decodes a device status strictly. An empty message means the
+// retained status was cleared.
+func ParseStatus(b []byte) (*DeviceStatus, error) {
+	if len(b) > MaxStatusSize {
+		return nil, fmt.Errorf("device status is %d bytes, more than the %d allowed: %w", len(b), MaxStatusSize, ErrTooLarge)
+	}
+	if err := checkSchema(b, "device status"); err != nil {
+		return nil, err
+	}
+	var s DeviceStatus
+	if err := strictJSON(b, &s); err != nil {
+		return nil, fmt.Errorf("device status: %v: %w", err, ErrMalformed)
+	}
+	if err := s.Validate(); err != nil {
+		return nil, err
+	}
+	return &s, nil
+}
+
+func checkSchema(b []byte, what string) error {
+	var head struct {
+		Schema *int `json:"schema"`
+	}
+	if err := json.Unmarshal(b, &head); err != nil {
+		return fmt.Errorf("%s is not valid JSON: %v: %w", what, err, ErrMalformed)
+	}
+	if head.Schema == nil {
+		return fmt.Errorf("%s has no schema field: %w", what, ErrMalformed)
+	}
+	if *head.Schema != MQTTSchemaVersion {
+		return fmt.Errorf("%s schema %d, this build understands %d; update edgefleet: %w", what, *head.Schema, MQTTSchemaVersion, ErrSchema)
+	}
+	return nil
+}
+
+func strictJSON(b []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return err
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return fmt.Errorf("data after the JSON object")
+	}
+	return nil
+}
