@@ -34,15 +34,23 @@ func TestParseManifestStrict(t *testing.T) {
 		want error
 		msg  string
 	}{
-		{"unknown field", func(b []byte) []byte { return bytes.Replace(b, []byte(`"upx": false`), []byte(`"upx": false, "surprise": 1`), 1) }, ErrMalformed, "surprise"},
+		{"unknown field", func(b []byte) []byte {
+			return bytes.Replace(b, []byte(`"upx": false`), []byte(`"upx": false, "surprise": 1`), 1)
+		}, ErrMalformed, "surprise"},
 		{"trailing data", func(b []byte) []byte { return append(bytes.Clone(b), []byte("{}")...) }, ErrMalformed, "JSON"},
 		{"no schema", func(b []byte) []byte { return bytes.Replace(b, []byte(`"schema": 1,`), nil, 1) }, ErrMalformed, "no schema"},
 		{"future schema", func(b []byte) []byte { return bytes.Replace(b, []byte(`"schema": 1`), []byte(`"schema": 3`), 1) }, ErrSchema, "update the agent"},
 		{"bad version", func(b []byte) []byte { return bytes.Replace(b, []byte(`"1.0.0"`), []byte(`"v1"`), 1) }, ErrMalformed, "semantic version"},
 		{"zero sequence", func(b []byte) []byte { return bytes.Replace(b, []byte(`"sequence": 7`), []byte(`"sequence": 0`), 1) }, ErrMalformed, "sequence"},
-		{"bad app", func(b []byte) []byte { return bytes.Replace(b, []byte(`"app": "vector"`), []byte(`"app": "../etc"`), 1) }, ErrMalformed, "not a valid name"},
-		{"huge chunk", func(b []byte) []byte { return bytes.Replace(b, []byte(`"chunk_size": 4096`), []byte(`"chunk_size": 999999999`), 1) }, ErrTooLarge, "chunk size"},
-		{"chunk count", func(b []byte) []byte { return bytes.Replace(b, []byte(`"chunk_size": 4096`), []byte(`"chunk_size": 8192`), 1) }, ErrMalformed, "chunk hashes"},
+		{"bad app", func(b []byte) []byte {
+			return bytes.Replace(b, []byte(`"app": "vector"`), []byte(`"app": "../etc"`), 1)
+		}, ErrMalformed, "not a valid name"},
+		{"huge chunk", func(b []byte) []byte {
+			return bytes.Replace(b, []byte(`"chunk_size": 4096`), []byte(`"chunk_size": 999999999`), 1)
+		}, ErrTooLarge, "chunk size"},
+		{"chunk count", func(b []byte) []byte {
+			return bytes.Replace(b, []byte(`"chunk_size": 4096`), []byte(`"chunk_size": 8192`), 1)
+		}, ErrMalformed, "chunk hashes"},
 		{"not json", func([]byte) []byte { return []byte("not json") }, ErrMalformed, "not valid JSON"},
 		{"too big", func([]byte) []byte { return make([]byte, MaxManifestSize+1) }, ErrTooLarge, "allowed"},
 	}
