@@ -1,0 +1,241 @@
+package agent
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/edgefleet/edgefleet/protocol"
+	"gopkg.in/yaml.v3"
+)
+
+// DefaultConfigPath is where edgefleet-agent looks for its configuration.
+const DefaultConfigPath = "/etc/edgefleet/agent.yaml"
+
+// SelfApp is the name of the app that is the agent itself: a bundle for it
+// updates the agent like any other app (swap, re-exec, trial, commit).
+const SelfApp = "edgefleet-agent"
+
+// Defaults applied by Config.Validate when a field is zero.
+const (
+	DefaultHealthWindow    = 10 * time.Second
+	DefaultHealthTimeout   = 5 * time.Second
+	DefaultMaxBootsOnTrial = 3
+	DefaultMaxRestarts     = 3
+)
+
+// Config is the agent's configuration file (YAML). Unknown keys are an
+// error, so a typo never silently disables a check.
+type Config struct {
+	// DeviceID names this device in the fleet. Required.
+	DeviceID string `yaml:"device_id"`
+	// DataDir holds the state database (state.db) and the control socket
+	// (agent.sock). Required; created if missing.
+	DataDir string `yaml:"data_dir"`
+	// TrustedKeys are minisign public key files. At least one; several
+	// allow key rotation.
+	TrustedKeys []string `yaml:"trusted_keys"`
+	// Apps are the programs this agent installs and supervises.
+	Apps []AppConfig `yaml:"apps"`
+	// Profile, when set, is the device profile this device subscribes to
+	// (issue 4). Empty: the agent picks from its CPU facts.
+	Profile string `yaml:"profile,omitempty"`
+	// Broker is the MQTT connection (issue 4). Nil: sideload only.
+	Broker *BrokerConfig `yaml:"broker,omitempty"`
+}
+
+// AppConfig is one installed and supervised program.
+type AppConfig struct {
+	// Name must match the app name in the bundles' signed manifests.
+	Name string `yaml:"name"`
+	// Path is the absolute path of the executable. Its directory holds the
+	// staged file (.<name>.staged) and the previous binary (<name>.prev).
+	Path string `yaml:"path"`
+	// Args and Env are given to the supervised process.
+	Args []string `yaml:"args"`
+	Env  []string `yaml:"env"`
+	// Health is the trial policy after an install.
+	Health HealthConfig `yaml:"health"`
+}
+
+// HealthConfig is how a new release proves itself on trial.
+type HealthConfig struct {
+	// Window is how long the app must stay up on trial. Default 10s.
+	Window Duration `yaml:"window"`
+	// Command, optional, must exit 0 at the end of the window.
+	Command []string `yaml:"command"`
+	// Timeout bounds Command. Default 5s.
+	Timeout Duration `yaml:"timeout"`
+	// MaxBootsOnTrial: when the agent starts this many times and the app is
+	// still on trial, it is rolled back. Default 3.
+	MaxBootsOnTrial int `yaml:"max_boots_on_trial"`
+	// MaxRestarts: crashes during the trial window before it counts as a
+	// crash loop and is rolled back. Default 3.
+	MaxRestarts int `yaml:"max_restarts"`
+}
+
+// BrokerConfig is the MQTT connection (used from issue 4 on).
+type BrokerConfig struct {
+	URL      string `yaml:"url"`
+	Channel  string `yaml:"channel"`
+	CA       string `yaml:"ca,omitempty"`
+	Cert     string `yaml:"cert,omitempty"`
+	Key      string `yaml:"key,omitempty"`
+	Username string `yaml:"username,omitempty"`
+	Password string `yaml:"password,omitempty"`
+}
+
+// Duration is a time.Duration written in YAML as "10s".
+type Duration time.Duration
+
+// UnmarshalYAML reads a Go duration string.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	var s string
+	if err := n.Decode(&s); err != nil {
+		return fmt.Errorf("line %d: a duration must be a string like \"10s\"", n.Line)
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil || v < 0 {
+		return fmt.Errorf("line %d: %q is not a duration like \"10s\"", n.Line, s)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// MarshalYAML writes d as a duration string.
+func (d Duration) MarshalYAML() (any, error) { return time.Duration(d).String(), nil }
+
+// D returns d as a time.Duration.
+func (d Duration) D() time.Duration { return time.Duration(d) }
+
+// LoadConfig reads and validates a configuration file. Unknown keys are an
+// error; Validate fills the defaults.
+func LoadConfig(path string) (*Config, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read agent config: %w", err)
+	}
+	cfg, err := ParseConfig(b)
+	if err != nil {
+		return nil, fmt.Errorf("agent config %s: %w", path, err)
+	}
+	return cfg, nil
+}
+
+// ParseConfig decodes configuration YAML strictly and validates it.
+func ParseConfig(b []byte) (*Config, error) {
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	var cfg Config
+	if err := dec.Decode(&cfg); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil, fmt.Errorf("the file is empty: %w", ErrConfig)
+		}
+		return nil, fmt.Errorf("%v: %w", err, ErrConfig)
+	}
+	var extra any
+	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("more than one YAML document: %w", ErrConfig)
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return &cfg, nil
+}
+
+// Validate checks the configuration and fills defaults.
+func (c *Config) Validate() error {
+	bad := func(format string, a ...any) error {
+		return fmt.Errorf(format+": %w", append(a, ErrConfig)...)
+	}
+	if strings.TrimSpace(c.DeviceID) == "" {
+		return bad("device_id is required")
+	}
+	if c.DataDir == "" {
+		return bad("data_dir is required (for example /var/lib/edgefleet)")
+	}
+	if !filepath.IsAbs(c.DataDir) {
+		return bad("data_dir %q must be an absolute path", c.DataDir)
+	}
+	c.DataDir = filepath.Clean(c.DataDir)
+	if len(c.TrustedKeys) == 0 {
+		return bad("trusted_keys needs at least one minisign public key file")
+	}
+	seen := map[string]bool{}
+	paths := map[string]string{}
+	for i := range c.Apps {
+		a := &c.Apps[i]
+		if !protocol.ValidApp(a.Name) {
+			return bad("apps[%d]: name %q is not a valid app name (lower-case letters, digits, . _ -)", i, a.Name)
+		}
+		if seen[a.Name] {
+			return bad("app %s is configured twice", a.Name)
+		}
+		seen[a.Name] = true
+		if a.Path == "" || !filepath.IsAbs(a.Path) {
+			return bad("app %s: path %q must be an absolute path to the executable", a.Name, a.Path)
+		}
+		a.Path = filepath.Clean(a.Path)
+		if other, ok := paths[a.Path]; ok {
+			return bad("apps %s and %s share the path %s", other, a.Name, a.Path)
+		}
+		paths[a.Path] = a.Name
+		h := &a.Health
+		if h.Window == 0 {
+			h.Window = Duration(DefaultHealthWindow)
+		}
+		if h.Timeout == 0 {
+			h.Timeout = Duration(DefaultHealthTimeout)
+		}
+		if h.MaxBootsOnTrial == 0 {
+			h.MaxBootsOnTrial = DefaultMaxBootsOnTrial
+		}
+		if h.MaxRestarts == 0 {
+			h.MaxRestarts = DefaultMaxRestarts
+		}
+		if h.MaxBootsOnTrial < 0 || h.MaxRestarts < 0 {
+			return bad("app %s: health max_boots_on_trial and max_restarts must be positive", a.Name)
+		}
+	}
+	if c.Profile != "" && !protocol.ValidProfileName(c.Profile) {
+		return bad("profile %q is not a valid profile name", c.Profile)
+	}
+	return nil
+}
+
+// App returns the configuration of the named app.
+func (c *Config) App(name string) (*AppConfig, bool) {
+	for i := range c.Apps {
+		if c.Apps[i].Name == name {
+			return &c.Apps[i], true
+		}
+	}
+	return nil, false
+}
+
+// StatePath is the bbolt state database in DataDir.
+func (c *Config) StatePath() string { return filepath.Join(c.DataDir, "state.db") }
+
+// SocketPath is the daemon's control socket in DataDir.
+func (c *Config) SocketPath() string { return filepath.Join(c.DataDir, "agent.sock") }
+
+// stagedPath is where a new binary is written before the swap: next to the
+// target, so the rename is atomic (same filesystem).
+func (a *AppConfig) stagedPath() string {
+	return filepath.Join(filepath.Dir(a.Path), "."+filepath.Base(a.Path)+".staged")
+}
+
+// restorePath is the temporary hard link a rollback renames over the target.
+func (a *AppConfig) restorePath() string {
+	return filepath.Join(filepath.Dir(a.Path), "."+filepath.Base(a.Path)+".restore")
+}
+
+// PrevPath is the previous binary, kept as a hard link for rollback.
+func (a *AppConfig) PrevPath() string { return a.Path + ".prev" }
+
+func dirOf(p string) string { return filepath.Dir(p) }

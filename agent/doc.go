@@ -1,0 +1,52 @@
+// Package agent is the device side of edgefleet: it installs signed
+// bundles for the configured apps, keeps their state in a bbolt database,
+// commits or rolls back after a trial, and recovers whatever a crash or a
+// power cut left half done. The daemon, supervisor and control socket that
+// drive it live in this package too (daemon.go, supervisor.go, control.go).
+//
+// It imports protocol and hardware, never packer: the device binary stays
+// small (a test guards it).
+//
+// # The install pipeline
+//
+// verify (signature, app, anti-rollback sequence, expiry, sizes) → compat
+// (signed target against the CPU's auxiliary vector; after staging, the ELF
+// header and static linking) → storage (free space for the new binary plus
+// the manifest's reserve) → stage (stream, decode, hash into
+// .<name>.staged next to the target, fsync) → probe (run the staged binary
+// under a timeout) → swap (keep <name>.prev as a hard link, rename over the
+// target, fsync the directory) → trial. Each step is recorded in the state
+// database before it acts.
+//
+// # Promises about crashes
+//
+//   - At every moment, including a SIGKILL or power cut at any instruction,
+//     the app's path holds a complete executable: the old one or the new
+//     one, never a partial file and never nothing (once something was
+//     installed). rename(2) is the only operation that changes it.
+//   - Recover, run at every daemon start, finishes or undoes an interrupted
+//     step by comparing the recorded step with the sha256 of the files on
+//     disk. Every recovery step is idempotent.
+//   - Failpoints (failpoint.go, env EDGEFLEET_FAILPOINT) kill the process
+//     at each named point; the tests prove the two promises above there.
+//   - A state database that cannot be read never bricks the device: Open
+//     returns ErrCorruptState naming the file, the binaries are untouched,
+//     and ResetState / `edgefleet-agent reset` moves the file aside.
+//
+// # Promises about memory
+//
+// A payload is never held in memory: staging copies through one 64 KiB
+// buffer; the bundle reader holds one chunk (at most the manifest's chunk
+// size) and the xz decoder its signed dictionary size. Memory does not grow
+// with the payload.
+//
+// # Promises about untrusted input
+//
+// Nothing from a bundle is trusted before its manifest signature verified
+// against a configured key; no payload byte is written before its chunk
+// hash matched; the staged file reaches the target path only after its
+// size and sha256 matched the signed manifest, its ELF header matched the
+// signed target and its probe passed. Refusals are full sentences saying
+// what is wrong and what to do; Fatal tells a release that will never
+// install from a transient failure.
+package agent

@@ -1,0 +1,69 @@
+package agent
+
+import (
+	"errors"
+
+	"github.com/edgefleet/edgefleet/hardware"
+	"github.com/edgefleet/edgefleet/protocol"
+)
+
+// Sentinel errors, grouped by phase. Every error the agent returns wraps one
+// of these (or a protocol sentinel for bundle problems), so callers classify
+// with errors.Is. Fatal reports whether retrying the same release can help.
+var (
+	// ErrConfig: the configuration file is invalid.
+	ErrConfig = errors.New("invalid agent configuration")
+
+	// ErrLocked: the state database is held by another process (normally
+	// the daemon); a sideload must go through the control socket instead.
+	ErrLocked = errors.New("state database is in use by another edgefleet-agent")
+
+	// ErrCorruptState: the state database cannot be read. The binaries are
+	// untouched; `edgefleet-agent reset` moves the file aside.
+	ErrCorruptState = errors.New("state database is corrupt")
+
+	// ErrUnknownApp: the bundle or command names an app that is not in the
+	// configuration.
+	ErrUnknownApp = errors.New("app is not configured on this device")
+
+	// ErrOldSequence: anti-rollback — the release is not newer than what is
+	// (or was) installed.
+	ErrOldSequence = errors.New("release is not newer than the installed one")
+
+	// ErrIncompatible: the executable cannot run on this device (CPU level,
+	// architecture, ELF header, not static). It is hardware's sentinel, so
+	// errors.Is works with either name.
+	ErrIncompatible = hardware.ErrIncompatible
+
+	// ErrNoSpace: not enough free storage, before or while staging.
+	ErrNoSpace = errors.New("not enough storage")
+
+	// ErrProbe: the new binary failed its probe (crash, signal, timeout,
+	// wrong output).
+	ErrProbe = errors.New("new binary failed its probe")
+
+	// ErrBusy: another install or rollback of the app is in progress, or
+	// the app is on trial. Transient: retry later.
+	ErrBusy = errors.New("app is busy")
+
+	// ErrNoPrevious: a rollback was asked for but no previous binary is
+	// kept.
+	ErrNoPrevious = errors.New("no previous version to roll back to")
+)
+
+// Fatal reports whether err condemns the release itself (bad signature,
+// wrong CPU, old sequence, failed probe…): retrying the same bytes gives the
+// same answer, so it is reported and dropped. Other errors (disk full, busy,
+// I/O, cancelled) are transient and worth a retry.
+func Fatal(err error) bool {
+	for _, e := range []error{
+		protocol.ErrMalformed, protocol.ErrSchema, protocol.ErrTooLarge,
+		protocol.ErrUnknownKey, protocol.ErrBadSignature, protocol.ErrPayloadMismatch,
+		protocol.ErrExpired, ErrUnknownApp, ErrOldSequence, ErrIncompatible, ErrProbe,
+	} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
+}

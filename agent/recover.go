@@ -1,0 +1,289 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+)
+
+// RecoverAction is one thing Recover did.
+type RecoverAction struct {
+	App string `json:"app"`
+	// Action: "undone" (an interrupted install was undone, the old binary
+	// stays), "finished" (an interrupted swap or rollback was completed),
+	// "boot-on-trial" (counted a boot of an app still on trial),
+	// "rolled-back" (too many boots on trial), "cleaned" (leftover files
+	// removed), "failed" (the files match nothing recorded).
+	Action string `json:"action"`
+	Detail string `json:"detail"`
+}
+
+// Recover runs at daemon start. For every configured app it finishes or
+// undoes whatever an earlier run left half done, judging by the recorded
+// step and the sha256 of the files actually on disk; counts a boot for an
+// app still on trial and rolls it back once it exceeds
+// health.max_boots_on_trial. It is idempotent: a crash inside Recover is
+// recovered by the next Recover.
+func (a *Agent) Recover(ctx context.Context) ([]RecoverAction, error) {
+	var acts []RecoverAction
+	var errs []error
+	for i := range a.cfg.Apps {
+		c := &a.cfg.Apps[i]
+		if err := ctx.Err(); err != nil {
+			return acts, err
+		}
+		unlock, err := a.lock(c.Name)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		r, err := a.load(c.Name)
+		if err == nil {
+			var act []RecoverAction
+			act, err = a.recoverApp(ctx, c, r, true)
+			acts = append(acts, act...)
+		}
+		unlock()
+		if err != nil {
+			errs = append(errs, fmt.Errorf("recover %s: %w", c.Name, err))
+		}
+	}
+	for _, act := range acts {
+		a.opts.Logf("recover %s: %s: %s", act.App, act.Action, act.Detail)
+	}
+	return acts, errors.Join(errs...)
+}
+
+// recoverApp settles one app; boot says whether this is a daemon start
+// (count boots on trial). The caller holds the app's lock.
+func (a *Agent) recoverApp(ctx context.Context, c *AppConfig, r *record, boot bool) ([]RecoverAction, error) {
+	var acts []RecoverAction
+	act := func(action, format string, args ...any) {
+		acts = append(acts, RecoverAction{App: c.Name, Action: action, Detail: fmt.Sprintf(format, args...)})
+	}
+	now := a.opts.Now()
+	switch r.State {
+	case StateStaging, StateStaged:
+		p := r.Pending
+		if err := removeIfExists(c.stagedPath()); err != nil {
+			return acts, err
+		}
+		detail := fmt.Sprintf("the install of %s was interrupted while %s; the staged file was removed and %s stays", pendingVersion(p), r.State, versionOr(r.Version))
+		if _, err := a.update(c.Name, func(r *record) error {
+			r.State = priorState(r.Pending)
+			r.Pending = nil
+			r.LastError = detail + "; install it again"
+			r.event(now, "recovered", pendingVersion(p), detail)
+			return nil
+		}); err != nil {
+			return acts, err
+		}
+		act("undone", "%s", detail)
+
+	case StateSwapping:
+		a2, err := a.settleSwap(c, r)
+		acts = append(acts, a2...)
+		if err != nil {
+			return acts, err
+		}
+
+	case StateRollingBack:
+		p := r.Pending
+		if p == nil {
+			return acts, a.markFailed(c, "rolling back without a recorded target")
+		}
+		tgt, err := fileSHA256(c.Path)
+		if err != nil {
+			return acts, err
+		}
+		if tgt != p.SHA256 {
+			prev, err := fileSHA256(c.PrevPath())
+			if err != nil {
+				return acts, err
+			}
+			if prev != p.SHA256 {
+				return acts, a.markFailed(c, fmt.Sprintf("an interrupted rollback to %s cannot finish: neither %s nor %s holds it", p.Version, c.Path, c.PrevPath()))
+			}
+			if err := restoreFromPrev(c); err != nil {
+				return acts, err
+			}
+		}
+		reason := r.LastError
+		if reason == "" {
+			reason = "rollback interrupted and finished at start"
+		}
+		if _, err := a.update(c.Name, func(r *record) error { a.markRolledBack(r, reason); return nil }); err != nil {
+			return acts, err
+		}
+		removeIfExists(c.restorePath())
+		act("finished", "rollback to %s finished", p.Version)
+
+	case StateTrial:
+		if !boot {
+			break
+		}
+		rec, err := a.update(c.Name, func(r *record) error {
+			r.BootsOnTrial++
+			r.event(now, "boot-on-trial", r.Version, fmt.Sprintf("boot %d on trial (at most %d)", r.BootsOnTrial, c.Health.MaxBootsOnTrial))
+			return nil
+		})
+		if err != nil {
+			return acts, err
+		}
+		act("boot-on-trial", "%s on trial, boot %d of at most %d", rec.Version, rec.BootsOnTrial, c.Health.MaxBootsOnTrial)
+		if rec.BootsOnTrial > c.Health.MaxBootsOnTrial {
+			reason := fmt.Sprintf("%s did not commit within %d boots on trial", rec.Version, c.Health.MaxBootsOnTrial)
+			if err := a.rollback(c, rec, reason); err != nil {
+				if errors.Is(err, ErrNoPrevious) {
+					// Nothing to go back to: keep running it, but say so.
+					a.update(c.Name, func(r *record) error { r.LastError = reason + "; " + err.Error(); return nil })
+					act("failed", "%s; %v", reason, err)
+					break
+				}
+				return acts, err
+			}
+			act("rolled-back", "%s", reason)
+		}
+	}
+	// Leftovers from a crash between a rename and the record, or from Check.
+	for _, p := range []string{c.stagedPath(), c.restorePath()} {
+		if _, err := os.Lstat(p); err == nil {
+			if rr, _ := a.load(c.Name); rr != nil && (rr.State == StateStaging || rr.State == StateStaged || rr.State == StateSwapping) {
+				continue
+			}
+			if err := os.Remove(p); err == nil {
+				act("cleaned", "removed leftover %s", p)
+			}
+		}
+	}
+	return acts, nil
+}
+
+// settleSwap decides an interrupted swap from the files on disk: if the
+// target already holds the new binary, finish; if the staged file is intact,
+// run the (idempotent) swap again; if the target is gone, restore .prev;
+// else undo.
+func (a *Agent) settleSwap(c *AppConfig, r *record) ([]RecoverAction, error) {
+	p := r.Pending
+	if p == nil {
+		return nil, a.markFailed(c, "swapping without a recorded release")
+	}
+	var acts []RecoverAction
+	tgt, err := fileSHA256(c.Path)
+	if err != nil {
+		return nil, err
+	}
+	staged, err := fileSHA256(c.stagedPath())
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case tgt == p.SHA256:
+		// The rename happened; make sure it is durable.
+		if err := syncDir(c); err != nil {
+			return nil, err
+		}
+		removeIfExists(c.stagedPath())
+		acts = append(acts, RecoverAction{App: c.Name, Action: "finished", Detail: fmt.Sprintf("swap to %s had completed; on trial", p.Version)})
+	case staged == p.SHA256 && (tgt == p.OldSHA256 || tgt == ""):
+		if err := swapIn(c, c.stagedPath()); err != nil {
+			return nil, err
+		}
+		acts = append(acts, RecoverAction{App: c.Name, Action: "finished", Detail: fmt.Sprintf("swap to %s finished; on trial", p.Version)})
+	case tgt == "" && p.OldSHA256 != "":
+		prev, err := fileSHA256(c.PrevPath())
+		if err != nil {
+			return nil, err
+		}
+		if prev != p.OldSHA256 {
+			return nil, a.markFailed(c, fmt.Sprintf("%s is missing and neither the staged file nor %s holds a known binary", c.Path, c.PrevPath()))
+		}
+		if err := restoreFromPrev(c); err != nil {
+			return nil, err
+		}
+		return a.undo(c, "the swap was interrupted and the old binary restored from "+c.PrevPath(), acts)
+	case tgt == p.OldSHA256:
+		removeIfExists(c.stagedPath())
+		return a.undo(c, "the swap was interrupted before it changed anything", acts)
+	default:
+		return nil, a.markFailed(c, fmt.Sprintf("after an interrupted swap %s holds an unknown binary (sha256 %s)", c.Path, tgt))
+	}
+	if _, err := a.update(c.Name, func(r *record) error {
+		a.markTrial(r, r.Pending)
+		r.event(a.opts.Now(), "recovered", p.Version, "interrupted swap finished")
+		return nil
+	}); err != nil {
+		return acts, err
+	}
+	return acts, nil
+}
+
+func (a *Agent) undo(c *AppConfig, detail string, acts []RecoverAction) ([]RecoverAction, error) {
+	now := a.opts.Now()
+	var v string
+	if _, err := a.update(c.Name, func(r *record) error {
+		v = pendingVersion(r.Pending)
+		r.State = priorState(r.Pending)
+		r.Pending = nil
+		r.LastError = fmt.Sprintf("install of %s undone: %s; install it again", v, detail)
+		r.event(now, "recovered", v, detail)
+		return nil
+	}); err != nil {
+		return acts, err
+	}
+	return append(acts, RecoverAction{App: c.Name, Action: "undone", Detail: fmt.Sprintf("install of %s undone: %s", v, detail)}), nil
+}
+
+func (a *Agent) markFailed(c *AppConfig, why string) error {
+	now := a.opts.Now()
+	_, err := a.update(c.Name, func(r *record) error {
+		r.State = StateFailed
+		r.Pending = nil
+		r.LastError = why + "; reinstall a release or restore the binary by hand"
+		r.event(now, "failed", r.Version, why)
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	return fmt.Errorf("%s: %s", c.Name, why)
+}
+
+func syncDir(c *AppConfig) error {
+	d, err := os.Open(dirOf(c.Path))
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+func removeIfExists(p string) error {
+	if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
+func priorState(p *pending) string {
+	if p == nil || p.PriorState == "" {
+		return StateNone
+	}
+	return p.PriorState
+}
+
+func pendingVersion(p *pending) string {
+	if p == nil {
+		return "a release"
+	}
+	return p.Version
+}
+
+func versionOr(v string) string {
+	if v == "" {
+		return "the current binary"
+	}
+	return v
+}
