@@ -1,0 +1,261 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/edgefleet/edgefleet/hardware"
+	"github.com/edgefleet/edgefleet/packer"
+)
+
+func init() {
+	register("pack", command{summary: "build, check and sign a Go program into one bundle per device profile", run: runPack})
+}
+
+func runPack(ctx context.Context, env *cliEnv, args []string) int {
+	fs := flag.NewFlagSet("pack", flag.ContinueOnError)
+	fs.SetOutput(env.stderr)
+	var profiles stringsFlag
+	keyPath := fs.String("key", "", "minisign secret key that signs the manifests (required)")
+	version := fs.String("version", "", "semantic version to stamp and sign, e.g. 1.2.3 (required)")
+	sequence := fs.Uint64("sequence", 0, "release sequence number, at least 1; devices refuse a lower one (required)")
+	fs.Var(&profiles, "profile", "device profile or board name; repeat for several (required)")
+	profilesFile := fs.String("profiles", "", "YAML file with custom profiles; without --profile, all of its profiles are packed")
+	app := fs.String("app", "", "app name (default: the package's directory name)")
+	versionVar := fs.String("version-var", packer.DefaultVersionVar, "package-level string variable that -X sets to the version")
+	upx := fs.String("upx", "", "upx program (default: upx on PATH)")
+	expires := fs.String("expires", "", "expiry: a duration from now (720h) or an RFC 3339 time; devices refuse the release after it")
+	timestamp := fs.String("timestamp", "", "manifest time: 'now', an RFC 3339 time or Unix seconds (default: $SOURCE_DATE_EPOCH, else 1970-01-01 for reproducible bundles)")
+	noProbe := fs.Bool("no-probe", false, "no probe: neither in the manifest nor under emulation")
+	encoding := fs.String("encoding", "xz", "payload encoding: xz or none")
+	jobs := fs.Int("jobs", 0, "profiles built at once (default: the number of CPUs)")
+	unstripped := fs.Bool("measure-unstripped", false, "also link without -s -w to report the unstripped size")
+	asJSON := fs.Bool("json", false, "print the results as JSON")
+	out := fs.String("o", "", "output directory for the bundles (required)")
+	fs.Usage = func() {
+		fmt.Fprintln(env.stderr, "usage: edgefleet pack --key K --version V --sequence N --profile P [--profile P...] -o DIR PKG")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	usage := func(format string, a ...any) int {
+		fmt.Fprintf(env.stderr, "edgefleet pack: "+format+"\n", a...)
+		fs.Usage()
+		return 2
+	}
+	if fs.NArg() != 1 {
+		return usage("give exactly one package to pack (got %d)", fs.NArg())
+	}
+	if *keyPath == "" || *version == "" || *sequence == 0 || *out == "" {
+		return usage("--key, --version, --sequence and -o are required")
+	}
+	if len(profiles) == 0 && *profilesFile == "" {
+		return usage("name at least one --profile (see `edgefleet profiles`) or give --profiles FILE")
+	}
+
+	set := hardware.DefaultSet()
+	var chosen []hardware.Profile
+	if *profilesFile != "" {
+		custom, err := set.LoadProfilesFile(*profilesFile)
+		if err != nil {
+			fmt.Fprintf(env.stderr, "edgefleet pack: %v\n", err)
+			return 1
+		}
+		if len(profiles) == 0 {
+			chosen = custom
+		}
+	}
+	for _, name := range profiles {
+		p, err := set.Lookup(name)
+		if err != nil {
+			return usage("%v", err)
+		}
+		chosen = append(chosen, p)
+	}
+
+	o := packer.Options{
+		Package: fs.Arg(0), App: *app, Version: *version, Sequence: *sequence,
+		Profiles: chosen, OutDir: *out, VersionVar: *versionVar, UPX: *upx,
+		NoProbe: *noProbe, Encoding: *encoding, Jobs: *jobs, MeasureUnstripped: *unstripped,
+	}
+	if *timestamp != "" {
+		t, err := parseTime(*timestamp)
+		if err != nil {
+			return usage("--timestamp: %v", err)
+		}
+		o.Created = t
+	}
+	if *expires != "" {
+		t, err := parseExpiry(*expires, env)
+		if err != nil {
+			return usage("--expires: %v", err)
+		}
+		o.Expires = &t
+	}
+	if o.UPX == "" {
+		o.UPX = env.getenv("EDGEFLEET_UPX")
+	}
+	key, err := loadSecretKey(env, *keyPath)
+	if err != nil {
+		fmt.Fprintf(env.stderr, "edgefleet pack: %v\n", err)
+		return 1
+	}
+	o.Key = key
+	if err := o.Validate(); err != nil {
+		return usage("%v", err)
+	}
+	o.Progress = progressPrinter(env.stderr)
+
+	results, err := packer.Pack(ctx, o)
+	if *asJSON {
+		printPackJSON(env.stdout, results, err)
+	} else {
+		printPackTable(env.stdout, results)
+	}
+	if err != nil {
+		fmt.Fprintf(env.stderr, "edgefleet pack: failed:\n%v\n", err)
+		if errors.Is(err, packer.ErrOptions) && results == nil {
+			return 2
+		}
+		return 1
+	}
+	return 0
+}
+
+// progressPrinter prints one line per finished, skipped or failed step.
+func progressPrinter(w io.Writer) func(packer.Event) {
+	return func(e packer.Event) {
+		if e.State == packer.StepStart {
+			return
+		}
+		who := e.Profile
+		if who == "" {
+			who = "pack"
+		}
+		detail := e.Detail
+		if e.State == packer.StepFail {
+			detail = "failed"
+		}
+		if i := strings.IndexByte(detail, '\n'); i >= 0 {
+			detail = detail[:i]
+		}
+		fmt.Fprintf(w, "%-16s %-12s %-5s %6.2fs %s\n", who, e.Step, e.State, e.Elapsed.Seconds(), detail)
+	}
+}
+
+func printPackTable(w io.Writer, results []packer.Result) {
+	if len(results) == 0 {
+		return
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "PROFILE\tBINARY\tPAYLOAD\tBUDGET\tSTATIC\tUPX\tPROBE\tBUNDLE")
+	for _, r := range results {
+		bin := sizeOrDash(r.BinarySize)
+		if r.UnstrippedSize > 0 {
+			bin += " (unstripped " + hardware.Size(r.UnstrippedSize).String() + ")"
+		}
+		static := "-"
+		if r.Static {
+			static = "✓"
+		} else if r.BinarySize > 0 {
+			static = "✗"
+		}
+		upx := "-"
+		if r.UPXSize > 0 {
+			upx = hardware.Size(r.UPXSize).String()
+		} else if r.UPX {
+			upx = "wanted"
+		}
+		probe := r.Probe
+		if probe == "" {
+			probe = "-"
+		}
+		bundle := r.Bundle
+		if bundle == "" {
+			bundle = "(not written)"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Profile.Name, bin, sizeOrDash(r.PayloadSize), hardware.Size(r.Budget), static, upx, probe, bundle)
+	}
+	tw.Flush()
+}
+
+func sizeOrDash(n int64) string {
+	if n <= 0 {
+		return "-"
+	}
+	return hardware.Size(n).String()
+}
+
+type packJSON struct {
+	OK      bool             `json:"ok"`
+	Error   string           `json:"error,omitempty"`
+	Results []packResultJSON `json:"results"`
+}
+
+type packResultJSON struct {
+	packer.Result
+	Error string `json:"error,omitempty"`
+}
+
+func printPackJSON(w io.Writer, results []packer.Result, err error) {
+	out := packJSON{OK: err == nil, Results: []packResultJSON{}}
+	if err != nil {
+		out.Error = err.Error()
+	}
+	for _, r := range results {
+		pr := packResultJSON{Result: r}
+		if r.Err != nil {
+			pr.Error = r.Err.Error()
+		}
+		out.Results = append(out.Results, pr)
+	}
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(out)
+}
+
+func parseTime(s string) (time.Time, error) {
+	if s == "now" {
+		return time.Now().UTC().Truncate(time.Second), nil
+	}
+	if n, err := strconv.ParseInt(s, 10, 64); err == nil {
+		return time.Unix(n, 0).UTC(), nil
+	}
+	t, err := time.Parse(time.RFC3339, s)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("%q is not 'now', Unix seconds or an RFC 3339 time like 2026-11-01T00:00:00Z", s)
+	}
+	return t, nil
+}
+
+// parseExpiry reads an absolute time, or a duration counted from
+// SOURCE_DATE_EPOCH when set (reproducible), else from now.
+func parseExpiry(s string, env *cliEnv) (time.Time, error) {
+	if d, err := time.ParseDuration(s); err == nil {
+		if d <= 0 {
+			return time.Time{}, fmt.Errorf("%s is not a positive duration", s)
+		}
+		base := time.Now()
+		if e := env.getenv("SOURCE_DATE_EPOCH"); e != "" {
+			if n, err := strconv.ParseInt(e, 10, 64); err == nil {
+				base = time.Unix(n, 0)
+			}
+		}
+		return base.Add(d).UTC().Truncate(time.Second), nil
+	}
+	t, err := time.Parse(time.RFC3339, s)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("%q is neither a duration like 720h nor an RFC 3339 time", s)
+	}
+	return t, nil
+}
+

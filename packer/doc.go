@@ -1,0 +1,39 @@
+// Package packer turns a Go main package into signed edgefleet bundles, one
+// per device profile. It is host-side code: the agent never imports it.
+//
+// Pack runs an ordered list of named steps (see Steps), goreleaser style.
+// Two run once per pack, the rest once per profile:
+//
+//	resolve      go list the package and its dependencies
+//	version-var  refuse unless the -X variable is a package-level string var
+//	build        go build with CGO_ENABLED=0, -trimpath, -s -w, -buildid=, -X, GOARM/GOAMD64/GOMIPS explicit
+//	static       debug/elf: no PT_INTERP, no DT_NEEDED; record ELF class, machine, byte order
+//	upx          upx <args>, then upx -t (skipped unless the profile asks)
+//	budget       the final executable must fit max_binary_size; if not, list the biggest packages and symbols
+//	probe        run the final executable under qemu-user with the profile's CPU model
+//	compress     xz with the profile's dictionary size (or encoding none)
+//	hash         payload size, sha256 and per-chunk hashes
+//	sign         minisign signature over the exact manifest bytes
+//	write        <app>_<version>_<profile>.efb, atomically
+//
+// Profiles build concurrently (Options.Jobs). Sign and write run only after
+// every profile passed every check, so a failed pack writes no bundle.
+//
+// # Promises
+//
+//   - Reproducible: the same source, toolchain, options and key give
+//     byte-identical bundles. The manifest time comes from Options.Created,
+//     SOURCE_DATE_EPOCH or the Unix epoch, never from the wall clock unless
+//     the caller passes it.
+//   - Crash safety: bundles are written to a temporary file in the output
+//     directory, fsynced and renamed (protocol.WriteBundleFile); a crash
+//     leaves either the old file, the new one, or a stray dot-temp file.
+//     Intermediate files live in a temporary directory removed at the end.
+//   - Memory: binaries and payloads are streamed through files; memory does
+//     not grow with the binary size beyond the xz encoder's dictionary.
+//   - Untrusted input: the packer trusts the source tree it builds and the
+//     tools it runs (go, upx, qemu). Probe output is bounded. It does not
+//     read bundles; see protocol for that.
+//
+// Every failure wraps one of the sentinels in errors.go.
+package packer

