@@ -202,4 +202,3 @@ func (s *stringsFlag) Set(v string) error {
 	*s = append(*s, v)
 	return nil
 }
-

@@ -258,4 +258,3 @@ func parseExpiry(s string, env *cliEnv) (time.Time, error) {
 	}
 	return t, nil
 }
-
