@@ -1,0 +1,78 @@
+package policy
+
+import (
+	"encoding/json"
+	"io"
+	"os/exec"
+	"strings"
+	"testing"
+)
+
+type pkg struct {
+	ImportPath string
+	Doc        string
+	Name       string
+	Deps       []string
+	Standard   bool
+}
+
+func goList(t *testing.T, args ...string) []pkg {
+	t.Helper()
+	cmd := exec.Command("go", append([]string{"list", "-json"}, args...)...)
+	cmd.Dir = "../.."
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var pkgs []pkg
+	dec := json.NewDecoder(out)
+	for {
+		var p pkg
+		if err := dec.Decode(&p); err == io.EOF {
+			break
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		pkgs = append(pkgs, p)
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	return pkgs
+}
+
+// Every package says what it is and what it promises.
+func TestEveryPackageHasDoc(t *testing.T) {
+	for _, p := range goList(t, "./...") {
+		if strings.TrimSpace(p.Doc) == "" {
+			t.Errorf("package %s has no doc comment: add a doc.go saying what it does and what it promises about crashes, memory and untrusted input", p.ImportPath)
+		}
+	}
+}
+
+// The device binary stays small: no packer, no CLI frameworks, no
+// compiler toolchain packages.
+func TestAgentDependencies(t *testing.T) {
+	pkgs := goList(t, "-deps", "./cmd/edgefleet-agent")
+	if len(pkgs) == 0 {
+		t.Fatal("go list returned nothing for ./cmd/edgefleet-agent")
+	}
+	forbidden := []string{
+		"github.com/edgefleet/edgefleet/packer",
+		"github.com/edgefleet/edgefleet/fleet",
+		"github.com/spf13/cobra", "github.com/urfave/cli",
+		"github.com/mochi-mqtt/server",
+		"go/types", "go/parser",
+		"github.com/rogpeppe/go-internal",
+	}
+	for _, p := range pkgs {
+		for _, f := range forbidden {
+			if p.ImportPath == f || strings.HasPrefix(p.ImportPath, f+"/") {
+				t.Errorf("edgefleet-agent imports %s: the device binary must not (DESIGN.md: agent never imports the packer or heavy libraries)", p.ImportPath)
+			}
+		}
+	}
+}
