@@ -58,7 +58,7 @@ var (
 func Fatal(err error) bool {
 	for _, e := range []error{
 		protocol.ErrMalformed, protocol.ErrSchema, protocol.ErrTooLarge,
-		protocol.ErrUnknownKey, protocol.ErrBadSignature, protocol.ErrPayloadMismatch,
+		protocol.ErrUnknownKey, protocol.ErrBadSignature, protocol.ErrPayloadMismatch, protocol.ErrTruncated,
 		protocol.ErrExpired, ErrUnknownApp, ErrOldSequence, ErrIncompatible, ErrProbe,
 	} {
 		if errors.Is(err, e) {

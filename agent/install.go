@@ -277,6 +277,9 @@ func (a *Agent) pipeline(ctx context.Context, app *AppConfig, m *protocol.Manife
 		}
 		staged = f.Name()
 		f.Close()
+		if err := os.Chmod(staged, 0o755); err != nil {
+			return nil, staged, err
+		}
 	}
 	if err := a.stage(ctx, app, m, payload, staged, progress, dry); err != nil {
 		return nil, staged, err

@@ -1,0 +1,285 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/edgefleet/edgefleet/hardware"
+	"github.com/edgefleet/edgefleet/protocol"
+)
+
+func TestInstallTrialCommitRollback(t *testing.T) {
+	k := newKit(t)
+	a := k.open(Options{})
+
+	res := k.install(a, k.bundle(spec{Version: "1.0.0", Sequence: 1}))
+	if res.Version != "1.0.0" || res.Previous != "" {
+		t.Fatalf("first install: %+v", res)
+	}
+	if got := runVersion(t, k.appPath); got != "1.0.0" {
+		t.Fatalf("app prints %q", got)
+	}
+	st := appStatus(t, a, "hello")
+	if st.State != StateTrial || st.Sequence != 1 {
+		t.Fatalf("after install: %s", dumpJSON(st))
+	}
+	if err := a.Rollback("hello", "test"); !errors.Is(err, ErrNoPrevious) {
+		t.Fatalf("rollback of a first install: %v, want ErrNoPrevious", err)
+	}
+	if err := a.Commit("hello"); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Commit("hello"); err == nil {
+		t.Fatal("second commit succeeded")
+	}
+
+	res = k.install(a, k.bundle(spec{Version: "1.1.0", Sequence: 2}))
+	if res.Previous != "1.0.0" {
+		t.Fatalf("second install: %+v", res)
+	}
+	if got := runVersion(t, k.appPath); got != "1.1.0" {
+		t.Fatalf("app prints %q", got)
+	}
+	if got := runVersion(t, k.appPath+".prev"); got != "1.0.0" {
+		t.Fatalf(".prev prints %q", got)
+	}
+	// Installing over an app on trial waits for its verdict.
+	if err := k.tryInstall(a, k.bundle(spec{Version: "1.2.0", Sequence: 3})); !errors.Is(err, ErrBusy) {
+		t.Fatalf("install during trial: %v, want ErrBusy", err)
+	}
+	if err := a.Rollback("hello", "health check failed"); err != nil {
+		t.Fatal(err)
+	}
+	if got := runVersion(t, k.appPath); got != "1.0.0" {
+		t.Fatalf("after rollback app prints %q", got)
+	}
+	st = appStatus(t, a, "hello")
+	if st.State != StateRolledBack || st.Version != "1.0.0" || st.Sequence != 1 || !strings.Contains(st.LastError, "health check failed") {
+		t.Fatalf("after rollback: %s", dumpJSON(st))
+	}
+	// The rolled-back release is not taken again (anti-rollback floor)...
+	err := k.tryInstall(a, k.bundle(spec{Version: "1.1.0", Sequence: 2}))
+	if !errors.Is(err, ErrOldSequence) || !strings.Contains(err.Error(), "rolled back") {
+		t.Fatalf("reinstall of the rolled-back release: %v", err)
+	}
+	// ...but a newer one is.
+	k.install(a, k.bundle(spec{Version: "1.2.0", Sequence: 3}))
+	if v, seq, err := a.Installed("hello"); err != nil || v != "1.2.0" || seq != 3 {
+		t.Fatalf("Installed = %q %d %v", v, seq, err)
+	}
+	st = appStatus(t, a, "hello")
+	kinds := []string{}
+	for _, e := range st.History {
+		kinds = append(kinds, e.Kind)
+	}
+	if want := "installed committed installed rolled-back refused installed"; strings.Join(kinds, " ") != want {
+		t.Fatalf("history %v, want %s", kinds, want)
+	}
+	assertNoLeftovers(t, k)
+}
+
+func TestInstallPartsAndProgress(t *testing.T) {
+	k := newKit(t)
+	a := k.open(Options{})
+	b := k.bundleBytes(spec{Version: "1.0.0", Sequence: 1})
+	bun, err := protocol.OpenBundle(bytes.NewReader(b), protocol.NewKeyring(k.pub))
+	if err != nil {
+		t.Fatal(err)
+	}
+	payload, _ := bun.Payload()
+	var steps []string
+	res, err := a.InstallParts(context.Background(), bun.RawManifest, bun.RawSignature, payload, func(p Progress) {
+		if len(steps) == 0 || steps[len(steps)-1] != p.Step {
+			steps = append(steps, p.Step)
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Version != "1.0.0" {
+		t.Fatal(res)
+	}
+	if want := "verify compat storage stage probe swap"; strings.Join(steps, " ") != want {
+		t.Fatalf("steps %v, want %s", steps, want)
+	}
+}
+
+func TestCheckChangesNothing(t *testing.T) {
+	k := newKit(t)
+	a := k.open(Options{})
+	k.install(a, k.bundle(spec{Version: "1.0.0", Sequence: 1}))
+	before := k.snap(a)
+	f, _ := os.Open(k.bundle(spec{Version: "1.1.0", Sequence: 2}))
+	defer f.Close()
+	if err := a.Commit("hello"); err != nil {
+		t.Fatal(err)
+	}
+	before = k.snap(a)
+	m, err := a.Check(context.Background(), f)
+	if err != nil || m.Version != "1.1.0" {
+		t.Fatalf("check: %v %v", m, err)
+	}
+	if after := k.snap(a); after != before {
+		t.Fatalf("check changed things:\n%+v\n%+v", before, after)
+	}
+	assertNoLeftovers(t, k)
+	// A check that fails says why, and still changes nothing.
+	f2, _ := os.Open(k.bundle(spec{Version: "1.1.0", Sequence: 2, Probe: &protocol.Probe{Args: []string{"--version"}, Expect: "9.9.9", Timeout: protocol.Duration(10 * time.Second)}}))
+	defer f2.Close()
+	if _, err := a.Check(context.Background(), f2); !errors.Is(err, ErrProbe) {
+		t.Fatalf("check with a failing probe: %v", err)
+	}
+	if after := k.snap(a); after != before {
+		t.Fatalf("failed check changed things")
+	}
+	assertNoLeftovers(t, k)
+}
+
+// assertNoLeftovers: only the binary and .prev in the app directory.
+func assertNoLeftovers(t testing.TB, k *kit) {
+	t.Helper()
+	ents, err := os.ReadDir(filepath.Dir(k.appPath))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, e := range ents {
+		if e.Name() != "hello" && e.Name() != "hello.prev" {
+			names = append(names, e.Name())
+		}
+	}
+	sort.Strings(names)
+	if len(names) > 0 {
+		t.Fatalf("leftover files in %s: %v", filepath.Dir(k.appPath), names)
+	}
+}
+
+// TestRefusals: every bad input is refused with a clear message and
+// changes nothing — not the binary, not .prev, not the recorded state.
+func TestRefusals(t *testing.T) {
+	other, _, _ := protocol.GenerateKey()
+	_ = other
+	_, otherPriv, _ := protocol.GenerateKey()
+	past := time.Now().Add(-time.Hour)
+
+	cases := []struct {
+		name   string
+		opts   func() Options
+		bundle func(k *kit) []byte
+		is     error
+		says   []string
+		skip   string
+	}{
+		{name: "bad signature", is: protocol.ErrBadSignature, says: []string{"does not verify", "altered"},
+			bundle: func(k *kit) []byte {
+				b := k.bundleBytes(spec{Version: "1.1.0", Sequence: 6})
+				// Change the signed sequence without re-signing (same length).
+				return bytes.Replace(b, []byte(`"sequence": 6`), []byte(`"sequence": 9`), 1)
+			}},
+		{name: "unknown key", is: protocol.ErrUnknownKey, says: []string{"not among the trusted keys"},
+			bundle: func(k *kit) []byte { return k.bundleBytes(spec{Version: "1.1.0", Sequence: 6, Key: &otherPriv}) }},
+		{name: "tampered payload", is: protocol.ErrPayloadMismatch, says: []string{"does not match"},
+			bundle: func(k *kit) []byte {
+				b := k.bundleBytes(spec{Version: "1.1.0", Sequence: 6})
+				b[len(b)-3000] ^= 0x55 // inside the payload (tar end is 1024 zero bytes plus padding)
+				return b
+			}},
+		{name: "truncated bundle", is: protocol.ErrTruncated, says: []string{"ends"},
+			bundle: func(k *kit) []byte {
+				b := k.bundleBytes(spec{Version: "1.1.0", Sequence: 6})
+				return b[:len(b)-100000]
+			}},
+		{name: "another app", is: ErrUnknownApp, says: []string{`app "world"`, "not configured"},
+			bundle: func(k *kit) []byte { return k.bundleBytes(spec{App: "world", Version: "1.1.0", Sequence: 6}) }},
+		{name: "wrong architecture", is: ErrIncompatible, says: []string{"arm64"},
+			bundle: func(k *kit) []byte {
+				tg := target{GOARCH: "arm64"}
+				if runtime.GOARCH == "arm64" {
+					tg = target{GOARCH: "amd64"}
+				}
+				return k.bundleBytes(spec{Version: "1.1.0", Sequence: 6, Target: tg})
+			}},
+		{name: "GOARM=7 on ARMv6", is: ErrIncompatible, says: []string{"GOARM=7", "VFPv3"},
+			opts: func() Options { return Options{CPU: armv6CPU()} },
+			bundle: func(k *kit) []byte {
+				return k.bundleBytes(spec{Version: "1.1.0", Sequence: 6, Target: target{GOARCH: "arm", GOARM: "7"}})
+			}},
+		{name: "GOAMD64=v3 without AVX2", is: ErrIncompatible, says: []string{"GOAMD64=v3", "avx2"},
+			skip: map[bool]string{true: "", false: "needs an amd64 host"}[runtime.GOARCH == "amd64"],
+			opts: func() Options {
+				c := hardware.CPUFacts{GOARCH: "amd64", AMD64Level: 2, Features: []string{"sse3", "ssse3", "sse4.1", "sse4.2", "popcnt", "cx16"}}
+				return Options{CPU: &c}
+			},
+			bundle: func(k *kit) []byte {
+				return k.bundleBytes(spec{Version: "1.1.0", Sequence: 6, Target: target{GOARCH: "amd64", GOAMD64: "v3"}})
+			}},
+		{name: "replayed older sequence", is: ErrOldSequence, says: []string{"sequence 4", "1.0.0 with sequence 5"},
+			bundle: func(k *kit) []byte { return k.bundleBytes(spec{Version: "0.9.0", Sequence: 4}) }},
+		{name: "replayed same sequence", is: ErrOldSequence, says: []string{"sequence 5"},
+			bundle: func(k *kit) []byte { return k.bundleBytes(spec{Version: "1.0.0", Sequence: 5}) }},
+		{name: "expired manifest", is: protocol.ErrExpired, says: []string{"expired"},
+			bundle: func(k *kit) []byte { return k.bundleBytes(spec{Version: "1.1.0", Sequence: 6, Expires: &past}) }},
+		{name: "probe wrong output", is: ErrProbe, says: []string{`printed "1.1.0"`, `expected "2.0.0"`},
+			bundle: func(k *kit) []byte {
+				return k.bundleBytes(spec{Version: "1.1.0", Sequence: 6, Probe: &protocol.Probe{Args: []string{"--version"}, Expect: "2.0.0", Timeout: protocol.Duration(10 * time.Second)}})
+			}},
+		{name: "probe crash", is: ErrProbe, says: []string{"exited with status 3", "crashing on purpose"},
+			bundle: func(k *kit) []byte {
+				return k.bundleBytes(spec{Version: "1.1.0", Sequence: 6, Extra: "-X main.crash=1", Probe: &protocol.Probe{Args: []string{"--serve"}, Timeout: protocol.Duration(10 * time.Second)}})
+			}},
+		{name: "probe timeout", is: ErrProbe, says: []string{"did not finish within 300ms"},
+			bundle: func(k *kit) []byte {
+				return k.bundleBytes(spec{Version: "1.1.0", Sequence: 6, Probe: &protocol.Probe{Args: []string{"--serve"}, Timeout: protocol.Duration(300 * time.Millisecond)}})
+			}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.skip != "" {
+				t.Skipf("SKIP %s: %s", tc.name, tc.skip)
+			}
+			k := newKit(t)
+			base := k.open(Options{})
+			k.install(base, k.bundle(spec{Version: "1.0.0", Sequence: 5}))
+			if err := base.Commit("hello"); err != nil {
+				t.Fatal(err)
+			}
+			a := base
+			if tc.opts != nil {
+				base.Close()
+				a = k.open(tc.opts())
+			}
+			before := k.snap(a)
+			_, err := a.Install(context.Background(), bytes.NewReader(tc.bundle(k)), nil)
+			if err == nil {
+				t.Fatal("installed; want a refusal")
+			}
+			if !errors.Is(err, tc.is) {
+				t.Fatalf("error %q does not wrap %v", err, tc.is)
+			}
+			for _, s := range tc.says {
+				if !strings.Contains(err.Error(), s) {
+					t.Errorf("error %q does not say %q", err, s)
+				}
+			}
+			if !Fatal(err) {
+				t.Errorf("%v is not classified fatal for the release", err)
+			}
+			if after := k.snap(a); after != before {
+				t.Fatalf("refusal changed things:\nbefore %+v\nafter  %+v", before, after)
+			}
+			if got := runVersion(t, k.appPath); got != "1.0.0" {
+				t.Fatalf("app prints %q after a refusal", got)
+			}
+			assertNoLeftovers(t, k)
+			t.Logf("refused: %v", err)
+		})
+	}
+}
