@@ -149,6 +149,7 @@ type Supervisor struct {
 	run      uint64
 	since    time.Time
 	restarts int
+	crashRun []uint64 // runs that crashed, the last maxCrashRuns
 	last     *Exit
 	ring     []string
 	ringNext int
@@ -261,6 +262,23 @@ func (s *Supervisor) State() SupervisorState {
 	return st
 }
 
+// maxCrashRuns bounds the crash history CrashesSince looks at.
+const maxCrashRuns = 64
+
+// CrashesSince counts the crashes (exits not requested by the supervisor,
+// and failed starts) of runs numbered run or later.
+func (s *Supervisor) CrashesSince(run uint64) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for _, r := range s.crashRun {
+		if r >= run {
+			n++
+		}
+	}
+	return n
+}
+
 // Output returns the last output lines, oldest first.
 func (s *Supervisor) Output() []string {
 	s.mu.Lock()
@@ -305,6 +323,10 @@ func (s *Supervisor) report(e Exit) {
 	s.last = &e
 	if !e.Requested {
 		s.restarts++
+		s.crashRun = append(s.crashRun, e.Run)
+		if len(s.crashRun) > maxCrashRuns {
+			s.crashRun = s.crashRun[1:]
+		}
 	}
 	s.notifyLocked()
 	s.mu.Unlock()

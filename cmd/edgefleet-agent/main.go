@@ -1,0 +1,617 @@
+// Command edgefleet-agent is the program on every device: the daemon that
+// installs signed bundles, supervises the apps, runs trials and commits or
+// rolls back — and the field engineer's tool for the same device.
+//
+//	edgefleet-agent run      --config /etc/edgefleet/agent.yaml
+//	edgefleet-agent sideload --config ... bundle.efb
+//	edgefleet-agent check    --config ... bundle.efb
+//	edgefleet-agent status   --config ... [--json]
+//	edgefleet-agent rollback --config ... APP
+//	edgefleet-agent facts    [--config ...] [--json]
+//	edgefleet-agent reset    --config ...
+//	edgefleet-agent version
+//
+// The field commands talk to the running daemon over its control socket
+// (<data_dir>/agent.sock) when it answers, and work on the state database
+// directly when it does not (sideload then leaves the trial to the next
+// daemon start).
+//
+// Exit codes: 0 success, 1 refused or failed (with the reason), 2 usage.
+//
+// Only the standard library's flag package: the device binary stays small.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"sort"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/edgefleet/edgefleet/agent"
+	"github.com/edgefleet/edgefleet/hardware"
+)
+
+// version is set at build time: -ldflags "-X main.version=1.2.0".
+var version = "dev"
+
+// failOnTrial is a TEST-ONLY build switch (-X main.failOnTrial=1): the
+// daemon exits with an error when it starts with its own binary on trial,
+// i.e. a self-update that "does not come up". Production builds leave it
+// empty.
+var failOnTrial = ""
+
+type env struct {
+	stdout, stderr io.Writer
+}
+
+type command struct {
+	summary string
+	run     func(ctx context.Context, e *env, args []string) int
+}
+
+var commands map[string]command
+
+func init() {
+	commands = map[string]command{
+		"run":      {"run the daemon: supervise apps, finish interrupted installs, serve the control socket", cmdRun},
+		"sideload": {"install a signed bundle (.efb) from a file", cmdSideload},
+		"check":    {"dry run: would this bundle install here, and if not, why", cmdCheck},
+		"status":   {"per app: version, sequence, state, previous, last error, history", cmdStatus},
+		"rollback": {"go back to an app's previous binary", cmdRollback},
+		"facts":    {"what this device is: CPU level and features, storage, memory", cmdFacts},
+		"reset":    {"move a corrupt state database aside and start afresh (binaries are kept)", cmdReset},
+		"version":  {"print the agent's version", cmdVersion},
+	}
+}
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := runMain(ctx, &env{stdout: os.Stdout, stderr: os.Stderr}, os.Args[1:])
+	stop()
+	os.Exit(code)
+}
+
+func runMain(ctx context.Context, e *env, args []string) int {
+	if len(args) == 0 || args[0] == "help" || args[0] == "-h" || args[0] == "--help" {
+		w := e.stdout
+		if len(args) == 0 {
+			w = e.stderr
+		}
+		usage(w)
+		if len(args) == 0 {
+			return 2
+		}
+		return 0
+	}
+	if args[0] == "--version" || args[0] == "-version" {
+		return cmdVersion(ctx, e, nil)
+	}
+	c, ok := commands[args[0]]
+	if !ok {
+		fmt.Fprintf(e.stderr, "edgefleet-agent: unknown command %q\n\n", args[0])
+		usage(e.stderr)
+		return 2
+	}
+	return c.run(ctx, e, args[1:])
+}
+
+func usage(w io.Writer) {
+	fmt.Fprintln(w, "usage: edgefleet-agent <command> [--config FILE] [flags] [args]")
+	fmt.Fprintln(w)
+	names := make([]string, 0, len(commands))
+	for n := range commands {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		fmt.Fprintf(w, "  %-9s %s\n", n, commands[n].summary)
+	}
+	fmt.Fprintf(w, "\nThe config defaults to %s. Exit codes: 0 ok, 1 refused or failed, 2 usage.\n", agent.DefaultConfigPath)
+}
+
+// flags returns a flag set with --config; parse parses and checks the
+// number of positional arguments.
+func flags(e *env, name, argsUsage string) (*flag.FlagSet, *string) {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(e.stderr)
+	cfg := fs.String("config", agent.DefaultConfigPath, "agent configuration file")
+	fs.Usage = func() {
+		fmt.Fprintf(e.stderr, "usage: edgefleet-agent %s [flags] %s\n", name, argsUsage)
+		fs.PrintDefaults()
+	}
+	return fs, cfg
+}
+
+func parse(e *env, fs *flag.FlagSet, args []string, nargs int) bool {
+	if err := fs.Parse(args); err != nil {
+		return false
+	}
+	if fs.NArg() != nargs {
+		fmt.Fprintf(e.stderr, "edgefleet-agent %s: want %d argument(s), got %d\n", fs.Name(), nargs, fs.NArg())
+		fs.Usage()
+		return false
+	}
+	return true
+}
+
+func loadConfig(e *env, path string) (*agent.Config, bool) {
+	cfg, err := agent.LoadConfig(path)
+	if err != nil {
+		fmt.Fprintf(e.stderr, "edgefleet-agent: %v\n", err)
+		return nil, false
+	}
+	return cfg, true
+}
+
+// dial returns a client when the daemon answers, nil when it does not.
+func dial(ctx context.Context, cfg *agent.Config) *agent.ControlClient {
+	dctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	c, err := agent.DialControl(dctx, cfg.SocketPath())
+	if err != nil {
+		return nil
+	}
+	return c
+}
+
+// openDirect opens the state database when no daemon answers.
+func openDirect(e *env, cfg *agent.Config) (*agent.Agent, bool) {
+	a, err := agent.Open(cfg, agent.Options{})
+	if err != nil {
+		if errors.Is(err, agent.ErrLocked) {
+			fmt.Fprintf(e.stderr, "edgefleet-agent: %v, but its control socket %s does not answer; is the daemon hung? restart it and try again\n", err, cfg.SocketPath())
+		} else {
+			fmt.Fprintf(e.stderr, "edgefleet-agent: %v\n", err)
+		}
+		return nil, false
+	}
+	return a, true
+}
+
+func cmdVersion(_ context.Context, e *env, _ []string) int {
+	fmt.Fprintln(e.stdout, version)
+	return 0
+}
+
+func cmdRun(ctx context.Context, e *env, args []string) int {
+	fs, cfgPath := flags(e, "run", "")
+	echo := fs.Bool("echo-output", false, "copy the apps' output lines to the agent's log")
+	if !parse(e, fs, args, 0) {
+		return 2
+	}
+	cfg, ok := loadConfig(e, *cfgPath)
+	if !ok {
+		return 1
+	}
+	logger := log.New(e.stderr, "edgefleet-agent: ", log.LstdFlags)
+	logf := logger.Printf
+	var opts agent.DaemonOptions
+	a, err := agent.Open(cfg, agent.Options{Logf: logf})
+	if err != nil {
+		if !errors.Is(err, agent.ErrCorruptState) {
+			logf("%v", err)
+			return 1
+		}
+		// A corrupt state database must not stop the apps.
+		opts.StateError = err
+	}
+	opts.Logf = logf
+	opts.Version = version
+	opts.EchoOutput = *echo
+	if failOnTrial != "" {
+		opts.SelfTrialHook = func() error {
+			return errors.New("test build: failing on purpose while on trial (-X main.failOnTrial)")
+		}
+	}
+	d, err := agent.NewDaemon(cfg, a, opts)
+	if err != nil {
+		logf("%v", err)
+		return 1
+	}
+	err = d.Run(ctx)
+	if cur := d.Agent(); cur != nil {
+		cur.Close()
+	}
+	var re *agent.ReexecError
+	if errors.As(err, &re) {
+		logf("%v", re)
+		argv := append([]string{re.Path}, os.Args[1:]...)
+		err = syscall.Exec(re.Path, argv, os.Environ())
+		// Only reached when exec failed: exit so the init system restarts
+		// whatever is at the path.
+		logf("exec %s: %v", re.Path, err)
+		return 1
+	}
+	if err != nil {
+		logf("%v", err)
+		return 1
+	}
+	return 0
+}
+
+// progressPrinter prints each step once and staging in 25% steps.
+func progressPrinter(w io.Writer) func(agent.Progress) {
+	last := ""
+	lastPct := -1
+	return func(p agent.Progress) {
+		if p.Step == agent.StepStage && p.Total > 0 {
+			pct := int(p.Done * 100 / p.Total)
+			if last == p.Step && pct/25 == lastPct/25 {
+				return
+			}
+			last, lastPct = p.Step, pct
+			fmt.Fprintf(w, "  %-8s %s %3d%%\n", p.Step, p.App, pct)
+			return
+		}
+		if p.Step == last {
+			return
+		}
+		last, lastPct = p.Step, -1
+		fmt.Fprintf(w, "  %-8s %s\n", p.Step, p.App)
+	}
+}
+
+func bundleArg(e *env, fs *flag.FlagSet) (string, bool) {
+	p, err := filepath.Abs(fs.Arg(0))
+	if err != nil {
+		fmt.Fprintf(e.stderr, "edgefleet-agent: %v\n", err)
+		return "", false
+	}
+	if _, err := os.Stat(p); err != nil {
+		fmt.Fprintf(e.stderr, "edgefleet-agent %s: cannot read the bundle: %v\n", fs.Name(), err)
+		return "", false
+	}
+	return p, true
+}
+
+func cmdSideload(ctx context.Context, e *env, args []string) int {
+	fs, cfgPath := flags(e, "sideload", "BUNDLE.efb")
+	noWait := fs.Bool("no-wait", false, "with a running daemon: return after the swap instead of waiting for the trial")
+	if !parse(e, fs, args, 1) {
+		return 2
+	}
+	cfg, ok := loadConfig(e, *cfgPath)
+	if !ok {
+		return 1
+	}
+	path, ok := bundleArg(e, fs)
+	if !ok {
+		return 1
+	}
+	show := progressPrinter(e.stdout)
+	if c := dial(ctx, cfg); c != nil {
+		defer c.Close()
+		fmt.Fprintf(e.stdout, "sideloading %s through the running daemon\n", filepath.Base(path))
+		r, err := c.Do(ctx, agent.Request{Op: agent.OpSideload, Bundle: path, Wait: !*noWait}, func(r agent.Response) {
+			switch r.Type {
+			case agent.TypeProgress:
+				show(*r.Progress)
+			case agent.TypeEvent:
+				fmt.Fprintf(e.stdout, "  %-8s %s\n", r.Event, r.Message)
+			}
+		})
+		if err != nil {
+			fmt.Fprintf(e.stderr, "edgefleet-agent sideload: %v\n", err)
+			return 1
+		}
+		if !r.OK {
+			fmt.Fprintf(e.stdout, "refused: %s\n", r.Error)
+			return 1
+		}
+		res := r.Result
+		fmt.Fprintf(e.stdout, "installed %s %s (sequence %d, previous %s); trial: %s\n", res.App, res.Version, res.Sequence, orNone(res.Previous), r.Trial)
+		return 0
+	}
+	a, ok := openDirect(e, cfg)
+	if !ok {
+		return 1
+	}
+	defer a.Close()
+	f, err := os.Open(path)
+	if err != nil {
+		fmt.Fprintf(e.stderr, "edgefleet-agent sideload: %v\n", err)
+		return 1
+	}
+	defer f.Close()
+	fmt.Fprintf(e.stdout, "sideloading %s (no daemon running)\n", filepath.Base(path))
+	res, err := a.Install(ctx, f, show)
+	if err != nil {
+		fmt.Fprintf(e.stdout, "refused: %v\n", err)
+		return 1
+	}
+	fmt.Fprintf(e.stdout, "installed %s %s (sequence %d, previous %s); on trial until the daemon starts and it passes its health window\n", res.App, res.Version, res.Sequence, orNone(res.Previous))
+	return 0
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "none"
+	}
+	return s
+}
+
+func cmdCheck(ctx context.Context, e *env, args []string) int {
+	fs, cfgPath := flags(e, "check", "BUNDLE.efb")
+	if !parse(e, fs, args, 1) {
+		return 2
+	}
+	cfg, ok := loadConfig(e, *cfgPath)
+	if !ok {
+		return 1
+	}
+	path, ok := bundleArg(e, fs)
+	if !ok {
+		return 1
+	}
+	if c := dial(ctx, cfg); c != nil {
+		defer c.Close()
+		r, err := c.Do(ctx, agent.Request{Op: agent.OpCheck, Bundle: path}, nil)
+		if err != nil {
+			fmt.Fprintf(e.stderr, "edgefleet-agent check: %v\n", err)
+			return 1
+		}
+		if !r.OK {
+			fmt.Fprintf(e.stdout, "refused: %s\n", r.Error)
+			return 1
+		}
+		fmt.Fprintf(e.stdout, "ok: %s would install here\n", r.Manifest)
+		return 0
+	}
+	a, ok := openDirect(e, cfg)
+	if !ok {
+		return 1
+	}
+	defer a.Close()
+	f, err := os.Open(path)
+	if err != nil {
+		fmt.Fprintf(e.stderr, "edgefleet-agent check: %v\n", err)
+		return 1
+	}
+	defer f.Close()
+	m, err := a.Check(ctx, f)
+	if err != nil {
+		fmt.Fprintf(e.stdout, "refused: %v\n", err)
+		return 1
+	}
+	fmt.Fprintf(e.stdout, "ok: %s would install here\n", m)
+	return 0
+}
+
+func cmdStatus(ctx context.Context, e *env, args []string) int {
+	fs, cfgPath := flags(e, "status", "")
+	asJSON := fs.Bool("json", false, "print JSON")
+	if !parse(e, fs, args, 0) {
+		return 2
+	}
+	cfg, ok := loadConfig(e, *cfgPath)
+	if !ok {
+		return 1
+	}
+	var st agent.DaemonStatus
+	if c := dial(ctx, cfg); c != nil {
+		defer c.Close()
+		r, err := c.Do(ctx, agent.Request{Op: agent.OpStatus}, nil)
+		if err != nil || !r.OK || r.Status == nil {
+			fmt.Fprintf(e.stderr, "edgefleet-agent status: %v%s\n", err, r.Error)
+			return 1
+		}
+		st = *r.Status
+	} else {
+		st.DeviceID = cfg.DeviceID
+		a, err := agent.Open(cfg, agent.Options{})
+		if err != nil {
+			if errors.Is(err, agent.ErrLocked) {
+				fmt.Fprintf(e.stderr, "edgefleet-agent status: %v, but its control socket does not answer\n", err)
+				return 1
+			}
+			st.StateError = err.Error()
+		} else {
+			apps, err := a.Status()
+			a.Close()
+			if err != nil {
+				st.StateError = err.Error()
+			}
+			for _, s := range apps {
+				st.Apps = append(st.Apps, agent.DaemonAppState{AppStatus: s})
+			}
+		}
+	}
+	if *asJSON {
+		enc := json.NewEncoder(e.stdout)
+		enc.SetIndent("", "  ")
+		enc.Encode(st)
+	} else {
+		printStatus(e.stdout, st)
+	}
+	if st.StateError != "" {
+		return 1
+	}
+	return 0
+}
+
+func printStatus(w io.Writer, st agent.DaemonStatus) {
+	if st.Daemon {
+		fmt.Fprintf(w, "device %s, agent %s (daemon pid %d, up since %s)\n", st.DeviceID, st.AgentVersion, st.PID, st.Since.Format(time.RFC3339))
+	} else {
+		fmt.Fprintf(w, "device %s (daemon not running)\n", st.DeviceID)
+	}
+	if st.StateError != "" {
+		fmt.Fprintf(w, "state error: %s\n", st.StateError)
+	}
+	for _, a := range st.Apps {
+		fmt.Fprintf(w, "\n%s  %s  sequence %d  %s", a.App, orNone(a.Version), a.Sequence, a.State)
+		if a.Previous != "" {
+			fmt.Fprintf(w, "  previous %s", a.Previous)
+		}
+		fmt.Fprintln(w)
+		if a.Process != nil {
+			p := a.Process
+			if p.Running {
+				fmt.Fprintf(w, "  process:    running, pid %d since %s, %d restarts\n", p.PID, p.Since.Format(time.RFC3339), p.Restarts)
+			} else {
+				fmt.Fprintf(w, "  process:    not running, %d restarts\n", p.Restarts)
+			}
+			if p.LastExit != nil {
+				fmt.Fprintf(w, "  last exit:  %s at %s\n", p.LastExit, p.LastExit.Time.Format(time.RFC3339))
+			}
+		}
+		if a.BootsOnTrial > 0 {
+			fmt.Fprintf(w, "  boots on trial: %d\n", a.BootsOnTrial)
+		}
+		if a.Trial != "" {
+			fmt.Fprintf(w, "  trial:      %s\n", a.Trial)
+		}
+		if a.LastError != "" {
+			fmt.Fprintf(w, "  last error: %s\n", a.LastError)
+		}
+		if len(a.History) > 0 {
+			fmt.Fprintln(w, "  history:")
+			for _, h := range a.History {
+				line := fmt.Sprintf("    %s  %-13s %s", h.Time.Format(time.RFC3339), h.Kind, h.Version)
+				if h.Detail != "" {
+					line += "  " + h.Detail
+				}
+				fmt.Fprintln(w, strings.TrimRight(line, " "))
+			}
+		}
+		if len(a.Output) > 0 {
+			fmt.Fprintln(w, "  output:")
+			for _, l := range a.Output {
+				fmt.Fprintf(w, "    | %s\n", l)
+			}
+		}
+	}
+}
+
+func cmdRollback(ctx context.Context, e *env, args []string) int {
+	fs, cfgPath := flags(e, "rollback", "APP")
+	reason := fs.String("reason", "", "why (recorded in the history)")
+	if !parse(e, fs, args, 1) {
+		return 2
+	}
+	cfg, ok := loadConfig(e, *cfgPath)
+	if !ok {
+		return 1
+	}
+	app := fs.Arg(0)
+	if *reason == "" {
+		*reason = "rolled back by hand (edgefleet-agent rollback)"
+	}
+	if c := dial(ctx, cfg); c != nil {
+		defer c.Close()
+		r, err := c.Do(ctx, agent.Request{Op: agent.OpRollback, App: app, Reason: *reason}, nil)
+		if err != nil {
+			fmt.Fprintf(e.stderr, "edgefleet-agent rollback: %v\n", err)
+			return 1
+		}
+		if !r.OK {
+			fmt.Fprintf(e.stdout, "refused: %s\n", r.Error)
+			return 1
+		}
+		fmt.Fprintln(e.stdout, r.Message)
+		return 0
+	}
+	a, ok := openDirect(e, cfg)
+	if !ok {
+		return 1
+	}
+	defer a.Close()
+	if err := a.Rollback(app, *reason); err != nil {
+		fmt.Fprintf(e.stdout, "refused: %v\n", err)
+		return 1
+	}
+	v, seq, _ := a.Installed(app)
+	fmt.Fprintf(e.stdout, "%s rolled back to %s (sequence %d); it runs at the next daemon start\n", app, orNone(v), seq)
+	return 0
+}
+
+func cmdFacts(_ context.Context, e *env, args []string) int {
+	fs := flag.NewFlagSet("facts", flag.ContinueOnError)
+	fs.SetOutput(e.stderr)
+	cfgPath := fs.String("config", "", "agent configuration file (adds storage facts for data_dir and the apps' directories)")
+	asJSON := fs.Bool("json", false, "print JSON")
+	if err := fs.Parse(args); err != nil || fs.NArg() != 0 {
+		return 2
+	}
+	paths := []string{"/"}
+	if *cfgPath != "" {
+		cfg, ok := loadConfig(e, *cfgPath)
+		if !ok {
+			return 1
+		}
+		paths = []string{cfg.DataDir}
+		seen := map[string]bool{cfg.DataDir: true}
+		for _, a := range cfg.Apps {
+			if d := filepath.Dir(a.Path); !seen[d] {
+				seen[d] = true
+				if _, err := os.Stat(d); err == nil {
+					paths = append(paths, d)
+				}
+			}
+		}
+	}
+	f, err := hardware.ReadFacts(paths...)
+	if err != nil {
+		fmt.Fprintf(e.stderr, "edgefleet-agent facts: %v\n", err)
+	}
+	if *asJSON {
+		enc := json.NewEncoder(e.stdout)
+		enc.SetIndent("", "  ")
+		enc.Encode(f)
+	} else {
+		fmt.Fprintln(e.stdout, f.Summary())
+		if f.Kernel != "" {
+			fmt.Fprintf(e.stdout, "kernel %s, machine %s\n", f.Kernel, f.Machine)
+		}
+	}
+	if err != nil {
+		return 1
+	}
+	return 0
+}
+
+func cmdReset(ctx context.Context, e *env, args []string) int {
+	fs, cfgPath := flags(e, "reset", "")
+	if !parse(e, fs, args, 0) {
+		return 2
+	}
+	cfg, ok := loadConfig(e, *cfgPath)
+	if !ok {
+		return 1
+	}
+	if c := dial(ctx, cfg); c != nil {
+		defer c.Close()
+		r, err := c.Do(ctx, agent.Request{Op: agent.OpReset}, nil)
+		if err != nil {
+			fmt.Fprintf(e.stderr, "edgefleet-agent reset: %v\n", err)
+			return 1
+		}
+		if !r.OK {
+			fmt.Fprintf(e.stdout, "refused: %s\n", r.Error)
+			return 1
+		}
+		fmt.Fprintln(e.stdout, r.Message)
+		return 0
+	}
+	moved, err := agent.ResetState(cfg, time.Now())
+	if err != nil {
+		fmt.Fprintf(e.stderr, "edgefleet-agent reset: %v\n", err)
+		return 1
+	}
+	if moved == "" {
+		fmt.Fprintln(e.stdout, "no state database to reset")
+	} else {
+		fmt.Fprintf(e.stdout, "state database moved to %s; binaries kept\n", moved)
+	}
+	return 0
+}
