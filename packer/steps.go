@@ -264,14 +264,16 @@ func stepBudget(ctx context.Context, p *pack, j *job) (string, error) {
 	if budget := int64(j.prof.MaxBinarySize); budget > 0 && fi.Size() > budget {
 		msg := fmt.Sprintf("the executable is %s, over the profile's max_binary_size of %s by %s",
 			hardware.Size(fi.Size()), j.prof.MaxBinarySize, hardware.Size(fi.Size()-budget))
+		if j.prof.UPX {
+			msg += "; cut dependencies"
+		} else {
+			msg += "; turn on upx for this profile or cut dependencies"
+		}
 		if err := p.linkUnstripped(ctx, j); err == nil {
 			if rep, err := p.sizeReport(ctx, j.unstripped, 10); err == nil {
 				j.res.Biggest = rep
-				msg += "; cut from the biggest (unstripped sizes):\n" + rep.String() + "\n"
+				msg += ", starting with the biggest (unstripped sizes):\n" + rep.String() + "\n"
 			}
-		}
-		if !j.prof.UPX {
-			msg += "; or turn on upx for this profile"
 		}
 		return "", fmt.Errorf("%s: %w", msg, ErrOverBudget)
 	}
