@@ -195,7 +195,11 @@ func (d *Daemon) handleConn(ctx context.Context, conn net.Conn) {
 			send(Response{Type: TypeResult, Code: CodeUsage, Error: fmt.Sprintf("control request is not valid JSON (%v); send one JSON object per line", err)})
 			return
 		}
-		send(d.handle(ctx, req, send))
+		r, after := d.handle(ctx, req, send)
+		send(r)
+		if after != nil {
+			after()
+		}
 	}
 }
 
@@ -217,22 +221,35 @@ func readLine(br *bufio.Reader, limit int) ([]byte, error) {
 }
 
 // handle runs one request; send streams events; the returned response is
-// the result line.
-func (d *Daemon) handle(ctx context.Context, req Request, send func(Response)) Response {
+// the result line, and after (if not nil) runs once it was sent (the
+// agent re-executing itself must answer first).
+func (d *Daemon) handle(ctx context.Context, req Request, send func(Response)) (r Response, after func()) {
 	switch req.Op {
 	case OpStatus:
 		st := d.Status()
-		return Response{Type: TypeResult, OK: true, Status: &st}
+		return Response{Type: TypeResult, OK: true, Status: &st}, nil
 	case OpCheck:
-		return d.opCheck(ctx, req, send)
+		return d.opCheck(ctx, req, send), nil
 	case OpSideload:
 		return d.opSideload(ctx, req, send)
 	case OpRollback:
 		return d.opRollback(ctx, req)
 	case OpReset:
-		return d.opReset(ctx)
+		return d.opReset(ctx), nil
 	}
-	return Response{Type: TypeResult, Code: CodeUsage, Error: fmt.Sprintf("unknown control op %q; use status, check, sideload, rollback or reset", req.Op)}
+	return Response{Type: TypeResult, Code: CodeUsage, Error: fmt.Sprintf("unknown control op %q; use status, check, sideload, rollback or reset", req.Op)}, nil
+}
+
+// selfAfter is the after-hook for a change of the agent's own binary.
+func (d *Daemon) selfAfter(app string) func() {
+	if app != SelfApp {
+		return nil
+	}
+	return func() {
+		if re := d.selfChanged(); re != nil {
+			d.requestReexec(re)
+		}
+	}
 }
 
 // Status reports the recorded state and the daemon's view of every app.
@@ -303,18 +320,22 @@ func (d *Daemon) degradedErr() error {
 	return fmt.Errorf("the agent runs without its state database (%v); run `edgefleet-agent reset` first: %w", d.stateErr, ErrCorruptState)
 }
 
-func (d *Daemon) opSideload(ctx context.Context, req Request, send func(Response)) Response {
+func (d *Daemon) opSideload(ctx context.Context, req Request, send func(Response)) (Response, func()) {
 	f, err := d.openBundle(req.Bundle)
 	if err != nil {
-		return Response{Type: TypeResult, Code: CodeUsage, Error: err.Error()}
+		return Response{Type: TypeResult, Code: CodeUsage, Error: err.Error()}, nil
 	}
 	defer f.Close()
 	res, tr, err := d.Sideload(ctx, f, func(p Progress) {
 		send(Response{Type: TypeProgress, Progress: &p})
 	})
 	if err != nil {
-		return errResult(err)
+		return errResult(err), nil
 	}
+	return d.sideloadTrial(ctx, req, res, tr, send), d.selfAfter(res.App)
+}
+
+func (d *Daemon) sideloadTrial(ctx context.Context, req Request, res *Result, tr *trial, send func(Response)) Response {
 	send(Response{Type: TypeEvent, App: res.App, Event: "installed", Message: fmt.Sprintf("%s %s swapped in (previous %s), on trial", res.App, res.Version, versionOr(res.Previous))})
 	if res.App == SelfApp {
 		return Response{Type: TypeResult, OK: true, Result: res, Trial: "pending",
@@ -361,7 +382,7 @@ func (d *Daemon) Sideload(ctx context.Context, bundle io.Reader, progress func(P
 	}
 	c, _ := d.cfg.App(res.App)
 	if c.Name == SelfApp {
-		d.afterBinaryChange(d.runCtx, c)
+		// The caller re-executes after answering (selfAfter).
 		return res, nil, nil
 	}
 	s, err := d.ensureSupervisor(c)
@@ -377,14 +398,14 @@ func (d *Daemon) Sideload(ctx context.Context, bundle io.Reader, progress func(P
 	return res, d.startTrial(d.runCtx, c, run), nil
 }
 
-func (d *Daemon) opRollback(ctx context.Context, req Request) Response {
+func (d *Daemon) opRollback(ctx context.Context, req Request) (Response, func()) {
 	a := d.agent()
 	if a == nil {
-		return errResult(d.degradedErr())
+		return errResult(d.degradedErr()), nil
 	}
 	c, ok := d.cfg.App(req.App)
 	if !ok {
-		return errResult(fmt.Errorf("app %q: %w", req.App, ErrUnknownApp))
+		return errResult(fmt.Errorf("app %q: %w", req.App, ErrUnknownApp)), nil
 	}
 	reason := req.Reason
 	if reason == "" {
@@ -398,14 +419,16 @@ func (d *Daemon) opRollback(ctx context.Context, req Request) Response {
 	d.opMu.Lock()
 	defer d.opMu.Unlock()
 	if err := a.Rollback(c.Name, reason); err != nil {
-		return errResult(err)
+		return errResult(err), nil
 	}
 	d.mu.Lock()
 	d.outcomes[c.Name] = reason
 	d.mu.Unlock()
-	d.afterBinaryChange(d.runCtx, c)
+	if c.Name != SelfApp {
+		d.afterBinaryChange(d.runCtx, c)
+	}
 	v, seq, _ := a.Installed(c.Name)
-	return Response{Type: TypeResult, OK: true, App: c.Name, Message: fmt.Sprintf("%s rolled back to %s (sequence %d)", c.Name, v, seq)}
+	return Response{Type: TypeResult, OK: true, App: c.Name, Message: fmt.Sprintf("%s rolled back to %s (sequence %d)", c.Name, v, seq)}, d.selfAfter(c.Name)
 }
 
 func (d *Daemon) opReset(ctx context.Context) Response {

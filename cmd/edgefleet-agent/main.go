@@ -224,7 +224,6 @@ func cmdRun(ctx context.Context, e *env, args []string) int {
 	}
 	var re *agent.ReexecError
 	if errors.As(err, &re) {
-		logf("%v", re)
 		argv := append([]string{re.Path}, os.Args[1:]...)
 		err = syscall.Exec(re.Path, argv, os.Environ())
 		// Only reached when exec failed: exit so the init system restarts
