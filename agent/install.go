@@ -406,7 +406,7 @@ func (a *Agent) stage(ctx context.Context, app *AppConfig, m *protocol.Manifest,
 				return fmt.Errorf("write the staged file: %w", err)
 			}
 			done += int64(n)
-			if done-lastReport >= 1<<20 {
+			if done-lastReport >= 256<<10 {
 				report(done)
 				lastReport = done
 			}
