@@ -188,11 +188,9 @@ func (d *Daemon) handleConn(ctx context.Context, conn net.Conn) {
 			}
 			return
 		}
-		var req Request
-		dec := json.NewDecoder(bytes.NewReader(line))
-		dec.DisallowUnknownFields()
-		if err := dec.Decode(&req); err != nil {
-			send(Response{Type: TypeResult, Code: CodeUsage, Error: fmt.Sprintf("control request is not valid JSON (%v); send one JSON object per line", err)})
+		req, err := DecodeRequest(line)
+		if err != nil {
+			send(Response{Type: TypeResult, Code: CodeUsage, Error: err.Error()})
 			return
 		}
 		r, after := d.handle(ctx, req, send)
@@ -201,6 +199,29 @@ func (d *Daemon) handleConn(ctx context.Context, conn net.Conn) {
 			after()
 		}
 	}
+}
+
+// DecodeRequest parses one request line strictly: one JSON object, no
+// unknown fields, no trailing data, a known op.
+func DecodeRequest(line []byte) (Request, error) {
+	var req Request
+	if len(line) > maxRequestLine {
+		return req, fmt.Errorf("control request longer than %d bytes", maxRequestLine)
+	}
+	dec := json.NewDecoder(bytes.NewReader(line))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		return Request{}, fmt.Errorf("control request is not valid JSON (%v); send one JSON object per line", err)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return Request{}, errors.New("control request has data after the JSON object; send one object per line")
+	}
+	switch req.Op {
+	case OpStatus, OpCheck, OpSideload, OpRollback, OpReset:
+	default:
+		return Request{}, fmt.Errorf("unknown control op %q; use status, check, sideload, rollback or reset", clip(req.Op, 40))
+	}
+	return req, nil
 }
 
 func readLine(br *bufio.Reader, limit int) ([]byte, error) {

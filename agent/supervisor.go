@@ -502,6 +502,7 @@ func (s *Supervisor) loop(ctx context.Context) {
 				backoff = s.opts.MinBackoff
 			}
 		}
+		s.opts.Logf("app %s: restarting in %s", s.opts.Name, backoff)
 		t := time.NewTimer(backoff)
 		select {
 		case <-t.C:
@@ -514,11 +515,16 @@ func (s *Supervisor) loop(ctx context.Context) {
 			backoff = s.opts.MinBackoff
 			continue
 		}
-		backoff *= 2
-		if backoff > s.opts.MaxBackoff {
-			backoff = s.opts.MaxBackoff
-		}
+		backoff = nextBackoff(backoff, s.opts.MaxBackoff)
 	}
+}
+
+// nextBackoff doubles d up to max.
+func nextBackoff(d, max time.Duration) time.Duration {
+	if d *= 2; d > max {
+		return max
+	}
+	return d
 }
 
 // signalName returns "SIGSEGV" style names for the common signals.

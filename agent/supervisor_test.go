@@ -208,15 +208,31 @@ func TestSupervisorOutputRingIsBounded(t *testing.T) {
 	}
 }
 
-func TestSupervisorBackoffResets(t *testing.T) {
-	// A process that stays up past ResetAfter restarts with MinBackoff;
-	// assert through the run counter that it is restarted at all after a
-	// long run and that crashes keep being counted.
-	s := newTestSupervisor(t, "sleep 0.1; exit 1", func(o *SupervisorOptions) { o.ResetAfter = 50 * time.Millisecond })
-	for i := 0; i < 3; i++ {
-		if e := nextExit(t, s); e.Code != 1 || e.Uptime < 50*time.Millisecond {
-			t.Fatalf("exit %+v", e)
+func TestNextBackoff(t *testing.T) {
+	d := 200 * time.Millisecond
+	var seq []time.Duration
+	for i := 0; i < 10; i++ {
+		seq = append(seq, d)
+		d = nextBackoff(d, 30*time.Second)
+	}
+	want := []time.Duration{200 * time.Millisecond, 400 * time.Millisecond, 800 * time.Millisecond, 1600 * time.Millisecond, 3200 * time.Millisecond, 6400 * time.Millisecond, 12800 * time.Millisecond, 25600 * time.Millisecond, 30 * time.Second, 30 * time.Second}
+	for i := range want {
+		if seq[i] != want[i] {
+			t.Fatalf("backoff sequence %v, want %v", seq, want)
 		}
+	}
+}
+
+func TestSupervisorCrashesSince(t *testing.T) {
+	s := newTestSupervisor(t, "exit 1", nil)
+	for i := 0; i < 4; i++ {
+		nextExit(t, s)
+	}
+	if n := s.CrashesSince(1); n < 4 {
+		t.Fatalf("CrashesSince(1) = %d after 4 crashes", n)
+	}
+	if n := s.CrashesSince(3); n < 2 || n > s.CrashesSince(1)-2 {
+		t.Fatalf("CrashesSince(3) = %d, CrashesSince(1) = %d", n, s.CrashesSince(1))
 	}
 }
 

@@ -729,3 +729,41 @@ func startInit(t *testing.T, d *device) *initSystem {
 	})
 	return i
 }
+
+// A corrupt state database does not brick the device: the daemon keeps the
+// app running, status and sideload say what is wrong, reset (through the
+// daemon) moves the file aside and installs work again.
+func TestCorruptStateKeepsAppRunning(t *testing.T) {
+	d := newDevice(t, deviceOpts{})
+	d.mustRun(0, "sideload", "--config", d.cfgPath, d.bundle("hello", "1.0.0", 1, helloBin(t, "1.0.0", "")))
+	garbage := bytes.Repeat([]byte("not a bbolt file "), 1024)
+	if err := os.WriteFile(filepath.Join(d.data, "state.db"), garbage, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d.startDaemon(d.cli)
+	st := d.waitStatus("hello running without state", func(st agent.DaemonStatus) bool { return runningVersion(st, "hello", "1.0.0") })
+	if st.StateError == "" || !strings.Contains(st.StateError, "reset") {
+		t.Fatalf("status does not report the corrupt state with what to do: %q", st.StateError)
+	}
+	so, _, code := d.run("status", "--config", d.cfgPath)
+	if code != 1 || !strings.Contains(so, "state error:") {
+		t.Fatalf("status with a corrupt state: exit %d\n%s", code, so)
+	}
+	out := d.mustRun(1, "sideload", "--config", d.cfgPath, d.bundle("hello", "2.0.0", 2, helloBin(t, "2.0.0", "")))
+	if !strings.Contains(out, "refused:") || !strings.Contains(out, "reset") {
+		t.Fatalf("sideload with a corrupt state:\n%s", out)
+	}
+	out = d.mustRun(0, "reset", "--config", d.cfgPath)
+	if !strings.Contains(out, "moved to") {
+		t.Fatalf("reset output:\n%s", out)
+	}
+	st, _ = d.status()
+	if st.StateError != "" || !runningVersion(st, "hello", "1.0.0") {
+		t.Fatalf("after reset: state error %q, hello running %v", st.StateError, runningVersion(st, "hello", "1.0.0"))
+	}
+	out = d.mustRun(0, "sideload", "--config", d.cfgPath, filepath.Join(d.dir, "hello-2.0.0.efb"))
+	if !strings.Contains(out, "trial: committed") {
+		t.Fatalf("sideload after reset:\n%s", out)
+	}
+	d.waitStatus("hello 2.0.0 running", func(st agent.DaemonStatus) bool { return runningVersion(st, "hello", "2.0.0") })
+}
