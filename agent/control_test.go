@@ -61,7 +61,7 @@ func TestDaemonDegradedControlSocket(t *testing.T) {
 		DeviceID:    "dev-1",
 		DataDir:     filepath.Join(dir, "data"),
 		TrustedKeys: []string{filepath.Join(dir, "k.pub")},
-		Apps: []AppConfig{{Name: "sleeper", Path: "/bin/sh", Args: []string{"-c", "echo up; exec sleep 300"}}},
+		Apps:        []AppConfig{{Name: "sleeper", Path: "/bin/sh", Args: []string{"-c", "echo up; exec sleep 300"}}},
 	}
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
