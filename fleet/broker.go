@@ -1,0 +1,320 @@
+package fleet
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/hooks/storage/bolt"
+	"github.com/mochi-mqtt/server/v2/listeners"
+	"github.com/mochi-mqtt/server/v2/packets"
+	"go.etcd.io/bbolt"
+	"golang.org/x/crypto/bcrypt"
+)
+
+// This file is the only one that touches mochi-mqtt (pinned v2.7.9, no
+// longer actively developed): keep its use thin.
+
+// BrokerOptions configures the embedded broker.
+type BrokerOptions struct {
+	// Listen is the TCP address. Default "127.0.0.1:1883". Without
+	// authentication (Users or ClientCA) only a loopback address is allowed.
+	Listen string
+	// DataDir holds broker.db (retained messages, so releases survive a
+	// restart). Required.
+	DataDir string
+	// TLSCert and TLSKey enable TLS (PEM files). ClientCA (PEM) makes the
+	// broker verify client certificates: the certificate's CN is the
+	// client's identity (a device id, or an operator when the certificate's
+	// OU is "operator").
+	TLSCert, TLSKey, ClientCA string
+	// Users is the users file (YAML, bcrypt hashes, roles).
+	Users string
+	// ACL is the ACL file (YAML); default DefaultACL.
+	ACL string
+	// MaxPacketSize bounds every MQTT packet. Default 1 MiB + 64 KiB: a
+	// default 128 KiB chunk fits easily; raise it for bigger chunks.
+	MaxPacketSize uint32
+	// SessionExpiry is how long a disconnected persistent session is kept.
+	// Default 7 days.
+	SessionExpiry time.Duration
+	// Logf receives one line per notable event (auth failures, warnings).
+	// Default: discard.
+	Logf func(format string, args ...any)
+}
+
+// DefaultMaxPacketSize is BrokerOptions.MaxPacketSize's default.
+const DefaultMaxPacketSize = 1<<20 + 64<<10
+
+// Validate checks the options and fills defaults.
+func (o *BrokerOptions) Validate() error {
+	if o.Listen == "" {
+		o.Listen = "127.0.0.1:1883"
+	}
+	if o.DataDir == "" {
+		return errors.New("broker: a data directory is required (--data), so releases survive a restart")
+	}
+	if o.MaxPacketSize == 0 {
+		o.MaxPacketSize = DefaultMaxPacketSize
+	}
+	if o.MaxPacketSize < 64<<10 {
+		return fmt.Errorf("broker: max packet size %d is below 64 KiB, too small for any chunk", o.MaxPacketSize)
+	}
+	if o.SessionExpiry == 0 {
+		o.SessionExpiry = 7 * 24 * time.Hour
+	}
+	if o.Logf == nil {
+		o.Logf = func(string, ...any) {}
+	}
+	if (o.TLSCert == "") != (o.TLSKey == "") {
+		return errors.New("broker: --tls-cert and --tls-key go together")
+	}
+	if o.ClientCA != "" && o.TLSCert == "" {
+		return errors.New("broker: --client-ca needs TLS (--tls-cert and --tls-key)")
+	}
+	if !o.authenticated() {
+		host, _, err := net.SplitHostPort(o.Listen)
+		if err != nil {
+			return fmt.Errorf("broker: listen address %q: %w", o.Listen, err)
+		}
+		ip := net.ParseIP(host)
+		if host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+			return fmt.Errorf("broker: refusing to listen on %s without authentication: anyone on the network could publish releases; add --users (and --acl) or --client-ca, or listen on 127.0.0.1", o.Listen)
+		}
+	}
+	return nil
+}
+
+func (o *BrokerOptions) authenticated() bool { return o.Users != "" || o.ClientCA != "" }
+
+// Broker is a running embedded broker.
+type Broker struct {
+	srv   *mqtt.Server
+	addr  string
+	opts  BrokerOptions
+	close sync.Once
+}
+
+// StartBroker starts the embedded broker; it serves until Close.
+func StartBroker(opts BrokerOptions) (*Broker, error) {
+	if err := opts.Validate(); err != nil {
+		return nil, err
+	}
+	auth := &authHook{acl: DefaultACL(), logf: opts.Logf, open: !opts.authenticated()}
+	if opts.Users != "" {
+		u, err := LoadUsers(opts.Users)
+		if err != nil {
+			return nil, err
+		}
+		auth.users = u
+	}
+	if opts.ACL != "" {
+		a, err := LoadACL(opts.ACL)
+		if err != nil {
+			return nil, err
+		}
+		auth.acl = a
+	}
+	var tlsConf *tls.Config
+	if opts.TLSCert != "" {
+		cert, err := tls.LoadX509KeyPair(opts.TLSCert, opts.TLSKey)
+		if err != nil {
+			return nil, fmt.Errorf("broker: TLS certificate: %w", err)
+		}
+		tlsConf = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+		if opts.ClientCA != "" {
+			pem, err := os.ReadFile(opts.ClientCA)
+			if err != nil {
+				return nil, fmt.Errorf("broker: client CA: %w", err)
+			}
+			pool := x509.NewCertPool()
+			if !pool.AppendCertsFromPEM(pem) {
+				return nil, fmt.Errorf("broker: client CA %s holds no PEM certificate", opts.ClientCA)
+			}
+			tlsConf.ClientCAs = pool
+			tlsConf.ClientAuth = tls.RequireAndVerifyClientCert
+			if opts.Users != "" {
+				tlsConf.ClientAuth = tls.VerifyClientCertIfGiven
+			}
+		}
+	}
+	if err := os.MkdirAll(opts.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("broker: data directory: %w", err)
+	}
+
+	caps := mqtt.NewDefaultServerCapabilities()
+	caps.MaximumPacketSize = opts.MaxPacketSize
+	caps.MaximumSessionExpiryInterval = uint32(opts.SessionExpiry / time.Second)
+	caps.MaximumMessageExpiryInterval = 0 // retained releases never expire by age
+	srv := mqtt.New(&mqtt.Options{
+		Capabilities: caps,
+		Logger:       slog.New(slog.NewTextHandler(logfWriter(opts.Logf), &slog.HandlerOptions{Level: slog.LevelWarn})),
+		// Larger buffers move 128 KiB chunks in fewer syscalls.
+		ClientNetWriteBufferSize: 64 << 10,
+		ClientNetReadBufferSize:  64 << 10,
+	})
+	if err := srv.AddHook(auth, nil); err != nil {
+		return nil, err
+	}
+	store := &retainedStore{Hook: new(bolt.Hook)}
+	if err := srv.AddHook(store, &bolt.Options{
+		Path:    filepath.Join(opts.DataDir, "broker.db"),
+		Options: &bbolt.Options{Timeout: time.Second},
+	}); err != nil {
+		return nil, fmt.Errorf("broker: open %s (is another broker using this --data?): %w", filepath.Join(opts.DataDir, "broker.db"), err)
+	}
+	tcp := listeners.NewTCP(listeners.Config{ID: "tcp", Address: opts.Listen, TLSConfig: tlsConf})
+	if err := srv.AddListener(tcp); err != nil {
+		srv.Close()
+		return nil, fmt.Errorf("broker: listen on %s: %w", opts.Listen, err)
+	}
+	if err := srv.Serve(); err != nil {
+		srv.Close()
+		return nil, err
+	}
+	return &Broker{srv: srv, addr: tcp.Address(), opts: opts}, nil
+}
+
+// Addr is the listening address (host:port), useful with port 0.
+func (b *Broker) Addr() string { return b.addr }
+
+// URL is the address as a client URL (tcp:// or ssl://).
+func (b *Broker) URL() string {
+	if b.opts.TLSCert != "" {
+		return "ssl://" + b.addr
+	}
+	return "tcp://" + b.addr
+}
+
+// Open reports whether the broker runs without authentication.
+func (b *Broker) Open() bool { return !b.opts.authenticated() }
+
+// Close disconnects every client (their last wills are sent) and closes the
+// store.
+func (b *Broker) Close() error {
+	b.close.Do(func() { b.srv.Close() })
+	return nil
+}
+
+// Run serves until ctx is done, then closes.
+func (b *Broker) Run(ctx context.Context) error {
+	<-ctx.Done()
+	return b.Close()
+}
+
+// retainedStore persists retained messages only: releases and statuses are
+// what must survive a restart; sessions are rebuilt by clients on connect,
+// and persisting every QoS 1 in-flight chunk would cost an fsync each.
+type retainedStore struct{ *bolt.Hook }
+
+func (h *retainedStore) Provides(b byte) bool {
+	return b == mqtt.OnRetainMessage || b == mqtt.StoredRetainedMessages || b == mqtt.OnRetainedExpired
+}
+
+// identity is who an authenticated client is.
+type identity struct {
+	name, role string
+}
+
+// authHook authenticates clients (users file, client certificates) and
+// applies the ACL.
+type authHook struct {
+	mqtt.HookBase
+	users map[string]User
+	acl   *ACL
+	open  bool
+	logf  func(string, ...any)
+	who   sync.Map // *mqtt.Client → identity
+}
+
+func (h *authHook) ID() string { return "edgefleet-auth" }
+
+func (h *authHook) Provides(b byte) bool {
+	return b == mqtt.OnConnectAuthenticate || b == mqtt.OnACLCheck || b == mqtt.OnDisconnect
+}
+
+func (h *authHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
+	id, err := h.authenticate(cl, pk)
+	if err != nil {
+		h.logf("broker: refused client %q from %s: %v", cl.ID, cl.Net.Remote, err)
+		return false
+	}
+	h.who.Store(cl, id)
+	return true
+}
+
+func (h *authHook) authenticate(cl *mqtt.Client, pk packets.Packet) (identity, error) {
+	if h.open {
+		return identity{name: cl.ID, role: RoleOperator}, nil
+	}
+	var id identity
+	if tc, ok := cl.Net.Conn.(*tls.Conn); ok && len(tc.ConnectionState().PeerCertificates) > 0 {
+		cert := tc.ConnectionState().PeerCertificates[0]
+		id = identity{name: cert.Subject.CommonName, role: RoleDevice}
+		if slices.Contains(cert.Subject.OrganizationalUnit, RoleOperator) {
+			id.role = RoleOperator
+		}
+	} else {
+		name := string(pk.Connect.Username)
+		u, ok := h.users[name]
+		if !ok || name == "" {
+			return id, fmt.Errorf("unknown user %q", name)
+		}
+		if bcrypt.CompareHashAndPassword([]byte(u.PasswordHash), pk.Connect.Password) != nil {
+			return id, fmt.Errorf("wrong password for user %q", name)
+		}
+		id = identity{name: u.Name, role: u.Role}
+	}
+	if id.role == RoleDevice && cl.ID != id.name {
+		return id, fmt.Errorf("device %q must connect with its id as client id, not %q", id.name, cl.ID)
+	}
+	return id, nil
+}
+
+func (h *authHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
+	v, ok := h.who.Load(cl)
+	if !ok {
+		return false
+	}
+	id := v.(identity)
+	if h.open {
+		return true
+	}
+	if h.acl.Allowed(id.role, id.name, topic, write) {
+		return true
+	}
+	verb := "read"
+	if write {
+		verb = "write"
+	}
+	h.logf("broker: denied %s %q to %s %q", verb, topic, id.role, id.name)
+	return false
+}
+
+func (h *authHook) OnDisconnect(cl *mqtt.Client, _ error, _ bool) {
+	// The will is sent before OnDisconnect, so the identity is still known
+	// for its ACL check.
+	h.who.Delete(cl)
+}
+
+// logfWriter turns slog lines into Logf calls.
+type logfWriter func(string, ...any)
+
+func (w logfWriter) Write(p []byte) (int, error) {
+	w("broker: %s", bytes.TrimSpace(p))
+	return len(p), nil
+}
+
+var _ io.Writer = logfWriter(nil)

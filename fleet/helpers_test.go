@@ -1,0 +1,217 @@
+package fleet
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/edgefleet/edgefleet/protocol"
+)
+
+type testRelease struct {
+	path    string
+	kr      *protocol.Keyring
+	payload []byte
+	m       *protocol.Manifest
+}
+
+var testKey struct {
+	pub  protocol.PublicKey
+	priv protocol.PrivateKey
+}
+
+func init() {
+	var err error
+	testKey.pub, testKey.priv, err = protocol.GenerateKey()
+	if err != nil {
+		panic(err)
+	}
+}
+
+// makeBundle writes a signed, unencoded bundle of size random bytes in 4 KiB
+// chunks.
+func makeBundle(t testing.TB, dir, app, version string, seq uint64, size int) testRelease {
+	t.Helper()
+	exe := make([]byte, size)
+	rand.Read(exe)
+	return makeBundleFrom(t, dir, app, version, seq, exe)
+}
+
+func makeBundleFrom(t testing.TB, dir, app, version string, seq uint64, exe []byte) testRelease {
+	t.Helper()
+	p, err := protocol.DescribePayload(bytes.NewReader(exe), protocol.EncodingNone, protocol.MinChunkSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := &protocol.Manifest{
+		Schema: protocol.SchemaVersion, App: app, Version: version, Sequence: seq,
+		Created: time.Now().UTC().Truncate(time.Second), Profile: "linux-amd64",
+		Target:     protocol.Target{GOOS: "linux", GOARCH: "amd64", GOAMD64: "v1", ELF: protocol.ELF{Class: 64, Machine: "EM_X86_64", Endian: "little"}},
+		Payload:    p,
+		Executable: protocol.Executable{Size: p.Size, SHA256: p.SHA256},
+	}
+	raw, sig, err := protocol.SignManifest(m, testKey.priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, fmt.Sprintf("%s_%s.efb", app, version))
+	if err := protocol.WriteBundleFile(path, raw, sig, bytes.NewReader(exe), int64(len(exe)), m.Created); err != nil {
+		t.Fatal(err)
+	}
+	return testRelease{path: path, kr: protocol.NewKeyring(testKey.pub), payload: exe, m: m}
+}
+
+func startEmbedded(t testing.TB, o BrokerOptions) *Broker {
+	t.Helper()
+	if o.Listen == "" {
+		o.Listen = "127.0.0.1:0"
+	}
+	o.Logf = t.Logf
+	b, err := StartBroker(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	return b
+}
+
+func freePort(t testing.TB) int {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// startMosquitto runs a real mosquitto with docs/mosquitto's configuration
+// and ACL on a free loopback port; users maps name → password.
+func startMosquitto(t testing.TB, users map[string]string) string {
+	t.Helper()
+	bin, err := exec.LookPath("mosquitto")
+	if err != nil {
+		bin = "/usr/sbin/mosquitto"
+		if _, err := os.Stat(bin); err != nil {
+			t.Skipf("SKIPPED: mosquitto is not installed (scripts/test.sh installs it: apt-get install mosquitto); the Mosquitto half of the broker tests did not run")
+		}
+	}
+	passwdBin, err := exec.LookPath("mosquitto_passwd")
+	if err != nil {
+		t.Skipf("SKIPPED: mosquitto_passwd is not installed (scripts/test.sh installs the mosquitto package)")
+	}
+	dir := t.TempDir()
+	pw := filepath.Join(dir, "passwd")
+	first := true
+	for name, pass := range users {
+		args := []string{"-b", pw, name, pass}
+		if first {
+			args = append([]string{"-c"}, args...)
+			first = false
+		}
+		if out, err := exec.Command(passwdBin, args...).CombinedOutput(); err != nil {
+			t.Fatalf("mosquitto_passwd: %v\n%s", err, out)
+		}
+	}
+	conf, err := os.ReadFile("../docs/mosquitto/mosquitto.conf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	acl, err := filepath.Abs("../docs/mosquitto/edgefleet.acl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := freePort(t)
+	s := string(conf)
+	for old, repl := range map[string]string{
+		"password_file /etc/mosquitto/edgefleet.passwd": "password_file " + pw,
+		"acl_file /etc/mosquitto/edgefleet.acl":         "acl_file " + acl,
+		"listener 1883 127.0.0.1":                       fmt.Sprintf("listener %d 127.0.0.1", port),
+		"persistence_location /var/lib/mosquitto/":      "persistence_location " + dir + "/",
+	} {
+		if !strings.Contains(s, old) {
+			t.Fatalf("docs/mosquitto/mosquitto.conf no longer contains %q; update the test", old)
+		}
+		s = strings.Replace(s, old, repl, 1)
+	}
+	if os.Geteuid() == 0 {
+		s += "\nuser root\n" // otherwise mosquitto drops to 'mosquitto', which cannot read the test's files
+	}
+	cf := filepath.Join(dir, "mosquitto.conf")
+	if err := os.WriteFile(cf, []byte(s), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	log, _ := os.Create(filepath.Join(dir, "mosquitto.log"))
+	cmd := exec.Command(bin, "-c", cf)
+	cmd.Stdout, cmd.Stderr = log, log
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+		if t.Failed() {
+			b, _ := os.ReadFile(log.Name())
+			t.Logf("mosquitto log:\n%s", b)
+		}
+	})
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	for i := 0; ; i++ {
+		c, err := net.Dial("tcp", addr)
+		if err == nil {
+			c.Close()
+			break
+		}
+		if i > 200 {
+			b, _ := os.ReadFile(log.Name())
+			t.Fatalf("mosquitto did not start listening on %s: %v\n%s", addr, err, b)
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+	return "tcp://" + addr
+}
+
+func connect(t testing.TB, url, user, pass, clientID string) paho.Client {
+	t.Helper()
+	c, err := Connect(context.Background(), ClientOptions{Broker: url, Username: user, Password: pass, ClientID: clientID})
+	if err != nil {
+		t.Fatalf("connect as %s/%s: %v", user, clientID, err)
+	}
+	t.Cleanup(func() { c.Disconnect(100) })
+	return c
+}
+
+func writeUsers(t testing.TB, dir string, users map[string][2]string) string {
+	t.Helper()
+	var b strings.Builder
+	b.WriteString("users:\n")
+	for name, v := range users {
+		h, err := HashPassword(v[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(&b, "  - name: %s\n    password_hash: %q\n    role: %s\n", name, h, v[1])
+	}
+	p := filepath.Join(dir, "users.yaml")
+	if err := os.WriteFile(p, []byte(b.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func readFile(p string) ([]byte, error) { return os.ReadFile(p) }
+
+func writeFile(t testing.TB, p string, b []byte) {
+	t.Helper()
+	if err := os.WriteFile(p, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}

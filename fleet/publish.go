@@ -1,0 +1,188 @@
+package fleet
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/edgefleet/edgefleet/protocol"
+)
+
+// PublishOptions configures PublishBundle.
+type PublishOptions struct {
+	// Keyring verifies every bundle before a byte is published. Required.
+	Keyring *protocol.Keyring
+	// Channel publishes to the channel's release topic; Device publishes to
+	// that device's desired topic instead (edgefleet assign). Exactly one.
+	Channel string
+	Device  string
+	// InFlight bounds unacknowledged QoS 1 chunk publishes. Default 16.
+	InFlight int
+	// Progress, when set, is called after each chunk is acknowledged with
+	// payload bytes done and total.
+	Progress func(done, total int64)
+	// Now is the clock for the expiry check. Default time.Now.
+	Now func() time.Time
+}
+
+// Validate checks the options and fills defaults.
+func (o *PublishOptions) Validate() error {
+	if o.Keyring == nil {
+		return errors.New("publish: a trusted public key is required (--pub) so that bundles are verified before they are published")
+	}
+	if (o.Channel == "") == (o.Device == "") {
+		return errors.New("publish: give a channel or a device, not both")
+	}
+	if o.Channel != "" && !protocol.ValidChannel(o.Channel) {
+		return fmt.Errorf("publish: channel %q: use lower-case letters, digits, . _ -", o.Channel)
+	}
+	if o.Device != "" && !protocol.ValidDeviceID(o.Device) {
+		return fmt.Errorf("publish: device id %q: use letters, digits, . _ -", o.Device)
+	}
+	if o.InFlight <= 0 {
+		o.InFlight = 16
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	return nil
+}
+
+// PublishResult says what was published.
+type PublishResult struct {
+	Manifest *protocol.Manifest
+	Topic    string // release or desired topic of the envelope
+	Chunks   int
+	Bytes    int64 // payload bytes published as chunks
+}
+
+// VerifyBundleFile opens the bundle at path, verifies the manifest
+// signature, the expiry, every chunk, the payload hash and the decoded
+// executable's size and hash.
+func VerifyBundleFile(path string, kr *protocol.Keyring, now time.Time) (*protocol.Manifest, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b, err := protocol.OpenBundle(f, kr)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	if err := b.Manifest.CheckExpiry(now); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	exe, err := b.Executable()
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	if _, err := io.Copy(io.Discard, exe); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return b.Manifest, nil
+}
+
+// PublishBundle verifies the bundle at path in full, publishes its chunks
+// (retained, QoS 1, at most InFlight unacknowledged) and then, only when
+// every chunk is acknowledged, its release envelope: a device never sees a
+// manifest whose chunks are missing.
+func PublishBundle(ctx context.Context, c paho.Client, path string, o PublishOptions) (*PublishResult, error) {
+	if err := o.Validate(); err != nil {
+		return nil, err
+	}
+	if _, err := VerifyBundleFile(path, o.Keyring, o.Now()); err != nil {
+		return nil, fmt.Errorf("not publishing: %w", err)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	// Second pass: the chunk verifier checks every chunk again, so a file
+	// changed between the passes cannot slip through.
+	b, err := protocol.OpenBundle(f, o.Keyring)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	m := b.Manifest
+	var topic string
+	if o.Channel != "" {
+		topic, err = protocol.ReleaseTopic(o.Channel, m.App, m.Profile)
+	} else {
+		topic, err = protocol.DesiredTopic(o.Device, m.App)
+	}
+	if err != nil {
+		return nil, err
+	}
+	env, err := protocol.MarshalEnvelope(b.RawManifest, b.RawSignature)
+	if err != nil {
+		return nil, err
+	}
+	payload, err := b.Payload()
+	if err != nil {
+		return nil, err
+	}
+	res := &PublishResult{Manifest: m, Topic: topic}
+	type pending struct {
+		t paho.Token
+		n int64
+	}
+	var queue []pending
+	var done int64
+	settle := func(p pending) error {
+		if err := wait(ctx, p.t, 2*time.Minute); err != nil {
+			return fmt.Errorf("publish chunk: %w", err)
+		}
+		done += p.n
+		if o.Progress != nil {
+			o.Progress(done, m.Payload.Size)
+		}
+		return nil
+	}
+	for i := range m.Payload.Chunks {
+		buf := make([]byte, m.Payload.ChunkLen(i)) // paho keeps it until acknowledged
+		if _, err := io.ReadFull(payload, buf); err != nil {
+			return nil, fmt.Errorf("%s: %w", path, err)
+		}
+		ct, err := protocol.ChunkTopic(m.App, m.Payload.SHA256, i)
+		if err != nil {
+			return nil, err
+		}
+		if len(queue) == o.InFlight {
+			if err := settle(queue[0]); err != nil {
+				return nil, err
+			}
+			queue = queue[1:]
+		}
+		queue = append(queue, pending{c.Publish(ct, 1, true, buf), int64(len(buf))})
+		res.Chunks++
+		res.Bytes += int64(len(buf))
+	}
+	// The end of the payload stream checks the whole-payload hash.
+	if _, err := io.Copy(io.Discard, payload); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	for _, p := range queue {
+		if err := settle(p); err != nil {
+			return nil, err
+		}
+	}
+	if err := wait(ctx, c.Publish(topic, 1, true, env), 2*time.Minute); err != nil {
+		return nil, fmt.Errorf("publish release envelope: %w", err)
+	}
+	return res, nil
+}
+
+// Unassign clears a device's desired release for app, so the device
+// follows its channel again.
+func Unassign(ctx context.Context, c paho.Client, device, app string) error {
+	t, err := protocol.DesiredTopic(device, app)
+	if err != nil {
+		return err
+	}
+	return wait(ctx, c.Publish(t, 1, true, []byte{}), time.Minute)
+}

@@ -1,0 +1,262 @@
+package fleet
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+	"sync"
+	"text/tabwriter"
+	"time"
+
+	"github.com/edgefleet/edgefleet/protocol"
+)
+
+// FleetView aggregates device status messages. It is safe for concurrent
+// use: Update runs on the MQTT delivery goroutine, the table on another.
+type FleetView struct {
+	mu      sync.Mutex
+	devices map[string]*protocol.DeviceStatus
+	// Dropped counts malformed status messages.
+	dropped int
+	gen     int
+}
+
+// NewFleetView returns an empty view.
+func NewFleetView() *FleetView {
+	return &FleetView{devices: map[string]*protocol.DeviceStatus{}}
+}
+
+// Update applies one message from a status topic. An empty payload removes
+// the device. A malformed message is dropped and returned as an error for
+// the caller to log; the view is unchanged.
+func (v *FleetView) Update(topic string, payload []byte) error {
+	t, err := protocol.ParseTopic(topic)
+	if err == nil && t.Kind != protocol.KindStatus {
+		err = fmt.Errorf("topic %s is not a status topic", topic)
+	}
+	var s *protocol.DeviceStatus
+	if err == nil && len(payload) > 0 {
+		s, err = protocol.ParseStatus(payload)
+		if err == nil && s.Device != t.Device {
+			err = fmt.Errorf("status on %s claims to be device %q", topic, s.Device)
+		}
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if err != nil {
+		v.dropped++
+		return fmt.Errorf("dropped status message: %w", err)
+	}
+	if s == nil {
+		delete(v.devices, t.Device)
+	} else {
+		v.devices[t.Device] = s
+	}
+	v.gen++
+	return nil
+}
+
+// Generation changes whenever the view changes.
+func (v *FleetView) Generation() int {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.gen
+}
+
+// Devices returns a copy of the statuses, sorted by device id.
+func (v *FleetView) Devices() []protocol.DeviceStatus {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	out := make([]protocol.DeviceStatus, 0, len(v.devices))
+	for _, s := range v.devices {
+		out = append(out, *s)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Device < out[j].Device })
+	return out
+}
+
+// Summary counts devices per app version and in trouble.
+type Summary struct {
+	Devices int `json:"devices"`
+	Offline int `json:"offline"`
+	// Failed counts app instances that are failed or rolled back, or carry
+	// a last error.
+	Failed int `json:"failed"`
+	// Versions maps app → version → devices running it.
+	Versions map[string]map[string]int `json:"versions"`
+	// Dropped counts malformed status messages ignored.
+	Dropped int `json:"dropped"`
+}
+
+// Summary computes the summary line's numbers.
+func (v *FleetView) Summary() Summary {
+	devs := v.Devices()
+	v.mu.Lock()
+	s := Summary{Devices: len(devs), Versions: map[string]map[string]int{}, Dropped: v.dropped}
+	v.mu.Unlock()
+	for _, d := range devs {
+		if !d.Online {
+			s.Offline++
+		}
+		for _, a := range d.Apps {
+			if s.Versions[a.App] == nil {
+				s.Versions[a.App] = map[string]int{}
+			}
+			ver := a.Version
+			if ver == "" {
+				ver = "none"
+			}
+			s.Versions[a.App][ver]++
+			if Failed(a) {
+				s.Failed++
+			}
+		}
+	}
+	return s
+}
+
+// Failed reports whether an app report shows trouble.
+func Failed(a protocol.AppReport) bool {
+	return a.State == "failed" || a.State == "rolled-back" || a.LastError != ""
+}
+
+// Converged reports whether every device in the view runs version of app in
+// a settled state (committed, or on trial when trialOK). Used by tests and
+// the demo.
+func (v *FleetView) Converged(app, version string, devices int, states ...string) bool {
+	devs := v.Devices()
+	if len(devs) < devices {
+		return false
+	}
+	n := 0
+	for _, d := range devs {
+		for _, a := range d.Apps {
+			if a.App != app || a.Version != version {
+				continue
+			}
+			if len(states) == 0 || contains(states, a.State) {
+				n++
+			}
+		}
+	}
+	return n >= devices
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+// WriteTable prints the fleet table and the summary line.
+func (v *FleetView) WriteTable(w io.Writer, now time.Time) {
+	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "DEVICE\tPROFILE\tAPP\tVERSION\tSTATE\tPROGRESS\tLAST SEEN\tERROR")
+	for _, d := range v.Devices() {
+		seen := "offline " + ago(now, d.Time)
+		if d.Online {
+			seen = ago(now, d.Time)
+		}
+		apps := d.Apps
+		if len(apps) == 0 {
+			apps = []protocol.AppReport{{App: "-"}}
+		}
+		for _, a := range apps {
+			prog := "-"
+			if p := a.Progress; p != nil && p.Total > 0 {
+				prog = fmt.Sprintf("%s %d%%", p.Step, p.Done*100/p.Total)
+			}
+			ver := dash(a.Version)
+			if a.Target != "" && a.Target != a.Version {
+				ver += " → " + a.Target
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", d.Device, dash(d.Profile), a.App, ver, dash(a.State), prog, seen, oneLine(a.LastError, 60))
+		}
+	}
+	tw.Flush()
+	fmt.Fprintln(w, v.Summary().String())
+}
+
+// String is the summary line: "5 devices, 1 offline, 0 failed; hello 1.0.0: 2, 1.1.0: 3".
+func (s Summary) String() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%d devices, %d offline, %d failed", s.Devices, s.Offline, s.Failed)
+	apps := make([]string, 0, len(s.Versions))
+	for a := range s.Versions {
+		apps = append(apps, a)
+	}
+	sort.Strings(apps)
+	for i, a := range apps {
+		if i == 0 {
+			b.WriteString("; ")
+		} else {
+			b.WriteString("; ")
+		}
+		vers := make([]string, 0, len(s.Versions[a]))
+		for ver := range s.Versions[a] {
+			vers = append(vers, ver)
+		}
+		sort.Strings(vers)
+		b.WriteString(a)
+		for j, ver := range vers {
+			if j == 0 {
+				b.WriteString(" ")
+			} else {
+				b.WriteString(", ")
+			}
+			fmt.Fprintf(&b, "%s: %d", ver, s.Versions[a][ver])
+		}
+	}
+	if s.Dropped > 0 {
+		fmt.Fprintf(&b, " (%d malformed status messages ignored)", s.Dropped)
+	}
+	return b.String()
+}
+
+// WriteJSON prints {"devices":[...],"summary":{...}}.
+func (v *FleetView) WriteJSON(w io.Writer) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(struct {
+		Devices []protocol.DeviceStatus `json:"devices"`
+		Summary Summary                 `json:"summary"`
+	}{v.Devices(), v.Summary()})
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func oneLine(s string, n int) string {
+	s = strings.Join(strings.Fields(s), " ")
+	if len(s) > n {
+		return s[:n-1] + "…"
+	}
+	return dash(s)
+}
+
+func ago(now, t time.Time) string {
+	if t.IsZero() {
+		return "never"
+	}
+	d := now.Sub(t).Round(time.Second)
+	switch {
+	case d < 0:
+		return "just now"
+	case d < time.Minute:
+		return fmt.Sprintf("%ds ago", int(d.Seconds()))
+	case d < time.Hour:
+		return fmt.Sprintf("%dm ago", int(d.Minutes()))
+	case d < 48*time.Hour:
+		return fmt.Sprintf("%dh ago", int(d.Hours()))
+	}
+	return t.UTC().Format("2006-01-02")
+}
