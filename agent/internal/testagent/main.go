@@ -11,6 +11,8 @@
 //	testagent -config agent.yaml rollback APP REASON
 //	testagent -config agent.yaml status
 //
+// With TESTAGENT_REPORT_HWM=1 it prints its VmHWM (peak RSS) on stderr.
+//
 // Exit status: 0 done, 1 refused or failed (the reason on stderr), 2 usage.
 package main
 
@@ -20,6 +22,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"strings"
 
 	"github.com/edgefleet/edgefleet/agent"
 )
@@ -88,6 +91,16 @@ func main() {
 	default:
 		fmt.Fprintln(os.Stderr, "testagent: unknown command or wrong arguments")
 		os.Exit(2)
+	}
+	if os.Getenv("TESTAGENT_REPORT_HWM") != "" {
+		// Peak resident memory of this process (the parent's rusage would
+		// also count the pre-exec image of the fork).
+		b, _ := os.ReadFile("/proc/self/status")
+		for _, l := range strings.Split(string(b), "\n") {
+			if strings.HasPrefix(l, "VmHWM:") {
+				fmt.Fprintln(os.Stderr, l)
+			}
+		}
 	}
 }
 
