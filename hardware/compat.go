@@ -141,10 +141,25 @@ func goamd64Level(s string) (int, error) {
 	return 0, refuse("the release's target has GOAMD64=%q, which is not v1..v4; re-pack it for a supported profile", s)
 }
 
-var armLevelText = map[int]string{
+var armNeedText = map[int]string{
 	7: "ARMv7 with VFPv3",
-	6: "ARMv6 with VFPv2",
-	5: "ARMv5 without hardware floating point",
+	6: "ARMv6 with VFP",
+	5: "ARMv5",
+}
+
+// armHaveText describes an ARM CPU: "ARMv6 with VFPv2".
+func (c CPUFacts) armHaveText() string {
+	arch := "an ARM core"
+	if a := armArch(c.Platform); a > 0 {
+		arch = fmt.Sprintf("ARMv%d", a)
+	}
+	switch {
+	case c.HWCAP&HWCAP_ARM_VFPv3 != 0 && c.HWCAP&HWCAP_ARM_VFP != 0:
+		return arch + " with VFPv3"
+	case c.HWCAP&HWCAP_ARM_VFP != 0:
+		return arch + " with VFPv2"
+	}
+	return arch + " without VFP"
 }
 
 // SuggestedProfile is the built-in profile name that best fits this CPU
@@ -197,7 +212,7 @@ func (c CPUFacts) CanRun(t Target) error {
 			if c.Platform != "" {
 				cpuName += " (" + c.Platform + ")"
 			}
-			return refuse("this release needs %s (GOARM=%d) but %s is %s (AT_HWCAP %#x: %s); publish a %s build for this device", armLevelText[need], need, cpuName, armLevelText[c.ARMLevel], c.HWCAP, armHWCAPText(c.HWCAP), c.SuggestedProfile())
+			return refuse("this release needs %s (GOARM=%d) but %s is %s (AT_HWCAP %#x: %s), which runs GOARM=%d at most; publish a %s build for this device", armNeedText[need], need, cpuName, c.armHaveText(), c.HWCAP, armHWCAPText(c.HWCAP), c.ARMLevel, c.SuggestedProfile())
 		}
 	case "amd64":
 		need, err := goamd64Level(t.GOAMD64)

@@ -40,7 +40,11 @@ type CPUFacts struct {
 	// Platform is the AT_PLATFORM string if present ("v6l", "v7l", "aarch64", "x86_64").
 	Platform string `json:"platform,omitempty"`
 	// ARMLevel, on arm only, is the highest GOARM this CPU runs: 7 with
-	// VFP and VFPv3, 6 with VFP, else 5. 0 on other architectures.
+	// VFP and VFPv3, 6 with VFP, else 5 — capped by the architecture in
+	// AT_PLATFORM ("v5l" caps at 5), because GOARM=6 code also uses ARMv6
+	// instructions (UXTB): on an ARMv5 core with VFP (QEMU's arm926) a
+	// GOARM=6 binary dies with SIGILL before the runtime's own VFP check.
+	// 0 on other architectures.
 	ARMLevel int `json:"arm_level,omitempty"`
 	// AMD64Level, on amd64 only, is the highest GOAMD64 level (1..4) that
 	// CPUID reports. 0 on other architectures.
@@ -101,7 +105,7 @@ func CPUFactsFromAuxv(goarch string, aux map[uint64]uint64, platform string) CPU
 	c := CPUFacts{GOARCH: goarch, HWCAP: aux[AT_HWCAP], HWCAP2: aux[AT_HWCAP2], Platform: platform}
 	switch goarch {
 	case "arm":
-		c.ARMLevel = armLevel(c.HWCAP)
+		c.ARMLevel = armLevel(c.HWCAP, platform)
 		c.Features = bitNames(c.HWCAP, armHWCAP[:], c.HWCAP2, armHWCAP2[:])
 	case "arm64":
 		c.Features = bitNames(c.HWCAP, arm64HWCAP[:], 0, nil)
@@ -109,14 +113,37 @@ func CPUFactsFromAuxv(goarch string, aux map[uint64]uint64, platform string) CPU
 	return c
 }
 
-func armLevel(hwcap uint64) int {
+func armLevel(hwcap uint64, platform string) int {
+	level := 5
 	switch {
 	case hwcap&HWCAP_ARM_VFP != 0 && hwcap&HWCAP_ARM_VFPv3 != 0:
-		return 7
+		level = 7
 	case hwcap&HWCAP_ARM_VFP != 0:
-		return 6
+		level = 6
 	}
-	return 5
+	if arch := armArch(platform); arch > 0 && arch < level {
+		level = max(arch, 5)
+	}
+	return level
+}
+
+// armArch is the architecture version in an ARM AT_PLATFORM string ("v6l"
+// is 6, "v8l" 8), or 0 when it is absent or not of that form.
+func armArch(platform string) int {
+	if len(platform) < 3 || platform[0] != 'v' {
+		return 0
+	}
+	n := 0
+	for _, r := range platform[1:] {
+		if r < '0' || r > '9' {
+			break
+		}
+		n = n*10 + int(r-'0')
+		if n > 99 {
+			return 0
+		}
+	}
+	return n
 }
 
 // Names of AT_HWCAP bits as the kernel prints them in /proc/cpuinfo.
