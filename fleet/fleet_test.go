@@ -106,7 +106,7 @@ func TestRetire(t *testing.T) {
 	v2 := makeBundle(t, dir, "hello", "2.0.0", 2, 20_000)
 	v3 := makeBundleFrom(t, dir, "hello", "3.0.0", 3, v2.payload) // same payload as v2
 	for _, p := range []struct {
-		r             testRelease
+		r            testRelease
 		channel, dev string
 	}{{v1, "stable", ""}, {v1, "beta", ""}, {v1, "", "pi-1"}, {v2, "stable", ""}, {v3, "beta", ""}} {
 		if _, err := PublishBundle(ctx, c, p.r.path, PublishOptions{Keyring: v1.kr, Channel: p.channel, Device: p.dev}); err != nil {

@@ -1,0 +1,98 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"flag"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/edgefleet/edgefleet/fleet"
+	"github.com/edgefleet/edgefleet/hardware"
+)
+
+func init() {
+	register("broker", command{summary: "run the embedded MQTT broker (retained releases persist under --data)", run: runBroker})
+	register("passwd", command{summary: "print a users-file entry with a bcrypt password hash for the broker", run: runPasswd})
+}
+
+func runBroker(ctx context.Context, env *cliEnv, args []string) int {
+	fs := flag.NewFlagSet("broker", flag.ContinueOnError)
+	fs.SetOutput(env.stderr)
+	var o fleet.BrokerOptions
+	fs.StringVar(&o.Listen, "listen", "127.0.0.1:1883", "TCP address to listen on")
+	fs.StringVar(&o.DataDir, "data", "", "directory for the broker's store (required)")
+	fs.StringVar(&o.TLSCert, "tls-cert", "", "TLS certificate (PEM)")
+	fs.StringVar(&o.TLSKey, "tls-key", "", "TLS key (PEM)")
+	fs.StringVar(&o.ClientCA, "client-ca", "", "CA (PEM) for client certificates; the CN is the device id")
+	fs.StringVar(&o.Users, "users", "", "users file (YAML: name, password_hash, role operator|device)")
+	fs.StringVar(&o.ACL, "acl", "", "ACL file (YAML; default: the rules of SPEC.md §MQTT)")
+	maxPacket := fs.String("max-packet", "", "largest MQTT packet accepted (default 1MiB+64KiB; must exceed the chunk size)")
+	fs.DurationVar(&o.SessionExpiry, "session-expiry", 7*24*time.Hour, "how long a disconnected session is kept")
+	fs.Usage = func() {
+		fmt.Fprintln(env.stderr, "usage: edgefleet broker --data DIR [--listen ADDR] [--tls-cert F --tls-key F [--client-ca F]] [--users F] [--acl F]")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil || fs.NArg() != 0 {
+		if err == nil {
+			fs.Usage()
+		}
+		return 2
+	}
+	if *maxPacket != "" {
+		s, err := hardware.ParseSize(*maxPacket)
+		if err != nil || s <= 0 || s > 1<<28 {
+			fmt.Fprintf(env.stderr, "edgefleet broker: --max-packet %q: want a size like 2MiB\n", *maxPacket)
+			return 2
+		}
+		o.MaxPacketSize = uint32(s)
+	}
+	o.Logf = func(format string, a ...any) { fmt.Fprintf(env.stderr, format+"\n", a...) }
+	b, err := fleet.StartBroker(o)
+	if err != nil {
+		fmt.Fprintf(env.stderr, "edgefleet broker: %v\n", err)
+		return 1
+	}
+	if b.Open() {
+		fmt.Fprintf(env.stderr, "edgefleet broker: listening on %s WITHOUT authentication (loopback only); use --users or --client-ca to serve devices on a network\n", b.URL())
+	} else {
+		fmt.Fprintf(env.stderr, "edgefleet broker: listening on %s\n", b.URL())
+	}
+	fmt.Fprintf(env.stdout, "%s\n", b.URL())
+	b.Run(ctx)
+	fmt.Fprintln(env.stderr, "edgefleet broker: stopped")
+	return 0
+}
+
+func runPasswd(_ context.Context, env *cliEnv, args []string) int {
+	fs := flag.NewFlagSet("passwd", flag.ContinueOnError)
+	fs.SetOutput(env.stderr)
+	role := fs.String("role", "device", "operator or device")
+	fs.Usage = func() {
+		fmt.Fprintln(env.stderr, "usage: edgefleet passwd [--role operator|device] NAME   (password from $EDGEFLEET_BROKER_PASSWORD or one line on stdin)")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil || fs.NArg() != 1 {
+		if err == nil {
+			fs.Usage()
+		}
+		return 2
+	}
+	if *role != fleet.RoleOperator && *role != fleet.RoleDevice {
+		fmt.Fprintf(env.stderr, "edgefleet passwd: role %q, want operator or device\n", *role)
+		return 2
+	}
+	pass := env.getenv("EDGEFLEET_BROKER_PASSWORD")
+	if pass == "" {
+		line, _ := bufio.NewReader(env.stdin).ReadString('\n')
+		pass = strings.TrimRight(line, "\r\n")
+	}
+	h, err := fleet.HashPassword(pass)
+	if err != nil {
+		fmt.Fprintf(env.stderr, "edgefleet passwd: %v\n", err)
+		return 1
+	}
+	fmt.Fprintf(env.stdout, "  - name: %s\n    password_hash: %q\n    role: %s\n", fs.Arg(0), h, *role)
+	return 0
+}

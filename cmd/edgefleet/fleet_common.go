@@ -1,0 +1,56 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"strings"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/edgefleet/edgefleet/fleet"
+)
+
+// brokerFlags are the connection flags shared by the fleet commands.
+type brokerFlags struct {
+	url, username, password, ca, cert, key string
+}
+
+func (b *brokerFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&b.url, "broker", "tcp://127.0.0.1:1883", "broker URL (tcp://host:port or ssl://host:port)")
+	fs.StringVar(&b.username, "username", "", "broker user name")
+	fs.StringVar(&b.password, "password", "", "broker password (default $EDGEFLEET_BROKER_PASSWORD)")
+	fs.StringVar(&b.ca, "ca", "", "CA certificate (PEM) that signed the broker's certificate")
+	fs.StringVar(&b.cert, "cert", "", "client certificate (PEM)")
+	fs.StringVar(&b.key, "key", "", "client certificate key (PEM)")
+}
+
+func (b *brokerFlags) connect(ctx context.Context, env *cliEnv) (paho.Client, error) {
+	pass := b.password
+	if pass == "" && env.getenv != nil {
+		pass = env.getenv("EDGEFLEET_BROKER_PASSWORD")
+	}
+	return fleet.Connect(ctx, fleet.ClientOptions{Broker: b.url, Username: b.username, Password: pass, CA: b.ca, Cert: b.cert, Key: b.key})
+}
+
+// progressBar draws "[#####.....]  45% label 1.2 MiB/2.6 MiB" on one line.
+func progressBar(w io.Writer, label string, done, total int64) {
+	const width = 30
+	n := 0
+	pct := int64(100)
+	if total > 0 {
+		n = int(done * width / total)
+		pct = done * 100 / total
+	}
+	fmt.Fprintf(w, "\r[%s%s] %3d%% %s %s/%s", strings.Repeat("#", n), strings.Repeat(".", width-n), pct, label, humanBytes(done), humanBytes(total))
+}
+
+func humanBytes(n int64) string {
+	switch {
+	case n >= 1<<20:
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	case n >= 1<<10:
+		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
+	}
+	return fmt.Sprintf("%d B", n)
+}
