@@ -628,3 +628,55 @@ func TestStepsDocumented(t *testing.T) {
 		seen[s.Name] = true
 	}
 }
+
+// BenchmarkPack packs hello for four profiles with every step (warm build
+// cache after the first iteration). scripts/bench-pack.sh compares the
+// same work with a plain go build loop.
+func BenchmarkPack(b *testing.B) {
+	requireGo(b)
+	_, priv := testKey(b)
+	o := baseOptions(b, priv, b.TempDir(), lookupProfiles(b, fixtureProfiles...)...)
+	if _, err := Pack(context.Background(), o); err != nil { // warm the cache
+		b.Fatal(err)
+	}
+	b.ResetTimer()
+	for b.Loop() {
+		if _, err := Pack(context.Background(), o); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkCompress measures the xz step alone on the armv6 executable.
+func BenchmarkCompress(b *testing.B) {
+	requireGo(b)
+	_, priv := testKey(b)
+	o := baseOptions(b, priv, b.TempDir(), lookupProfiles(b, "linux-armv6")...)
+	o.Encoding = protocol.EncodingNone
+	o.NoProbe = true
+	res, err := Pack(context.Background(), o)
+	if err != nil {
+		b.Fatal(err)
+	}
+	exe := filepath.Join(b.TempDir(), "hello")
+	f, _ := os.Open(res[0].Bundle)
+	bun, err := protocol.OpenBundle(f, protocol.NewKeyring(priv.Public().(protocol.PublicKey)))
+	if err != nil {
+		b.Fatal(err)
+	}
+	r, _ := bun.Executable()
+	data, err := io.ReadAll(r)
+	f.Close()
+	if err != nil {
+		b.Fatal(err)
+	}
+	os.WriteFile(exe, data, 0o755)
+	p := &pack{o: &Options{Encoding: protocol.EncodingXZ}}
+	j := &job{prof: res[0].Profile, dir: b.TempDir(), final: exe, res: &Result{}}
+	b.SetBytes(int64(len(data)))
+	for b.Loop() {
+		if _, err := stepCompress(context.Background(), p, j); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

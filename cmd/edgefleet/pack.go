@@ -179,6 +179,9 @@ func printPackTable(w io.Writer, results []packer.Result) {
 		if probe == "" {
 			probe = "-"
 		}
+		if len(probe) > 60 {
+			probe = probe[:57] + "..."
+		}
 		bundle := r.Bundle
 		if bundle == "" {
 			bundle = "(not written)"
