@@ -59,9 +59,16 @@ func goBuild(t testing.TB, pkg, ldflags string) string {
 		return p
 	}
 	out := filepath.Join(buildCache.dir, fmt.Sprintf("bin-%d", len(buildCache.built)))
-	cmd := exec.Command("go", "build", "-trimpath", "-ldflags", ldflags, "-o", out, "./"+pkg)
+	args := []string{"build", "-trimpath", "-ldflags", ldflags, "-o", out}
+	cgo := "CGO_ENABLED=0"
+	if pkg == "cmd/edgefleet-agent" && os.Getenv("EDGEFLEET_AGENT_RACE") != "" {
+		// Debugging aid: a race-detecting daemon (self-update bundles then
+		// fail the static-binary check).
+		args, cgo = append(args, "-race"), "CGO_ENABLED=1"
+	}
+	cmd := exec.Command("go", append(args, "./"+pkg)...)
 	cmd.Dir = filepath.Join("..", "..")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOAMD64=v1")
+	cmd.Env = append(os.Environ(), cgo, "GOAMD64=v1")
 	if b, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("go build %s: %v\n%s", pkg, err, b)
 	}
@@ -79,7 +86,7 @@ func helloBin(t testing.TB, version, extra string) string {
 
 // device is one simulated device in a temp dir.
 type device struct {
-	t       *testing.T
+	t       testing.TB
 	dir     string
 	priv    protocol.PrivateKey
 	pubPath string
@@ -98,7 +105,7 @@ type deviceOpts struct {
 	maxBoots    int
 }
 
-func newDevice(t *testing.T, o deviceOpts) *device {
+func newDevice(t testing.TB, o deviceOpts) *device {
 	t.Helper()
 	dir := t.TempDir()
 	pub, priv, err := protocol.GenerateKey()
