@@ -406,13 +406,15 @@ func (d *Daemon) Sideload(ctx context.Context, bundle io.Reader, progress func(P
 		// The caller re-executes after answering (selfAfter).
 		return res, nil, nil
 	}
-	s, err := d.ensureSupervisor(c)
+	s, created, err := d.ensureSupervisor(c)
 	if err != nil {
 		return res, nil, err
 	}
-	run, err := s.Restart(ctx)
-	if err != nil {
-		return res, nil, fmt.Errorf("restart %s on the new binary: %w", c.Name, err)
+	run := uint64(1) // a new supervisor's first run is the new binary
+	if !created {
+		if run, err = s.Restart(ctx); err != nil {
+			return res, nil, fmt.Errorf("restart %s on the new binary: %w", c.Name, err)
+		}
 	}
 	// The trial belongs to the daemon, not to this request: it goes on if
 	// the client goes away.

@@ -175,7 +175,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 			d.logf("app %s: not started: %v (it starts after its first install)", c.Name, err)
 			continue
 		}
-		if _, err := d.ensureSupervisor(c); err != nil {
+		if _, _, err := d.ensureSupervisor(c); err != nil {
 			d.logf("app %s: %v", c.Name, err)
 		}
 	}
@@ -186,6 +186,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 
 	go d.serve(runCtx, ln)
+	d.startMQTT(runCtx) // MQTT transport (transport_mqtt.go) when cfg.Broker is set
 	d.logf("agent %s running: %d apps, control socket %s", d.opts.Version, len(d.cfg.Apps), d.opts.SocketPath)
 
 	var result error
@@ -254,24 +255,27 @@ func (d *Daemon) shutdown() {
 	d.wg.Wait()
 }
 
-func (d *Daemon) ensureSupervisor(c *AppConfig) (*Supervisor, error) {
+// ensureSupervisor returns the app's supervisor, starting one if needed
+// (created reports that: its first run already is the current binary, so
+// the caller need not restart it).
+func (d *Daemon) ensureSupervisor(c *AppConfig) (s *Supervisor, created bool, err error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if s := d.sups[c.Name]; s != nil {
-		return s, nil
+		return s, false, nil
 	}
-	s, err := NewSupervisor(SupervisorOptions{
+	s, err = NewSupervisor(SupervisorOptions{
 		Name: c.Name, Path: c.Path, Args: c.Args, Env: c.Env,
 		MinBackoff: d.opts.MinBackoff, MaxBackoff: d.opts.MaxBackoff, ResetAfter: d.opts.ResetAfter,
 		StopGrace: d.opts.StopGrace, OutputLines: d.opts.OutputLines,
 		Logf: d.opts.Logf, EchoOutput: d.opts.EchoOutput,
 	})
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	d.sups[c.Name] = s
 	s.Start()
-	return s, nil
+	return s, true, nil
 }
 
 func (d *Daemon) supervisor(app string) *Supervisor {
@@ -338,7 +342,7 @@ func (d *Daemon) resumeTrials(ctx context.Context) error {
 		s := d.supervisor(c.Name)
 		if s == nil {
 			var err error
-			if s, err = d.ensureSupervisor(c); err != nil {
+			if s, _, err = d.ensureSupervisor(c); err != nil {
 				d.logf("app %s: %v", c.Name, err)
 				continue
 			}
@@ -503,9 +507,12 @@ func (d *Daemon) afterBinaryChange(ctx context.Context, c *AppConfig) {
 		}
 		return
 	}
-	s, err := d.ensureSupervisor(c)
+	s, created, err := d.ensureSupervisor(c)
 	if err != nil {
 		d.logf("app %s: %v", c.Name, err)
+		return
+	}
+	if created {
 		return
 	}
 	if _, err := s.Restart(ctx); err != nil {

@@ -469,14 +469,16 @@ func TestSideloadWithoutDaemonThenStartCommits(t *testing.T) {
 // rolled back, the previous version keeps running, status says why.
 func TestSideloadThroughDaemonTrialOutcomes(t *testing.T) {
 	d := newDevice(t, deviceOpts{health: true})
-	d.mustRun(0, "sideload", "--config", d.cfgPath, d.bundle("hello", "1.0.0", 1, helloBin(t, "1.0.0", "")))
+	// First install with the daemon already running and no binary yet.
 	d.startDaemon(d.cli)
-	d.waitStatus("hello 1.0.0 committed", func(st agent.DaemonStatus) bool {
-		return app(st, "hello").State == agent.StateCommitted
-	})
+	out := d.mustRun(0, "sideload", "--config", d.cfgPath, d.bundle("hello", "1.0.0", 1, helloBin(t, "1.0.0", "")))
+	if !strings.Contains(out, "installed hello 1.0.0 (sequence 1, previous none); trial: committed") {
+		t.Fatalf("first sideload output:\n%s", out)
+	}
+	d.waitStatus("hello 1.0.0 running", func(st agent.DaemonStatus) bool { return runningVersion(st, "hello", "1.0.0") })
 
 	// Good release: committed.
-	out := d.mustRun(0, "sideload", "--config", d.cfgPath, d.bundle("hello", "2.0.0", 2, helloBin(t, "2.0.0", "")))
+	out = d.mustRun(0, "sideload", "--config", d.cfgPath, d.bundle("hello", "2.0.0", 2, helloBin(t, "2.0.0", "")))
 	for _, want := range []string{"through the running daemon", "trial", "committed", "installed hello 2.0.0 (sequence 2, previous 1.0.0); trial: committed"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("sideload output lacks %q:\n%s", want, out)
