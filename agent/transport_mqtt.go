@@ -1,0 +1,917 @@
+package agent
+
+// The MQTT transport (protocol/SPEC.md §MQTT, DESIGN.md decision 8): learn
+// about releases from retained messages, fetch their chunks with a bounded
+// window, verify each chunk against the signed hash before it touches the
+// disk, record it in bbolt so a download resumes after a disconnect, a kill
+// or a reboot, then install through the daemon (install, restart, trial)
+// and report status, retained, with a last will saying "offline".
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/edgefleet/edgefleet/hardware"
+	"github.com/edgefleet/edgefleet/protocol"
+	bolt "go.etcd.io/bbolt"
+)
+
+const (
+	// mqttWindow bounds the chunk subscriptions outstanding per download:
+	// memory is at most this many chunks in flight, whatever the payload.
+	mqttWindow = 8
+	// mqttStall: with chunks outstanding and none arriving for this long,
+	// subscribe to them again (the broker re-delivers retained messages).
+	mqttStall = 20 * time.Second
+	// mqttTick is the housekeeping period: status (throttled progress),
+	// retries of installs that were busy, stall checks.
+	mqttTick = 500 * time.Millisecond
+	// mqttEvents buffers messages between paho and the transport loop; when
+	// it is full a message is dropped and everything is re-subscribed.
+	mqttEvents = 64
+)
+
+var bucketDownloads = []byte("mqtt-downloads")
+
+// MQTTStats counts what the transport did since it started (tests and
+// benchmarks).
+type MQTTStats struct {
+	ChunksReceived atomic.Int64 // chunk messages that verified and were written
+	ChunksBad      atomic.Int64 // chunk messages that failed their hash
+	ChunkBytes     atomic.Int64
+	Resumed        atomic.Int64 // chunks found already downloaded at start
+	Dropped        atomic.Int64 // malformed or unexpected messages
+}
+
+// dlRecord is the persisted progress of one app's download (bucket
+// mqtt-downloads, key app name).
+type dlRecord struct {
+	Schema   int    `json:"schema"`
+	SHA256   string `json:"sha256"` // payload sha256
+	Version  string `json:"version"`
+	Sequence uint64 `json:"sequence"`
+	Have     []byte `json:"have"` // bitmap of verified, written chunks
+}
+
+type mqttRelease struct {
+	topic string
+	env   *protocol.Envelope
+	m     *protocol.Manifest
+}
+
+type mqttDownload struct {
+	rel         *mqttRelease
+	path        string
+	f           *os.File
+	have        []bool
+	n           int // chunks in have
+	outstanding map[int]string
+	lastChunk   time.Time
+	complete    bool
+}
+
+type mqttApp struct {
+	cfg        *AppConfig
+	channel    map[string]*mqttRelease // profile → release
+	desired    *mqttRelease
+	dl         *mqttDownload
+	installing bool
+	profile    string
+	lastErr    string
+	skip       map[string]bool // payload sha256 refused for good
+}
+
+type mqttEvent struct {
+	kind    string // "connected", "lost", "msg", "installed"
+	topic   string
+	payload []byte
+	app     string
+	err     error
+}
+
+type mqttTransport struct {
+	d      *Daemon
+	cfg    *Config
+	logf   func(string, ...any)
+	client paho.Client
+	events chan mqttEvent
+	resync atomic.Bool
+	apps   map[string]*mqttApp
+	stats  *MQTTStats
+
+	willMu     sync.Mutex
+	will       []byte
+	lastStatus string
+	connected  bool
+}
+
+// mqttStatsHook lets tests read the counters of the transport started by a
+// daemon (keyed by device id).
+var mqttStatsHook sync.Map // device id → *MQTTStats
+
+// startMQTT is the daemon's hook: when the configuration has a broker, run
+// the transport until ctx is done. Run waits for it at shutdown.
+func (d *Daemon) startMQTT(ctx context.Context) {
+	if d.cfg.Broker == nil {
+		return
+	}
+	t, err := newMQTTTransport(d)
+	if err != nil {
+		d.logf("mqtt: not started: %v", err)
+		return
+	}
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		t.run(ctx)
+	}()
+}
+
+func newMQTTTransport(d *Daemon) (*mqttTransport, error) {
+	bc := d.cfg.Broker
+	if bc.URL == "" {
+		return nil, errors.New("broker.url is empty; set it to tcp://host:1883 or ssl://host:8883")
+	}
+	if bc.Channel == "" {
+		bc.Channel = "stable"
+	}
+	if !protocol.ValidChannel(bc.Channel) {
+		return nil, fmt.Errorf("broker.channel %q is not a valid channel name", bc.Channel)
+	}
+	if !protocol.ValidDeviceID(d.cfg.DeviceID) {
+		return nil, fmt.Errorf("device_id %q cannot be an MQTT client id and topic segment (letters, digits, . _ - only)", d.cfg.DeviceID)
+	}
+	t := &mqttTransport{d: d, cfg: d.cfg, logf: d.logf, events: make(chan mqttEvent, mqttEvents), apps: map[string]*mqttApp{}, stats: &MQTTStats{}}
+	mqttStatsHook.Store(d.cfg.DeviceID, t.stats)
+	for i := range d.cfg.Apps {
+		c := &d.cfg.Apps[i]
+		t.apps[c.Name] = &mqttApp{cfg: c, channel: map[string]*mqttRelease{}, skip: map[string]bool{}}
+	}
+	tlsConf, err := mqttTLS(bc)
+	if err != nil {
+		return nil, err
+	}
+	statusTopic, _ := protocol.StatusTopic(d.cfg.DeviceID)
+	t.will = t.statusBytes(false)
+	o := paho.NewClientOptions().
+		AddBroker(bc.URL).
+		SetClientID(d.cfg.DeviceID).
+		SetCleanSession(false).
+		SetStore(paho.NewMemoryStore()). // FileStore panics on a full disk
+		SetAutoReconnect(true).
+		SetConnectRetry(true).
+		SetConnectRetryInterval(time.Second).
+		SetMaxReconnectInterval(30 * time.Second).
+		SetKeepAlive(30 * time.Second).
+		SetConnectTimeout(10 * time.Second).
+		SetWriteTimeout(30 * time.Second).
+		SetOrderMatters(true).
+		SetBinaryWill(statusTopic, t.will, 1, true).
+		SetDefaultPublishHandler(t.onMessage).
+		SetOnConnectHandler(func(paho.Client) { t.post(mqttEvent{kind: "connected"}) }).
+		SetConnectionLostHandler(func(_ paho.Client, err error) { t.post(mqttEvent{kind: "lost", err: err}) }).
+		SetReconnectingHandler(func(_ paho.Client, o *paho.ClientOptions) {
+			// The will carries the apps as of the last report.
+			t.willMu.Lock()
+			o.SetBinaryWill(statusTopic, t.will, 1, true)
+			t.willMu.Unlock()
+		})
+	if bc.Username != "" {
+		o.SetUsername(bc.Username).SetPassword(bc.Password)
+	}
+	if tlsConf != nil {
+		o.SetTLSConfig(tlsConf)
+	}
+	t.client = paho.NewClient(o)
+	return t, nil
+}
+
+// post hands an event to the loop without ever blocking paho: when the
+// buffer is full the event is dropped and the loop re-subscribes, which
+// makes the broker send every retained message again.
+func (t *mqttTransport) post(ev mqttEvent) {
+	select {
+	case t.events <- ev:
+	default:
+		t.resync.Store(true)
+	}
+}
+
+func (t *mqttTransport) onMessage(_ paho.Client, m paho.Message) {
+	t.post(mqttEvent{kind: "msg", topic: m.Topic(), payload: m.Payload()})
+}
+
+func (t *mqttTransport) agent() *Agent { return t.d.agent() }
+
+func (t *mqttTransport) run(ctx context.Context) {
+	t.logf("mqtt: connecting to %s as %s (channel %s)", t.cfg.Broker.URL, t.cfg.DeviceID, t.cfg.Broker.Channel)
+	t.client.Connect() // retries in the background (SetConnectRetry)
+	tick := time.NewTicker(mqttTick)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			t.shutdown()
+			return
+		case ev := <-t.events:
+			t.handle(ctx, ev)
+		case <-tick.C:
+			t.housekeeping(ctx)
+		}
+	}
+}
+
+func (t *mqttTransport) shutdown() {
+	if t.connected {
+		st, _ := protocol.StatusTopic(t.cfg.DeviceID)
+		tok := t.client.Publish(st, 1, true, t.statusBytes(false))
+		tok.WaitTimeout(2 * time.Second)
+	}
+	t.client.Disconnect(250)
+	for _, ap := range t.apps {
+		if ap.dl != nil && ap.dl.f != nil {
+			ap.dl.f.Close()
+		}
+	}
+	t.logf("mqtt: disconnected")
+}
+
+func (t *mqttTransport) handle(ctx context.Context, ev mqttEvent) {
+	switch ev.kind {
+	case "connected":
+		t.connected = true
+		t.logf("mqtt: connected to %s", t.cfg.Broker.URL)
+		t.subscribeAll()
+		t.lastStatus = ""
+		t.publishStatus()
+	case "lost":
+		t.connected = false
+		t.logf("mqtt: connection lost (%v); reconnecting", ev.err)
+	case "msg":
+		t.message(ctx, ev.topic, ev.payload)
+	case "installed":
+		t.installed(ctx, ev.app, ev.err)
+	}
+}
+
+func (t *mqttTransport) subscribeAll() {
+	subs := map[string]byte{}
+	for name := range t.apps {
+		if f, err := protocol.ReleaseFilter(t.cfg.Broker.Channel, name); err == nil {
+			subs[f] = 0
+		}
+	}
+	subs[protocol.TopicPrefix+"device/"+t.cfg.DeviceID+"/desired/+"] = 0
+	t.subscribe(subs)
+	for _, ap := range t.apps {
+		if ap.dl != nil {
+			t.resubscribeChunks(ap.dl)
+		}
+	}
+}
+
+// subscribe subscribes at QoS 0 (SPEC.md: everything that matters is
+// retained). A failure is retried by the next resync.
+func (t *mqttTransport) subscribe(subs map[string]byte) {
+	if len(subs) == 0 {
+		return
+	}
+	tok := t.client.SubscribeMultiple(subs, t.onMessage)
+	go func() {
+		if tok.Wait(); tok.Error() != nil {
+			t.logf("mqtt: subscribe: %v", tok.Error())
+			t.resync.Store(true)
+		}
+	}()
+}
+
+func (t *mqttTransport) resubscribeChunks(dl *mqttDownload) {
+	if len(dl.outstanding) == 0 {
+		return
+	}
+	topics := make([]string, 0, len(dl.outstanding))
+	subs := map[string]byte{}
+	for _, tp := range dl.outstanding {
+		topics = append(topics, tp)
+		subs[tp] = 0
+	}
+	// Unsubscribe first: subscribing again to a subscribed topic does not
+	// re-deliver the retained message on every broker.
+	t.client.Unsubscribe(topics...)
+	t.subscribe(subs)
+	dl.lastChunk = time.Now()
+}
+
+func (t *mqttTransport) message(ctx context.Context, topic string, payload []byte) {
+	tp, err := protocol.ParseTopic(topic)
+	if err != nil {
+		t.stats.Dropped.Add(1)
+		t.logf("mqtt: dropped a message: %v", err)
+		return
+	}
+	switch tp.Kind {
+	case protocol.KindRelease:
+		ap := t.apps[tp.App]
+		if ap == nil || tp.Channel != t.cfg.Broker.Channel {
+			return
+		}
+		rel := t.parseRelease(ap, topic, payload)
+		if rel == nil && len(payload) > 0 {
+			return
+		}
+		if rel == nil {
+			delete(ap.channel, tp.Profile)
+		} else {
+			ap.channel[tp.Profile] = rel
+		}
+		t.evaluate(ctx, ap)
+	case protocol.KindDesired:
+		ap := t.apps[tp.App]
+		if ap == nil || tp.Device != t.cfg.DeviceID {
+			return
+		}
+		rel := t.parseRelease(ap, topic, payload)
+		if rel == nil && len(payload) > 0 {
+			return
+		}
+		ap.desired = rel
+		t.evaluate(ctx, ap)
+	case protocol.KindChunk:
+		t.chunk(ctx, tp, payload)
+	default:
+		t.stats.Dropped.Add(1)
+	}
+}
+
+// parseRelease parses and verifies an envelope; nil for an empty message
+// or (logged, reported) a bad one.
+func (t *mqttTransport) parseRelease(ap *mqttApp, topic string, payload []byte) *mqttRelease {
+	if len(payload) == 0 {
+		return nil
+	}
+	env, err := protocol.ParseEnvelope(payload)
+	if err == nil {
+		a := t.agent()
+		if a == nil {
+			return nil
+		}
+		var m *protocol.Manifest
+		if m, err = env.Open(a.keys); err == nil {
+			if m.App != ap.cfg.Name {
+				err = fmt.Errorf("the release on %s is for app %q: %w", topic, m.App, protocol.ErrMalformed)
+			} else {
+				return &mqttRelease{topic: topic, env: env, m: m}
+			}
+		}
+	}
+	t.stats.Dropped.Add(1)
+	t.logf("mqtt: dropped the release on %s: %v", topic, err)
+	ap.lastErr = fmt.Sprintf("release on %s ignored: %v", topic, err)
+	return nil
+}
+
+// choose picks the release for ap: the device's desired one, else the
+// channel's for the configured profile, else the most specific published
+// profile this CPU runs.
+func (t *mqttTransport) choose(ap *mqttApp) (*mqttRelease, error) {
+	if ap.desired != nil {
+		return ap.desired, nil
+	}
+	if len(ap.channel) == 0 {
+		return nil, nil
+	}
+	if t.cfg.Profile != "" {
+		ap.profile = t.cfg.Profile
+		return ap.channel[t.cfg.Profile], nil
+	}
+	names := make([]string, 0, len(ap.channel))
+	for n := range ap.channel {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	a := t.agent()
+	if a == nil {
+		return nil, nil
+	}
+	best, err := hardware.BestProfile(a.CPU(), names, hardware.DefaultSet())
+	if err == nil {
+		ap.profile = best
+		return ap.channel[best], nil
+	}
+	// Custom profile names: decide from the signed targets themselves.
+	for _, n := range names {
+		if a.CPU().CanRun(targetOf(ap.channel[n].m.Target)) == nil {
+			ap.profile = n
+			return ap.channel[n], nil
+		}
+	}
+	return nil, err
+}
+
+// evaluate decides whether ap needs a download, and starts or continues it.
+func (t *mqttTransport) evaluate(ctx context.Context, ap *mqttApp) {
+	a := t.agent()
+	if a == nil {
+		return
+	}
+	rel, err := t.choose(ap)
+	if err != nil {
+		ap.lastErr = err.Error()
+		return
+	}
+	if rel == nil {
+		return
+	}
+	m := rel.m
+	sha := m.Payload.SHA256
+	if ap.skip[sha] {
+		return
+	}
+	floor, err := a.mqttFloor(ap.cfg.Name)
+	if err != nil {
+		ap.lastErr = err.Error()
+		return
+	}
+	if m.Sequence <= floor {
+		if ap.dl != nil && !ap.installing {
+			t.abandon(ap)
+		}
+		return
+	}
+	if ap.dl != nil && ap.dl.rel.m.Payload.SHA256 == sha {
+		ap.dl.rel = rel
+		t.fill(ctx, ap)
+		return
+	}
+	if ap.installing {
+		return // decide again when the running install ends
+	}
+	if ap.dl != nil {
+		t.logf("mqtt: %s: abandoning the download of %s for %s", ap.cfg.Name, ap.dl.rel.m.Version, m.Version)
+		t.abandon(ap)
+	}
+	// Refuse what can never install before fetching a byte.
+	if err := m.CheckExpiry(time.Now()); err != nil {
+		t.refuse(a, ap, m, err)
+		return
+	}
+	if err := a.CPU().CanRun(targetOf(m.Target)); err != nil {
+		t.refuse(a, ap, m, fmt.Errorf("%s %s: %w", m.App, m.Version, err))
+		return
+	}
+	dl, err := t.openDownload(a, ap, rel)
+	if err != nil {
+		ap.lastErr = fmt.Sprintf("cannot download %s %s: %v", m.App, m.Version, err)
+		t.logf("mqtt: %s", ap.lastErr)
+		return
+	}
+	ap.dl = dl
+	ap.lastErr = ""
+	t.logf("mqtt: %s: fetching %s (sequence %d, %d chunks, %d already here)", ap.cfg.Name, m.Version, m.Sequence, len(m.Payload.Chunks), dl.n)
+	t.fill(ctx, ap)
+}
+
+func (t *mqttTransport) refuse(a *Agent, ap *mqttApp, m *protocol.Manifest, err error) {
+	ap.skip[m.Payload.SHA256] = true
+	ap.lastErr = fmt.Sprintf("%s %s refused: %v", m.App, m.Version, err)
+	t.logf("mqtt: %s", ap.lastErr)
+	a.refused(ap.cfg, m, err)
+}
+
+func (t *mqttTransport) openDownload(a *Agent, ap *mqttApp, rel *mqttRelease) (*mqttDownload, error) {
+	m := rel.m
+	dir := filepath.Join(t.cfg.DataDir, "dl")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	path := filepath.Join(dir, ap.cfg.Name+"-"+m.Payload.SHA256+".part")
+	rec, err := a.loadDownload(ap.cfg.Name)
+	if err != nil {
+		return nil, err
+	}
+	n := len(m.Payload.Chunks)
+	dl := &mqttDownload{rel: rel, path: path, have: make([]bool, n), outstanding: map[int]string{}, lastChunk: time.Now()}
+	if rec != nil && rec.SHA256 == m.Payload.SHA256 {
+		for i := 0; i < n; i++ {
+			if i/8 < len(rec.Have) && rec.Have[i/8]&(1<<(i%8)) != 0 {
+				dl.have[i] = true
+				dl.n++
+			}
+		}
+	} else {
+		// Another release's leftovers.
+		if rec != nil {
+			os.Remove(filepath.Join(dir, ap.cfg.Name+"-"+rec.SHA256+".part"))
+		}
+		if err := a.saveDownload(ap.cfg.Name, &dlRecord{Schema: 1, SHA256: m.Payload.SHA256, Version: m.Version, Sequence: m.Sequence}); err != nil {
+			return nil, err
+		}
+	}
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	if fi, err := f.Stat(); err == nil && fi.Size() < m.Payload.Size && dl.n > 0 {
+		// Recorded chunks must be in the file; a short file means the record
+		// is not to be trusted (never happens with fsync before record).
+		for i := range dl.have {
+			if dl.have[i] && int64(i)*m.Payload.ChunkSize+m.Payload.ChunkLen(i) > fi.Size() {
+				dl.have[i] = false
+				dl.n--
+			}
+		}
+	}
+	if err := f.Truncate(m.Payload.Size); err != nil {
+		f.Close()
+		return nil, err
+	}
+	dl.f = f
+	t.stats.Resumed.Add(int64(dl.n))
+	dl.complete = dl.n == n
+	return dl, nil
+}
+
+// abandon drops ap's download and its file.
+func (t *mqttTransport) abandon(ap *mqttApp) {
+	dl := ap.dl
+	if dl == nil {
+		return
+	}
+	var topics []string
+	for _, tp := range dl.outstanding {
+		topics = append(topics, tp)
+	}
+	if len(topics) > 0 {
+		t.client.Unsubscribe(topics...)
+	}
+	if dl.f != nil {
+		dl.f.Close()
+	}
+	os.Remove(dl.path)
+	if a := t.agent(); a != nil {
+		a.saveDownload(ap.cfg.Name, nil)
+	}
+	ap.dl = nil
+}
+
+// fill keeps up to mqttWindow chunk subscriptions outstanding, or installs
+// when every chunk is here.
+func (t *mqttTransport) fill(ctx context.Context, ap *mqttApp) {
+	dl := ap.dl
+	if dl == nil {
+		return
+	}
+	if dl.complete {
+		t.install(ctx, ap)
+		return
+	}
+	subs := map[string]byte{}
+	for i := range dl.have {
+		if len(dl.outstanding) >= mqttWindow {
+			break
+		}
+		if dl.have[i] {
+			continue
+		}
+		if _, ok := dl.outstanding[i]; ok {
+			continue
+		}
+		tp, err := protocol.ChunkTopic(dl.rel.m.App, dl.rel.m.Payload.SHA256, i)
+		if err != nil {
+			continue
+		}
+		dl.outstanding[i] = tp
+		subs[tp] = 0
+	}
+	if len(subs) > 0 && len(dl.outstanding) == len(subs) {
+		dl.lastChunk = time.Now()
+	}
+	t.subscribe(subs)
+}
+
+func (t *mqttTransport) chunk(ctx context.Context, tp protocol.Topic, payload []byte) {
+	ap := t.apps[tp.App]
+	if ap == nil || ap.dl == nil || ap.dl.rel.m.Payload.SHA256 != tp.SHA256 {
+		return // a late delivery for something no longer wanted
+	}
+	dl := ap.dl
+	topic, ok := dl.outstanding[tp.Index]
+	if !ok || dl.have[tp.Index] {
+		return
+	}
+	p := &dl.rel.m.Payload
+	if err := protocol.VerifyChunk(p, tp.Index, payload); err != nil {
+		t.stats.ChunksBad.Add(1)
+		ap.lastErr = fmt.Sprintf("%s %s: %v (the broker holds a bad chunk; it is fetched again later)", dl.rel.m.App, dl.rel.m.Version, err)
+		t.logf("mqtt: %s", ap.lastErr)
+		return // stays outstanding; the stall timer subscribes again
+	}
+	if err := t.writeChunk(ap, tp.Index, payload); err != nil {
+		ap.lastErr = fmt.Sprintf("cannot store a chunk of %s %s: %v", dl.rel.m.App, dl.rel.m.Version, err)
+		t.logf("mqtt: %s", ap.lastErr)
+		return
+	}
+	delete(dl.outstanding, tp.Index)
+	t.client.Unsubscribe(topic)
+	dl.lastChunk = time.Now()
+	t.stats.ChunksReceived.Add(1)
+	t.stats.ChunkBytes.Add(int64(len(payload)))
+	if dl.n == len(dl.have) {
+		dl.complete = true
+	}
+	t.fill(ctx, ap)
+}
+
+// writeChunk writes a verified chunk at its offset, fsyncs, then records it.
+func (t *mqttTransport) writeChunk(ap *mqttApp, i int, data []byte) error {
+	dl := ap.dl
+	if _, err := dl.f.WriteAt(data, int64(i)*dl.rel.m.Payload.ChunkSize); err != nil {
+		return err
+	}
+	if err := dl.f.Sync(); err != nil {
+		return err
+	}
+	dl.have[i] = true
+	dl.n++
+	a := t.agent()
+	if a == nil {
+		return errors.New("state database unavailable")
+	}
+	rec := &dlRecord{Schema: 1, SHA256: dl.rel.m.Payload.SHA256, Version: dl.rel.m.Version, Sequence: dl.rel.m.Sequence, Have: make([]byte, (len(dl.have)+7)/8)}
+	for j, h := range dl.have {
+		if h {
+			rec.Have[j/8] |= 1 << (j % 8)
+		}
+	}
+	if err := a.saveDownload(ap.cfg.Name, rec); err != nil {
+		return err
+	}
+	failpoint("mqtt-after-chunk")
+	return nil
+}
+
+// install hands the complete download to the daemon in the background.
+func (t *mqttTransport) install(ctx context.Context, ap *mqttApp) {
+	if ap.installing {
+		return
+	}
+	ap.installing = true
+	rel, path, name := ap.dl.rel, ap.dl.path, ap.cfg.Name
+	go func() {
+		err := t.d.installParts(ctx, rel.env.Manifest, []byte(rel.env.Signature), path)
+		select {
+		case t.events <- mqttEvent{kind: "installed", app: name, err: err}:
+		case <-ctx.Done():
+		}
+	}()
+}
+
+func (t *mqttTransport) installed(ctx context.Context, app string, err error) {
+	ap := t.apps[app]
+	ap.installing = false
+	if ap.dl == nil {
+		return
+	}
+	m := ap.dl.rel.m
+	switch {
+	case err == nil:
+		t.logf("mqtt: %s %s installed, on trial", m.App, m.Version)
+		ap.lastErr = ""
+		t.abandon(ap) // done with the file and the record
+	case errors.Is(err, ErrBusy) || errors.Is(err, context.Canceled) || errors.Is(err, ErrLocked):
+		// Transient: the app is on trial or another install runs; the
+		// housekeeping tick tries again.
+		return
+	case errors.Is(err, protocol.ErrPayloadMismatch) || errors.Is(err, protocol.ErrTruncated):
+		t.logf("mqtt: %s %s: the downloaded payload does not verify (%v); fetching it again", m.App, m.Version, err)
+		t.abandon(ap)
+		t.evaluate(ctx, ap)
+	default:
+		ap.skip[m.Payload.SHA256] = true
+		ap.lastErr = fmt.Sprintf("%s %s refused: %v", m.App, m.Version, err)
+		t.logf("mqtt: %s", ap.lastErr)
+		t.abandon(ap)
+	}
+	t.publishStatus()
+}
+
+func (t *mqttTransport) housekeeping(ctx context.Context) {
+	if t.resync.Swap(false) && t.client.IsConnected() {
+		t.logf("mqtt: messages were dropped; subscribing again")
+		t.subscribeAll()
+	}
+	for _, ap := range t.apps {
+		if dl := ap.dl; dl != nil {
+			if dl.complete && !ap.installing {
+				t.install(ctx, ap) // retry after ErrBusy (trial in progress)
+			} else if len(dl.outstanding) > 0 && time.Since(dl.lastChunk) > mqttStall && t.connected {
+				t.logf("mqtt: %s: no chunk for %s; asking again for %d", ap.cfg.Name, mqttStall, len(dl.outstanding))
+				t.resubscribeChunks(dl)
+			}
+		} else if !ap.installing {
+			t.evaluate(ctx, ap) // e.g. a trial ended: the next release may go
+		}
+	}
+	t.publishStatus()
+}
+
+// statusBytes builds the device status message.
+func (t *mqttTransport) statusBytes(online bool) []byte {
+	s := &protocol.DeviceStatus{Schema: protocol.MQTTSchemaVersion, Device: t.cfg.DeviceID, Profile: t.cfg.Profile,
+		AgentVersion: clip(t.d.opts.Version, 200), Time: time.Now().UTC(), Online: online}
+	a := t.agent()
+	if a != nil {
+		s.CPU = clip(a.CPU().String(), 200)
+	}
+	var sts []AppStatus
+	if a != nil {
+		sts, _ = a.Status()
+	}
+	for _, st := range sts {
+		ap := t.apps[st.App]
+		if ap == nil {
+			continue
+		}
+		if s.Profile == "" && ap.profile != "" {
+			s.Profile = ap.profile
+		}
+		r := protocol.AppReport{App: st.App, Version: st.Version, Sequence: st.Sequence, State: st.State, LastError: st.LastError}
+		if ap.lastErr != "" {
+			r.LastError = ap.lastErr
+		}
+		if ap.dl != nil {
+			r.Target = ap.dl.rel.m.Version
+			done := int64(0)
+			for i, h := range ap.dl.have {
+				if h {
+					done += ap.dl.rel.m.Payload.ChunkLen(i)
+				}
+			}
+			r.Progress = &protocol.ProgressReport{Step: "download", Done: done, Total: ap.dl.rel.m.Payload.Size}
+			if ap.installing && st.Progress != nil {
+				r.Progress = &protocol.ProgressReport{Step: st.Progress.Step, Done: st.Progress.Done, Total: st.Progress.Total}
+			}
+		}
+		if !protocol.ValidApp(r.App) {
+			continue
+		}
+		r.Version = clip(r.Version, 200)
+		s.Apps = append(s.Apps, r)
+	}
+	b, err := s.Marshal()
+	if err != nil {
+		t.logf("mqtt: status: %v", err)
+		s.Apps = nil
+		b, _ = s.Marshal()
+	}
+	return b
+}
+
+// publishStatus publishes the retained status when it changed (progress is
+// thereby throttled to the housekeeping tick) and refreshes the will.
+func (t *mqttTransport) publishStatus() {
+	if !t.connected {
+		return
+	}
+	b := t.statusBytes(true)
+	var cmp protocol.DeviceStatus
+	json.Unmarshal(b, &cmp)
+	cmp.Time = time.Time{}
+	key, _ := json.Marshal(cmp)
+	if string(key) == t.lastStatus {
+		return
+	}
+	t.lastStatus = string(key)
+	st, _ := protocol.StatusTopic(t.cfg.DeviceID)
+	t.client.Publish(st, 1, true, b)
+	if off := t.statusBytes(false); off != nil {
+		t.willMu.Lock()
+		t.will = off
+		t.willMu.Unlock()
+	}
+}
+
+// installParts installs a downloaded release through the daemon's
+// Sideload (install, restart the app, start its trial; for the agent
+// itself, re-exec): the parts are framed as a bundle stream on the fly, so
+// the MQTT path and the USB stick path are one pipeline.
+func (d *Daemon) installParts(ctx context.Context, rawManifest, rawSig []byte, payloadPath string) error {
+	f, err := os.Open(payloadPath)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	pr, pw := io.Pipe()
+	go func() {
+		pw.CloseWithError(protocol.WriteBundle(pw, rawManifest, rawSig, f, fi.Size(), time.Unix(0, 0)))
+	}()
+	res, _, err := d.Sideload(ctx, pr, nil)
+	pr.CloseWithError(errors.New("install ended"))
+	if err != nil {
+		return err
+	}
+	if after := d.selfAfter(res.App); after != nil {
+		after()
+	}
+	return nil
+}
+
+// mqttFloor is the sequence a release must exceed to be worth fetching:
+// the installed one, or the highest ever swapped in (anti-rollback).
+func (a *Agent) mqttFloor(app string) (uint64, error) {
+	r, err := a.load(app)
+	if err != nil {
+		return 0, err
+	}
+	if r.Floor > r.Sequence {
+		return r.Floor, nil
+	}
+	return r.Sequence, nil
+}
+
+func (a *Agent) loadDownload(app string) (*dlRecord, error) {
+	var rec *dlRecord
+	err := a.withDB(func(db *bolt.DB) error {
+		return db.View(func(tx *bolt.Tx) error {
+			b := tx.Bucket(bucketDownloads)
+			if b == nil {
+				return nil
+			}
+			v := b.Get([]byte(app))
+			if v == nil {
+				return nil
+			}
+			var r dlRecord
+			if err := json.Unmarshal(v, &r); err != nil || r.Schema != 1 {
+				return nil // an unreadable record only costs a fresh download
+			}
+			rec = &r
+			return nil
+		})
+	})
+	return rec, err
+}
+
+// saveDownload records (nil: forgets) app's download progress.
+func (a *Agent) saveDownload(app string, rec *dlRecord) error {
+	return a.withDB(func(db *bolt.DB) error {
+		return db.Update(func(tx *bolt.Tx) error {
+			b, err := tx.CreateBucketIfNotExists(bucketDownloads)
+			if err != nil {
+				return err
+			}
+			if rec == nil {
+				return b.Delete([]byte(app))
+			}
+			v, err := json.Marshal(rec)
+			if err != nil {
+				return err
+			}
+			return b.Put([]byte(app), v)
+		})
+	})
+}
+
+// mqttTLS builds the TLS configuration from broker.ca/cert/key; nil
+// without any.
+func mqttTLS(bc *BrokerConfig) (*tls.Config, error) {
+	if bc.CA == "" && bc.Cert == "" {
+		return nil, nil
+	}
+	conf := &tls.Config{MinVersion: tls.VersionTLS12}
+	if bc.CA != "" {
+		pem, err := os.ReadFile(bc.CA)
+		if err != nil {
+			return nil, fmt.Errorf("broker.ca: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("broker.ca %s holds no PEM certificate", bc.CA)
+		}
+		conf.RootCAs = pool
+	}
+	if bc.Cert != "" {
+		c, err := tls.LoadX509KeyPair(bc.Cert, bc.Key)
+		if err != nil {
+			return nil, fmt.Errorf("broker.cert/key: %w", err)
+		}
+		conf.Certificates = []tls.Certificate{c}
+	}
+	return conf, nil
+}
