@@ -173,10 +173,10 @@ func newMQTTTransport(d *Daemon) (*mqttTransport, error) {
 		SetAutoReconnect(true).
 		SetConnectRetry(true).
 		SetConnectRetryInterval(time.Second).
-		SetMaxReconnectInterval(30 * time.Second).
-		SetKeepAlive(30 * time.Second).
-		SetConnectTimeout(10 * time.Second).
-		SetWriteTimeout(30 * time.Second).
+		SetMaxReconnectInterval(30*time.Second).
+		SetKeepAlive(30*time.Second).
+		SetConnectTimeout(10*time.Second).
+		SetWriteTimeout(30*time.Second).
 		SetOrderMatters(true).
 		SetBinaryWill(statusTopic, t.will, 1, true).
 		SetDefaultPublishHandler(t.onMessage).
