@@ -44,35 +44,41 @@ pack() { # $@: extra flags
 		$(printf -- '--profile %s ' "${profiles[@]}") -o "$work/dist" "$@" $pkg >/dev/null 2>&1
 }
 
-now() { date +%s.%N; }
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-timeit() { # prints the median seconds of $runs runs of "$@"
-	for _ in $(seq "$runs"); do
-		s=$(now); "$@"; e=$(now)
-		echo "$e - $s" | bc -l
-	done | median
+TIMEFORMAT='%R %U %S'
+measure() { # $1: name; rest: command. Appends "wall cpu" to $work/t.$1
+	local name=$1; shift
+	{ time "$@" >/dev/null 2>&1; } 2>"$work/one"
+	awk '{print $1, $2 + $3}' "$work/one" >>"$work/t.$name"
 }
 
 # Warm the build cache for every target.
 buildsh "$work/warm"; pack
 
-t_loop=$(timeit buildsh "$work/loop")
-t_loopxz=$(timeit buildsh "$work/loopxz" xz)
-t_pack=$(timeit pack)
-t_bare=$(timeit pack --encoding none --no-probe)
-
+# Interleave the variants so that load from other processes hits them alike.
+for _ in $(seq "$runs"); do
+	measure loop buildsh "$work/loop"
+	measure loopxz buildsh "$work/loopxz" xz
+	measure pack pack
+	measure bare pack --encoding none --no-probe
+done
+wall() { awk '{print $1}' "$work/t.$1" | median; }
+cpu() { awk '{print $2}' "$work/t.$1" | median; }
 ratio() { printf %.2f "$(echo "$1 / $2" | bc -l)"; }
+row() { # $1 label, $2 variant
+	printf '| %s | %.2f | %s× | %.2f | %s× |\n' "$1" "$(wall "$2")" "$(ratio "$(wall "$2")" "$(wall loop)")" "$(cpu "$2")" "$(ratio "$(cpu "$2")" "$(cpu loop)")"
+}
 cat <<MD
 Machine: $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $(go version | cut -d' ' -f3), load average $(cut -d' ' -f1 /proc/loadavg) at the end.
-\`scripts/bench-pack.sh $runs\`: hello for ${profiles[*]}, warm build cache, median of $runs runs.
+\`scripts/bench-pack.sh $runs\`: hello for ${profiles[*]}, warm build cache, median of $runs interleaved runs.
 
-| what | seconds | vs build.sh loop |
-|---|---:|---:|
-| build.sh: \`go build\` ×4, sequential | $(printf %.2f "$t_loop") | 1.00× |
-| build.sh + \`xz -6\` ×4 | $(printf %.2f "$t_loopxz") | $(ratio "$t_loopxz" "$t_loop")× |
-| \`edgefleet pack\` (all steps: checks, qemu probe, xz, sign, write) | $(printf %.2f "$t_pack") | $(ratio "$t_pack" "$t_loop")× (vs build.sh + xz: $(ratio "$t_pack" "$t_loopxz")×) |
-| \`edgefleet pack --encoding none --no-probe\` | $(printf %.2f "$t_bare") | $(ratio "$t_bare" "$t_loop")× |
+| what | wall s | wall vs loop | CPU s (user+sys) | CPU vs loop |
+|---|---:|---:|---:|---:|
 MD
+row 'build.sh: `go build` ×4, sequential' loop
+row 'build.sh + `xz -6` ×4' loopxz
+row '`edgefleet pack` (every step: checks, qemu probe, xz, sign, write; 2 profiles at a time)' pack
+row '`edgefleet pack --encoding none --no-probe`' bare
 
 # Sizes: unstripped, stripped, UPX, xz payload of the stripped binary, and
 # xz payload of the UPX binary.
