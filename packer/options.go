@@ -84,6 +84,10 @@ type Options struct {
 	// Env is added to the environment of go, upx and qemu (after
 	// os.Environ, before the profile's build variables).
 	Env []string
+	// LDFlags are extra -ldflags arguments appended after the packer's own
+	// (e.g. "-X main.crash=1" to build a deliberately broken test
+	// release). Default: none.
+	LDFlags []string
 	// MeasureUnstripped also links each profile without -s -w to report
 	// the unstripped size (one extra link per profile). An over-budget
 	// profile is always linked unstripped to list its biggest packages.

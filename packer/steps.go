@@ -101,6 +101,9 @@ func (p *pack) goBuild(ctx context.Context, j *job, out string, strip bool) erro
 	if strip {
 		ld = "-s -w " + ld
 	}
+	if len(p.o.LDFlags) > 0 {
+		ld += " " + strings.Join(p.o.LDFlags, " ")
+	}
 	cmd := exec.CommandContext(ctx, p.o.GoCmd, "build", "-trimpath", "-ldflags", ld, "-o", out, "--", p.o.Package)
 	cmd.Dir = p.o.Dir
 	cmd.Env = p.buildEnv(j)
