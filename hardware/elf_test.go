@@ -3,6 +3,7 @@ package hardware
 import (
 	"bytes"
 	"debug/elf"
+	"encoding/binary"
 	"errors"
 	"io"
 	"os"
@@ -188,7 +189,13 @@ func FuzzInspectELF(f *testing.F) {
 	// Real binaries' first bytes (headers, program headers, start of text)
 	// and a whole small dynamic binary.
 	for _, p := range []struct{ goarch, level string }{{"arm", "5"}, {"arm64", ""}, {"amd64", "v1"}, {"mipsle", ""}} {
-		seed(probe(f, p.goarch, p.level), 8<<10)
+		path := probe(f, p.goarch, p.level)
+		seed(path, 8<<10)
+		// The same bytes with section headers dropped, as UPX leaves a
+		// binary: debug/elf then reads the program headers only.
+		if b, err := os.ReadFile(path); err == nil && len(b) > 8<<10 {
+			f.Add(withoutSections(b[:8<<10]))
+		}
 	}
 	if tr, err := exec.LookPath("true"); err == nil {
 		seed(tr, 1<<20)
@@ -214,4 +221,34 @@ func FuzzInspectELF(f *testing.F) {
 		}
 		_ = info.Matches(Target{GOOS: "linux", GOARCH: "arm", GOARM: "6"})
 	})
+}
+
+// withoutSections zeroes e_shoff, e_shnum and e_shstrndx of an ELF image.
+func withoutSections(b []byte) []byte {
+	b = bytes.Clone(b)
+	order := binary.ByteOrder(binary.LittleEndian)
+	if b[5] == byte(elf.ELFDATA2MSB) {
+		order = binary.BigEndian
+	}
+	if b[4] == byte(elf.ELFCLASS32) {
+		order.PutUint32(b[32:], 0) // e_shoff
+		order.PutUint16(b[48:], 0) // e_shnum
+		order.PutUint16(b[50:], 0) // e_shstrndx
+	} else {
+		order.PutUint64(b[40:], 0)
+		order.PutUint16(b[60:], 0)
+		order.PutUint16(b[62:], 0)
+	}
+	return b
+}
+
+func TestInspectELFWithoutSections(t *testing.T) {
+	b, err := os.ReadFile(probe(t, "arm64", ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := InspectELF(bytes.NewReader(withoutSections(b)))
+	if err != nil || !info.Static || info.Machine != "EM_AARCH64" {
+		t.Errorf("section-less arm64 binary: %+v %v", info, err)
+	}
 }
