@@ -228,25 +228,7 @@ func (k *kit) bundleBytes(s spec) []byte {
 		t.Fatal(err)
 	}
 	m := manifestFor(t, s, exe)
-	payload := exe
-	if s.Encoding == protocol.EncodingXZ {
-		var buf bytes.Buffer
-		w, err := xz.WriterConfig{DictCap: 1 << 20}.NewWriter(&buf)
-		if err != nil {
-			t.Fatal(err)
-		}
-		w.Write(exe)
-		if err := w.Close(); err != nil {
-			t.Fatal(err)
-		}
-		payload = buf.Bytes()
-		m.Payload.XZDictSize = 1 << 20
-	}
-	p, err := protocol.DescribePayload(bytes.NewReader(payload), s.Encoding, 64<<10)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.XZDictSize = m.Payload.XZDictSize
+	payload, p := encodePayload(t, s.Binary, exe, s.Encoding)
 	m.Payload = p
 	key := k.priv
 	if s.Key != nil {
@@ -391,4 +373,43 @@ func t0ctx() context.Context { return context.Background() }
 func hashBytes(b []byte) string {
 	s := sha256.Sum256(b)
 	return hex.EncodeToString(s[:])
+}
+
+var payloadCache sync.Map // binary path + encoding → encodedPayload
+
+type encodedPayload struct {
+	bytes []byte
+	p     protocol.Payload
+}
+
+// encodePayload compresses (xz, 1 MiB dictionary) and describes a binary,
+// once per binary: pure-Go xz is the slow part of making a bundle.
+func encodePayload(t testing.TB, path string, exe []byte, encoding string) ([]byte, protocol.Payload) {
+	key := path + "|" + encoding + "|" + hashBytes(exe)
+	if v, ok := payloadCache.Load(key); ok {
+		e := v.(encodedPayload)
+		return e.bytes, e.p
+	}
+	payload := exe
+	var dict int64
+	if encoding == protocol.EncodingXZ {
+		var buf bytes.Buffer
+		w, err := xz.WriterConfig{DictCap: 1 << 20}.NewWriter(&buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		w.Write(exe)
+		if err := w.Close(); err != nil {
+			t.Fatal(err)
+		}
+		payload = buf.Bytes()
+		dict = 1 << 20
+	}
+	p, err := protocol.DescribePayload(bytes.NewReader(payload), encoding, 64<<10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.XZDictSize = dict
+	payloadCache.Store(key, encodedPayload{payload, p})
+	return payload, p
 }
