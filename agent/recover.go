@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"path/filepath"
 )
 
 // RecoverAction is one thing Recover did.
@@ -147,8 +148,14 @@ func (a *Agent) recoverApp(ctx context.Context, c *AppConfig, r *record, boot bo
 			act("rolled-back", "%s", reason)
 		}
 	}
-	// Leftovers from a crash between a rename and the record, or from Check.
-	for _, p := range []string{c.stagedPath(), c.restorePath()} {
+	// Leftovers from a crash between a rename and the record, or from a
+	// killed Check (only at boot: a Check may be running otherwise).
+	leftovers := []string{c.stagedPath(), c.restorePath()}
+	if boot {
+		checks, _ := filepath.Glob(filepath.Join(filepath.Dir(c.Path), "."+filepath.Base(c.Path)+".check-*"))
+		leftovers = append(leftovers, checks...)
+	}
+	for _, p := range leftovers {
 		if _, err := os.Lstat(p); err == nil {
 			if rr, _ := a.load(c.Name); rr != nil && (rr.State == StateStaging || rr.State == StateStaged || rr.State == StateSwapping) {
 				continue
