@@ -307,3 +307,20 @@ func FuzzParseAuxv(f *testing.F) {
 		_ = CPUFactsFromAuxv("arm", m, "")
 	})
 }
+
+func BenchmarkReadCPU(b *testing.B) {
+	for b.Loop() {
+		if _, err := ReadCPU(); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkReadFacts(b *testing.B) {
+	dir := b.TempDir()
+	for b.Loop() {
+		if _, err := ReadFacts(dir); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

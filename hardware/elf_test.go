@@ -252,3 +252,17 @@ func TestInspectELFWithoutSections(t *testing.T) {
 		t.Errorf("section-less arm64 binary: %+v %v", info, err)
 	}
 }
+
+func BenchmarkInspectELF(b *testing.B) {
+	f, err := os.Open(probe(b, "arm", "6"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := InspectELF(f); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
