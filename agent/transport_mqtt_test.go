@@ -361,7 +361,54 @@ func TestMQTTIncompatibleRefused(t *testing.T) {
 	}
 }
 
-// TestMQTTFiftyAgents: 50 in-process agents converge on one release.
+// realAgent starts the real edgefleet-agent binary for a device id; the
+// process group is killed at cleanup.
+func realAgent(t testing.TB, bin string, k *kit, id, url, failpoint string) (*exec.Cmd, *syncBuffer, string) {
+	t.Helper()
+	cfg := mqttConfig(t, k, id, url)
+	cfgPath := filepath.Join(filepath.Dir(cfg.DataDir), "agent.yaml")
+	yaml := fmt.Sprintf("device_id: %s\ndata_dir: %s\ntrusted_keys: [%s]\napps:\n  - name: hello\n    path: %s\n    args: [\"--serve\"]\n    health:\n      window: 1s\nbroker:\n  url: %s\n  channel: stable\n",
+		cfg.DeviceID, cfg.DataDir, cfg.TrustedKeys[0], cfg.Apps[0].Path, url)
+	if err := os.WriteFile(cfgPath, []byte(yaml), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd, out := startRealAgent(t, bin, cfgPath, failpoint)
+	return cmd, out, cfgPath
+}
+
+func startRealAgent(t testing.TB, bin, cfgPath, failpoint string) (*exec.Cmd, *syncBuffer) {
+	cmd := exec.Command(bin, "run", "--config", cfgPath)
+	out := &syncBuffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	cmd.Env = append(os.Environ(), FailpointEnv+"="+failpoint)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	return cmd, out
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// TestMQTTFiftyAgents: 50 real agent processes converge on one release.
+// (Real processes, not in-process agents: many Agents in one process fork
+// probes concurrently, and a child can inherit another agent's staged file
+// descriptor open for writing, making that file briefly unexecutable.)
 func TestMQTTFiftyAgents(t *testing.T) {
 	if testing.Short() {
 		t.Skip("-short: 50 agents")
@@ -371,19 +418,18 @@ func TestMQTTFiftyAgents(t *testing.T) {
 	b := startTestBroker(t, t.TempDir(), "127.0.0.1:0")
 	op := operator(t, b.URL())
 	view := fleetView(t, op)
+	bin := goBuild(t, "cmd/edgefleet-agent", native.env(), "-s -w -X main.version=0.0.1-test")
 	publish(t, op, k, v1, "")
-	var devs []*mqttDevice
 	for i := 0; i < 50; i++ {
-		devs = append(devs, startMQTTDevice(t, mqttConfig(t, k, fmt.Sprintf("pi-%03d", i), b.URL())))
+		cmd, out, _ := realAgent(t, bin, k, fmt.Sprintf("pi-%03d", i), b.URL(), "")
+		t.Cleanup(func() {
+			syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+			cmd.Wait()
+			if t.Failed() && i < 3 {
+				t.Logf("pi-%03d output:\n%s", i, out)
+			}
+		})
 	}
-	defer func() {
-		var wg sync.WaitGroup
-		for _, d := range devs {
-			wg.Add(1)
-			go func() { defer wg.Done(); d.stop() }()
-		}
-		wg.Wait()
-	}()
 	eventually(t, "50 devices commit 1.0.0", func() bool { return view.Converged("hello", "1.0.0", 50, StateCommitted) })
 }
 
@@ -402,38 +448,27 @@ func TestMQTTRealAgentKilledMidDownloadResumes(t *testing.T) {
 
 	var procs []*exec.Cmd
 	for i := 0; i < 2; i++ {
-		cfg := mqttConfig(t, k, fmt.Sprintf("real-%d", i), b.URL())
-		cfgPath := filepath.Join(filepath.Dir(cfg.DataDir), "agent.yaml")
-		yaml := fmt.Sprintf("device_id: %s\ndata_dir: %s\ntrusted_keys: [%s]\napps:\n  - name: hello\n    path: %s\n    args: [\"--serve\"]\n    health:\n      window: 1s\nbroker:\n  url: %s\n  channel: stable\n",
-			cfg.DeviceID, cfg.DataDir, cfg.TrustedKeys[0], cfg.Apps[0].Path, b.URL())
-		os.WriteFile(cfgPath, []byte(yaml), 0o644)
-		run := func(failpoint string) (*exec.Cmd, *bytes.Buffer) {
-			cmd := exec.Command(bin, "run", "--config", cfgPath)
-			var out bytes.Buffer
-			cmd.Stdout, cmd.Stderr = &out, &out
-			cmd.Env = append(os.Environ(), FailpointEnv+"="+failpoint)
-			cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-			if err := cmd.Start(); err != nil {
-				t.Fatal(err)
-			}
-			return cmd, &out
-		}
+		id := fmt.Sprintf("real-%d", i)
+		fp := ""
 		if i == 0 {
-			cmd, out := run("mqtt-after-chunk")
+			fp = "mqtt-after-chunk"
+		}
+		cmd, out, cfgPath := realAgent(t, bin, k, id, b.URL(), fp)
+		if i == 0 {
 			err := cmd.Wait()
 			ws, _ := cmd.ProcessState.Sys().(syscall.WaitStatus)
 			if err == nil || !ws.Signaled() || ws.Signal() != syscall.SIGKILL {
 				t.Fatalf("the armed agent did not die at the failpoint: %v\n%s", err, out)
 			}
 			syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) // its app, if any
+			cmd, out = startRealAgent(t, bin, cfgPath, "")
 		}
-		cmd, out := run("")
 		procs = append(procs, cmd)
 		t.Cleanup(func() {
-			syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
+			syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 			cmd.Wait()
 			if t.Failed() {
-				t.Logf("real-%d output:\n%s", i, out)
+				t.Logf("%s output:\n%s", id, out)
 			}
 		})
 		if i == 0 {
@@ -450,7 +485,6 @@ func TestMQTTRealAgentKilledMidDownloadResumes(t *testing.T) {
 	}
 	// Stopping an agent publishes it offline.
 	syscall.Kill(procs[1].Process.Pid, syscall.SIGTERM)
-	procs[1].Wait()
 	eventually(t, "a stopped agent shows offline", func() bool {
 		for _, d := range view.Devices() {
 			if d.Device == "real-1" {
