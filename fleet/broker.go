@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -197,6 +198,9 @@ func (b *Broker) URL() string {
 	}
 	return "tcp://" + b.addr
 }
+
+// BytesSent is the number of bytes the broker has written to clients.
+func (b *Broker) BytesSent() int64 { return atomic.LoadInt64(&b.srv.Info.BytesSent) }
 
 // Open reports whether the broker runs without authentication.
 func (b *Broker) Open() bool { return !b.opts.authenticated() }
