@@ -11,7 +11,7 @@ import (
 	"time"
 )
 
-// MQTT topics and messages (SPEC-mqtt.md). Every topic starts with
+// MQTT topics and messages (SPEC.md §8). Every topic starts with
 // TopicPrefix, which carries the protocol version: a future incompatible
 // change moves to edgefleet/v2/ and both can live on one broker.
 const (
