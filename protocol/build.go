@@ -57,9 +57,18 @@ func SignManifest(m *Manifest, priv PrivateKey) (raw, sig []byte, err error) {
 	return raw, Sign(priv, raw, TrustedComment(m)), nil
 }
 
-// WriteBundleFile writes a bundle to path atomically: a temporary file in
-// the same directory, fsynced, renamed over path, directory fsynced.
-func WriteBundleFile(path string, manifest, sig []byte, payload io.Reader, payloadSize int64, mtime time.Time) (err error) {
+// WriteBundleFile writes a bundle to path atomically (see WriteFileAtomic).
+func WriteBundleFile(path string, manifest, sig []byte, payload io.Reader, payloadSize int64, mtime time.Time) error {
+	return WriteFileAtomic(path, 0o644, func(w io.Writer) error {
+		return WriteBundle(w, manifest, sig, payload, payloadSize, mtime)
+	})
+}
+
+// WriteFileAtomic creates path with mode through write: a temporary file in
+// the same directory, fsynced, renamed over path, directory fsynced. After a
+// crash path holds the old content or the new, never a partial file; on
+// error nothing is left behind.
+func WriteFileAtomic(path string, mode os.FileMode, write func(io.Writer) error) (err error) {
 	dir := filepath.Dir(path)
 	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".*.tmp")
 	if err != nil {
@@ -71,10 +80,10 @@ func WriteBundleFile(path string, manifest, sig []byte, payload io.Reader, paylo
 			os.Remove(f.Name())
 		}
 	}()
-	if err = WriteBundle(f, manifest, sig, payload, payloadSize, mtime); err != nil {
+	if err = f.Chmod(mode); err != nil {
 		return err
 	}
-	if err = f.Chmod(0o644); err != nil {
+	if err = write(f); err != nil {
 		return err
 	}
 	if err = f.Sync(); err != nil {
