@@ -55,9 +55,11 @@ func TestScript(t *testing.T) {
 			upx = p
 		}
 	}
+	packCache := t.TempDir() // shared by the scenarios; never the user's cache
 	testscript.Run(t, testscript.Params{
 		Dir: "testdata/script",
 		Setup: func(e *testscript.Env) error {
+			e.Setenv("EDGEFLEET_CACHE", packCache)
 			for k, v := range goenv {
 				e.Setenv(k, v)
 			}
