@@ -369,6 +369,9 @@ func (d *demo) setup(ctx context.Context) error {
 	if fi != nil {
 		size = fi.Size()
 	}
+	if strings.HasPrefix(probe, "skipped") {
+		probe += " (each device still runs the probe before it swaps)"
+	}
 	fmt.Fprintf(d.out, "  built     edgefleet-agent (%s) and three signed bundles in %s; packer probe: %s\n", humanBytes(size), round(time.Since(t0)), probe)
 	for _, r := range d.releases {
 		fmt.Fprintf(d.out, "            %s (%s payload)\n", filepath.Base(r.bundle), humanBytes(r.payload))
@@ -473,8 +476,9 @@ broker:
 		a.cmd.Dir = a.dir
 		a.cmd.Stdout, a.cmd.Stderr = logf, logf
 		// Its own process group: a Ctrl-C in the terminal reaches only the
-		// demo, which then stops every agent in order.
-		a.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+		// demo, which then stops every agent in order. Should the demo be
+		// killed outright, the kernel sends the agents SIGTERM.
+		a.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
 		err = a.cmd.Start()
 		logf.Close()
 		if err != nil {
@@ -609,9 +613,7 @@ func (d *demo) wait(ctx context.Context, t0 time.Time, what string, goal func(*d
 		}
 		if g := d.view.Generation(); d.live != nil && g != gen {
 			gen = g
-			var b bytes.Buffer
-			d.view.WriteTable(&b, time.Now())
-			d.live.draw(b.String())
+			d.live.draw(d.tableText())
 		}
 		for _, a := range d.agents {
 			select {
@@ -657,12 +659,18 @@ func (d *demo) wait(ctx context.Context, t0 time.Time, what string, goal func(*d
 // table prints the fleet as `edgefleet status` shows it.
 func (d *demo) table() {
 	fmt.Fprintln(d.out, "  what `edgefleet status` shows now:")
-	var b bytes.Buffer
+	fmt.Fprint(d.out, d.tableText())
+}
+
+// tableText is the fleet table, indented under the phase.
+func (d *demo) tableText() string {
+	var b, out bytes.Buffer
 	d.view.WriteTable(&b, time.Now())
 	sc := bufio.NewScanner(&b)
 	for sc.Scan() {
-		fmt.Fprintf(d.out, "    %s\n", sc.Text())
+		fmt.Fprintf(&out, "    %s\n", sc.Text())
 	}
+	return out.String()
 }
 
 // summary prints the phases and checks the end state: every device on 2.0.0
@@ -777,6 +785,9 @@ func tail(path string, n int) string {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return "    (" + err.Error() + ")"
+	}
+	if len(bytes.TrimSpace(b)) == 0 {
+		return "    (empty)"
 	}
 	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
 	if len(lines) > n {

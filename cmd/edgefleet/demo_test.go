@@ -153,6 +153,26 @@ func TestDemoInterrupted(t *testing.T) {
 	assertNothingLeft(t, tmp)
 }
 
+// TestDemoTimeout: a phase that does not converge in time fails with where
+// each device stands and keeps the logs; the agents are stopped.
+func TestDemoTimeout(t *testing.T) {
+	tmp := demoTmp(t)
+	var out lockedBuffer
+	code, errs := runDemoCLI(context.Background(), &out, "--devices", "1", "--timeout", "1ms")
+	if code != 1 || !strings.Contains(errs, `the fleet did not reach "online" within 1ms`) || !strings.Contains(errs, "agent.log") {
+		t.Fatalf("timed-out demo: exit %d, want 1 with the devices and their logs\nstdout:\n%s\nstderr:\n%s", code, out.String(), errs)
+	}
+	m := regexp.MustCompile(`Kept (\S+) for you to look at`).FindStringSubmatch(errs)
+	if m == nil {
+		t.Fatalf("the failed demo does not say where its logs are:\n%s", errs)
+	}
+	if _, err := os.Stat(filepath.Join(m[1], "devices", "demo-01", "agent.log")); err != nil {
+		t.Errorf("the failed demo did not keep the agent's log: %v", err)
+	}
+	os.RemoveAll(m[1])
+	assertNothingLeft(t, tmp)
+}
+
 // TestDemoOutsideSourceTree: the demo builds from source; elsewhere it says
 // so and leaves nothing behind.
 func TestDemoOutsideSourceTree(t *testing.T) {
