@@ -491,11 +491,11 @@ broker:
 		}()
 	}
 	t0 := time.Now()
-	_, err := d.wait(ctx, t0, "online", func(_ *demoAgent, s *protocol.DeviceStatus) (bool, string) {
+	_, err := d.wait(ctx, t0, "online", func(a *demoAgent, s *protocol.DeviceStatus) (bool, string) {
 		if !s.Online {
 			return false, ""
 		}
-		return true, fmt.Sprintf("online, agent pid %d, CPU %s", 0, dash(s.CPU))
+		return true, fmt.Sprintf("online, agent pid %d, CPU %s", a.cmd.Process.Pid, dash(s.CPU))
 	})
 	return err
 }
@@ -598,9 +598,6 @@ func (d *demo) wait(ctx context.Context, t0 time.Time, what string, goal func(*d
 				continue
 			}
 			done[a.id] = true
-			if what == "online" {
-				line = strings.Replace(line, "pid 0", fmt.Sprintf("pid %d", a.cmd.Process.Pid), 1)
-			}
 			d.live.clear()
 			gen = -1
 			fmt.Fprintf(d.out, "  %-8s %-6s %s\n", a.id, round(time.Since(t0)), line)
