@@ -17,6 +17,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/edgefleet/edgefleet/protocol"
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/hooks/storage/bolt"
 	"github.com/mochi-mqtt/server/v2/listeners"
@@ -269,6 +270,10 @@ func (h *authHook) authenticate(cl *mqtt.Client, pk packets.Packet) (identity, e
 		id = identity{name: cert.Subject.CommonName, role: RoleDevice}
 		if slices.Contains(cert.Subject.OrganizationalUnit, RoleOperator) {
 			id.role = RoleOperator
+		} else if !protocol.ValidDeviceID(id.name) {
+			// Its status topic would be unreadable to every status view
+			// (and "%u" in the ACL would name a topic no device id has).
+			return id, fmt.Errorf("the client certificate's CN %q is not a valid device id (letters, digits, . _ - only, at most 64): issue the device a certificate whose CN is its device_id", id.name)
 		}
 	} else {
 		name := string(pk.Connect.Username)

@@ -42,6 +42,14 @@ func TestTLSClientCertificates(t *testing.T) {
 	}
 	certMatrix(t, b.URL(), pki)
 
+	// A device certificate whose CN cannot be a device id (nor a topic
+	// segment) is refused, even with a matching client id.
+	bad := pki.CA.client("bad-cn", "pi 17/status")
+	if c, err := tlsDial(b.URL(), pki.CA.CAFile, bad, "", "", "pi 17/status"); err == nil {
+		c.Disconnect(0)
+		t.Error("a device certificate with CN \"pi 17/status\" was accepted")
+	}
+
 	// A users file is not consulted when only --client-ca is set: user
 	// name and password without a certificate are refused at the TLS
 	// handshake.
