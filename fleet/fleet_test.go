@@ -180,13 +180,13 @@ func TestStatusView(t *testing.T) {
 		t.Fatal(err)
 	}
 	s := v.Summary()
-	if s.Devices != 3 || s.Offline != 1 || s.Failed != 1 || s.Versions["hello"]["1.0.0"] != 2 || s.Versions["hello"]["2.0.0"] != 1 || s.Dropped != 2 {
+	if s.Devices != 3 || s.Offline != 1 || s.Failed != 0 || s.RolledBack != 1 || s.Versions["hello"]["1.0.0"] != 2 || s.Versions["hello"]["2.0.0"] != 1 || s.Dropped != 2 {
 		t.Fatalf("summary %+v (dropped: %q)", s, dropped)
 	}
 	var out bytes.Buffer
 	v.WriteTable(&out, now.Add(90*time.Second))
 	for _, want := range []string{"DEVICE", "dev-2", "rolled-back", "health check failed", "offline 1m ago",
-		"3 devices, 1 offline, 1 failed; hello 1.0.0: 2, 2.0.0: 1 (2 malformed status messages ignored)"} {
+		"3 devices, 1 offline, 0 failed, 1 rolled back; hello 1.0.0: 2, 2.0.0: 1 (2 malformed status messages ignored)"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("table lacks %q:\n%s", want, out.String())
 		}
@@ -235,5 +235,33 @@ func TestFilterCovers(t *testing.T) {
 		if got := filterCovers(c.p, c.f); got != c.want {
 			t.Errorf("filterCovers(%q, %q) = %v", c.p, c.f, got)
 		}
+	}
+}
+
+// A redelivered malformed retained status counts once, and a later good
+// message on the same topic clears it.
+func TestStatusViewMalformedCountsTopics(t *testing.T) {
+	v := NewFleetView()
+	topic, err := protocol.StatusTopic("dev-9")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 3; i++ {
+		if err := v.Update(topic, []byte("{broken")); err == nil {
+			t.Fatal("malformed status accepted")
+		}
+	}
+	if got := v.Summary().Dropped; got != 1 {
+		t.Fatalf("dropped %d, want 1 topic", got)
+	}
+	good, err := (&protocol.DeviceStatus{Schema: 1, Device: "dev-9", Time: time.Now(), Online: true}).Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := v.Update(topic, good); err != nil {
+		t.Fatal(err)
+	}
+	if s := v.Summary(); s.Dropped != 0 || s.Devices != 1 {
+		t.Fatalf("summary after a good message: %+v", s)
 	}
 }

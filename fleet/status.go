@@ -18,14 +18,15 @@ import (
 type FleetView struct {
 	mu      sync.Mutex
 	devices map[string]*protocol.DeviceStatus
-	// Dropped counts malformed status messages.
-	dropped int
-	gen     int
+	// malformed holds the status topics whose latest message was
+	// malformed (a set, so a redelivered retained message counts once).
+	malformed map[string]bool
+	gen       int
 }
 
 // NewFleetView returns an empty view.
 func NewFleetView() *FleetView {
-	return &FleetView{devices: map[string]*protocol.DeviceStatus{}}
+	return &FleetView{devices: map[string]*protocol.DeviceStatus{}, malformed: map[string]bool{}}
 }
 
 // Update applies one message from a status topic. An empty payload removes
@@ -46,9 +47,10 @@ func (v *FleetView) Update(topic string, payload []byte) error {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	if err != nil {
-		v.dropped++
+		v.malformed[topic] = true
 		return fmt.Errorf("dropped status message: %w", err)
 	}
+	delete(v.malformed, topic)
 	if s == nil {
 		delete(v.devices, t.Device)
 	} else {
@@ -81,12 +83,15 @@ func (v *FleetView) Devices() []protocol.DeviceStatus {
 type Summary struct {
 	Devices int `json:"devices"`
 	Offline int `json:"offline"`
-	// Failed counts app instances that are failed or rolled back, or carry
-	// a last error.
+	// Failed counts app instances that are failed or carry a last error
+	// without having been rolled back.
 	Failed int `json:"failed"`
+	// RolledBack counts app instances that refused a release on trial and
+	// run their previous version again: they work, the release did not.
+	RolledBack int `json:"rolled_back"`
 	// Versions maps app → version → devices running it.
 	Versions map[string]map[string]int `json:"versions"`
-	// Dropped counts malformed status messages ignored.
+	// Dropped counts status topics whose latest message was malformed.
 	Dropped int `json:"dropped"`
 }
 
@@ -94,7 +99,7 @@ type Summary struct {
 func (v *FleetView) Summary() Summary {
 	devs := v.Devices()
 	v.mu.Lock()
-	s := Summary{Devices: len(devs), Versions: map[string]map[string]int{}, Dropped: v.dropped}
+	s := Summary{Devices: len(devs), Versions: map[string]map[string]int{}, Dropped: len(v.malformed)}
 	v.mu.Unlock()
 	for _, d := range devs {
 		if !d.Online {
@@ -109,7 +114,10 @@ func (v *FleetView) Summary() Summary {
 				ver = "none"
 			}
 			s.Versions[a.App][ver]++
-			if Failed(a) {
+			switch {
+			case a.State == "rolled-back":
+				s.RolledBack++
+			case Failed(a):
 				s.Failed++
 			}
 		}
@@ -186,6 +194,9 @@ func (v *FleetView) WriteTable(w io.Writer, now time.Time) {
 func (s Summary) String() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%d devices, %d offline, %d failed", s.Devices, s.Offline, s.Failed)
+	if s.RolledBack > 0 {
+		fmt.Fprintf(&b, ", %d rolled back", s.RolledBack)
+	}
 	apps := make([]string, 0, len(s.Versions))
 	for a := range s.Versions {
 		apps = append(apps, a)
