@@ -18,6 +18,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -31,6 +32,9 @@ import (
 //	       key = sha256(input) + upx version line + sha256(upx program) + args
 //	probe  a probe that passed (failures are never stored):
 //	       key = sha256(executable) + qemu program + its version line + CPU model + args + expect
+//	tool   the first line of `<program> --version` (and the program's
+//	       sha256 for upx), keyed by the program file's path, device, inode,
+//	       size, mtime and ctime, so a warm pack starts no tool
 //
 // Layout: <dir>/<kind>/<key[:2]>/<key>. Each entry is one file: a fixed
 // header line "efpc1 <sha256 of body> <body size>\n" and the body. Writes go
@@ -60,6 +64,7 @@ const (
 	cacheXZ    = "xz"
 	cacheUPX   = "upx"
 	cacheProbe = "probe"
+	cacheTool  = "tool" // what `<program> --version` said, by program file identity
 )
 
 // errCacheCorrupt: an entry's header, size or sha256 does not match.
@@ -254,7 +259,7 @@ type cacheFile struct {
 func (c *cache) trim(now time.Time) error {
 	var files []cacheFile
 	var total int64
-	for _, kind := range []string{cacheXZ, cacheUPX, cacheProbe} {
+	for _, kind := range []string{cacheXZ, cacheUPX, cacheProbe, cacheTool} {
 		err := filepath.WalkDir(filepath.Join(c.dir, kind), func(path string, d fs.DirEntry, err error) error {
 			if err != nil {
 				if errors.Is(err, fs.ErrNotExist) {
@@ -304,20 +309,48 @@ type toolID struct {
 	sum     string // sha256 of the program file, when asked for
 }
 
-// toolIDs remembers tool identities per process, keyed by path, size and
-// mtime, so a replaced program is asked again.
+// toolIDs remembers tool identities per process, keyed by the program
+// file's identity (see toolFileID), so a replaced program is asked again.
 var toolIDs sync.Map // string -> toolID
 
-// identifyTool runs `path --version` (once per process per program file)
-// and, with withSum, hashes the program file.
-func identifyTool(ctx context.Context, path string, withSum bool) (toolID, error) {
+// toolFileID identifies a program file: path, device, inode, size, mtime
+// and ctime. Replacing or touching the file changes it (ctime cannot be
+// set back).
+func toolFileID(path string) (string, error) {
 	fi, err := os.Stat(path)
+	if err != nil {
+		return "", err
+	}
+	id := fmt.Sprintf("%s\x00%d\x00%d", path, fi.Size(), fi.ModTime().UnixNano())
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		id += fmt.Sprintf("\x00%d\x00%d\x00%d.%d", st.Dev, st.Ino, st.Ctim.Sec, st.Ctim.Nsec)
+	}
+	return id, nil
+}
+
+// identifyTool returns the first line of `path --version` and, with
+// withSum, the sha256 of the program file. It asks once per process per
+// program file, and with a cache once per program file: the answer is
+// stored as a "tool" entry keyed by the file's identity.
+func identifyTool(ctx context.Context, c *cache, path string, withSum bool) (toolID, error) {
+	fid, err := toolFileID(path)
 	if err != nil {
 		return toolID{}, err
 	}
-	memo := fmt.Sprintf("%s\x00%d\x00%d\x00%v", path, fi.Size(), fi.ModTime().UnixNano(), withSum)
+	memo := fmt.Sprintf("%s\x00%v", fid, withSum)
 	if v, ok := toolIDs.Load(memo); ok {
 		return v.(toolID), nil
+	}
+	key := cacheKey(cacheTool, memo)
+	if c != nil {
+		var b bytes.Buffer
+		if hit, _ := c.get(cacheTool, key, &b); hit {
+			if v, sum, ok := strings.Cut(b.String(), "\n"); ok && v != "" && strings.HasSuffix(sum, "\n") {
+				id := toolID{version: v, sum: strings.TrimSuffix(sum, "\n")}
+				toolIDs.Store(memo, id)
+				return id, nil
+			}
+		}
 	}
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
@@ -336,6 +369,9 @@ func identifyTool(ctx context.Context, path string, withSum bool) (toolID, error
 		}
 	}
 	toolIDs.Store(memo, id)
+	if c != nil {
+		c.put(cacheTool, key, strings.NewReader(id.version+"\n"+id.sum+"\n")) // best effort
+	}
 	return id, nil
 }
 

@@ -43,7 +43,7 @@ func cachedSteps(r Result) []string {
 func cacheEntries(t *testing.T, dir string) map[string][]string {
 	t.Helper()
 	out := map[string][]string{}
-	for _, kind := range []string{cacheXZ, cacheUPX, cacheProbe} {
+	for _, kind := range []string{cacheXZ, cacheUPX, cacheProbe, cacheTool} {
 		filepath.WalkDir(filepath.Join(dir, kind), func(path string, d fs.DirEntry, err error) error {
 			if err == nil && !d.IsDir() && !strings.HasPrefix(d.Name(), ".tmp-") {
 				out[kind] = append(out[kind], path)
@@ -383,6 +383,50 @@ func TestCacheTrimRemovesLeastRecentlyUsed(t *testing.T) {
 	}
 	if n := len(cacheEntries(t, c.dir)[cacheXZ]); n != 0 {
 		t.Errorf("%d entries left under a zero bound", n)
+	}
+}
+
+// A tool's --version answer is asked once per program file: later packs
+// (here: a fresh process memo) read it from the cache; replacing the
+// program asks again.
+func TestToolIdentityCachedByProgramFile(t *testing.T) {
+	dir := t.TempDir()
+	tool := filepath.Join(dir, "fake-qemu")
+	count := filepath.Join(dir, "count")
+	write := func(version string) {
+		script := "#!/bin/sh\necho x >> " + count + "\necho '" + version + "'\necho second line\n"
+		tmp := tool + ".new"
+		if err := os.WriteFile(tmp, []byte(script), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, tool); err != nil { // a new inode, as a package upgrade gives
+			t.Fatal(err)
+		}
+	}
+	runs := func() int { b, _ := os.ReadFile(count); return bytes.Count(b, []byte("x")) }
+	c, err := openCache(filepath.Join(dir, "cache"), 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	write("fake-qemu version 1.0")
+	for i := 0; i < 3; i++ {
+		toolIDs.Clear() // as in a new process
+		id, err := identifyTool(context.Background(), c, tool, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if id.version != "fake-qemu version 1.0" || len(id.sum) != 64 {
+			t.Fatalf("identity %+v", id)
+		}
+	}
+	if n := runs(); n != 1 {
+		t.Errorf("--version ran %d times for one program file, want 1", n)
+	}
+	write("fake-qemu version 2.0")
+	toolIDs.Clear()
+	id, err := identifyTool(context.Background(), c, tool, false)
+	if err != nil || id.version != "fake-qemu version 2.0" || runs() != 2 {
+		t.Errorf("after replacing the program: %+v, %v, %d runs; want version 2.0 asked again", id, err, runs())
 	}
 }
 

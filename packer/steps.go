@@ -234,7 +234,7 @@ func stepUPX(ctx context.Context, p *pack, j *job) (string, error) {
 	// upx -t, is what catches a stub that does not run.
 	key := ""
 	if p.cache != nil {
-		if id, err := identifyTool(ctx, path, true); err != nil {
+		if id, err := identifyTool(ctx, p.cache, path, true); err != nil {
 			j.note("upx", fmt.Sprintf("not cached: %v", err))
 		} else {
 			key = cacheKey(cacheUPX, j.finalSum, id.version, id.sum, strings.Join(args, "\x00"))
@@ -343,7 +343,7 @@ func stepProbe(ctx context.Context, p *pack, j *job) (string, error) {
 	// Only passes are cached: a failure runs again every time.
 	key := ""
 	if p.cache != nil {
-		if id, err := identifyTool(ctx, path, false); err != nil {
+		if id, err := identifyTool(ctx, p.cache, path, false); err != nil {
 			j.note("probe", fmt.Sprintf("not cached: %v", err))
 		} else {
 			key = cacheKey(cacheProbe, j.finalSum, qemu, id.version, j.prof.QEMUCPU, strings.Join(pr.Args, "\x00"), pr.Expect)
