@@ -38,6 +38,9 @@ const (
 	// mqttTick is the housekeeping period: status (throttled progress),
 	// retries of installs that were busy, stall checks.
 	mqttTick = 500 * time.Millisecond
+	// mqttConnLogEvery: a connection failure that persists is logged again
+	// this often (a changed reason at once).
+	mqttConnLogEvery = 5 * time.Minute
 	// mqttEvents buffers messages between paho and the transport loop; when
 	// it is full a message is dropped and everything is re-subscribed.
 	mqttEvents = 64
@@ -94,7 +97,7 @@ type mqttApp struct {
 }
 
 type mqttEvent struct {
-	kind    string // "connected", "lost", "msg", "installed"
+	kind    string // "connected", "connfail", "lost", "msg", "installed"
 	topic   string
 	payload []byte
 	app     string
@@ -115,6 +118,8 @@ type mqttTransport struct {
 	will       []byte
 	lastStatus string
 	connected  bool
+	connErr    string // last connection failure logged
+	connErrAt  time.Time
 }
 
 // mqttStatsHook lets tests read the counters of the transport started by a
@@ -180,6 +185,15 @@ func newMQTTTransport(d *Daemon) (*mqttTransport, error) {
 		SetOrderMatters(true).
 		SetBinaryWill(statusTopic, t.will, 1, true).
 		SetDefaultPublishHandler(t.onMessage).
+		// 3.1.1 only: without this paho retries a refused CONNECT as MQTT
+		// 3.1 and the broker's reason (bad credentials) is replaced by
+		// "unacceptable protocol version".
+		SetProtocolVersion(4).
+		SetConnectionNotificationHandler(func(_ paho.Client, n paho.ConnectionNotification) {
+			if f, ok := n.(paho.ConnectionNotificationFailed); ok {
+				t.post(mqttEvent{kind: "connfail", err: f.Reason})
+			}
+		}).
 		SetOnConnectHandler(func(paho.Client) { t.post(mqttEvent{kind: "connected"}) }).
 		SetConnectionLostHandler(func(_ paho.Client, err error) { t.post(mqttEvent{kind: "lost", err: err}) }).
 		SetReconnectingHandler(func(_ paho.Client, o *paho.ClientOptions) {
@@ -252,10 +266,19 @@ func (t *mqttTransport) handle(ctx context.Context, ev mqttEvent) {
 	switch ev.kind {
 	case "connected":
 		t.connected = true
+		t.connErr = ""
 		t.logf("mqtt: connected to %s", t.cfg.Broker.URL)
 		t.subscribeAll()
 		t.lastStatus = ""
 		t.publishStatus()
+	case "connfail":
+		// paho retries with backoff; say why, once per distinct reason
+		// (and again every mqttConnLogEvery while it lasts).
+		msg := fmt.Sprint(ev.err)
+		if msg != t.connErr || time.Since(t.connErrAt) > mqttConnLogEvery {
+			t.connErr, t.connErrAt = msg, time.Now()
+			t.logf("mqtt: cannot connect to %s: %s; retrying (check broker.url, broker.ca/cert/key or broker.username/password)", t.cfg.Broker.URL, msg)
+		}
 	case "lost":
 		t.connected = false
 		t.logf("mqtt: connection lost (%v); reconnecting", ev.err)

@@ -1,0 +1,323 @@
+package agent
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"fmt"
+	"math/big"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/edgefleet/edgefleet/fleet"
+)
+
+// A throwaway PKI made with crypto/x509 (no openssl); same shape as
+// fleet/pki_test.go, which test packages cannot share.
+type tlsCA struct {
+	t    testing.TB
+	dir  string
+	cert *x509.Certificate
+	key  *ecdsa.PrivateKey
+	file string // CA certificate, PEM
+}
+
+type tlsPair struct{ cert, key string }
+
+var tlsSerial atomic.Int64
+
+func newTLSCA(t testing.TB, name string) *tlsCA {
+	t.Helper()
+	dir := t.TempDir()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(time.Now().UnixNano() + tlsSerial.Add(1)),
+		Subject:      pkix.Name{CommonName: "TEST-ONLY " + name},
+		NotBefore:    time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		IsCA: true, BasicConstraintsValid: true,
+		KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, _ := x509.ParseCertificate(der)
+	ca := &tlsCA{t: t, dir: dir, cert: cert, key: key, file: filepath.Join(dir, name+"-ca.pem")}
+	tlsWritePEM(t, ca.file, "CERTIFICATE", der)
+	return ca
+}
+
+// issue makes a certificate: server (127.0.0.1, localhost) when server is
+// true, else a client certificate with CN cn and OUs ou.
+func (ca *tlsCA) issue(file string, server bool, cn string, ou ...string) tlsPair {
+	t := ca.t
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(time.Now().UnixNano() + tlsSerial.Add(1)),
+		Subject:      pkix.Name{CommonName: cn, OrganizationalUnit: ou},
+		NotBefore:    time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		KeyUsage:    x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}
+	if server {
+		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
+		tmpl.DNSNames = []string{"localhost"}
+		tmpl.IPAddresses = []net.IP{net.ParseIP("127.0.0.1"), net.IPv6loopback}
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kder, _ := x509.MarshalPKCS8PrivateKey(key)
+	p := tlsPair{cert: filepath.Join(ca.dir, file+".pem"), key: filepath.Join(ca.dir, file+"-key.pem")}
+	tlsWritePEM(t, p.cert, "CERTIFICATE", der)
+	tlsWritePEM(t, p.key, "PRIVATE KEY", kder)
+	return p
+}
+
+func tlsWritePEM(t testing.TB, path, typ string, der []byte) {
+	t.Helper()
+	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func tlsOperator(t testing.TB, o fleet.ClientOptions) paho.Client {
+	t.Helper()
+	c, err := fleet.Connect(context.Background(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Disconnect(100) })
+	return c
+}
+
+// TestMQTTTLSClientCertificate: the embedded broker with TLS and
+// --client-ca; a real agent (in-process daemon) configured with broker
+// url ssl://…, ca, cert, key receives and installs a release the operator
+// published with its own certificate, and reports its status (ACL by CN).
+// A device whose certificate comes from another CA never gets in.
+func TestMQTTTLSClientCertificate(t *testing.T) {
+	ca := newTLSCA(t, "fleet")
+	srv := ca.issue("server", true, "localhost")
+	b, err := fleet.StartBroker(fleet.BrokerOptions{Listen: "127.0.0.1:0", DataDir: t.TempDir(),
+		TLSCert: srv.cert, TLSKey: srv.key, ClientCA: ca.file, Logf: t.Logf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	url := b.URL()
+	if !strings.HasPrefix(url, "ssl://") {
+		t.Fatalf("broker URL %s", url)
+	}
+
+	k := newKit(t)
+	v1 := k.bundle(spec{Version: "1.0.0", Sequence: 1})
+	opCert := ca.issue("ops", false, "ops-1", fleet.RoleOperator)
+	op := tlsOperator(t, fleet.ClientOptions{Broker: url, CA: ca.file, Cert: opCert.cert, Key: opCert.key})
+	view := fleetView(t, op)
+	publish(t, op, k, v1, "")
+
+	devCert := ca.issue("dev-tls", false, "dev-tls")
+	cfg := mqttConfig(t, k, "dev-tls", url)
+	cfg.Broker = &BrokerConfig{URL: url, Channel: "stable", CA: ca.file, Cert: devCert.cert, Key: devCert.key}
+	dev := startMQTTDevice(t, cfg)
+	defer dev.stop()
+
+	// An impostor: dev-evil's certificate from a foreign CA.
+	foreign := newTLSCA(t, "foreign")
+	evilCert := foreign.issue("dev-evil", false, "dev-evil")
+	evilCfg := mqttConfig(t, k, "dev-evil", url)
+	evilCfg.Broker = &BrokerConfig{URL: url, Channel: "stable", CA: ca.file, Cert: evilCert.cert, Key: evilCert.key}
+	evil, evilLog := startMQTTDeviceLogged(t, evilCfg)
+	defer evil.stop()
+
+	eventually(t, "dev-tls commits 1.0.0 received over TLS", func() bool { return installedIs(dev, "1.0.0", StateCommitted) })
+	eventually(t, "dev-tls's status (written under its CN) shows 1.0.0", func() bool {
+		return view.Converged("hello", "1.0.0", 1, StateCommitted)
+	})
+	for _, d := range view.Devices() {
+		if d.Device != "dev-tls" {
+			t.Errorf("a status from %s reached the broker", d.Device)
+		}
+	}
+	if n := evil.stats().ChunksReceived.Load(); n != 0 || installedIs(evil, "1.0.0", StateCommitted) {
+		t.Errorf("a device with a foreign certificate received %d chunks", n)
+	}
+	// The refused device says why in its log (a field engineer's only
+	// clue: it cannot report a status).
+	eventually(t, "dev-evil logs why it cannot connect", func() bool {
+		return strings.Contains(evilLog.String(), "mqtt: cannot connect to "+url)
+	})
+	if n := strings.Count(evilLog.String(), "cannot connect"); n > 2 {
+		t.Errorf("the same connection failure was logged %d times; once per reason is enough:\n%s", n, evilLog)
+	}
+}
+
+// startMQTTDeviceLogged is startMQTTDevice that also keeps the device's log.
+func startMQTTDeviceLogged(t testing.TB, cfg *Config) (*mqttDevice, *syncBuffer) {
+	t.Helper()
+	log := &syncBuffer{}
+	logf := func(f string, a ...any) {
+		fmt.Fprintf(log, f+"\n", a...)
+		t.Logf(cfg.DeviceID+": "+f, a...)
+	}
+	a, err := Open(cfg, Options{Logf: logf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := NewDaemon(cfg, a, DaemonOptions{Logf: logf, Version: "test", MinBackoff: 50 * time.Millisecond, StopGrace: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	dev := &mqttDevice{id: cfg.DeviceID, cfg: cfg, a: a, cancel: cancel, done: make(chan error, 1)}
+	go func() { dev.done <- d.Run(ctx) }()
+	return dev, log
+}
+
+// TestMQTTTLSUsersFile: TLS with server authentication only; the agent
+// logs in with broker.username/password and trusts the broker by
+// broker.ca.
+func TestMQTTTLSUsersFile(t *testing.T) {
+	ca := newTLSCA(t, "fleet")
+	srv := ca.issue("server", true, "localhost")
+	dir := t.TempDir()
+	var users strings.Builder
+	users.WriteString("users:\n")
+	for _, u := range [][3]string{{"operator", "operator-secret", fleet.RoleOperator}, {"dev-pw", "dev-pw-secret", fleet.RoleDevice}} {
+		h, err := fleet.HashPassword(u[1])
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(&users, "  - name: %s\n    password_hash: %q\n    role: %s\n", u[0], h, u[2])
+	}
+	usersPath := filepath.Join(dir, "users.yaml")
+	if err := os.WriteFile(usersPath, []byte(users.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	b, err := fleet.StartBroker(fleet.BrokerOptions{Listen: "127.0.0.1:0", DataDir: t.TempDir(),
+		TLSCert: srv.cert, TLSKey: srv.key, Users: usersPath, Logf: t.Logf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	url := b.URL()
+
+	k := newKit(t)
+	v1 := k.bundle(spec{Version: "1.0.0", Sequence: 1})
+	op := tlsOperator(t, fleet.ClientOptions{Broker: url, CA: ca.file, Username: "operator", Password: "operator-secret"})
+	view := fleetView(t, op)
+	publish(t, op, k, v1, "dev-pw") // assigned to the device
+
+	cfg := mqttConfig(t, k, "dev-pw", url)
+	cfg.Broker = &BrokerConfig{URL: url, Channel: "stable", CA: ca.file, Username: "dev-pw", Password: "dev-pw-secret"}
+	dev := startMQTTDevice(t, cfg)
+	defer dev.stop()
+	eventually(t, "dev-pw commits its assigned 1.0.0 over TLS", func() bool { return installedIs(dev, "1.0.0", StateCommitted) })
+	eventually(t, "dev-pw's status shows 1.0.0", func() bool { return view.Converged("hello", "1.0.0", 1, StateCommitted) })
+}
+
+// TestMQTTTLSMosquitto: the same with a real Mosquitto that requires
+// client certificates and uses the CN as the user name
+// (require_certificate, use_identity_as_username) with docs/mosquitto's
+// ACL: the operator's certificate has CN "operator", the device's its id.
+func TestMQTTTLSMosquitto(t *testing.T) {
+	bin, err := exec.LookPath("mosquitto")
+	if err != nil {
+		bin = "/usr/sbin/mosquitto"
+		if _, err := os.Stat(bin); err != nil {
+			t.Skipf("SKIPPED: mosquitto is not installed (scripts/test.sh installs it: apt-get install mosquitto); the Mosquitto TLS test did not run")
+		}
+	}
+	ca := newTLSCA(t, "fleet")
+	srv := ca.issue("server", true, "localhost")
+	acl, err := filepath.Abs("../docs/mosquitto/edgefleet.acl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	dir := t.TempDir()
+	conf := fmt.Sprintf(`per_listener_settings false
+allow_anonymous false
+acl_file %s
+max_packet_size 1114112
+max_queued_messages 1000
+listener %d 127.0.0.1
+certfile %s
+keyfile %s
+cafile %s
+require_certificate true
+use_identity_as_username true
+`, acl, port, srv.cert, srv.key, ca.file)
+	if os.Geteuid() == 0 {
+		conf += "user root\n"
+	}
+	cf := filepath.Join(dir, "mosquitto.conf")
+	if err := os.WriteFile(cf, []byte(conf), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	log := &syncBuffer{}
+	cmd := exec.Command(bin, "-c", cf)
+	cmd.Stdout, cmd.Stderr = log, log
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+		if t.Failed() {
+			t.Logf("mosquitto log:\n%s", log)
+		}
+	})
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	eventually(t, "mosquitto listens", func() bool {
+		c, err := net.Dial("tcp", addr)
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	})
+	url := "ssl://" + addr
+
+	k := newKit(t)
+	v1 := k.bundle(spec{Version: "1.0.0", Sequence: 1})
+	opCert := ca.issue("operator", false, "operator")
+	op := tlsOperator(t, fleet.ClientOptions{Broker: url, CA: ca.file, Cert: opCert.cert, Key: opCert.key})
+	view := fleetView(t, op)
+	publish(t, op, k, v1, "")
+	if _, err := fleet.Connect(context.Background(), fleet.ClientOptions{Broker: url, CA: ca.file, ConnectTimeout: 5 * time.Second}); err == nil {
+		t.Error("Mosquitto with require_certificate accepted a client without a certificate")
+	}
+
+	devCert := ca.issue("pi-tls", false, "pi-tls")
+	cfg := mqttConfig(t, k, "pi-tls", url)
+	cfg.Broker = &BrokerConfig{URL: url, Channel: "stable", CA: ca.file, Cert: devCert.cert, Key: devCert.key}
+	dev := startMQTTDevice(t, cfg)
+	defer dev.stop()
+	eventually(t, "pi-tls commits 1.0.0 from Mosquitto over TLS", func() bool { return installedIs(dev, "1.0.0", StateCommitted) })
+	eventually(t, "pi-tls's status (user name = CN) shows 1.0.0", func() bool { return view.Converged("hello", "1.0.0", 1, StateCommitted) })
+}
