@@ -16,6 +16,37 @@ import (
 	"github.com/edgefleet/edgefleet/protocol"
 )
 
+// A first install that fails its trial has nothing to go back to: it is
+// marked failed (not left on trial, which would block every later release)
+// and the next, fixed release installs.
+func TestFirstInstallFailedTrial(t *testing.T) {
+	k := newKit(t)
+	a := k.open(Options{})
+	k.install(a, k.bundle(spec{Version: "1.0.0", Sequence: 1}))
+	err := a.Rollback("hello", "health check failed: exit status 1")
+	if !errors.Is(err, ErrNoPrevious) {
+		t.Fatalf("rollback of a first install: %v, want ErrNoPrevious", err)
+	}
+	st := appStatus(t, a, "hello")
+	if st.State != StateFailed || !strings.Contains(st.LastError, "health check failed") || !strings.Contains(st.LastError, "first install") {
+		t.Fatalf("after a failed first trial: %s", dumpJSON(st))
+	}
+	if got := runVersion(t, k.appPath); got != "1.0.0" {
+		t.Fatalf("the only binary was removed or changed: %q", got)
+	}
+	// The same release again is refused (anti-rollback), a fixed one installs.
+	if err := k.tryInstall(a, k.bundle(spec{Version: "1.0.0", Sequence: 1})); !errors.Is(err, ErrOldSequence) {
+		t.Fatalf("replaying the failed release: %v, want ErrOldSequence", err)
+	}
+	res := k.install(a, k.bundle(spec{Version: "1.0.1", Sequence: 2}))
+	if res.Version != "1.0.1" {
+		t.Fatalf("fixed release: %+v", res)
+	}
+	if st := appStatus(t, a, "hello"); st.State != StateTrial {
+		t.Fatalf("fixed release not on trial: %s", dumpJSON(st))
+	}
+}
+
 func TestInstallTrialCommitRollback(t *testing.T) {
 	k := newKit(t)
 	a := k.open(Options{})
@@ -30,9 +61,6 @@ func TestInstallTrialCommitRollback(t *testing.T) {
 	st := appStatus(t, a, "hello")
 	if st.State != StateTrial || st.Sequence != 1 {
 		t.Fatalf("after install: %s", dumpJSON(st))
-	}
-	if err := a.Rollback("hello", "test"); !errors.Is(err, ErrNoPrevious) {
-		t.Fatalf("rollback of a first install: %v, want ErrNoPrevious", err)
 	}
 	if err := a.Commit("hello"); err != nil {
 		t.Fatal(err)

@@ -123,7 +123,15 @@ func (a *Agent) Rollback(app, reason string) error {
 // rollback does the work; the caller holds the app's lock.
 func (a *Agent) rollback(c *AppConfig, r *record, reason string) error {
 	if r.PreviousSHA256 == "" {
-		return fmt.Errorf("%s %s has no previous binary recorded: %w", c.Name, r.Version, ErrNoPrevious)
+		err := fmt.Errorf("%s %s has no previous binary recorded: %w", c.Name, r.Version, ErrNoPrevious)
+		if r.State == StateTrial {
+			// A first install failed its trial. Leaving it on trial would
+			// refuse every later release (ErrBusy); mark it failed so a
+			// fixed release can install. The binary stays: it is all
+			// there is.
+			a.markFailed(c, reason+"; it was the first install, so there is no previous version to go back to and it keeps running")
+		}
+		return err
 	}
 	sum, err := fileSHA256(c.PrevPath())
 	if err != nil {
