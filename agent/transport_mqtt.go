@@ -18,6 +18,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -34,6 +35,8 @@ const (
 	mqttWindow = 8
 	// mqttStall: with chunks outstanding and none arriving for this long,
 	// subscribe to them again (the broker re-delivers retained messages).
+	// This covers chunks that never arrive; a chunk that arrives corrupt
+	// is asked for again at once (mqttChunkTries).
 	mqttStall = 20 * time.Second
 	// mqttTick is the housekeeping period: status (throttled progress),
 	// retries of installs that were busy, stall checks.
@@ -44,6 +47,24 @@ const (
 	// mqttEvents buffers messages between paho and the transport loop; when
 	// it is full a message is dropped and everything is re-subscribed.
 	mqttEvents = 64
+)
+
+// Retry rules (SPEC.md §8.7). Variables so that tests can shorten them.
+var (
+	// mqttRetryMin and mqttRetryMax bound the backoff after a transient
+	// failure of a release (storage full, I/O, state database): 30s, 1m,
+	// 2m… up to 10m, until it installs or another release replaces it.
+	mqttRetryMin = 30 * time.Second
+	mqttRetryMax = 10 * time.Minute
+	// mqttBusyRetry: a release that arrives while the app is on trial (or
+	// another install runs) is tried again this often, without counting as
+	// a failure: the trial normally ends within its health window.
+	mqttBusyRetry = 2 * time.Second
+	// mqttChunkTries: a chunk whose bytes do not match the signed hash is
+	// asked for again at once, up to this many bad copies in a row; then
+	// the broker's copy is declared corrupt and the release waits (backoff,
+	// or at once when the release is published again).
+	mqttChunkTries = 3
 )
 
 var bucketDownloads = []byte("mqtt-downloads")
@@ -81,8 +102,19 @@ type mqttDownload struct {
 	have        []bool
 	n           int // chunks in have
 	outstanding map[int]string
+	bad         map[int]int // corrupt copies received in a row, per chunk
 	lastChunk   time.Time
 	complete    bool
+}
+
+// mqttHold pauses one release (by payload sha256) after a failure that
+// may pass: nothing is fetched or installed for it before until.
+type mqttHold struct {
+	sha       string
+	attempts  int // transient failures so far (the backoff exponent)
+	until     time.Time
+	chunk     bool // held for a corrupt chunk: a new delivery of the release ends the hold
+	refetches int  // whole-payload mismatches after a complete download
 }
 
 type mqttApp struct {
@@ -93,7 +125,8 @@ type mqttApp struct {
 	installing bool
 	profile    string
 	lastErr    string
-	skip       map[string]bool // payload sha256 refused for good
+	failed     map[string]string // payload sha256 → why it was refused for good (until the agent restarts)
+	hold       *mqttHold
 }
 
 type mqttEvent struct {
@@ -162,7 +195,7 @@ func newMQTTTransport(d *Daemon) (*mqttTransport, error) {
 	mqttStatsHook.Store(d.cfg.DeviceID, t.stats)
 	for i := range d.cfg.Apps {
 		c := &d.cfg.Apps[i]
-		t.apps[c.Name] = &mqttApp{cfg: c, channel: map[string]*mqttRelease{}, skip: map[string]bool{}}
+		t.apps[c.Name] = &mqttApp{cfg: c, channel: map[string]*mqttRelease{}, failed: map[string]string{}}
 	}
 	tlsConf, err := mqttTLS(bc)
 	if err != nil {
@@ -358,6 +391,7 @@ func (t *mqttTransport) message(ctx context.Context, topic string, payload []byt
 			delete(ap.channel, tp.Profile)
 		} else {
 			ap.channel[tp.Profile] = rel
+			t.redelivered(ap, rel)
 		}
 		t.evaluate(ctx, ap)
 	case protocol.KindDesired:
@@ -370,6 +404,9 @@ func (t *mqttTransport) message(ctx context.Context, topic string, payload []byt
 			return
 		}
 		ap.desired = rel
+		if rel != nil {
+			t.redelivered(ap, rel)
+		}
 		t.evaluate(ctx, ap)
 	case protocol.KindChunk:
 		t.chunk(ctx, tp, payload)
@@ -459,8 +496,15 @@ func (t *mqttTransport) evaluate(ctx context.Context, ap *mqttApp) {
 	}
 	m := rel.m
 	sha := m.Payload.SHA256
-	if ap.skip[sha] {
-		return
+	if _, bad := ap.failed[sha]; bad {
+		return // refused for good; the reason stays in the status
+	}
+	if h := ap.hold; h != nil {
+		if h.sha != sha {
+			ap.hold = nil // another release replaced the held one
+		} else if time.Now().Before(h.until) {
+			return
+		}
 	}
 	floor, err := a.mqttFloor(ap.cfg.Name)
 	if err != nil {
@@ -496,21 +540,107 @@ func (t *mqttTransport) evaluate(ctx context.Context, ap *mqttApp) {
 	}
 	dl, err := t.openDownload(a, ap, rel)
 	if err != nil {
-		ap.lastErr = fmt.Sprintf("cannot download %s %s: %v", m.App, m.Version, err)
-		t.logf("mqtt: %s", ap.lastErr)
+		t.transient(ap, m, fmt.Errorf("cannot prepare the download: %w", err), false)
 		return
 	}
 	ap.dl = dl
-	ap.lastErr = ""
+	if ap.hold == nil {
+		ap.lastErr = ""
+	}
 	t.logf("mqtt: %s: fetching %s (sequence %d, %d chunks, %d already here)", ap.cfg.Name, m.Version, m.Sequence, len(m.Payload.Chunks), dl.n)
 	t.fill(ctx, ap)
 }
 
+// refuse refuses a release before its download: reported, recorded in
+// the app's history, and never fetched again by this process.
 func (t *mqttTransport) refuse(a *Agent, ap *mqttApp, m *protocol.Manifest, err error) {
-	ap.skip[m.Payload.SHA256] = true
-	ap.lastErr = fmt.Sprintf("%s %s refused: %v", m.App, m.Version, err)
-	t.logf("mqtt: %s", ap.lastErr)
+	t.fatal(ap, m, err)
 	a.refused(ap.cfg, m, err)
+}
+
+// fatal drops a release for good (agent.Fatal: bad signature, wrong CPU,
+// older sequence, failed probe…): retrying the same bytes gives the same
+// answer. Its download is removed; a different release (another payload)
+// is considered as usual. A restart of the agent tries once more.
+func (t *mqttTransport) fatal(ap *mqttApp, m *protocol.Manifest, err error) {
+	ap.lastErr = fmt.Sprintf("%s %s refused: %v", m.App, m.Version, err)
+	ap.failed[m.Payload.SHA256] = ap.lastErr
+	if ap.hold != nil && ap.hold.sha == m.Payload.SHA256 {
+		ap.hold = nil
+	}
+	if ap.dl != nil && ap.dl.rel.m.Payload.SHA256 == m.Payload.SHA256 {
+		t.abandon(ap)
+	}
+	t.logf("mqtt: %s", ap.lastErr)
+}
+
+// holdFor returns ap's hold for payload sha, making a fresh one.
+func (ap *mqttApp) holdFor(sha string) *mqttHold {
+	if ap.hold == nil || ap.hold.sha != sha {
+		ap.hold = &mqttHold{sha: sha}
+	}
+	return ap.hold
+}
+
+// transient pauses a release after a failure that may pass (storage full,
+// I/O, a corrupt chunk on the broker): what was downloaded is kept, and
+// the release is tried again after a backoff of mqttRetryMin doubling up
+// to mqttRetryMax. chunk marks a corrupt broker copy, which a new delivery
+// of the release (the operator publishing it again) also ends.
+func (t *mqttTransport) transient(ap *mqttApp, m *protocol.Manifest, err error, chunk bool) {
+	h := ap.holdFor(m.Payload.SHA256)
+	h.attempts++
+	h.chunk = chunk
+	d := retryDelay(h.attempts)
+	h.until = time.Now().Add(d)
+	if ap.dl != nil {
+		t.pause(ap.dl)
+	}
+	what := fmt.Sprintf("%s %s: ", m.App, m.Version)
+	if strings.HasPrefix(err.Error(), what) {
+		what = "" // the install pipeline's errors name the release already
+	}
+	ap.lastErr = fmt.Sprintf("%s%v (attempt %d; retrying in %s)", what, err, h.attempts, d)
+	t.logf("mqtt: %s", ap.lastErr)
+}
+
+// busy waits mqttBusyRetry before trying to install again (the app is on
+// trial or another install runs); not a failure, not reported.
+func (t *mqttTransport) busy(ap *mqttApp, m *protocol.Manifest) {
+	h := ap.holdFor(m.Payload.SHA256)
+	h.until = time.Now().Add(mqttBusyRetry)
+}
+
+// redelivered: the release message for rel arrived again (published
+// again, or re-sent after a reconnect). A release held for a corrupt chunk
+// is retried at once: the broker's copy may have been fixed.
+func (t *mqttTransport) redelivered(ap *mqttApp, rel *mqttRelease) {
+	if h := ap.hold; h != nil && h.chunk && h.sha == rel.m.Payload.SHA256 && time.Now().Before(h.until) {
+		t.logf("mqtt: %s %s was delivered again; asking for its chunks again", rel.m.App, rel.m.Version)
+		h.until = time.Time{}
+	}
+}
+
+// retryDelay is the backoff after n transient failures.
+func retryDelay(n int) time.Duration {
+	d := mqttRetryMin
+	for i := 1; i < n && d < mqttRetryMax; i++ {
+		d *= 2
+	}
+	return min(d, mqttRetryMax)
+}
+
+// pause stops fetching dl's chunks (a hold); fill starts again.
+func (t *mqttTransport) pause(dl *mqttDownload) {
+	var topics []string
+	for _, tp := range dl.outstanding {
+		topics = append(topics, tp)
+	}
+	if len(topics) > 0 {
+		t.client.Unsubscribe(topics...)
+	}
+	clear(dl.outstanding)
+	clear(dl.bad)
 }
 
 func (t *mqttTransport) openDownload(a *Agent, ap *mqttApp, rel *mqttRelease) (*mqttDownload, error) {
@@ -525,7 +655,7 @@ func (t *mqttTransport) openDownload(a *Agent, ap *mqttApp, rel *mqttRelease) (*
 		return nil, err
 	}
 	n := len(m.Payload.Chunks)
-	dl := &mqttDownload{rel: rel, path: path, have: make([]bool, n), outstanding: map[int]string{}, lastChunk: time.Now()}
+	dl := &mqttDownload{rel: rel, path: path, have: make([]bool, n), outstanding: map[int]string{}, bad: map[int]int{}, lastChunk: time.Now()}
 	if rec != nil && rec.SHA256 == m.Payload.SHA256 {
 		for i := 0; i < n; i++ {
 			if i/8 < len(rec.Have) && rec.Have[i/8]&(1<<(i%8)) != 0 {
@@ -596,6 +726,9 @@ func (t *mqttTransport) fill(ctx context.Context, ap *mqttApp) {
 	if dl == nil {
 		return
 	}
+	if dl.n == len(dl.have) {
+		dl.complete = true // also when the last chunk was written but its record failed
+	}
 	if dl.complete {
 		t.install(ctx, ap)
 		return
@@ -637,16 +770,24 @@ func (t *mqttTransport) chunk(ctx context.Context, tp protocol.Topic, payload []
 	p := &dl.rel.m.Payload
 	if err := protocol.VerifyChunk(p, tp.Index, payload); err != nil {
 		t.stats.ChunksBad.Add(1)
-		ap.lastErr = fmt.Sprintf("%s %s: %v (the broker holds a bad chunk; it is fetched again later)", dl.rel.m.App, dl.rel.m.Version, err)
-		t.logf("mqtt: %s", ap.lastErr)
-		return // stays outstanding; the stall timer subscribes again
+		dl.bad[tp.Index]++
+		if n := dl.bad[tp.Index]; n >= mqttChunkTries {
+			t.transient(ap, dl.rel.m, fmt.Errorf("chunk %d from the broker does not match the signed hash %d times: the broker's copy is corrupt; republish the release", tp.Index, n), true)
+			return
+		}
+		// Ask again at once: unsubscribing and subscribing again makes
+		// the broker send the retained copy again.
+		t.logf("mqtt: %s %s: chunk %d from the broker does not match the signed hash (%v); asking for it again", dl.rel.m.App, dl.rel.m.Version, tp.Index, err)
+		t.client.Unsubscribe(topic)
+		t.subscribe(map[string]byte{topic: 0})
+		return
 	}
 	if err := t.writeChunk(ap, tp.Index, payload); err != nil {
-		ap.lastErr = fmt.Sprintf("cannot store a chunk of %s %s: %v", dl.rel.m.App, dl.rel.m.Version, err)
-		t.logf("mqtt: %s", ap.lastErr)
+		t.transient(ap, dl.rel.m, fmt.Errorf("cannot store chunk %d: %w", tp.Index, err), false)
 		return
 	}
 	delete(dl.outstanding, tp.Index)
+	delete(dl.bad, tp.Index)
 	t.client.Unsubscribe(topic)
 	dl.lastChunk = time.Now()
 	t.stats.ChunksReceived.Add(1)
@@ -712,20 +853,30 @@ func (t *mqttTransport) installed(ctx context.Context, app string, err error) {
 	case err == nil:
 		t.logf("mqtt: %s %s installed, on trial", m.App, m.Version)
 		ap.lastErr = ""
+		ap.hold = nil
 		t.abandon(ap) // done with the file and the record
-	case errors.Is(err, ErrBusy) || errors.Is(err, context.Canceled) || errors.Is(err, ErrLocked):
-		// Transient: the app is on trial or another install runs; the
-		// housekeeping tick tries again.
+	case errors.Is(err, context.Canceled):
+		return // shutting down
+	case errors.Is(err, ErrBusy) || errors.Is(err, ErrLocked):
+		// The app is on trial or another install runs: try again soon.
+		t.busy(ap, m)
 		return
 	case errors.Is(err, protocol.ErrPayloadMismatch) || errors.Is(err, protocol.ErrTruncated):
+		// Every chunk verified, so the whole can only fail if the local
+		// file changed under us, or if the signed manifest contradicts
+		// itself; fetch everything once more, then give up.
+		h := ap.holdFor(m.Payload.SHA256)
+		if h.refetches++; h.refetches > 1 {
+			t.fatal(ap, m, fmt.Errorf("the downloaded payload does not verify although each of its chunks did, twice: the release's manifest is inconsistent or this device's storage corrupts data (%w)", err))
+			break
+		}
 		t.logf("mqtt: %s %s: the downloaded payload does not verify (%v); fetching it again", m.App, m.Version, err)
 		t.abandon(ap)
 		t.evaluate(ctx, ap)
+	case Fatal(err):
+		t.fatal(ap, m, err) // the pipeline recorded the refusal in the app's history
 	default:
-		ap.skip[m.Payload.SHA256] = true
-		ap.lastErr = fmt.Sprintf("%s %s refused: %v", m.App, m.Version, err)
-		t.logf("mqtt: %s", ap.lastErr)
-		t.abandon(ap)
+		t.transient(ap, m, err, false) // storage full, I/O, state database…
 	}
 	t.publishStatus()
 }
@@ -736,16 +887,17 @@ func (t *mqttTransport) housekeeping(ctx context.Context) {
 		t.subscribeAll()
 	}
 	for _, ap := range t.apps {
-		if dl := ap.dl; dl != nil {
-			if dl.complete && !ap.installing {
-				t.install(ctx, ap) // retry after ErrBusy (trial in progress)
-			} else if len(dl.outstanding) > 0 && time.Since(dl.lastChunk) > mqttStall && t.connected {
-				t.logf("mqtt: %s: no chunk for %s; asking again for %d", ap.cfg.Name, mqttStall, len(dl.outstanding))
-				t.resubscribeChunks(dl)
-			}
-		} else if !ap.installing {
-			t.evaluate(ctx, ap) // e.g. a trial ended: the next release may go
+		if ap.installing {
+			continue
 		}
+		if dl := ap.dl; dl != nil && len(dl.outstanding) > 0 && time.Since(dl.lastChunk) > mqttStall && t.connected {
+			t.logf("mqtt: %s: no chunk for %s; asking again for %d", ap.cfg.Name, mqttStall, len(dl.outstanding))
+			t.resubscribeChunks(dl)
+			continue
+		}
+		// Starts what is due: a release after a trial ended, a retry after
+		// a hold, the install of a complete download.
+		t.evaluate(ctx, ap)
 	}
 	t.publishStatus()
 }
