@@ -165,15 +165,26 @@ func (d *Daemon) startMQTT(ctx context.Context) {
 	if d.cfg.Broker == nil {
 		return
 	}
-	t, err := newMQTTTransport(d)
-	if err != nil {
-		d.logf("mqtt: not started: %v", err)
-		return
-	}
 	d.wg.Add(1)
 	go func() {
 		defer d.wg.Done()
-		t.run(ctx)
+		// A transport that cannot start (a certificate not provisioned
+		// yet, an unreadable CA file) is tried again with the transient
+		// backoff rather than leaving the device deaf until a restart.
+		for attempt := 1; ; attempt++ {
+			t, err := newMQTTTransport(d)
+			if err == nil {
+				t.run(ctx)
+				return
+			}
+			delay := retryDelay(attempt)
+			d.logf("mqtt: cannot start: %v; trying again in %s", err, delay)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(delay):
+			}
+		}
 	}()
 }
 
@@ -200,6 +211,11 @@ func newMQTTTransport(d *Daemon) (*mqttTransport, error) {
 	tlsConf, err := mqttTLS(bc)
 	if err != nil {
 		return nil, err
+	}
+	if tlsConf != nil && strings.HasPrefix(bc.URL, "tcp://") {
+		// paho ignores the TLS settings for tcp://: the password and
+		// everything else would go in clear.
+		return nil, fmt.Errorf("broker.url %s is plain tcp:// but broker.ca/cert/key are set; use ssl://host:8883 for TLS", bc.URL)
 	}
 	statusTopic, _ := protocol.StatusTopic(d.cfg.DeviceID)
 	t.will = t.statusBytes(false)

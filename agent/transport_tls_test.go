@@ -321,3 +321,43 @@ use_identity_as_username true
 	eventually(t, "pi-tls commits 1.0.0 from Mosquitto over TLS", func() bool { return installedIs(dev, "1.0.0", StateCommitted) })
 	eventually(t, "pi-tls's status (user name = CN) shows 1.0.0", func() bool { return view.Converged("hello", "1.0.0", 1, StateCommitted) })
 }
+
+// TestMQTTTLSCertificateProvisionedLater: a device whose certificate is
+// not there yet says so and keeps trying; once the files appear it
+// connects and installs. A tcp:// URL with TLS settings is refused rather
+// than sending everything in clear.
+func TestMQTTTLSCertificateProvisionedLater(t *testing.T) {
+	shortRetries(t)
+	ca := newTLSCA(t, "fleet")
+	srv := ca.issue("server", true, "localhost")
+	b, err := fleet.StartBroker(fleet.BrokerOptions{Listen: "127.0.0.1:0", DataDir: t.TempDir(),
+		TLSCert: srv.cert, TLSKey: srv.key, ClientCA: ca.file, Logf: t.Logf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	k := newKit(t)
+	v1 := k.bundle(spec{Version: "1.0.0", Sequence: 1})
+	opCert := ca.issue("ops", false, "ops-1", fleet.RoleOperator)
+	op := tlsOperator(t, fleet.ClientOptions{Broker: b.URL(), CA: ca.file, Cert: opCert.cert, Key: opCert.key})
+	publish(t, op, k, v1, "")
+
+	cfg := mqttConfig(t, k, "dev-late", b.URL())
+	late := tlsPair{cert: filepath.Join(ca.dir, "dev-late.pem"), key: filepath.Join(ca.dir, "dev-late-key.pem")}
+	cfg.Broker = &BrokerConfig{URL: b.URL(), Channel: "stable", CA: ca.file, Cert: late.cert, Key: late.key}
+	dev, log := startMQTTDeviceLogged(t, cfg)
+	defer dev.stop()
+	eventually(t, "the device says its certificate is missing", func() bool {
+		return strings.Contains(log.String(), "mqtt: cannot start: broker.cert/key") && strings.Contains(log.String(), "trying again in")
+	})
+	ca.issue("dev-late", false, "dev-late") // provisioning writes the files
+	eventually(t, "the device installs once its certificate exists", func() bool { return installedIs(dev, "1.0.0", StateCommitted) })
+
+	plain := mqttConfig(t, k, "dev-plain", "tcp://"+b.Addr())
+	plain.Broker.CA = ca.file
+	pdev, plog := startMQTTDeviceLogged(t, plain)
+	defer pdev.stop()
+	eventually(t, "a tcp:// URL with TLS settings is refused", func() bool {
+		return strings.Contains(plog.String(), "is plain tcp:// but broker.ca/cert/key are set")
+	})
+}
