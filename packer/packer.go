@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/edgefleet/edgefleet/hardware"
@@ -81,6 +82,9 @@ type step struct {
 	name string
 	doc  string
 	once bool // runs once per pack, not per profile
+	// early per-profile steps may run before the once-steps finished: they
+	// must not read what those set (p.app, p.main, p.deps).
+	early bool
 	// final steps run after every profile passed the checks.
 	final bool
 	run   func(ctx context.Context, p *pack, j *job) (skip string, err error)
@@ -115,6 +119,10 @@ type pack struct {
 
 	cache     *cache // nil: no cache (Options.NoCache, or it could not be opened)
 	cacheNote string // where the cache is, or why there is none
+
+	// aborted is set when a once-per-pack step failed and the builds were
+	// cancelled.
+	aborted atomic.Bool
 
 	mu sync.Mutex // serializes Progress
 }
@@ -206,18 +214,28 @@ func Pack(ctx context.Context, o Options) ([]Result, error) {
 		}
 	}
 
-	// Once-per-pack steps: a failure applies to every profile.
-	for _, s := range pipeline {
-		if !s.once {
-			continue
-		}
-		if err := p.runStep(ctx, s, nil); err != nil {
-			for i := range results {
-				results[i].Err = err
+	// The once-per-pack steps (go list, version variable) run while the
+	// profiles build: builds do not need them, and a warm pack is mostly
+	// builds. A failure of a once-step applies to every profile and cancels
+	// the builds.
+	buildCtx, cancelBuilds := context.WithCancel(ctx)
+	defer cancelBuilds()
+	onceDone := make(chan struct{})
+	var onceErr error
+	go func() {
+		defer close(onceDone)
+		for _, s := range pipeline {
+			if !s.once {
+				continue
 			}
-			return results, err
+			if err := p.runStep(ctx, s, nil); err != nil {
+				onceErr = err
+				p.aborted.Store(true)
+				cancelBuilds()
+				return
+			}
 		}
-	}
+	}()
 
 	// Per-profile checks, concurrently, bounded by Jobs.
 	sem := make(chan struct{}, o.Jobs)
@@ -228,16 +246,28 @@ func Pack(ctx context.Context, o Options) ([]Result, error) {
 			defer wg.Done()
 			select {
 			case sem <- struct{}{}:
-			case <-ctx.Done():
-				j.res.Err = ctx.Err()
+			case <-buildCtx.Done():
+				j.res.Err = buildCtx.Err()
 				return
 			}
 			defer func() { <-sem }()
+			resolved := false
 			for _, s := range pipeline {
 				if s.once || s.final {
 					continue
 				}
-				if err := p.runStep(ctx, s, j); err != nil {
+				if !s.early && !resolved {
+					<-onceDone
+					if onceErr != nil {
+						return
+					}
+					if err := j.nameExecutable(p.app); err != nil {
+						j.res.Err = err
+						return
+					}
+					resolved = true
+				}
+				if err := p.runStep(buildCtx, s, j); err != nil {
 					j.res.Err = err
 					return
 				}
@@ -245,6 +275,13 @@ func Pack(ctx context.Context, o Options) ([]Result, error) {
 		}()
 	}
 	wg.Wait()
+	<-onceDone
+	if onceErr != nil {
+		for i := range results {
+			results[i].Err = onceErr
+		}
+		return results, onceErr
+	}
 
 	var errs []error
 	for _, j := range jobs {
@@ -261,17 +298,27 @@ func Pack(ctx context.Context, o Options) ([]Result, error) {
 		return results, errors.Join(errs...)
 	}
 
-	// Sign and write, only when everything passed.
+	// Sign and write, only when everything passed; bundles are written
+	// concurrently (each is fsynced).
 	for _, j := range jobs {
-		for _, s := range pipeline {
-			if !s.final {
-				continue
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for _, s := range pipeline {
+				if !s.final {
+					continue
+				}
+				if err := p.runStep(ctx, s, j); err != nil {
+					j.res.Err = err
+					return
+				}
 			}
-			if err := p.runStep(ctx, s, j); err != nil {
-				j.res.Err = err
-				errs = append(errs, err)
-				break
-			}
+		}()
+	}
+	wg.Wait()
+	for _, j := range jobs {
+		if j.res.Err != nil {
+			errs = append(errs, j.res.Err)
 		}
 	}
 	return results, errors.Join(errs...)
@@ -290,6 +337,11 @@ func (p *pack) runStep(ctx context.Context, s step, j *job) error {
 	start := time.Now()
 	p.event(Event{Profile: name, Step: s.name, State: StepStart})
 	skip, err := s.run(ctx, p, j)
+	if err != nil && j != nil && p.aborted.Load() {
+		// Cancelled because a once-per-pack step failed: that failure is
+		// the one to report, not this step's.
+		return err
+	}
 	rep := StepReport{Step: s.name, Elapsed: time.Since(start)}
 	switch {
 	case err != nil:

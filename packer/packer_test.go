@@ -499,9 +499,23 @@ func TestConstVersionRefused(t *testing.T) {
 	_, priv := testKey(t)
 	o := baseOptions(t, priv, t.TempDir(), lookupProfiles(t, "linux-amd64")...)
 	o.Package = "./testdata/apps/constversion"
-	_, err := Pack(context.Background(), o)
+	var fails []string
+	o.Progress = func(e Event) {
+		if e.State == StepFail {
+			fails = append(fails, orPack(e.Profile)+" "+e.Step)
+		}
+	}
+	res, err := Pack(context.Background(), o)
 	if !errors.Is(err, ErrVersionVar) || !strings.Contains(err.Error(), "const") || !strings.Contains(err.Error(), "main.version") {
 		t.Fatalf("err = %v, want ErrVersionVar naming main.version as a const", err)
+	}
+	// The builds ran alongside the version check; their cancellation is
+	// not reported as a failure of its own.
+	if strings.Join(fails, ",") != "pack version-var" {
+		t.Errorf("failed steps reported: %v, want only the version-var step", fails)
+	}
+	if !errors.Is(res[0].Err, ErrVersionVar) {
+		t.Errorf("profile error %v, want the version-var failure", res[0].Err)
 	}
 }
 

@@ -29,7 +29,7 @@ import (
 var pipeline = []step{
 	{name: "resolve", once: true, doc: "go list the main package and its dependencies; name the app", run: stepResolve},
 	{name: "version-var", once: true, doc: "refuse unless the -X version variable is a package-level string var (-X silently ignores consts and missing vars)", run: stepVersionVar},
-	{name: "build", doc: "go build with CGO_ENABLED=0, -trimpath, -ldflags \"-s -w -buildid= -X <var>=<version>\" and explicit GOARM/GOAMD64/GOMIPS", run: stepBuild},
+	{name: "build", early: true, doc: "go build with CGO_ENABLED=0, -trimpath, -ldflags \"-s -w -buildid= -X <var>=<version>\" and explicit GOARM/GOAMD64/GOMIPS", run: stepBuild},
 	{name: "static", doc: "debug/elf: no PT_INTERP, no DT_NEEDED; record ELF class, machine and byte order and the build facts", run: stepStatic},
 	{name: "upx", doc: "compress the executable with upx, then upx -t (only when the profile asks)", run: stepUPX},
 	{name: "budget", doc: "the final executable must fit the profile's max_binary_size; over it, list the biggest packages and symbols", run: stepBudget},
@@ -125,7 +125,9 @@ func (p *pack) goBuild(ctx context.Context, j *job, out string, strip bool) erro
 }
 
 func stepBuild(ctx context.Context, p *pack, j *job) (string, error) {
-	j.stripped = filepath.Join(j.dir, p.app)
+	// Runs before resolve has named the app: nameExecutable renames it
+	// (upper case: never an app name).
+	j.stripped = filepath.Join(j.dir, "BUILD")
 	if err := p.goBuild(ctx, j, j.stripped, true); err != nil {
 		return "", err
 	}
@@ -143,11 +145,25 @@ func stepBuild(ctx context.Context, p *pack, j *job) (string, error) {
 	return "", nil
 }
 
+// nameExecutable renames the built executable after the app, once the
+// resolve step has named it (the probe runs it under that name).
+func (j *job) nameExecutable(app string) error {
+	path := filepath.Join(j.dir, app)
+	if err := os.Rename(j.stripped, path); err != nil {
+		return err
+	}
+	if j.final == j.stripped {
+		j.final = path
+	}
+	j.stripped = path
+	return nil
+}
+
 func (p *pack) linkUnstripped(ctx context.Context, j *job) error {
 	if j.unstripped != "" {
 		return nil
 	}
-	path := filepath.Join(j.dir, p.app+".unstripped")
+	path := filepath.Join(j.dir, "UNSTRIPPED")
 	if err := p.goBuild(ctx, j, path, false); err != nil {
 		return err
 	}
