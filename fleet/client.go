@@ -41,6 +41,11 @@ func (o *ClientOptions) Validate() error {
 	if (o.Cert == "") != (o.Key == "") {
 		return errors.New("a client certificate needs both --cert and --key")
 	}
+	if strings.HasPrefix(o.Broker, "tcp://") && (o.CA != "" || o.Cert != "") {
+		// paho ignores TLS settings for tcp://: the connection (and any
+		// password) would go in clear.
+		return fmt.Errorf("broker URL %s is plain tcp:// but --ca/--cert are set; use ssl://host:8883 for TLS", o.Broker)
+	}
 	if o.ClientID == "" {
 		var b [6]byte
 		rand.Read(b[:])

@@ -92,6 +92,11 @@ func certMatrix(t *testing.T, url string, pki *testPKI) {
 		cl.Disconnect(0)
 		t.Error("a plain tcp:// client connected to the TLS listener")
 	}
+	// TLS settings with a tcp:// URL are refused before anything is sent
+	// in clear.
+	if _, err := tlsDial(plain, pki.CA.CAFile, pki.Operator, "", "", ""); err == nil || !strings.Contains(err.Error(), "use ssl://") {
+		t.Errorf("a tcp:// URL with --ca/--cert: %v, want a refusal that says to use ssl://", err)
+	}
 
 	// The operator (OU operator) publishes a release and assigns one.
 	op := mustTLSDial(t, url, pki.CA.CAFile, pki.Operator, "", "", "")
