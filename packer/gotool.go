@@ -28,11 +28,16 @@ type goPackage struct {
 	Error      *struct{ Err string }
 }
 
-// goList runs `go list -e -deps -json` for pkg with env and returns the
-// packages in dependency order (pkg itself last).
-func (p *pack) goList(ctx context.Context, env []string, pkg string) ([]goPackage, error) {
-	cmd := exec.CommandContext(ctx, p.o.GoCmd, "list", "-e", "-deps",
-		"-json=ImportPath,Name,Dir,GoFiles,CgoFiles,Standard,Module,Error", "--", pkg)
+// goList runs `go list -e -json` for pkg with env and returns, with deps,
+// pkg and every package it imports, in dependency order (pkg itself last);
+// without, pkg alone (cheaper).
+func (p *pack) goList(ctx context.Context, env []string, pkg string, deps bool) ([]goPackage, error) {
+	args := []string{"list", "-e"}
+	if deps {
+		args = append(args, "-deps")
+	}
+	args = append(args, "-json=ImportPath,Name,Dir,GoFiles,CgoFiles,Standard,Module,Error", "--", pkg)
+	cmd := exec.CommandContext(ctx, p.o.GoCmd, args...)
 	cmd.Dir = p.o.Dir
 	cmd.Env = env
 	var stderr bytes.Buffer
@@ -64,7 +69,7 @@ func (p *pack) goList(ctx context.Context, env []string, pkg string) ([]goPackag
 func (p *pack) cgoPackages(ctx context.Context, j *job) ([]string, error) {
 	env := append(append([]string(nil), p.env...), j.prof.Env()...)
 	env = append(env, "CGO_ENABLED=1")
-	pkgs, err := p.goList(ctx, env, p.o.Package)
+	pkgs, err := p.goList(ctx, env, p.o.Package, true)
 	if err != nil {
 		return nil, err
 	}

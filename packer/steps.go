@@ -44,7 +44,10 @@ func stepResolve(ctx context.Context, p *pack, _ *job) (string, error) {
 	// The first profile's target decides which files are listed; the
 	// version variable's file is rarely target-specific.
 	env := append(append([]string(nil), p.env...), p.o.Profiles[0].Env()...)
-	pkgs, err := p.goList(ctx, env, p.o.Package)
+	// The dependencies are needed only when the version variable lives
+	// outside package main (to check it is part of the build).
+	needDeps := !strings.HasPrefix(p.o.VersionVar, "main.") || strings.Count(p.o.VersionVar, ".") != 1
+	pkgs, err := p.goList(ctx, env, p.o.Package, needDeps)
 	if err != nil {
 		return "", err
 	}
