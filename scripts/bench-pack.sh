@@ -111,12 +111,12 @@ echo "| profile | unstripped | stripped (-s -w) | UPX (default args) | xz payloa
 echo "|---|---:|---:|---:|---:|---:|---|---|"
 for i in "${!profiles[@]}"; do
 	p=${profiles[$i]}
-	read -r un st xzp probe < <(jq -r ".results[$i] | \"\(.unstripped_size) \(.binary_size) \(.payload_size) \(.probe|gsub(\" \";\"_\"))\"" "$work/plain.json")
+	IFS=$'\t' read -r un st xzp probe < <(jq -r ".results[$i] | [.unstripped_size, .binary_size, .payload_size, .probe] | @tsv" "$work/plain.json")
 	ux=- uxz=- uprobe=-
 	if [[ $have_upx == yes ]]; then
 		read -r ux uxz < <(jq -r ".results[$i] | \"\(.upx_size) \(.payload_size)\"" "$work/upx.json")
 		uprobe=$(jq -r ".results[$i].probe | .[0:90]" "$work/upx.json")
 		[[ $uxz == 0 ]] && uxz="- (not compressed: probe failed)"
 	fi
-	echo "| $p | $un | $st | $ux | $xzp | $uxz | ${probe//_/ } | $uprobe |"
+	echo "| $p | $un | $st | $ux | $xzp | $uxz | $probe | $uprobe |"
 done
