@@ -205,6 +205,48 @@ func (c *Config) Validate() error {
 	if c.Profile != "" && !protocol.ValidProfileName(c.Profile) {
 		return bad("profile %q is not a valid profile name", c.Profile)
 	}
+	if c.Broker != nil {
+		if err := c.Broker.validate(c.DeviceID); err != nil {
+			return bad("%v", err)
+		}
+	}
+	return nil
+}
+
+// validate checks the broker section when the config loads, so a typo is
+// reported by `edgefleet-agent run` at once instead of as a silent retry
+// loop in the log. It fills the channel default ("stable").
+func (b *BrokerConfig) validate(deviceID string) error {
+	scheme, _, ok := strings.Cut(b.URL, "://")
+	if b.URL == "" || !ok {
+		return fmt.Errorf("broker.url %q: want tcp://host:1883 or ssl://host:8883", b.URL)
+	}
+	tls := false
+	switch scheme {
+	case "tcp", "mqtt", "ws":
+	case "ssl", "tls", "mqtts", "wss":
+		tls = true
+	default:
+		return fmt.Errorf("broker.url %q: scheme %q is not one of tcp, mqtt, ssl, tls, mqtts, ws, wss", b.URL, scheme)
+	}
+	if b.Channel == "" {
+		b.Channel = "stable"
+	}
+	if !protocol.ValidChannel(b.Channel) {
+		return fmt.Errorf("broker.channel %q is not a valid channel name (lower-case letters, digits, . _ -)", b.Channel)
+	}
+	if !protocol.ValidDeviceID(deviceID) {
+		return fmt.Errorf("device_id %q cannot be an MQTT client id and topic segment (letters, digits, . _ - only)", deviceID)
+	}
+	if (b.Cert == "") != (b.Key == "") {
+		return fmt.Errorf("broker.cert and broker.key go together: a client certificate needs its key")
+	}
+	if !tls && (b.CA != "" || b.Cert != "") {
+		return fmt.Errorf("broker.url %s is not encrypted but broker.ca/cert/key are set; use ssl://host:8883 for TLS", b.URL)
+	}
+	if b.Password != "" && b.Username == "" {
+		return fmt.Errorf("broker.password is set without broker.username")
+	}
 	return nil
 }
 

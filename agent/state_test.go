@@ -165,6 +165,10 @@ func TestConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	withBroker, err := ParseConfig([]byte(good + "broker: {url: ssl://b:8883, ca: /ca.pem, cert: /c.pem, key: /k.pem}\n"))
+	if err != nil || withBroker.Broker.Channel != "stable" {
+		t.Fatalf("broker section: %v %+v", err, withBroker)
+	}
 	h := cfg.Apps[0].Health
 	if h.Window.D() != DefaultHealthWindow || h.Timeout.D() != DefaultHealthTimeout || h.MaxBootsOnTrial != 3 || h.MaxRestarts != 3 {
 		t.Fatalf("defaults: %+v", h)
@@ -177,6 +181,13 @@ func TestConfig(t *testing.T) {
 		{good + "  - name: hello\n    path: /x\n", "twice"},
 		{strings.Replace(good, "    path:", "    health: {window: soon}\n    path:", 1), "duration"},
 		{"", "empty"},
+		{good + "broker: {channel: stable}\n", "broker.url"},
+		{good + "broker: {url: http://x:80}\n", "scheme"},
+		{good + "broker: {url: tcp://x:1883, channel: Not/Valid}\n", "broker.channel"},
+		{good + "broker: {url: ssl://x:8883, cert: /c.pem}\n", "go together"},
+		{good + "broker: {url: tcp://x:1883, ca: /ca.pem}\n", "use ssl://"},
+		{good + "broker: {url: tcp://x:1883, password: p}\n", "without broker.username"},
+		{strings.Replace(good, "device_id: d", "device_id: \"pi 17\"", 1) + "broker: {url: tcp://x:1883}\n", "MQTT client id"},
 	} {
 		_, err := ParseConfig([]byte(bad.yaml))
 		if !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), bad.says) {
