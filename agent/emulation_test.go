@@ -5,55 +5,10 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
+
+	"github.com/edgefleet/edgefleet/internal/emutest"
 )
-
-var binfmtOnce struct {
-	sync.Once
-	err string
-}
-
-// ensureARMBinfmt makes ARM executables run directly (through qemu-arm),
-// so that the probe and the app run emulated too, on the core QEMU_CPU
-// names. It mounts binfmt_misc and registers Debian's qemu-arm line when
-// root and not yet registered; otherwise it returns why it cannot.
-func ensureARMBinfmt() string {
-	binfmtOnce.Do(func() {
-		const dir = "/proc/sys/fs/binfmt_misc"
-		if _, err := os.Stat(dir + "/qemu-arm"); err == nil {
-			return
-		}
-		if os.Geteuid() != 0 {
-			binfmtOnce.err = "qemu-arm is not registered with binfmt_misc and registering it needs root"
-			return
-		}
-		if _, err := os.Stat(dir + "/register"); err != nil {
-			if err := syscall.Mount("binfmt_misc", dir, "binfmt_misc", 0, ""); err != nil {
-				binfmtOnce.err = "cannot mount binfmt_misc: " + err.Error()
-				return
-			}
-		}
-		conf, err := os.ReadFile("/usr/lib/binfmt.d/qemu-arm.conf")
-		if err != nil {
-			binfmtOnce.err = "no /usr/lib/binfmt.d/qemu-arm.conf (install qemu-user-binfmt; scripts/test.sh does)"
-			return
-		}
-		for _, line := range strings.Split(string(conf), "\n") {
-			if !strings.HasPrefix(line, ":") {
-				continue
-			}
-			if err := os.WriteFile(dir+"/register", []byte(line), 0); err != nil {
-				if _, serr := os.Stat(dir + "/qemu-arm"); serr != nil {
-					binfmtOnce.err = "cannot register qemu-arm with binfmt_misc: " + err.Error()
-					return
-				}
-			}
-		}
-	})
-	return binfmtOnce.err
-}
 
 // emulated runs the ARM test agent on a given core: the agent under
 // `qemu-arm -cpu core`, its children (probe) through binfmt_misc with
@@ -78,7 +33,7 @@ func TestEmulatedARMDevices(t *testing.T) {
 	if _, err := exec.LookPath("qemu-arm"); err != nil {
 		t.Skip("SKIP: qemu-arm not found; install qemu-user and qemu-user-binfmt (scripts/test.sh does)")
 	}
-	if why := ensureARMBinfmt(); why != "" {
+	if why := emutest.EnsureARMBinfmt(); why != "" {
 		t.Skipf("SKIP: %s; the probe of an ARM binary needs it (scripts/test.sh runs as root)", why)
 	}
 	agentBin := buildTestAgent(t, target{GOARCH: "arm", GOARM: "6"})
