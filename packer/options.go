@@ -137,6 +137,20 @@ func (o *Options) Validate() error {
 	}
 	if o.Dir == "" {
 		o.Dir = "."
+		// A directory path (./cmd/app, ../other/cmd/app, /abs/app) is
+		// built from inside that directory, so the module that holds it
+		// is used even when the current directory is in another module
+		// or in none.
+		if isDirPath(o.Package) {
+			abs, err := filepath.Abs(o.Package)
+			if err != nil {
+				return bad("package %s: %v", o.Package, err)
+			}
+			if st, err := os.Stat(abs); err != nil || !st.IsDir() {
+				return bad("package %s is not a directory", o.Package)
+			}
+			o.Dir, o.Package = abs, "."
+		}
 	}
 	if o.App != "" && !protocol.ValidApp(o.App) {
 		return bad("app name %q is not valid: use lower-case letters, digits, '.', '_' and '-' (at most 64)", o.App)
@@ -232,4 +246,11 @@ func (o *Options) Validate() error {
 		}
 	}
 	return nil
+}
+
+// isDirPath reports whether pkg is written as a filesystem path rather
+// than an import path: absolute, or starting with ./ or ../ (or "." / "..").
+func isDirPath(pkg string) bool {
+	return filepath.IsAbs(pkg) || pkg == "." || pkg == ".." ||
+		strings.HasPrefix(pkg, "./") || strings.HasPrefix(pkg, "../")
 }

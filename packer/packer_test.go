@@ -584,7 +584,7 @@ func TestOverBudgetListsBiggestPackagesAndWritesNothing(t *testing.T) {
 func TestOptionsValidate(t *testing.T) {
 	_, priv := testKey(t)
 	good := func() Options {
-		return Options{Package: "./x", Version: "1.0.0", Sequence: 1, Key: priv, OutDir: "o", Profiles: lookupProfiles(t, "linux-armv6")}
+		return Options{Package: "example.com/x/cmd/x", Version: "1.0.0", Sequence: 1, Key: priv, OutDir: "o", Profiles: lookupProfiles(t, "linux-armv6")}
 	}
 	for name, mut := range map[string]func(*Options){
 		"no package":   func(o *Options) { o.Package = "" },
@@ -597,6 +597,7 @@ func TestOptionsValidate(t *testing.T) {
 		"bad var":      func(o *Options) { o.VersionVar = "version" },
 		"bad encoding": func(o *Options) { o.Encoding = "gzip" },
 		"no out":       func(o *Options) { o.OutDir = "" },
+		"missing dir":  func(o *Options) { o.Package = "./no/such/dir" },
 	} {
 		o := good()
 		mut(&o)
@@ -607,6 +608,13 @@ func TestOptionsValidate(t *testing.T) {
 	o := good()
 	if err := o.Validate(); err != nil {
 		t.Fatal(err)
+	}
+	// A directory path is built from inside that directory (its module).
+	dir := t.TempDir()
+	o2 := good()
+	o2.Package = dir
+	if err := o2.Validate(); err != nil || o2.Dir != dir || o2.Package != "." {
+		t.Errorf("directory package: dir %q package %q, %v", o2.Dir, o2.Package, err)
 	}
 	if o.VersionVar != "main.version" || o.Jobs < 1 || o.Encoding != "xz" || o.Probe == nil || o.Probe.Expect != "1.0.0" || o.GoCmd != "go" {
 		t.Errorf("defaults not filled: %+v", o)
