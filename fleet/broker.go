@@ -289,6 +289,12 @@ func (h *authHook) authenticate(cl *mqtt.Client, pk packets.Packet) (identity, e
 	if id.role == RoleDevice && cl.ID != id.name {
 		return id, fmt.Errorf("device %q must connect with its id as client id, not %q", id.name, cl.ID)
 	}
+	// mochi publishes a last will without an ACL check: a will on a topic
+	// the client may not write (another device's status or desired release,
+	// the channel's retained release) would be a write around the ACL.
+	if pk.Connect.WillFlag && !h.acl.Allowed(id.role, id.name, pk.Connect.WillTopic, true) {
+		return id, fmt.Errorf("%s %q asked for a last will on %q, which it may not write; a device's will must be its own status topic", id.role, id.name, pk.Connect.WillTopic)
+	}
 	return id, nil
 }
 
