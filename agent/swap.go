@@ -17,7 +17,10 @@ import (
 //
 //  1. remove the old <name>.prev — only while the target exists, so some
 //     complete copy of the current binary always exists;
-//  2. hard-link the target to <name>.prev (the old binary stays alive);
+//  2. hard-link the target to <name>.prev (the old binary stays alive) and
+//     fsync the directory, so the link is durable before the rename: a
+//     journal may otherwise keep the rename and lose the link, and with it
+//     the only copy of the old binary;
 //  3. rename(staged, target): atomic, the path never lacks a file;
 //  4. fsync the directory, so the rename survives power loss.
 //
@@ -37,6 +40,9 @@ func swapIn(app *AppConfig, staged string) error {
 		failpoint("swap-after-remove-prev")
 		if err := os.Link(app.Path, prev); err != nil {
 			return fmt.Errorf("keep the current binary as %s: %w", prev, err)
+		}
+		if err := protocol.SyncDir(dir); err != nil {
+			return err
 		}
 		failpoint("swap-after-link-prev")
 	}
