@@ -19,7 +19,7 @@ import (
 func TestSwapSyncOrder(t *testing.T) {
 	strace, err := exec.LookPath("strace")
 	if err != nil {
-		t.Skipf("SKIPPED: strace is not installed (apt-get install strace); the fsync order of the swap was not checked")
+		t.Skipf("SKIPPED: strace is not installed (scripts/test.sh installs it: apt-get install strace); the fsync order of the swap was not checked")
 	}
 	k := newKit(t)
 	a := k.open(Options{})

@@ -25,6 +25,7 @@ install_debian() {
   command -v xz >/dev/null              || missing+=(xz-utils)
   command -v file >/dev/null            || missing+=(file)
   command -v jq >/dev/null              || missing+=(jq)
+  command -v strace >/dev/null          || missing+=(strace)
   if [ ${#missing[@]} -gt 0 ]; then
     if ! command -v apt-get >/dev/null; then
       log "missing ${missing[*]} and no apt-get: install them by hand; tests that need them will skip loudly"
