@@ -166,7 +166,23 @@ func (a *Agent) run(ctx context.Context, m *protocol.Manifest, payload io.Reader
 	return nil, err
 }
 
-// refused records a refusal: the prior state comes back, the error is kept.
+// recordRefusal records that m was refused before any install step (the
+// MQTT transport refuses what this CPU cannot run before fetching it): the
+// app's last error and history only. It runs without the app's install
+// lock, so it must never touch the state of an install in progress.
+func (a *Agent) recordRefusal(app *AppConfig, m *protocol.Manifest, cause error) {
+	now := a.opts.Now()
+	if _, err := a.update(app.Name, func(r *record) error {
+		r.LastError = fmt.Sprintf("%s %s refused: %v", m.App, m.Version, cause)
+		r.event(now, "refused", m.Version, cause.Error())
+		return nil
+	}); err != nil {
+		a.opts.Logf("record refusal of %s: %v", m, err)
+	}
+}
+
+// refused records a refusal by the pipeline, which holds the app's lock:
+// the prior state comes back, the error is kept.
 func (a *Agent) refused(app *AppConfig, m *protocol.Manifest, cause error) {
 	now := a.opts.Now()
 	_, err := a.update(app.Name, func(r *record) error {

@@ -571,7 +571,7 @@ func (t *mqttTransport) evaluate(ctx context.Context, ap *mqttApp) {
 // the app's history, and never fetched again by this process.
 func (t *mqttTransport) refuse(a *Agent, ap *mqttApp, m *protocol.Manifest, err error) {
 	t.fatal(ap, m, err)
-	a.refused(ap.cfg, m, err)
+	a.recordRefusal(ap.cfg, m, err)
 }
 
 // fatal drops a release for good (agent.Fatal: bad signature, wrong CPU,

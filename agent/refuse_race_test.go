@@ -1,0 +1,66 @@
+package agent
+
+import (
+	"errors"
+	"os"
+	"testing"
+
+	"github.com/edgefleet/edgefleet/protocol"
+)
+
+// The MQTT transport refuses a release it cannot run (another profile's
+// build, an expired one) before fetching it, from its own goroutine and
+// without the app's install lock. A sideload of the same sequence (the
+// build for this CPU) may be running at that moment: the refusal must
+// only be recorded, never reset the running install's state. It used to
+// clear the install's pending record, and the install then crashed the
+// daemon at the swap (nil pending) or left a swapped binary recorded as
+// the old version.
+func TestTransportRefusalDuringInstall(t *testing.T) {
+	k := newKit(t)
+	a := k.open(Options{})
+	k.install(a, k.bundle(spec{Version: "1.0.0", Sequence: 1}))
+	if err := a.Commit("hello"); err != nil {
+		t.Fatal(err)
+	}
+	c, _ := k.cfg.App("hello")
+	tr := &mqttTransport{logf: t.Logf}
+	ap := &mqttApp{cfg: c, failed: map[string]string{}}
+	// The other profile's build of the same release (sequence 2).
+	bin := buildHello(t, native, "1.1.0", "")
+	exe, err := os.ReadFile(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := manifestFor(t, spec{App: "hello", Version: "1.1.0", Sequence: 2, Target: native, Binary: bin, Profile: "linux-other"}, exe)
+	other.Payload.SHA256 = hashBytes([]byte("another payload"))
+
+	f, err := os.Open(k.bundle(spec{Version: "1.1.0", Sequence: 2}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	refusedMidway := false
+	res, err := a.Install(t0ctx(), f, func(p Progress) {
+		if p.Step == StepStage && !refusedMidway {
+			refusedMidway = true
+			tr.refuse(a, ap, other, errors.New("hello 1.1.0: this CPU cannot run linux-other: "+protocol.ErrMalformed.Error()))
+		}
+	})
+	if err != nil {
+		t.Fatalf("the sideload failed after a concurrent refusal: %v", err)
+	}
+	if !refusedMidway {
+		t.Fatal("the refusal never ran during staging")
+	}
+	st := appStatus(t, a, "hello")
+	if st.State != StateTrial || st.Version != "1.1.0" || st.Previous != "1.0.0" || res.Version != "1.1.0" {
+		t.Fatalf("after the install: %s", dumpJSON(st))
+	}
+	if got := runVersion(t, k.appPath); got != "1.1.0" {
+		t.Fatalf("the app path runs %s", got)
+	}
+	if ap.failed[other.Payload.SHA256] == "" {
+		t.Error("the transport forgot the refused release")
+	}
+}
