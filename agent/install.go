@@ -470,6 +470,7 @@ func runProbe(ctx context.Context, path string, p *protocol.Probe) error {
 	if p == nil {
 		return nil
 	}
+	parent := ctx
 	ctx, cancel := context.WithTimeout(ctx, time.Duration(p.Timeout))
 	defer cancel()
 	cmdline := strings.TrimSpace("new binary " + strings.Join(p.Args, " "))
@@ -490,6 +491,11 @@ func runProbe(ctx context.Context, path string, p *protocol.Probe) error {
 			continue
 		}
 		break
+	}
+	if perr := parent.Err(); perr != nil {
+		// The agent is stopping: the probe was killed, which says nothing
+		// about the binary. Not ErrProbe, so the release is not condemned.
+		return fmt.Errorf("probe `%s` was interrupted because the install was cancelled; it runs again with the next attempt: %w", cmdline, perr)
 	}
 	tail := strings.TrimSpace(stderr.String())
 	if tail != "" {

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"context"
 	"errors"
 	"os"
 	"testing"
@@ -63,4 +64,40 @@ func TestTransportRefusalDuringInstall(t *testing.T) {
 	if ap.failed[other.Payload.SHA256] == "" {
 		t.Error("the transport forgot the refused release")
 	}
+}
+
+// A probe cut short because the agent is stopping (its context cancelled)
+// says nothing about the new binary: it must not be reported as a failed
+// probe, which is fatal for the release (the MQTT transport never fetches
+// it again, the sideload says "refused").
+func TestProbeCancelledIsNotAProbeFailure(t *testing.T) {
+	k := newKit(t)
+	a := k.open(Options{})
+	k.install(a, k.bundle(spec{Version: "1.0.0", Sequence: 1}))
+	if err := a.Commit("hello"); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(k.bundle(spec{Version: "1.1.0", Sequence: 2}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	_, err = a.Install(ctx, f, func(p Progress) {
+		if p.Step == StepProbe {
+			cancel() // the daemon stops while the probe runs
+		}
+	})
+	if err == nil {
+		t.Fatal("the install went on after its context was cancelled")
+	}
+	if errors.Is(err, ErrProbe) || Fatal(err) || !errors.Is(err, context.Canceled) {
+		t.Fatalf("a cancelled probe is reported as %v (fatal %v); want context.Canceled, not a probe failure", err, Fatal(err))
+	}
+	if got := runVersion(t, k.appPath); got != "1.0.0" {
+		t.Fatalf("the app path runs %s", got)
+	}
+	// The same release installs once the agent runs again.
+	k.install(a, k.bundle(spec{Version: "1.1.0", Sequence: 2}))
 }
