@@ -361,6 +361,44 @@ func (d *emuDevice) waitApp(what, app string, cond func(agent.DaemonStatus) bool
 	return last
 }
 
+// assertEmulatedChild checks that pid (an app the emulated daemon started)
+// runs through binfmt_misc's qemu-arm interpreter on core: the device is
+// emulated as a whole, not just the agent.
+func assertEmulatedChild(t *testing.T, pid int, core string) {
+	t.Helper()
+	exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
+	if err != nil {
+		t.Fatalf("app pid %d: %v", pid, err)
+	}
+	if b := filepath.Base(exe); !strings.Contains(b, "qemu") && !strings.Contains(b, "binfmt") {
+		t.Fatalf("app pid %d runs %s, not qemu-arm through binfmt_misc", pid, exe)
+	}
+	env, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Contains(env, []byte("\x00QEMU_CPU="+core+"\x00")) && !bytes.HasPrefix(env, []byte("QEMU_CPU="+core+"\x00")) {
+		t.Fatalf("app pid %d does not have QEMU_CPU=%s in its environment", pid, core)
+	}
+	t.Logf("app pid %d runs emulated: %s with QEMU_CPU=%s", pid, exe, core)
+}
+
+// vmHWM returns a process's peak and current resident memory from
+// /proc/PID/status ("?" when unreadable).
+func vmHWM(pid int) string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return "?"
+	}
+	var parts []string
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(l, "VmHWM") || strings.HasPrefix(l, "VmRSS") {
+			parts = append(parts, strings.Join(strings.Fields(l), " "))
+		}
+	}
+	return strings.Join(parts, ", ")
+}
+
 func fileHash(t testing.TB, path string) string {
 	t.Helper()
 	b, err := os.ReadFile(path)
@@ -403,6 +441,11 @@ func TestEmulatedFieldEngineer(t *testing.T) {
 	start := time.Now()
 	bins := emuBins(t)
 	t.Logf("cross-builds ready in %s", bins.agentBuildTiming.Round(time.Millisecond))
+	for name, p := range map[string]string{"edgefleet-agent linux/arm GOARM=6": bins.agent, "hello GOARM=6": bins.hello6v1, "hello GOARM=7": bins.hello7v1} {
+		if fi, err := os.Stat(p); err == nil {
+			t.Logf("%s, stripped: %d bytes", name, fi.Size())
+		}
+	}
 
 	t.Run("arm1176", func(t *testing.T) {
 		d := newEmuDevice(t, "arm1176", bins.agent, "")
@@ -597,6 +640,10 @@ func TestEmulatedDeviceOverMQTT(t *testing.T) {
 	d.waitApp("hello 1.0.0 running under the daemon", "hello", func(st agent.DaemonStatus) bool { return runningVersion(st, "hello", "1.0.0") })
 	st := d.statusJSON()
 	ha := app(st, "hello")
+	if ha.Process == nil || !ha.Process.Running {
+		t.Fatalf("status --json shows hello not running: %+v", ha.Process)
+	}
+	assertEmulatedChild(t, ha.Process.PID, "arm1176")
 	if !st.Daemon || st.DeviceID != d.id || ha.Version != "1.0.0" || ha.Sequence != 1 || ha.State != agent.StateCommitted ||
 		!hasEvent(ha.History, "committed") || ha.Process == nil || !ha.Process.Running {
 		j, _ := json.MarshalIndent(st, "", "  ")
@@ -643,15 +690,12 @@ func TestEmulatedDeviceOverMQTT(t *testing.T) {
 		t.Fatal("the refusal changed the running app or its binary")
 	}
 
-	// Memory of the emulated daemon, as the host sees it (qemu-user: the
-	// guest's memory plus the emulator's own, so an upper bound).
-	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", dm.cmd.Process.Pid)); err == nil {
-		for _, l := range strings.Split(string(b), "\n") {
-			if strings.HasPrefix(l, "VmHWM") || strings.HasPrefix(l, "VmRSS") {
-				t.Logf("emulated daemon (qemu-arm process) %s", strings.Join(strings.Fields(l), " "))
-			}
-		}
-	}
+	// Memory of the emulated daemon, as the host sees it: qemu-user maps
+	// the guest into its own process, so VmHWM is the guest's memory plus
+	// the emulator's. The emulated hello (a tiny Go program) is the
+	// emulator's baseline.
+	t.Logf("emulated daemon (qemu-arm process): %s; emulated hello --serve for comparison: %s",
+		vmHWM(dm.cmd.Process.Pid), vmHWM(app(st, "hello").Process.PID))
 	if err := dm.stop(); err != nil {
 		t.Fatalf("the daemon's exit after SIGTERM: %v", err)
 	}
