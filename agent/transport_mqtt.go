@@ -153,6 +153,10 @@ type mqttTransport struct {
 	connected  bool
 	connErr    string // last connection failure logged
 	connErrAt  time.Time
+	// missed: a release arrived while the state database was unusable
+	// (degraded daemon) and could not be verified; once a reset brings
+	// the state back, every release is asked for again.
+	missed bool
 }
 
 // mqttStatsHook lets tests read the counters of the transport started by a
@@ -441,6 +445,7 @@ func (t *mqttTransport) parseRelease(ap *mqttApp, topic string, payload []byte) 
 	if err == nil {
 		a := t.agent()
 		if a == nil {
+			t.missed = true
 			return nil
 		}
 		var m *protocol.Manifest
@@ -900,6 +905,13 @@ func (t *mqttTransport) installed(ctx context.Context, app string, err error) {
 func (t *mqttTransport) housekeeping(ctx context.Context) {
 	if t.resync.Swap(false) && t.client.IsConnected() {
 		t.logf("mqtt: messages were dropped; subscribing again")
+		t.subscribeAll()
+	}
+	if t.missed && t.agent() != nil && t.client.IsConnected() {
+		// The state database is back (reset): the releases that arrived
+		// while it was not are sent again by the broker on a new SUBSCRIBE.
+		t.missed = false
+		t.logf("mqtt: the state database is usable again; asking for the releases again")
 		t.subscribeAll()
 	}
 	for _, ap := range t.apps {
