@@ -5,7 +5,6 @@ import (
 	"errors"
 	"os"
 	"testing"
-
 )
 
 // A device whose state database is corrupt runs degraded: it cannot verify
