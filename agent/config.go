@@ -162,7 +162,11 @@ func (c *Config) Validate() error {
 	if !filepath.IsAbs(c.DataDir) {
 		return bad("data_dir %q must be an absolute path", c.DataDir)
 	}
-	c.DataDir = filepath.Clean(c.DataDir)
+	// Validate runs again on a config the daemon is using (Open after a
+	// reset): assign only what changes, so a second run writes nothing.
+	if clean := filepath.Clean(c.DataDir); clean != c.DataDir {
+		c.DataDir = clean
+	}
 	if len(c.TrustedKeys) == 0 {
 		return bad("trusted_keys needs at least one minisign public key file")
 	}
@@ -180,7 +184,9 @@ func (c *Config) Validate() error {
 		if a.Path == "" || !filepath.IsAbs(a.Path) {
 			return bad("app %s: path %q must be an absolute path to the executable", a.Name, a.Path)
 		}
-		a.Path = filepath.Clean(a.Path)
+		if clean := filepath.Clean(a.Path); clean != a.Path {
+			a.Path = clean
+		}
 		if other, ok := paths[a.Path]; ok {
 			return bad("apps %s and %s share the path %s", other, a.Name, a.Path)
 		}

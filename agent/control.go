@@ -277,13 +277,16 @@ func (d *Daemon) selfAfter(app string) func() {
 func (d *Daemon) Status() DaemonStatus {
 	out := DaemonStatus{DeviceID: d.cfg.DeviceID, Daemon: true, AgentVersion: d.opts.Version, PID: os.Getpid(), Since: d.started}
 	var recs []AppStatus
-	if a := d.agent(); a != nil {
+	d.mu.Lock()
+	a, stateErr := d.a, d.stateErr
+	d.mu.Unlock()
+	if a != nil {
 		var err error
 		if recs, err = a.Status(); err != nil {
 			out.StateError = err.Error()
 		}
-	} else if d.stateErr != nil {
-		out.StateError = d.stateErr.Error() + "; the apps keep running; run `edgefleet-agent reset` to move the state database aside"
+	} else if stateErr != nil {
+		out.StateError = stateErr.Error() + "; the apps keep running; run `edgefleet-agent reset` to move the state database aside"
 	}
 	if recs == nil {
 		for _, c := range d.cfg.Apps {
@@ -338,7 +341,13 @@ func (d *Daemon) opCheck(ctx context.Context, req Request, send func(Response)) 
 }
 
 func (d *Daemon) degradedErr() error {
-	return fmt.Errorf("the agent runs without its state database (%v); run `edgefleet-agent reset` first: %w", d.stateErr, ErrCorruptState)
+	d.mu.Lock()
+	stateErr := d.stateErr
+	d.mu.Unlock()
+	if stateErr == nil {
+		return fmt.Errorf("the state database was just reset; try again: %w", ErrBusy)
+	}
+	return fmt.Errorf("the agent runs without its state database (%v); run `edgefleet-agent reset` first: %w", stateErr, ErrCorruptState)
 }
 
 func (d *Daemon) opSideload(ctx context.Context, req Request, send func(Response)) (Response, func()) {
