@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
 )
 
 // MQTT topics and messages (SPEC.md §8). Every topic starts with
@@ -341,8 +342,10 @@ func (s *DeviceStatus) Validate() error {
 }
 
 // Marshal validates and encodes the status, clipping an overlong
-// last_error first (an error message must never stop a report).
+// last_error and neutralising control characters first (an error message,
+// which may quote an app's output, must never stop a report).
 func (s *DeviceStatus) Marshal() ([]byte, error) {
+	s.cleanText()
 	for i := range s.Apps {
 		if e := s.Apps[i].LastError; len(e) > MaxLastError {
 			s.Apps[i].LastError = e[:MaxLastError-3] + "..."
@@ -374,10 +377,50 @@ func ParseStatus(b []byte) (*DeviceStatus, error) {
 	if err := strictJSON(b, &s); err != nil {
 		return nil, fmt.Errorf("device status: %v: %w", err, ErrMalformed)
 	}
+	s.cleanText()
 	if err := s.Validate(); err != nil {
 		return nil, err
 	}
 	return &s, nil
+}
+
+// cleanText neutralises what a terminal would interpret in the free-text
+// fields: a device writes its own status, and `edgefleet status` prints it
+// to an operator's terminal, where escape sequences could erase other
+// devices' lines and bidi overrides could disguise a version. Line breaks
+// and tabs become spaces, other control and bidi characters '?': never
+// longer than before, so the limits still hold.
+func (s *DeviceStatus) cleanText() {
+	s.CPU, s.AgentVersion = cleanText(s.CPU), cleanText(s.AgentVersion)
+	for i := range s.Apps {
+		a := &s.Apps[i]
+		a.Version, a.State, a.Target, a.LastError = cleanText(a.Version), cleanText(a.State), cleanText(a.Target), cleanText(a.LastError)
+		if a.Progress != nil {
+			a.Progress.Step = cleanText(a.Progress.Step)
+		}
+	}
+}
+
+func cleanText(s string) string {
+	clean := true
+	for _, r := range s {
+		if unicode.IsControl(r) || unicode.Is(unicode.Bidi_Control, r) {
+			clean = false
+			break
+		}
+	}
+	if clean {
+		return s
+	}
+	return strings.Map(func(r rune) rune {
+		switch {
+		case r == '\n' || r == '\r' || r == '\t':
+			return ' '
+		case unicode.IsControl(r) || unicode.Is(unicode.Bidi_Control, r):
+			return '?'
+		}
+		return r
+	}, s)
 }
 
 func checkSchema(b []byte, what string) error {
