@@ -227,6 +227,12 @@ func (a *Agent) pipeline(ctx context.Context, app *AppConfig, m *protocol.Manife
 	switch r.State {
 	case StateStaging, StateStaged, StateSwapping, StateRollingBack:
 		if dry {
+			a.mu.Lock()
+			running := a.busy[app.Name]
+			a.mu.Unlock()
+			if running {
+				return nil, "", fmt.Errorf("an install or rollback of %s is running (%s); check again when it is done: %w", app.Name, r.State, ErrBusy)
+			}
 			return nil, "", fmt.Errorf("an earlier install or rollback of %s was interrupted (%s); start the agent so it recovers, then check again: %w", app.Name, r.State, ErrBusy)
 		}
 		if _, err := a.recoverApp(ctx, app, r, false); err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"os"
+	"strings"
 	"testing"
 
 	"github.com/edgefleet/edgefleet/protocol"
@@ -100,4 +101,39 @@ func TestProbeCancelledIsNotAProbeFailure(t *testing.T) {
 	}
 	// The same release installs once the agent runs again.
 	k.install(a, k.bundle(spec{Version: "1.1.0", Sequence: 2}))
+}
+
+// A dry run while an install of the same app runs (the daemon serves
+// `check` without waiting) must say so, not send the field engineer off to
+// restart an agent that is running fine.
+func TestCheckDuringInstallSaysItIsRunning(t *testing.T) {
+	k := newKit(t)
+	a := k.open(Options{})
+	k.install(a, k.bundle(spec{Version: "1.0.0", Sequence: 1}))
+	if err := a.Commit("hello"); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(k.bundle(spec{Version: "1.1.0", Sequence: 2}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var checkErr error
+	checked := false
+	if _, err := a.Install(t0ctx(), f, func(p Progress) {
+		if p.Step == StepStage && !checked {
+			checked = true
+			g, err := os.Open(k.bundle(spec{Version: "1.1.0", Sequence: 2}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer g.Close()
+			_, checkErr = a.Check(t0ctx(), g)
+		}
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if !errors.Is(checkErr, ErrBusy) || !strings.Contains(checkErr.Error(), "running") || strings.Contains(checkErr.Error(), "interrupted") {
+		t.Fatalf("check during an install: %v", checkErr)
+	}
 }
