@@ -14,8 +14,8 @@
 // header and static linking) → storage (free space for the new binary plus
 // the manifest's reserve) → stage (stream, decode, hash into
 // .<name>.staged next to the target, fsync) → probe (run the staged binary
-// under a timeout) → swap (keep <name>.prev as a hard link, rename over the
-// target, fsync the directory) → trial. Each step is recorded in the state
+// under a timeout) → swap (keep <name>.prev as a hard link and fsync the
+// directory, rename over the target, fsync the directory again) → trial. Each step is recorded in the state
 // database before it acts.
 //
 // # Promises about crashes
