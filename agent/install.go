@@ -241,8 +241,6 @@ func (a *Agent) pipeline(ctx context.Context, app *AppConfig, m *protocol.Manife
 		if r, err = a.load(app.Name); err != nil {
 			return nil, "", err
 		}
-	case StateTrial:
-		return nil, "", fmt.Errorf("%s %s is still on trial; it must commit or roll back before %s can be installed: %w", app.Name, r.Version, m.Version, ErrBusy)
 	}
 	if err := checkSequence(r, m); err != nil {
 		return nil, "", err
@@ -253,6 +251,11 @@ func (a *Agent) pipeline(ctx context.Context, app *AppConfig, m *protocol.Manife
 	target := targetOf(m.Target)
 	if err := a.cpu.CanRun(target); err != nil {
 		return nil, "", fmt.Errorf("%s %s: %w", m.App, m.Version, err)
+	}
+	// Busy only after the final refusals: a release this device can never
+	// install must say so, not "try again later".
+	if r.State == StateTrial {
+		return nil, "", fmt.Errorf("%s %s is still on trial; it must commit or roll back before %s can be installed: %w", app.Name, r.Version, m.Version, ErrBusy)
 	}
 
 	// 3. Storage: the staged file is the new binary (decoded straight into

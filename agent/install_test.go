@@ -79,9 +79,16 @@ func TestInstallTrialCommitRollback(t *testing.T) {
 	if got := runVersion(t, k.appPath+".prev"); got != "1.0.0" {
 		t.Fatalf(".prev prints %q", got)
 	}
-	// Installing over an app on trial waits for its verdict.
+	// Installing over an app on trial waits for its verdict...
 	if err := k.tryInstall(a, k.bundle(spec{Version: "1.2.0", Sequence: 3})); !errors.Is(err, ErrBusy) {
 		t.Fatalf("install during trial: %v, want ErrBusy", err)
+	}
+	// ...but a release that can never install here says so, not "busy".
+	if err := k.tryInstall(a, k.bundle(spec{Version: "0.9.0", Sequence: 1})); !errors.Is(err, ErrOldSequence) {
+		t.Fatalf("older release during trial: %v, want ErrOldSequence", err)
+	}
+	if err := k.tryInstall(a, k.bundle(spec{Version: "1.3.0", Sequence: 4, Target: target{GOARCH: "arm64"}})); !errors.Is(err, ErrIncompatible) {
+		t.Fatalf("foreign-architecture release during trial: %v, want ErrIncompatible", err)
 	}
 	if err := a.Rollback("hello", "health check failed"); err != nil {
 		t.Fatal(err)
@@ -108,7 +115,7 @@ func TestInstallTrialCommitRollback(t *testing.T) {
 	for _, e := range st.History {
 		kinds = append(kinds, e.Kind)
 	}
-	if want := "installed committed installed rolled-back refused installed"; strings.Join(kinds, " ") != want {
+	if want := "installed committed installed refused refused rolled-back refused installed"; strings.Join(kinds, " ") != want {
 		t.Fatalf("history %v, want %s", kinds, want)
 	}
 	assertNoLeftovers(t, k)
