@@ -470,7 +470,7 @@ func (d *Daemon) opReset(ctx context.Context) Response {
 		if err := a.Reset(); err != nil {
 			return errResult(err)
 		}
-		return Response{Type: TypeResult, OK: true, Message: "state database moved aside; starting with an empty one"}
+		return Response{Type: TypeResult, OK: true, Message: "state database moved aside; starting with an empty one (binaries kept; the anti-rollback floor in " + d.cfg.FloorPath() + " is kept too)"}
 	}
 	moved, err := ResetState(d.cfg, time.Now())
 	if err != nil {
@@ -487,6 +487,7 @@ func (d *Daemon) opReset(ctx context.Context) Response {
 	if moved != "" {
 		msg = "corrupt state database moved to " + moved + "; starting with an empty one"
 	}
+	msg += " (binaries kept; the anti-rollback floor in " + d.cfg.FloorPath() + " is kept too)"
 	d.logf("%s", msg)
 	return Response{Type: TypeResult, OK: true, Message: msg}
 }

@@ -32,6 +32,19 @@
 //   - A state database that cannot be read never bricks the device: Open
 //     returns ErrCorruptState naming the file, the binaries are untouched,
 //     and ResetState / `edgefleet-agent reset` moves the file aside.
+//   - Anti-rollback survives that reset: the highest sequence ever swapped
+//     in per app is also kept in data_dir/floor.json (floor.go; versioned,
+//     parsed strictly, written with a temporary file, fsync and rename),
+//     which reset never touches; Install and Check refuse a sequence at
+//     or below the higher of the database's and the file's floor, so
+//     corrupting state.db cannot bring back an older signed release. The
+//     file floor is raised before the swap is recorded and the rename
+//     happens, so it is never behind a release the target or the database
+//     holds; an install undone before the rename lowers it back to its
+//     value before that install. A corrupt floor file never bricks either:
+//     the apps keep running, installs are refused with ErrCorruptFloor
+//     naming the file and what to do (restore it, or move it aside: Open
+//     rebuilds it from the state database).
 //
 // # Promises about memory
 //

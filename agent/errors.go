@@ -22,6 +22,12 @@ var (
 	// untouched; `edgefleet-agent reset` moves the file aside.
 	ErrCorruptState = errors.New("state database is corrupt")
 
+	// ErrCorruptFloor: the anti-rollback floor file (floor.json) cannot be
+	// read. Installs are refused until it is restored or moved aside; the
+	// apps keep running. Not fatal: repairing the file lets the same
+	// release install.
+	ErrCorruptFloor = errors.New("anti-rollback floor file is corrupt")
+
 	// ErrUnknownApp: the bundle or command names an app that is not in the
 	// configuration.
 	ErrUnknownApp = errors.New("app is not configured on this device")

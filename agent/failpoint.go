@@ -20,6 +20,7 @@ var Failpoints = []string{
 	"stage-before-sync",      // staged file written, not fsynced
 	"staged-before-record",   // staged file complete and verified
 	"probe-before",           // about to probe
+	"swap-after-floor",       // floor.json raised, swap not recorded
 	"swap-after-record",      // swapping recorded, nothing moved
 	"swap-after-remove-prev", // old .prev removed
 	"swap-after-link-prev",   // target hard-linked to .prev

@@ -185,6 +185,11 @@ func (a *Agent) recordRefusal(app *AppConfig, m *protocol.Manifest, cause error)
 // the prior state comes back, the error is kept.
 func (a *Agent) refused(app *AppConfig, m *protocol.Manifest, cause error) {
 	now := a.opts.Now()
+	if r, err := a.load(app.Name); err == nil && r.Pending != nil && r.Pending.Sequence == m.Sequence && (r.State == StateStaging || r.State == StateStaged) {
+		if err := a.unraiseFloor(app.Name, r.Pending); err != nil {
+			a.opts.Logf("lower the anti-rollback floor after the refusal of %s: %v", m, err)
+		}
+	}
 	_, err := a.update(app.Name, func(r *record) error {
 		if r.Pending != nil && r.Pending.Sequence == m.Sequence && (r.State == StateStaging || r.State == StateStaged) {
 			r.State = r.Pending.PriorState
@@ -242,7 +247,7 @@ func (a *Agent) pipeline(ctx context.Context, app *AppConfig, m *protocol.Manife
 			return nil, "", err
 		}
 	}
-	if err := checkSequence(r, m); err != nil {
+	if err := a.checkSequence(r, m); err != nil {
 		return nil, "", err
 	}
 
@@ -330,8 +335,25 @@ func (a *Agent) pipeline(ctx context.Context, app *AppConfig, m *protocol.Manife
 		return &Result{App: m.App, Version: m.Version, Sequence: m.Sequence, Previous: r.Version, Path: app.Path}, "", nil
 	}
 
-	// 6. Swap.
+	// 6. Swap. The anti-rollback floor file is raised first, so it is
+	// never behind a release that reached the target (floor.go); the
+	// pending record says what to lower it back to if the install is
+	// undone before the rename.
 	step(StepSwap)
+	ff, err := a.fileFloor(app.Name)
+	if err != nil {
+		return nil, staged, err
+	}
+	if _, err := a.update(app.Name, func(r *record) error {
+		r.Pending.RaisesFloor, r.Pending.FileFloor = true, ff
+		return nil
+	}); err != nil {
+		return nil, staged, err
+	}
+	if err := a.raiseFloor(app.Name, m.Sequence, m.Version); err != nil {
+		return nil, staged, err
+	}
+	failpoint("swap-after-floor")
 	if _, err := a.update(app.Name, func(r *record) error { r.State = StateSwapping; return nil }); err != nil {
 		return nil, staged, err
 	}
@@ -377,7 +399,22 @@ func (a *Agent) markTrial(r *record, p *pending) {
 	r.event(now, "installed", p.Version, fmt.Sprintf("sequence %d, on trial", p.Sequence))
 }
 
-func checkSequence(r *record, m *protocol.Manifest) error {
+// checkSequence is anti-rollback: m must be above the installed sequence,
+// the database's floor (the highest ever swapped in, kept after a
+// rollback) and the floor file, which survives a reset of the database.
+func (a *Agent) checkSequence(r *record, m *protocol.Manifest) error {
+	ff, err := a.fileFloor(m.App)
+	if err != nil {
+		return err
+	}
+	if ff.Sequence > r.Floor && ff.Sequence > r.Sequence && m.Sequence <= ff.Sequence {
+		what := fmt.Sprintf("sequence %d", ff.Sequence)
+		if ff.Version != "" {
+			what = fmt.Sprintf("%s %s (sequence %d)", m.App, ff.Version, ff.Sequence)
+		}
+		return fmt.Errorf("release %s %s has sequence %d, but this device already installed %s: the anti-rollback floor is %d, recorded in %s, which outlives a reset of the state database; anti-rollback refuses it (a replayed or stale release) — publish a release with a sequence above %d: %w",
+			m.App, m.Version, m.Sequence, what, ff.Sequence, a.cfg.FloorPath(), ff.Sequence, ErrOldSequence)
+	}
 	if r.Floor > r.Sequence && m.Sequence <= r.Floor {
 		return fmt.Errorf("release %s %s has sequence %d, but sequence %d was already installed on this device and rolled back (running %s, sequence %d); anti-rollback refuses it — publish a release with a sequence above %d: %w",
 			m.App, m.Version, m.Sequence, r.Floor, r.Version, r.Sequence, r.Floor, ErrOldSequence)

@@ -71,6 +71,9 @@ func (a *Agent) recoverApp(ctx context.Context, c *AppConfig, r *record, boot bo
 		if err := removeIfExists(c.stagedPath()); err != nil {
 			return acts, err
 		}
+		if err := a.unraiseFloor(c.Name, p); err != nil {
+			return acts, err
+		}
 		detail := fmt.Sprintf("the install of %s was interrupted while %s; the staged file was removed and %s stays", pendingVersion(p), r.State, versionOr(r.Version))
 		if _, err := a.update(c.Name, func(r *record) error {
 			r.State = priorState(r.Pending)
@@ -186,6 +189,13 @@ func (a *Agent) settleSwap(c *AppConfig, r *record) ([]RecoverAction, error) {
 	if err != nil {
 		return nil, err
 	}
+	if tgt == p.SHA256 || (staged == p.SHA256 && (tgt == p.OldSHA256 || tgt == "")) {
+		// The swap is finished below: the floor file first, as in the
+		// pipeline, so it is never behind a trial the database records.
+		if err := a.raiseFloor(c.Name, p.Sequence, p.Version); err != nil {
+			return nil, err
+		}
+	}
 	switch {
 	case tgt == p.SHA256:
 		// The rename happened; make sure it is durable.
@@ -229,6 +239,15 @@ func (a *Agent) settleSwap(c *AppConfig, r *record) ([]RecoverAction, error) {
 
 func (a *Agent) undo(c *AppConfig, detail string, acts []RecoverAction) ([]RecoverAction, error) {
 	now := a.opts.Now()
+	// The release never reached the target: lower the floor file back, or
+	// a power cut during a swap would condemn the release for good.
+	r, err := a.load(c.Name)
+	if err != nil {
+		return acts, err
+	}
+	if err := a.unraiseFloor(c.Name, r.Pending); err != nil {
+		return acts, err
+	}
 	var v string
 	if _, err := a.update(c.Name, func(r *record) error {
 		v = pendingVersion(r.Pending)

@@ -97,6 +97,8 @@ type Agent struct {
 	dbMu sync.RWMutex // guards db itself (Reset swaps it)
 	db   *bolt.DB
 
+	floorMu sync.Mutex // serialises read-modify-write of floor.json
+
 	mu       sync.Mutex
 	busy     map[string]bool
 	progress map[string]*Progress
@@ -140,7 +142,8 @@ type record struct {
 	PreviousSequence uint64 `json:"previous_sequence,omitempty"`
 	PreviousSHA256   string `json:"previous_sha256,omitempty"`
 	// Floor is the highest sequence ever swapped in: anti-rollback refuses
-	// anything at or below it, even after a rollback.
+	// anything at or below it, even after a rollback. floor.json keeps a
+	// copy that survives a reset of this database (floor.go).
 	Floor uint64 `json:"floor,omitempty"`
 	// Pending is the install or rollback in progress.
 	Pending      *pending  `json:"pending,omitempty"`
@@ -163,6 +166,11 @@ type pending struct {
 	// PriorState is the state to return to when the install is undone.
 	PriorState string    `json:"prior_state"`
 	Started    time.Time `json:"started"`
+	// RaisesFloor: the swap is about to start, so floor.json may have been
+	// raised to Sequence; FileFloor is the app's entry before that, restored when
+	// the install is undone (floor.go).
+	RaisesFloor bool       `json:"raises_floor,omitempty"`
+	FileFloor   floorEntry `json:"file_floor,omitzero"`
 }
 
 func (r *record) event(now time.Time, kind, version, detail string) {
@@ -198,7 +206,9 @@ func decodeRecord(app string, b []byte) (*record, error) {
 // gets ErrLocked after Options.DBTimeout), trusted keys and CPU facts. A
 // corrupt state database gives ErrCorruptState naming the file; the apps
 // keep their binaries and `edgefleet-agent reset` (ResetState) moves the
-// file aside.
+// file aside. Open raises the anti-rollback floor file (floor.json) to the
+// database's floors when it is behind; a corrupt floor file does not stop
+// Open (installs report it with ErrCorruptFloor).
 func Open(cfg *Config, opts Options) (*Agent, error) {
 	if cfg == nil {
 		return nil, fmt.Errorf("no configuration: %w", ErrConfig)
@@ -236,6 +246,7 @@ func Open(cfg *Config, opts Options) (*Agent, error) {
 		return nil, err
 	}
 	a.db = db
+	a.seedFloor()
 	return a, nil
 }
 
@@ -316,8 +327,9 @@ func (a *Agent) Config() *Config { return a.cfg }
 func (a *Agent) CPU() hardware.CPUFacts { return a.cpu }
 
 // Reset moves the state database aside (state.db.corrupt-<time>) and starts
-// with an empty one. Binaries are kept; the anti-rollback floor is lost with
-// the old file, so a reset device accepts any validly signed release again.
+// with an empty one. Binaries are kept, and so is the anti-rollback floor
+// file (floor.json): a reset device still refuses every release at or below
+// the highest sequence it ever swapped in.
 func (a *Agent) Reset() error {
 	a.dbMu.Lock()
 	defer a.dbMu.Unlock()
@@ -338,7 +350,8 @@ func (a *Agent) Reset() error {
 
 // ResetState is Reset for when Open failed with ErrCorruptState: it moves
 // the state database aside unless another process holds it (ErrLocked) and
-// returns the new name ("" when there was no file).
+// returns the new name ("" when there was no file). The anti-rollback
+// floor file (Config.FloorPath) is never touched.
 func ResetState(cfg *Config, now time.Time) (string, error) {
 	if err := cfg.Validate(); err != nil {
 		return "", err

@@ -1036,16 +1036,18 @@ func (d *Daemon) installParts(ctx context.Context, rawManifest, rawSig []byte, p
 }
 
 // mqttFloor is the sequence a release must exceed to be worth fetching:
-// the installed one, or the highest ever swapped in (anti-rollback).
+// the installed one, or the highest ever swapped in (anti-rollback), as
+// the state database and the floor file (which outlives a reset) say.
 func (a *Agent) mqttFloor(app string) (uint64, error) {
 	r, err := a.load(app)
 	if err != nil {
 		return 0, err
 	}
-	if r.Floor > r.Sequence {
-		return r.Floor, nil
+	ff, err := a.fileFloor(app)
+	if err != nil {
+		return 0, err
 	}
-	return r.Sequence, nil
+	return max(r.Floor, r.Sequence, ff.Sequence), nil
 }
 
 func (a *Agent) loadDownload(app string) (*dlRecord, error) {

@@ -1,0 +1,317 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// readFloorFile reads k's floor.json as the agent would (0 when missing).
+func readFloorFile(t *testing.T, k *kit) uint64 {
+	t.Helper()
+	b, err := os.ReadFile(k.cfg.FloorPath())
+	if errors.Is(err, os.ErrNotExist) {
+		return 0
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := parseFloor(b)
+	if err != nil {
+		t.Fatalf("floor.json: %v\n%s", err, b)
+	}
+	return d.Apps["hello"].Sequence
+}
+
+func corruptStateDB(t *testing.T, k *kit) {
+	t.Helper()
+	if err := os.WriteFile(k.cfg.StatePath(), bytes.Repeat([]byte("not a bbolt file "), 1024), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// The replay attack the floor file stops: install sequence 5, corrupt
+// state.db, reset, then offer an older validly signed release.
+func TestFloorSurvivesReset(t *testing.T) {
+	k := newKit(t)
+	v5 := k.bundle(spec{Version: "1.0.0", Sequence: 5})
+	old := k.bundle(spec{Version: "1.1.0", Sequence: 3})
+	a := k.open(Options{})
+	k.install(a, v5)
+	if err := a.Commit("hello"); err != nil {
+		t.Fatal(err)
+	}
+	if got := readFloorFile(t, k); got != 5 {
+		t.Fatalf("floor.json says %d after installing sequence 5", got)
+	}
+	a.Close()
+
+	corruptStateDB(t, k)
+	if _, err := Open(k.cfg, Options{}); !errors.Is(err, ErrCorruptState) {
+		t.Fatalf("Open of a corrupt state.db: %v", err)
+	}
+	if _, err := ResetState(k.cfg, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if got := readFloorFile(t, k); got != 5 {
+		t.Fatalf("reset changed floor.json: %d", got)
+	}
+	a = k.open(Options{})
+	before := fileSum(t, k.appPath)
+	f, err := os.Open(old)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = a.Check(context.Background(), f)
+	f.Close()
+	if !errors.Is(err, ErrOldSequence) {
+		t.Fatalf("check of the replayed sequence 3 after a reset: %v, want ErrOldSequence", err)
+	}
+	err = k.tryInstall(a, old)
+	if !errors.Is(err, ErrOldSequence) || !Fatal(err) {
+		t.Fatalf("replayed sequence 3 after a reset: %v, want ErrOldSequence", err)
+	}
+	for _, s := range []string{"sequence 3", "hello 1.0.0 (sequence 5)", "floor is 5", k.cfg.FloorPath(), "above 5"} {
+		if !strings.Contains(err.Error(), s) {
+			t.Errorf("refusal does not say %q: %v", s, err)
+		}
+	}
+	t.Logf("refusal: %v", err)
+	if fileSum(t, k.appPath) != before {
+		t.Fatal("the refused replay changed the binary")
+	}
+
+	// The in-process reset (the daemon's) keeps it too.
+	if err := a.Reset(); err != nil {
+		t.Fatal(err)
+	}
+	if err := k.tryInstall(a, old); !errors.Is(err, ErrOldSequence) {
+		t.Fatalf("replay after Agent.Reset: %v", err)
+	}
+	// A newer release installs as usual.
+	k.install(a, k.bundle(spec{Version: "1.1.0", Sequence: 6}))
+	if got := readFloorFile(t, k); got != 6 {
+		t.Fatalf("floor.json says %d after installing sequence 6", got)
+	}
+}
+
+// A rolled-back sequence stays in the floor file: after a reset it is
+// still refused.
+func TestFloorKeepsRolledBackSequence(t *testing.T) {
+	k := newKit(t)
+	a := k.open(Options{})
+	k.install(a, k.bundle(spec{Version: "1.0.0", Sequence: 1}))
+	a.Commit("hello")
+	k.install(a, k.bundle(spec{Version: "1.1.0", Sequence: 2}))
+	if err := a.Rollback("hello", "failed its trial"); err != nil {
+		t.Fatal(err)
+	}
+	if got := readFloorFile(t, k); got != 2 {
+		t.Fatalf("floor.json says %d after rolling sequence 2 back", got)
+	}
+	if err := a.Reset(); err != nil {
+		t.Fatal(err)
+	}
+	err := k.tryInstall(a, k.bundle(spec{Version: "1.1.0", Sequence: 2}))
+	if !errors.Is(err, ErrOldSequence) {
+		t.Fatalf("rolled-back sequence 2 after a reset: %v", err)
+	}
+}
+
+// A corrupt floor file does not brick: Open works, the app keeps its
+// binary, installs are refused (not fatal) with the file's name and what
+// to do, reset leaves the file alone, and moving it aside rebuilds it
+// from the state database.
+func TestCorruptFloorFile(t *testing.T) {
+	k := newKit(t)
+	a := k.open(Options{})
+	k.install(a, k.bundle(spec{Version: "1.0.0", Sequence: 1}))
+	a.Commit("hello")
+	a.Close()
+	garbage := []byte(`{"schema":1,"apps":{"hello":{"sequence":"lots"}}}`)
+	if err := os.WriteFile(k.cfg.FloorPath(), garbage, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	a = k.open(Options{})
+	before := fileSum(t, k.appPath)
+	next := k.bundle(spec{Version: "1.1.0", Sequence: 2})
+	err := k.tryInstall(a, next)
+	if !errors.Is(err, ErrCorruptFloor) || Fatal(err) {
+		t.Fatalf("install with a corrupt floor file: %v (fatal %v), want a transient ErrCorruptFloor", err, Fatal(err))
+	}
+	for _, s := range []string{k.cfg.FloorPath(), "move the file aside", "restore it from a backup"} {
+		if !strings.Contains(err.Error(), s) {
+			t.Errorf("refusal does not say %q: %v", s, err)
+		}
+	}
+	if fileSum(t, k.appPath) != before {
+		t.Fatal("the binary changed")
+	}
+	if err := a.Reset(); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(k.cfg.FloorPath()); !bytes.Equal(b, garbage) {
+		t.Fatalf("reset touched the floor file: %q", b)
+	}
+	a.Close()
+
+	// Moved aside with an intact state database: rebuilt at the next start.
+	k2 := newKit(t)
+	a = k2.open(Options{})
+	k2.install(a, k2.bundle(spec{Version: "1.0.0", Sequence: 4}))
+	a.Commit("hello")
+	a.Close()
+	if err := os.Rename(k2.cfg.FloorPath(), k2.cfg.FloorPath()+".bad"); err != nil {
+		t.Fatal(err)
+	}
+	a = k2.open(Options{})
+	if got := readFloorFile(t, k2); got != 4 {
+		t.Fatalf("floor.json rebuilt from the state database says %d, want 4", got)
+	}
+	k2.install(a, k2.bundle(spec{Version: "1.1.0", Sequence: 5}))
+}
+
+// TestFloorCrashOrder kills a real install at every failpoint of the
+// install path and checks the ordering promise: whenever the new binary
+// is at the target or the database records it, floor.json already has its
+// sequence; after recovery an undone install has the floor back where it
+// was (the release installs again), a finished one keeps it.
+func TestFloorCrashOrder(t *testing.T) {
+	if testing.Short() {
+		t.Skip("SKIP: crash tests run real processes; not in -short")
+	}
+	for _, fp := range Failpoints {
+		if strings.HasPrefix(fp, "commit-") || strings.HasPrefix(fp, "rollback-") {
+			continue
+		}
+		t.Run(fp, func(t *testing.T) {
+			k := newKit(t)
+			a := k.open(Options{})
+			k.install(a, k.bundle(spec{Version: "1.0.0", Sequence: 1}))
+			a.Commit("hello")
+			a.Close()
+			next := k.bundle(spec{Version: "1.1.0", Sequence: 2})
+			ps, out := runTestAgent(t, k, fp, "install", next)
+			if !killedBySIGKILL(ps) {
+				t.Fatalf("failpoint %s did not fire (%v): %s", fp, ps, out)
+			}
+			floor := readFloorFile(t, k)
+			r := rawRecord(t, k)
+			if v := runVersion(t, k.appPath); v == "1.1.0" && floor < 2 {
+				t.Fatalf("the new binary is at the target but floor.json says %d", floor)
+			}
+			if max(r.Floor, r.Sequence) > floor {
+				t.Fatalf("state.db floor %d/sequence %d is ahead of floor.json %d", r.Floor, r.Sequence, floor)
+			}
+			t.Logf("%s: target %s, db %s, floor.json %d", fp, runVersion(t, k.appPath), r.State, floor)
+
+			a = k.open(Options{})
+			if _, err := a.Recover(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			st := assertConsistent(t, k, a)
+			floor = readFloorFile(t, k)
+			switch {
+			case st.State == StateTrial && st.Version == "1.1.0":
+				if floor != 2 {
+					t.Fatalf("finished swap: floor.json says %d", floor)
+				}
+			case st.State == StateCommitted && st.Version == "1.0.0":
+				if floor != 1 {
+					t.Fatalf("undone install: floor.json says %d, want it back at 1", floor)
+				}
+				k.install(a, next) // not condemned by the interrupted attempt
+			default:
+				t.Fatalf("after recovery: %s", dumpJSON(st))
+			}
+			// Whatever happened, a reset does not reopen the door.
+			a.Close()
+			corruptStateDB(t, k)
+			if _, err := ResetState(k.cfg, time.Now()); err != nil {
+				t.Fatal(err)
+			}
+			a = k.open(Options{})
+			if err := k.tryInstall(a, next); !errors.Is(err, ErrOldSequence) {
+				t.Fatalf("replay of sequence 2 after reset: %v", err)
+			}
+		})
+	}
+}
+
+// rawRecord reads hello's record straight from state.db (no Open, so no
+// recovery or floor seeding).
+func rawRecord(t *testing.T, k *kit) record {
+	t.Helper()
+	db, err := bolt.Open(k.cfg.StatePath(), 0o600, &bolt.Options{ReadOnly: true, Timeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var r record
+	err = db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bucketApps).Get([]byte("hello"))
+		if v == nil {
+			return errors.New("no record for hello")
+		}
+		return json.Unmarshal(v, &r)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func TestParseFloorStrict(t *testing.T) {
+	good := `{"schema":1,"apps":{"hello":{"sequence":5,"version":"1.0.0"}}}`
+	if d, err := parseFloor([]byte(good)); err != nil || d.Apps["hello"].Sequence != 5 {
+		t.Fatalf("good floor file: %v", err)
+	}
+	for name, b := range map[string]string{
+		"empty":          ``,
+		"not JSON":       `floor 5`,
+		"future schema":  `{"schema":2,"apps":{}}`,
+		"no apps":        `{"schema":1}`,
+		"unknown field":  `{"schema":1,"apps":{},"extra":true}`,
+		"unknown in app": `{"schema":1,"apps":{"hello":{"sequence":5,"by":"me"}}}`,
+		"trailing data":  good + `{}`,
+		"bad app name":   `{"schema":1,"apps":{"../x":{"sequence":5}}}`,
+		"sequence 0":     `{"schema":1,"apps":{"hello":{"sequence":0}}}`,
+		"negative":       `{"schema":1,"apps":{"hello":{"sequence":-1}}}`,
+		"too large":      `{"schema":1,"apps":{}}` + strings.Repeat(" ", maxFloorFile),
+	} {
+		if _, err := parseFloor([]byte(b)); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+}
+
+func FuzzParseFloor(f *testing.F) {
+	f.Add([]byte(`{"schema":1,"apps":{"hello":{"sequence":5,"version":"1.0.0"}}}`))
+	f.Add([]byte(`{"schema":1,"apps":{}}`))
+	f.Add([]byte(`{"schema":2,"apps":{"a":{"sequence":1}}}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		d, err := parseFloor(b)
+		if err != nil {
+			return
+		}
+		d2, err := parseFloor(d.marshal())
+		if err != nil {
+			t.Fatalf("a parsed floor file does not parse again: %v", err)
+		}
+		if len(d2.Apps) != len(d.Apps) {
+			t.Fatalf("round trip changed the apps: %v → %v", d.Apps, d2.Apps)
+		}
+		for app, e := range d.Apps {
+			if d2.Apps[app] != e {
+				t.Fatalf("round trip changed %s: %v → %v", app, e, d2.Apps[app])
+			}
+		}
+	})
+}
