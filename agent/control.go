@@ -135,7 +135,7 @@ func codeOf(err error) string {
 	switch {
 	case errors.Is(err, ErrBusy):
 		return CodeBusy
-	case Fatal(err), errors.Is(err, ErrNoSpace), errors.Is(err, ErrNoPrevious), errors.Is(err, ErrCorruptState):
+	case Fatal(err), errors.Is(err, ErrNoSpace), errors.Is(err, ErrNoPrevious), errors.Is(err, ErrCorruptState), errors.Is(err, ErrCorruptFloor):
 		return CodeRefused
 	}
 	return CodeError
