@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/edgefleet/edgefleet/hardware"
 	"github.com/edgefleet/edgefleet/protocol"
 	"gopkg.in/yaml.v3"
 )
@@ -47,6 +48,20 @@ type Config struct {
 	Profile string `yaml:"profile,omitempty"`
 	// Broker is the MQTT connection (issue 4). Nil: sideload only.
 	Broker *BrokerConfig `yaml:"broker,omitempty"`
+	// Limits bounds what an install may cost this device.
+	Limits LimitsConfig `yaml:"limits,omitempty"`
+}
+
+// LimitsConfig bounds what an install may cost this device. Unknown keys
+// are an error, as everywhere in the file.
+type LimitsConfig struct {
+	// MaxDecoderMemory is the largest xz dictionary (payload.xz_dict_size
+	// in the signed manifest: what the decoder allocates) this device
+	// accepts, e.g. "16MiB"; a release declaring more is refused before
+	// staging. Default (zero): a quarter of MemAvailable when the agent
+	// starts, at most 64MiB (the most a manifest may declare) and at least
+	// 1MiB (DefaultMaxDecoderMemory).
+	MaxDecoderMemory hardware.Size `yaml:"max_decoder_memory,omitempty"`
 }
 
 // AppConfig is one installed and supervised program.
@@ -210,6 +225,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Profile != "" && !protocol.ValidProfileName(c.Profile) {
 		return bad("profile %q is not a valid profile name", c.Profile)
+	}
+	if m := c.Limits.MaxDecoderMemory; m != 0 && m < minDecoderMemory {
+		return bad("limits.max_decoder_memory %s is below %s; no xz stream decodes with less (the profiles use 1MiB to 4MiB)", m, hardware.Size(minDecoderMemory))
 	}
 	if c.Broker != nil {
 		if err := c.Broker.validate(c.DeviceID); err != nil {

@@ -51,7 +51,14 @@
 // A payload is never held in memory: staging copies through one 64 KiB
 // buffer; the bundle reader holds one chunk (at most the manifest's chunk
 // size) and the xz decoder its signed dictionary size. Memory does not grow
-// with the payload.
+// with the payload. The dictionary is checked against this device's limit
+// (limits.max_decoder_memory; default a quarter of MemAvailable at Open,
+// between 1MiB and 64MiB) before anything is fetched or staged: a larger
+// one is refused with ErrDecoderMemory (fatal; repack with a smaller
+// xz_dict_size). The decoder allocates the larger of the manifest's size and
+// the one the xz stream's own header declares, so the limit holds for
+// streams the packer wrote (both equal); a signed stream declaring more than
+// its manifest is a protocol-level gap (DecodePayload does not refuse it).
 //
 // # Promises about untrusted input
 //

@@ -41,6 +41,11 @@ var (
 	// errors.Is works with either name.
 	ErrIncompatible = hardware.ErrIncompatible
 
+	// ErrDecoderMemory: the release's xz dictionary (decoder memory) is
+	// above this device's limit (limits.max_decoder_memory). Fatal: it
+	// must be repacked with a smaller dictionary.
+	ErrDecoderMemory = errors.New("release needs more decoder memory than this device allows")
+
 	// ErrNoSpace: not enough free storage, before or while staging.
 	ErrNoSpace = errors.New("not enough storage")
 
@@ -65,7 +70,7 @@ func Fatal(err error) bool {
 	for _, e := range []error{
 		protocol.ErrMalformed, protocol.ErrSchema, protocol.ErrTooLarge,
 		protocol.ErrUnknownKey, protocol.ErrBadSignature, protocol.ErrPayloadMismatch, protocol.ErrTruncated,
-		protocol.ErrExpired, ErrUnknownApp, ErrOldSequence, ErrIncompatible, ErrProbe,
+		protocol.ErrExpired, ErrUnknownApp, ErrOldSequence, ErrIncompatible, ErrProbe, ErrDecoderMemory,
 	} {
 		if errors.Is(err, e) {
 			return true

@@ -257,6 +257,9 @@ func (a *Agent) pipeline(ctx context.Context, app *AppConfig, m *protocol.Manife
 	if err := a.cpu.CanRun(target); err != nil {
 		return nil, "", fmt.Errorf("%s %s: %w", m.App, m.Version, err)
 	}
+	if err := a.checkDecoderMemory(m); err != nil {
+		return nil, "", err
+	}
 	// Busy only after the final refusals: a release this device can never
 	// install must say so, not "try again later".
 	if r.State == StateTrial {

@@ -191,6 +191,7 @@ type spec struct {
 	MinFree  int64
 	Key      *protocol.PrivateKey
 	Extra    string // extra ldflags for hello
+	XZDict   int64  // declared payload.xz_dict_size (default: the 1 MiB the stream is written with)
 	Profile  string
 }
 
@@ -230,6 +231,9 @@ func (k *kit) bundleBytes(s spec) []byte {
 	m := manifestFor(t, s, exe)
 	payload, p := encodePayload(t, s.Binary, exe, s.Encoding)
 	m.Payload = p
+	if s.XZDict != 0 {
+		m.Payload.XZDictSize = s.XZDict
+	}
 	key := k.priv
 	if s.Key != nil {
 		key = *s.Key

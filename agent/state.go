@@ -62,6 +62,10 @@ type Options struct {
 	// DBTimeout is how long Open waits for the state database lock before
 	// returning ErrLocked. Default 1s.
 	DBTimeout time.Duration
+	// Memory reports this device's memory; Open derives the default xz
+	// decoder memory limit from it (limits.max_decoder_memory). Default
+	// hardware.ReadMemory.
+	Memory func() (hardware.MemoryFacts, error)
 }
 
 // Validate fills the defaults.
@@ -74,6 +78,9 @@ func (o *Options) Validate() error {
 	}
 	if o.Storage == nil {
 		o.Storage = hardware.ReadStorage
+	}
+	if o.Memory == nil {
+		o.Memory = hardware.ReadMemory
 	}
 	if o.DBTimeout == 0 {
 		o.DBTimeout = time.Second
@@ -98,6 +105,9 @@ type Agent struct {
 	db   *bolt.DB
 
 	floorMu sync.Mutex // serialises read-modify-write of floor.json
+
+	decoderLimit int64  // largest xz dictionary accepted (decoder.go)
+	decoderWhy   string // where decoderLimit comes from
 
 	mu       sync.Mutex
 	busy     map[string]bool
@@ -238,6 +248,7 @@ func Open(cfg *Config, opts Options) (*Agent, error) {
 		}
 		a.cpu = c
 	}
+	a.setDecoderLimit()
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("create data_dir: %w", err)
 	}

@@ -559,6 +559,10 @@ func (t *mqttTransport) evaluate(ctx context.Context, ap *mqttApp) {
 		t.refuse(a, ap, m, fmt.Errorf("%s %s: %w", m.App, m.Version, err))
 		return
 	}
+	if err := a.checkDecoderMemory(m); err != nil {
+		t.refuse(a, ap, m, err)
+		return
+	}
 	dl, err := t.openDownload(a, ap, rel)
 	if err != nil {
 		t.transient(ap, m, fmt.Errorf("cannot prepare the download: %w", err), false)
