@@ -125,6 +125,7 @@ type mqttApp struct {
 	installing bool
 	profile    string
 	lastErr    string
+	behind     string            // why the device does not take the channel's newest release ("" when it does)
 	failed     map[string]string // payload sha256 → why it was refused for good (until the agent restarts)
 	hold       *mqttHold
 }
@@ -466,7 +467,7 @@ func (t *mqttTransport) parseRelease(ap *mqttApp, topic string, payload []byte) 
 // choose picks the release for ap: the device's desired one, else the
 // channel's for the configured profile, else the most specific published
 // profile this CPU runs.
-func (t *mqttTransport) choose(ap *mqttApp) (*mqttRelease, error) {
+func (t *mqttTransport) choose(a *Agent, ap *mqttApp) (*mqttRelease, error) {
 	if ap.desired != nil {
 		return ap.desired, nil
 	}
@@ -482,10 +483,6 @@ func (t *mqttTransport) choose(ap *mqttApp) (*mqttRelease, error) {
 		names = append(names, n)
 	}
 	sort.Strings(names)
-	a := t.agent()
-	if a == nil {
-		return nil, nil
-	}
 	best, err := hardware.BestProfile(a.CPU(), names, hardware.DefaultSet())
 	if err == nil {
 		ap.profile = best
@@ -501,13 +498,83 @@ func (t *mqttTransport) choose(ap *mqttApp) (*mqttRelease, error) {
 	return nil, err
 }
 
+// behindNote says why this device does not work towards the newest
+// release published on the channel for ap (the highest sequence across
+// profiles) although it takes an older one (rel): the newest is published
+// only for profiles this CPU cannot run, or only for a less specific one
+// than the profile the device picks, or not for the configured profile.
+// "" when the device is not behind (or follows a desired release, which
+// the operator chose for it).
+func (t *mqttTransport) behindNote(a *Agent, ap *mqttApp, rel *mqttRelease) string {
+	if ap.desired != nil || len(ap.channel) == 0 {
+		return ""
+	}
+	if rel == nil && t.cfg.Profile == "" {
+		return "" // nothing runs here at all: choose says why
+	}
+	var newest, taken uint64
+	for _, r := range ap.channel {
+		newest = max(newest, r.m.Sequence)
+	}
+	if rel != nil {
+		taken = rel.m.Sequence
+	}
+	if taken >= newest {
+		return ""
+	}
+	if floor, err := a.mqttFloor(ap.cfg.Name); err != nil || floor >= newest {
+		return "" // already has it (a sideload, say), or cannot tell
+	}
+	var names []string
+	for n, r := range ap.channel {
+		if r.m.Sequence == newest {
+			names = append(names, n)
+		}
+	}
+	sort.Strings(names)
+	n0 := ap.channel[names[0]].m
+	head := fmt.Sprintf("%s %s (sequence %d) is published only for %s", n0.App, n0.Version, newest, strings.Join(names, ", "))
+	if t.cfg.Profile != "" {
+		keeps := "nothing is published for it"
+		if rel != nil {
+			keeps = fmt.Sprintf("its newest is %s (sequence %d)", rel.m.Version, rel.m.Sequence)
+		}
+		return fmt.Sprintf("%s, not for %s, the profile in this device's config (%s); publish a %s build, or change profile: in the agent config", head, t.cfg.Profile, keeps, t.cfg.Profile)
+	}
+	keeps := fmt.Sprintf("%s (sequence %d, %s)", rel.m.Version, rel.m.Sequence, ap.profile)
+	// Why this CPU cannot run any of them: the reason for the build of
+	// this CPU's architecture says the most.
+	var why error
+	for _, n := range names {
+		tg := targetOf(ap.channel[n].m.Target)
+		err := a.CPU().CanRun(tg)
+		if err == nil {
+			return fmt.Sprintf("%s, which this CPU runs, but the most specific profile published for it is %s, whose newest is %s; publish %s %s for %s too, or retire the older %s release", head, ap.profile, keeps, n0.App, n0.Version, ap.profile, ap.profile)
+		}
+		if why == nil || tg.GOARCH == a.CPU().GOARCH {
+			why = err
+		}
+	}
+	return fmt.Sprintf("%s, so the newest this device can run is %s: %v", head, keeps, why)
+}
+
+// setBehind records ap's behind note (shown in its status), logging a
+// change.
+func (t *mqttTransport) setBehind(ap *mqttApp, note string) {
+	if note != ap.behind && note != "" {
+		t.logf("mqtt: %s", note)
+	}
+	ap.behind = note
+}
+
 // evaluate decides whether ap needs a download, and starts or continues it.
 func (t *mqttTransport) evaluate(ctx context.Context, ap *mqttApp) {
 	a := t.agent()
 	if a == nil {
 		return
 	}
-	rel, err := t.choose(ap)
+	rel, err := t.choose(a, ap)
+	t.setBehind(ap, t.behindNote(a, ap, rel))
 	if err != nil {
 		ap.lastErr = err.Error()
 		return
@@ -957,6 +1024,15 @@ func (t *mqttTransport) statusBytes(online bool) []byte {
 		r := protocol.AppReport{App: st.App, Version: st.Version, Sequence: st.Sequence, State: st.State, LastError: st.LastError}
 		if ap.lastErr != "" {
 			r.LastError = ap.lastErr
+		}
+		if ap.behind != "" {
+			// Why the device stays behind the channel's newest release;
+			// after an error, which says more about the device's state.
+			if r.LastError == "" {
+				r.LastError = ap.behind
+			} else {
+				r.LastError += "; also: " + ap.behind
+			}
 		}
 		if ap.dl != nil {
 			r.Target = ap.dl.rel.m.Version
