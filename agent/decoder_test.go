@@ -137,3 +137,32 @@ func TestDecoderLimitConfig(t *testing.T) {
 		}
 	}
 }
+
+// Over MQTT the limit refuses a release before a chunk is fetched, and the
+// reason reaches the device's retained status.
+func TestMQTTDecoderMemoryRefusedBeforeFetch(t *testing.T) {
+	k := newKit(t)
+	rel := k.bundle(spec{Version: "1.0.0", Sequence: 1}) // 1MiB dictionary
+	b := startTestBroker(t, t.TempDir(), "127.0.0.1:0")
+	op := operator(t, b.URL())
+	view := fleetView(t, op)
+	publish(t, op, k, rel, "")
+	cfg := mqttConfig(t, k, "tiny", b.URL())
+	cfg.Limits.MaxDecoderMemory = 512 << 10
+	dev := startMQTTDevice(t, cfg)
+	defer dev.stop()
+	eventually(t, "the refusal reaches the status", func() bool {
+		for _, d := range view.Devices() {
+			if d.Device == "tiny" && len(d.Apps) > 0 {
+				return strings.Contains(d.Apps[0].LastError, "repack with a smaller xz_dict_size")
+			}
+		}
+		return false
+	})
+	if got := dev.stats().ChunksReceived.Load(); got != 0 {
+		t.Errorf("the device fetched %d chunks of a release it refuses", got)
+	}
+	if installedIs(dev, "1.0.0", StateTrial) || installedIs(dev, "1.0.0", StateCommitted) {
+		t.Fatal("installed a release above the decoder limit")
+	}
+}
