@@ -2,6 +2,7 @@ package protocol
 
 import (
 	"archive/tar"
+	"bufio"
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	"github.com/ulikunitz/xz"
+	"github.com/ulikunitz/xz/lzma"
 )
 
 // Names of the bundle's tar entries, in their required order.
@@ -214,6 +216,16 @@ func DecodePayload(payload io.Reader, m *Manifest) (io.Reader, error) {
 		// checked against its signed hash: only the size is left to check.
 		return &sizedHashReader{r: payload, want: m.Executable.Size, what: "executable"}, nil
 	case EncodingXZ:
+		// The decoder allocates the larger of the configured dictionary
+		// and the one the stream's block header declares: check the
+		// stream against the signed size first, so a device's memory
+		// limit (decided on payload.xz_dict_size) holds.
+		br := bufio.NewReaderSize(payload, xzHeadPeek)
+		head, _ := br.Peek(xzHeadPeek)
+		if err := checkXZDict(head, m.Payload.XZDictSize); err != nil {
+			return nil, err
+		}
+		payload = br
 		cfg := xz.ReaderConfig{DictCap: int(m.Payload.XZDictSize)}
 		xr, err := cfg.NewReader(payload)
 		if err != nil {
@@ -359,4 +371,82 @@ func VerifyChunk(p *Payload, i int, data []byte) error {
 		return fmt.Errorf("chunk %d does not match its signed hash: the payload was altered or corrupted: %w", i, ErrPayloadMismatch)
 	}
 	return nil
+}
+
+// xzHeadPeek covers the xz stream header (12 bytes) and the largest block
+// header (1024 bytes).
+const xzHeadPeek = 12 + 1024
+
+// checkXZDict reads the LZMA2 dictionary size from the first block header
+// of an xz stream and refuses one larger than the signed size (rounded up
+// to the next size xz can encode, as the writer does). edgefleet's packer
+// writes a single block; SPEC.md §4.
+func checkXZDict(head []byte, signed int64) error {
+	bad := func(why string) error {
+		return fmt.Errorf("payload is not a valid xz stream (%s): %w", why, ErrPayloadMismatch)
+	}
+	if len(head) < 13 || !bytes.Equal(head[:6], []byte{0xFD, '7', 'z', 'X', 'Z', 0}) {
+		return bad("no xz stream header")
+	}
+	b := head[12:]
+	if b[0] == 0 {
+		return bad("no block")
+	}
+	size := (int(b[0]) + 1) * 4
+	if len(b) < size {
+		return bad("short block header")
+	}
+	b = b[1:size]
+	flags := b[0]
+	b = b[1:]
+	varint := func() (uint64, bool) {
+		var v uint64
+		for i := 0; i < 9 && i < len(b); i++ {
+			v |= uint64(b[i]&0x7f) << (7 * i)
+			if b[i]&0x80 == 0 {
+				b = b[i+1:]
+				return v, true
+			}
+		}
+		return 0, false
+	}
+	for _, bit := range []byte{0x40, 0x80} { // compressed, uncompressed size
+		if flags&bit != 0 {
+			if _, ok := varint(); !ok {
+				return bad("block header sizes")
+			}
+		}
+	}
+	for n := int(flags&3) + 1; n > 0; n-- {
+		id, ok1 := varint()
+		psize, ok2 := varint()
+		if !ok1 || !ok2 || psize > uint64(len(b)) {
+			return bad("block header filters")
+		}
+		props := b[:psize]
+		b = b[psize:]
+		if id != 0x21 { // not LZMA2 (a BCJ filter, say): no dictionary
+			continue
+		}
+		if len(props) != 1 {
+			return bad("LZMA2 properties")
+		}
+		dict, err := lzma.DecodeDictCap(props[0])
+		if err != nil {
+			return bad("LZMA2 dictionary size")
+		}
+		if allowed := roundXZDict(signed); dict > allowed {
+			return fmt.Errorf("the xz stream uses a %d-byte dictionary but the signed manifest declares %d (payload.xz_dict_size); the device's decoder memory is decided on the signed value, so the bundle is refused: repack it with edgefleet pack: %w",
+				dict, signed, ErrTooLarge)
+		}
+	}
+	return nil
+}
+
+func roundXZDict(n int64) int64 {
+	d, err := lzma.DecodeDictCap(lzma.EncodeDictCap(n))
+	if err != nil {
+		return n
+	}
+	return d
 }

@@ -211,6 +211,17 @@ func generateVectors(t *testing.T) []vector {
 	ab, _ := json.MarshalIndent(absurd, "", "  ")
 	write("absurd-size.efb", bundleBytes(t, ab, Sign(priv, ab, "edgefleet"), xzp), "ErrTooLarge", "open", "validly signed manifest declaring a 1 TiB payload")
 
+	var bigDict bytes.Buffer
+	bw, err := xz.WriterConfig{DictCap: 8 << 20}.NewWriter(&bigDict)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bw.Write(exe)
+	bw.Close()
+	bigM := vectorManifest(t, exe, bigDict.Bytes(), EncodingXZ) // declares 64 KiB
+	r5, s5 := signRaw(bigM, priv)
+	write("xz-dict-larger-than-signed.efb", bundleBytes(t, r5, s5, bigDict.Bytes()), "ErrTooLarge", "payload", "xz stream uses an 8 MiB dictionary, the signed manifest declares 64 KiB")
+
 	swapped := bytes.Clone(goodBundle)
 	copy(swapped[0:], []byte("payload\x00\x00\x00\x00\x00\x00")) // first entry name no longer manifest.json
 	write("wrong-order.efb", swapped, "ErrMalformed", "open", "first tar entry is not manifest.json")
