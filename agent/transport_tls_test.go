@@ -2,104 +2,20 @@ package agent
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"fmt"
-	"math/big"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 	"github.com/edgefleet/edgefleet/fleet"
+	"github.com/edgefleet/edgefleet/internal/testkit"
 )
-
-// A throwaway PKI made with crypto/x509 (no openssl); same shape as
-// fleet/pki_test.go, which test packages cannot share.
-type tlsCA struct {
-	t    testing.TB
-	dir  string
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-	file string // CA certificate, PEM
-}
-
-type tlsPair struct{ cert, key string }
-
-var tlsSerial atomic.Int64
-
-func newTLSCA(t testing.TB, name string) *tlsCA {
-	t.Helper()
-	dir := t.TempDir()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(time.Now().UnixNano() + tlsSerial.Add(1)),
-		Subject:      pkix.Name{CommonName: "TEST-ONLY " + name},
-		NotBefore:    time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		IsCA: true, BasicConstraintsValid: true,
-		KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, _ := x509.ParseCertificate(der)
-	ca := &tlsCA{t: t, dir: dir, cert: cert, key: key, file: filepath.Join(dir, name+"-ca.pem")}
-	tlsWritePEM(t, ca.file, "CERTIFICATE", der)
-	return ca
-}
-
-// issue makes a certificate: server (127.0.0.1, localhost) when server is
-// true, else a client certificate with CN cn and OUs ou.
-func (ca *tlsCA) issue(file string, server bool, cn string, ou ...string) tlsPair {
-	t := ca.t
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(time.Now().UnixNano() + tlsSerial.Add(1)),
-		Subject:      pkix.Name{CommonName: cn, OrganizationalUnit: ou},
-		NotBefore:    time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		KeyUsage:    x509.KeyUsageDigitalSignature,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	}
-	if server {
-		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
-		tmpl.DNSNames = []string{"localhost"}
-		tmpl.IPAddresses = []net.IP{net.ParseIP("127.0.0.1"), net.IPv6loopback}
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kder, _ := x509.MarshalPKCS8PrivateKey(key)
-	p := tlsPair{cert: filepath.Join(ca.dir, file+".pem"), key: filepath.Join(ca.dir, file+"-key.pem")}
-	tlsWritePEM(t, p.cert, "CERTIFICATE", der)
-	tlsWritePEM(t, p.key, "PRIVATE KEY", kder)
-	return p
-}
-
-func tlsWritePEM(t testing.TB, path, typ string, der []byte) {
-	t.Helper()
-	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-}
 
 func tlsOperator(t testing.TB, o fleet.ClientOptions) paho.Client {
 	t.Helper()
@@ -117,10 +33,10 @@ func tlsOperator(t testing.TB, o fleet.ClientOptions) paho.Client {
 // published with its own certificate, and reports its status (ACL by CN).
 // A device whose certificate comes from another CA never gets in.
 func TestMQTTTLSClientCertificate(t *testing.T) {
-	ca := newTLSCA(t, "fleet")
-	srv := ca.issue("server", true, "localhost")
+	ca := testkit.NewCA(t, "", "fleet")
+	srv := ca.Server("server")
 	b, err := fleet.StartBroker(fleet.BrokerOptions{Listen: "127.0.0.1:0", DataDir: t.TempDir(),
-		TLSCert: srv.cert, TLSKey: srv.key, ClientCA: ca.file, Logf: t.Logf})
+		TLSCert: srv.Cert, TLSKey: srv.Key, ClientCA: ca.File, Logf: t.Logf})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -132,22 +48,22 @@ func TestMQTTTLSClientCertificate(t *testing.T) {
 
 	k := newKit(t)
 	v1 := k.bundle(spec{Version: "1.0.0", Sequence: 1})
-	opCert := ca.issue("ops", false, "ops-1", fleet.RoleOperator)
-	op := tlsOperator(t, fleet.ClientOptions{Broker: url, CA: ca.file, Cert: opCert.cert, Key: opCert.key})
+	opCert := ca.Client("ops", "ops-1", fleet.RoleOperator)
+	op := tlsOperator(t, fleet.ClientOptions{Broker: url, CA: ca.File, Cert: opCert.Cert, Key: opCert.Key})
 	view := fleetView(t, op)
 	publish(t, op, k, v1, "")
 
-	devCert := ca.issue("dev-tls", false, "dev-tls")
+	devCert := ca.Client("dev-tls", "dev-tls")
 	cfg := mqttConfig(t, k, "dev-tls", url)
-	cfg.Broker = &BrokerConfig{URL: url, Channel: "stable", CA: ca.file, Cert: devCert.cert, Key: devCert.key}
+	cfg.Broker = &BrokerConfig{URL: url, Channel: "stable", CA: ca.File, Cert: devCert.Cert, Key: devCert.Key}
 	dev := startMQTTDevice(t, cfg)
 	defer dev.stop()
 
 	// An impostor: dev-evil's certificate from a foreign CA.
-	foreign := newTLSCA(t, "foreign")
-	evilCert := foreign.issue("dev-evil", false, "dev-evil")
+	foreign := testkit.NewCA(t, "", "foreign")
+	evilCert := foreign.Client("dev-evil", "dev-evil")
 	evilCfg := mqttConfig(t, k, "dev-evil", url)
-	evilCfg.Broker = &BrokerConfig{URL: url, Channel: "stable", CA: ca.file, Cert: evilCert.cert, Key: evilCert.key}
+	evilCfg.Broker = &BrokerConfig{URL: url, Channel: "stable", CA: ca.File, Cert: evilCert.Cert, Key: evilCert.Key}
 	evil, evilLog := startMQTTDeviceLogged(t, evilCfg)
 	defer evil.stop()
 
@@ -199,8 +115,8 @@ func startMQTTDeviceLogged(t testing.TB, cfg *Config) (*mqttDevice, *syncBuffer)
 // logs in with broker.username/password and trusts the broker by
 // broker.ca.
 func TestMQTTTLSUsersFile(t *testing.T) {
-	ca := newTLSCA(t, "fleet")
-	srv := ca.issue("server", true, "localhost")
+	ca := testkit.NewCA(t, "", "fleet")
+	srv := ca.Server("server")
 	dir := t.TempDir()
 	var users strings.Builder
 	users.WriteString("users:\n")
@@ -216,7 +132,7 @@ func TestMQTTTLSUsersFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	b, err := fleet.StartBroker(fleet.BrokerOptions{Listen: "127.0.0.1:0", DataDir: t.TempDir(),
-		TLSCert: srv.cert, TLSKey: srv.key, Users: usersPath, Logf: t.Logf})
+		TLSCert: srv.Cert, TLSKey: srv.Key, Users: usersPath, Logf: t.Logf})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -225,12 +141,12 @@ func TestMQTTTLSUsersFile(t *testing.T) {
 
 	k := newKit(t)
 	v1 := k.bundle(spec{Version: "1.0.0", Sequence: 1})
-	op := tlsOperator(t, fleet.ClientOptions{Broker: url, CA: ca.file, Username: "operator", Password: "operator-secret"})
+	op := tlsOperator(t, fleet.ClientOptions{Broker: url, CA: ca.File, Username: "operator", Password: "operator-secret"})
 	view := fleetView(t, op)
 	publish(t, op, k, v1, "dev-pw") // assigned to the device
 
 	cfg := mqttConfig(t, k, "dev-pw", url)
-	cfg.Broker = &BrokerConfig{URL: url, Channel: "stable", CA: ca.file, Username: "dev-pw", Password: "dev-pw-secret"}
+	cfg.Broker = &BrokerConfig{URL: url, Channel: "stable", CA: ca.File, Username: "dev-pw", Password: "dev-pw-secret"}
 	dev := startMQTTDevice(t, cfg)
 	defer dev.stop()
 	eventually(t, "dev-pw commits its assigned 1.0.0 over TLS", func() bool { return installedIs(dev, "1.0.0", StateCommitted) })
@@ -249,8 +165,8 @@ func TestMQTTTLSMosquitto(t *testing.T) {
 			t.Skipf("SKIPPED: mosquitto is not installed (scripts/test.sh installs it: apt-get install mosquitto); the Mosquitto TLS test did not run")
 		}
 	}
-	ca := newTLSCA(t, "fleet")
-	srv := ca.issue("server", true, "localhost")
+	ca := testkit.NewCA(t, "", "fleet")
+	srv := ca.Server("server")
 	acl, err := filepath.Abs("../docs/mosquitto/edgefleet.acl")
 	if err != nil {
 		t.Fatal(err)
@@ -273,7 +189,7 @@ keyfile %s
 cafile %s
 require_certificate true
 use_identity_as_username true
-`, acl, port, srv.cert, srv.key, ca.file)
+`, acl, port, srv.Cert, srv.Key, ca.File)
 	if os.Geteuid() == 0 {
 		conf += "user root\n"
 	}
@@ -306,17 +222,17 @@ use_identity_as_username true
 
 	k := newKit(t)
 	v1 := k.bundle(spec{Version: "1.0.0", Sequence: 1})
-	opCert := ca.issue("operator", false, "operator")
-	op := tlsOperator(t, fleet.ClientOptions{Broker: url, CA: ca.file, Cert: opCert.cert, Key: opCert.key})
+	opCert := ca.Client("operator", "operator")
+	op := tlsOperator(t, fleet.ClientOptions{Broker: url, CA: ca.File, Cert: opCert.Cert, Key: opCert.Key})
 	view := fleetView(t, op)
 	publish(t, op, k, v1, "")
-	if _, err := fleet.Connect(context.Background(), fleet.ClientOptions{Broker: url, CA: ca.file, ConnectTimeout: 5 * time.Second}); err == nil {
+	if _, err := fleet.Connect(context.Background(), fleet.ClientOptions{Broker: url, CA: ca.File, ConnectTimeout: 5 * time.Second}); err == nil {
 		t.Error("Mosquitto with require_certificate accepted a client without a certificate")
 	}
 
-	devCert := ca.issue("pi-tls", false, "pi-tls")
+	devCert := ca.Client("pi-tls", "pi-tls")
 	cfg := mqttConfig(t, k, "pi-tls", url)
-	cfg.Broker = &BrokerConfig{URL: url, Channel: "stable", CA: ca.file, Cert: devCert.cert, Key: devCert.key}
+	cfg.Broker = &BrokerConfig{URL: url, Channel: "stable", CA: ca.File, Cert: devCert.Cert, Key: devCert.Key}
 	dev := startMQTTDevice(t, cfg)
 	defer dev.stop()
 	eventually(t, "pi-tls commits 1.0.0 from Mosquitto over TLS", func() bool { return installedIs(dev, "1.0.0", StateCommitted) })
@@ -329,35 +245,35 @@ use_identity_as_username true
 // than sending everything in clear.
 func TestMQTTTLSCertificateProvisionedLater(t *testing.T) {
 	shortRetries(t)
-	ca := newTLSCA(t, "fleet")
-	srv := ca.issue("server", true, "localhost")
+	ca := testkit.NewCA(t, "", "fleet")
+	srv := ca.Server("server")
 	b, err := fleet.StartBroker(fleet.BrokerOptions{Listen: "127.0.0.1:0", DataDir: t.TempDir(),
-		TLSCert: srv.cert, TLSKey: srv.key, ClientCA: ca.file, Logf: t.Logf})
+		TLSCert: srv.Cert, TLSKey: srv.Key, ClientCA: ca.File, Logf: t.Logf})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { b.Close() })
 	k := newKit(t)
 	v1 := k.bundle(spec{Version: "1.0.0", Sequence: 1})
-	opCert := ca.issue("ops", false, "ops-1", fleet.RoleOperator)
-	op := tlsOperator(t, fleet.ClientOptions{Broker: b.URL(), CA: ca.file, Cert: opCert.cert, Key: opCert.key})
+	opCert := ca.Client("ops", "ops-1", fleet.RoleOperator)
+	op := tlsOperator(t, fleet.ClientOptions{Broker: b.URL(), CA: ca.File, Cert: opCert.Cert, Key: opCert.Key})
 	publish(t, op, k, v1, "")
 
 	cfg := mqttConfig(t, k, "dev-late", b.URL())
-	late := tlsPair{cert: filepath.Join(ca.dir, "dev-late.pem"), key: filepath.Join(ca.dir, "dev-late-key.pem")}
-	cfg.Broker = &BrokerConfig{URL: b.URL(), Channel: "stable", CA: ca.file, Cert: late.cert, Key: late.key}
+	late := testkit.Pair{Cert: filepath.Join(ca.Dir(), "dev-late.pem"), Key: filepath.Join(ca.Dir(), "dev-late-key.pem")}
+	cfg.Broker = &BrokerConfig{URL: b.URL(), Channel: "stable", CA: ca.File, Cert: late.Cert, Key: late.Key}
 	dev, log := startMQTTDeviceLogged(t, cfg)
 	defer dev.stop()
 	eventually(t, "the device says its certificate is missing", func() bool {
 		return strings.Contains(log.String(), "mqtt: cannot start: broker.cert/key") && strings.Contains(log.String(), "trying again in")
 	})
-	ca.issue("dev-late", false, "dev-late") // provisioning writes the files
+	ca.Client("dev-late", "dev-late") // provisioning writes the files
 	eventually(t, "the device installs once its certificate exists", func() bool { return installedIs(dev, "1.0.0", StateCommitted) })
 
 	// A tcp:// URL with TLS settings would send the password in clear
 	// (paho ignores TLS for tcp://): refused when the config loads.
 	plain := mqttConfig(t, k, "dev-plain", "tcp://"+b.Addr())
-	plain.Broker.CA = ca.file
+	plain.Broker.CA = ca.File
 	if err := plain.Validate(); !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), "use ssl://") {
 		t.Fatalf("tcp:// with TLS settings: %v, want a config error pointing to ssl://", err)
 	}

@@ -56,7 +56,7 @@ func TestTLSBrokerCLI(t *testing.T) {
 	pki := newTestPKI(t)
 	data := t.TempDir()
 	cmd := exec.Command(bin, "broker", "--listen", "127.0.0.1:0", "--data", data,
-		"--tls-cert", pki.Server.Cert, "--tls-key", pki.Server.Key, "--client-ca", pki.CA.CAFile)
+		"--tls-cert", pki.Server.Cert, "--tls-key", pki.Server.Key, "--client-ca", pki.CA.File)
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -111,21 +111,21 @@ func TestTLSBrokerCLI(t *testing.T) {
 		out, err := c.CombinedOutput()
 		return string(out), err
 	}
-	tlsFlags := []string{"--broker", url, "--ca", pki.CA.CAFile, "--cert", pki.Operator.Cert, "--key", pki.Operator.Key}
+	tlsFlags := []string{"--broker", url, "--ca", pki.CA.File, "--cert", pki.Operator.Cert, "--key", pki.Operator.Key}
 	if out, err := run(append(append([]string{"publish"}, tlsFlags...), "--quiet", "--pub", pubPath, r.path)...); err != nil {
 		t.Fatalf("edgefleet publish over TLS with an operator certificate: %v\n%s", err, out)
 	}
 	// A device certificate cannot publish: the broker drops the publishes
 	// (the command then fails or the release never appears).
-	devFlags := []string{"--broker", url, "--ca", pki.CA.CAFile, "--cert", pki.DevB.Cert, "--key", pki.DevB.Key}
+	devFlags := []string{"--broker", url, "--ca", pki.CA.File, "--cert", pki.DevB.Cert, "--key", pki.DevB.Key}
 	r3 := makeBundle(t, dir, "cli", "3.0.0", 3, 9_000)
 	run(append(append([]string{"publish"}, devFlags...), "--quiet", "--pub", pubPath, r3.path)...)
 	// Without a client certificate the commands cannot connect.
-	if out, err := run("status", "--broker", url, "--ca", pki.CA.CAFile); err == nil {
+	if out, err := run("status", "--broker", url, "--ca", pki.CA.File); err == nil {
 		t.Errorf("edgefleet status without a client certificate succeeded:\n%s", out)
 	}
 
-	op := mustTLSDial(t, url, pki.CA.CAFile, pki.Operator, "", "", "")
+	op := mustTLSDial(t, url, pki.CA.File, pki.Operator, "", "", "")
 	rt, _ := protocol.ReleaseTopic("stable", "cli", "linux-amd64")
 	snap, err := Snapshot(context.Background(), op, []string{rt})
 	if err != nil {

@@ -36,7 +36,7 @@ func mustTLSDial(t *testing.T, url, ca string, cert certFiles, user, pass, clien
 // "operator" = operator) and the ACL follows them.
 func TestTLSClientCertificates(t *testing.T) {
 	pki := newTestPKI(t)
-	b := startEmbedded(t, BrokerOptions{DataDir: t.TempDir(), TLSCert: pki.Server.Cert, TLSKey: pki.Server.Key, ClientCA: pki.CA.CAFile})
+	b := startEmbedded(t, BrokerOptions{DataDir: t.TempDir(), TLSCert: pki.Server.Cert, TLSKey: pki.Server.Key, ClientCA: pki.CA.File})
 	if !strings.HasPrefix(b.URL(), "ssl://") || b.Open() {
 		t.Fatalf("a TLS broker with a client CA reports URL %s, open %v", b.URL(), b.Open())
 	}
@@ -44,8 +44,8 @@ func TestTLSClientCertificates(t *testing.T) {
 
 	// A device certificate whose CN cannot be a device id (nor a topic
 	// segment) is refused, even with a matching client id.
-	bad := pki.CA.client("bad-cn", "pi 17/status")
-	if c, err := tlsDial(b.URL(), pki.CA.CAFile, bad, "", "", "pi 17/status"); err == nil {
+	bad := pki.CA.Client("bad-cn", "pi 17/status")
+	if c, err := tlsDial(b.URL(), pki.CA.File, bad, "", "", "pi 17/status"); err == nil {
 		c.Disconnect(0)
 		t.Error("a device certificate with CN \"pi 17/status\" was accepted")
 	}
@@ -53,7 +53,7 @@ func TestTLSClientCertificates(t *testing.T) {
 	// A users file is not consulted when only --client-ca is set: user
 	// name and password without a certificate are refused at the TLS
 	// handshake.
-	if c, err := tlsDial(b.URL(), pki.CA.CAFile, certFiles{}, "dev-a", "whatever", "dev-a"); err == nil {
+	if c, err := tlsDial(b.URL(), pki.CA.File, certFiles{}, "dev-a", "whatever", "dev-a"); err == nil {
 		c.Disconnect(0)
 		t.Fatal("a client without a certificate connected to a broker that requires one")
 	}
@@ -75,10 +75,10 @@ func certMatrix(t *testing.T, url string, pki *testPKI) {
 		cert     certFiles
 		clientID string
 	}{
-		{"no client certificate", pki.CA.CAFile, certFiles{}, "dev-a"},
-		{"a certificate from another CA", pki.CA.CAFile, pki.ForeignDevA, "dev-a"},
-		{"dev-a's certificate with client id dev-b", pki.CA.CAFile, pki.DevA, "dev-b"},
-		{"a client that does not trust the broker's CA", pki.ForeignCA.CAFile, pki.DevA, "dev-a"},
+		{"no client certificate", pki.CA.File, certFiles{}, "dev-a"},
+		{"a certificate from another CA", pki.CA.File, pki.ForeignDevA, "dev-a"},
+		{"dev-a's certificate with client id dev-b", pki.CA.File, pki.DevA, "dev-b"},
+		{"a client that does not trust the broker's CA", pki.ForeignCA.File, pki.DevA, "dev-a"},
 	}
 	for _, c := range refused {
 		if cl, err := tlsDial(url, c.ca, c.cert, "", "", c.clientID); err == nil {
@@ -94,12 +94,12 @@ func certMatrix(t *testing.T, url string, pki *testPKI) {
 	}
 	// TLS settings with a tcp:// URL are refused before anything is sent
 	// in clear.
-	if _, err := tlsDial(plain, pki.CA.CAFile, pki.Operator, "", "", ""); err == nil || !strings.Contains(err.Error(), "use ssl://") {
+	if _, err := tlsDial(plain, pki.CA.File, pki.Operator, "", "", ""); err == nil || !strings.Contains(err.Error(), "use ssl://") {
 		t.Errorf("a tcp:// URL with --ca/--cert: %v, want a refusal that says to use ssl://", err)
 	}
 
 	// The operator (OU operator) publishes a release and assigns one.
-	op := mustTLSDial(t, url, pki.CA.CAFile, pki.Operator, "", "", "")
+	op := mustTLSDial(t, url, pki.CA.File, pki.Operator, "", "", "")
 	res, err := PublishBundle(ctx, op, r.path, PublishOptions{Keyring: r.kr, Channel: "stable"})
 	if err != nil {
 		t.Fatalf("an operator certificate cannot publish a release: %v", err)
@@ -111,7 +111,7 @@ func certMatrix(t *testing.T, url string, pki *testPKI) {
 	// A certificate without OU operator is a device, whatever its CN: it
 	// cannot publish a release (its publish is dropped; the QoS 1 publish
 	// of its own status after it proves the drop was processed).
-	ops2 := mustTLSDial(t, url, pki.CA.CAFile, pki.OperatorWithoutOUAsDev, "", "", "ops-2")
+	ops2 := mustTLSDial(t, url, pki.CA.File, pki.OperatorWithoutOUAsDev, "", "", "ops-2")
 	evil, _ := protocol.ReleaseTopic("stable", "evil", "linux-amd64")
 	wait(ctx, ops2.Publish(evil, 0, true, []byte(`{"schema":1}`)), time.Minute)
 	st2, _ := protocol.StatusTopic("ops-2")
@@ -120,7 +120,7 @@ func certMatrix(t *testing.T, url string, pki *testPKI) {
 	}
 
 	// dev-a reads releases and its own desired topic, not dev-b's.
-	devA := mustTLSDial(t, url, pki.CA.CAFile, pki.DevA, "", "", "dev-a")
+	devA := mustTLSDial(t, url, pki.CA.File, pki.DevA, "", "", "dev-a")
 	ownDesired, _ := protocol.DesiredTopic("dev-a", "hello")
 	if err := readRetained(devA, []string{res.Topic, protocol.TopicPrefix + "device/dev-a/desired/+"}, res.Topic, ownDesired); err != nil {
 		t.Errorf("dev-a over TLS: %v", err)
@@ -138,7 +138,7 @@ func certMatrix(t *testing.T, url string, pki *testPKI) {
 		t.Fatalf("dev-a cannot publish its own status over TLS: %v", err)
 	}
 	// dev-b, connected by certificate too, publishes its own status.
-	devB := mustTLSDial(t, url, pki.CA.CAFile, pki.DevB, "", "", "dev-b")
+	devB := mustTLSDial(t, url, pki.CA.File, pki.DevB, "", "", "dev-b")
 	rawB := statusFor(t, "dev-b")
 	if err := wait(ctx, devB.Publish(statusB, 1, true, rawB), time.Minute); err != nil {
 		t.Fatalf("dev-b cannot publish its own status over TLS: %v", err)
@@ -220,11 +220,11 @@ func TestTLSUsersFile(t *testing.T) {
 	ctx := context.Background()
 	url := b.URL()
 
-	if c, err := tlsDial(url, pki.CA.CAFile, certFiles{}, "dev-a", "wrong-secret", "dev-a"); err == nil {
+	if c, err := tlsDial(url, pki.CA.File, certFiles{}, "dev-a", "wrong-secret", "dev-a"); err == nil {
 		c.Disconnect(0)
 		t.Fatal("a wrong password was accepted over TLS")
 	}
-	if c, err := tlsDial(url, pki.CA.CAFile, certFiles{}, "", "", "anon"); err == nil {
+	if c, err := tlsDial(url, pki.CA.File, certFiles{}, "", "", "anon"); err == nil {
 		c.Disconnect(0)
 		t.Fatal("an anonymous client was accepted over TLS")
 	}
@@ -234,18 +234,18 @@ func TestTLSUsersFile(t *testing.T) {
 	}
 	// Without --client-ca, a client certificate is not an identity: the
 	// broker does not ask for one, and the login still needs a password.
-	if c, err := tlsDial(url, pki.CA.CAFile, pki.Operator, "", "", ""); err == nil {
+	if c, err := tlsDial(url, pki.CA.File, pki.Operator, "", "", ""); err == nil {
 		c.Disconnect(0)
 		t.Fatal("a client certificate logged in on a broker without --client-ca")
 	}
 
 	r := makeBundle(t, dir, "hello", "1.0.0", 1, 10_000)
-	op := mustTLSDial(t, url, pki.CA.CAFile, certFiles{}, "operator", "operator-secret", "")
+	op := mustTLSDial(t, url, pki.CA.File, certFiles{}, "operator", "operator-secret", "")
 	res, err := PublishBundle(ctx, op, r.path, PublishOptions{Keyring: r.kr, Channel: "stable"})
 	if err != nil {
 		t.Fatalf("the operator cannot publish over TLS: %v", err)
 	}
-	devA := mustTLSDial(t, url, pki.CA.CAFile, certFiles{}, "dev-a", "dev-a-secret", "dev-a")
+	devA := mustTLSDial(t, url, pki.CA.File, certFiles{}, "dev-a", "dev-a-secret", "dev-a")
 	if err := readRetained(devA, []string{res.Topic}, res.Topic); err != nil {
 		t.Fatalf("dev-a over TLS: %v", err)
 	}
@@ -274,15 +274,15 @@ func TestTLSUsersAndClientCertificates(t *testing.T) {
 	pki := newTestPKI(t)
 	dir := t.TempDir()
 	b := startEmbedded(t, BrokerOptions{DataDir: t.TempDir(), TLSCert: pki.Server.Cert, TLSKey: pki.Server.Key,
-		ClientCA: pki.CA.CAFile, Users: writeUsers(t, dir, aclUsers)})
+		ClientCA: pki.CA.File, Users: writeUsers(t, dir, aclUsers)})
 	url := b.URL()
-	mustTLSDial(t, url, pki.CA.CAFile, pki.DevB, "", "", "dev-b")
-	mustTLSDial(t, url, pki.CA.CAFile, certFiles{}, "dev-a", "dev-a-secret", "dev-a")
-	if c, err := tlsDial(url, pki.CA.CAFile, pki.ForeignDevA, "", "", "dev-a"); err == nil {
+	mustTLSDial(t, url, pki.CA.File, pki.DevB, "", "", "dev-b")
+	mustTLSDial(t, url, pki.CA.File, certFiles{}, "dev-a", "dev-a-secret", "dev-a")
+	if c, err := tlsDial(url, pki.CA.File, pki.ForeignDevA, "", "", "dev-a"); err == nil {
 		c.Disconnect(0)
 		t.Error("a certificate from another CA was accepted")
 	}
-	if c, err := tlsDial(url, pki.CA.CAFile, certFiles{}, "", "", "anon"); err == nil {
+	if c, err := tlsDial(url, pki.CA.File, certFiles{}, "", "", "anon"); err == nil {
 		c.Disconnect(0)
 		t.Error("a client with neither certificate nor password was accepted")
 	}
@@ -293,7 +293,7 @@ func TestTLSUsersAndClientCertificates(t *testing.T) {
 // gets no CONNACK (the broker reads it as a broken TLS handshake).
 func TestTLSPlainClientOnTLSListener(t *testing.T) {
 	pki := newTestPKI(t)
-	b := startEmbedded(t, BrokerOptions{DataDir: t.TempDir(), TLSCert: pki.Server.Cert, TLSKey: pki.Server.Key, ClientCA: pki.CA.CAFile})
+	b := startEmbedded(t, BrokerOptions{DataDir: t.TempDir(), TLSCert: pki.Server.Cert, TLSKey: pki.Server.Key, ClientCA: pki.CA.File})
 	conn, err := net.Dial("tcp", b.Addr())
 	if err != nil {
 		t.Fatal(err)

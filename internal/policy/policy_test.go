@@ -67,6 +67,7 @@ func TestAgentDependencies(t *testing.T) {
 		"github.com/mochi-mqtt/server",
 		"go/types", "go/parser",
 		"github.com/rogpeppe/go-internal",
+		"github.com/edgefleet/edgefleet/internal/testkit", "github.com/edgefleet/edgefleet/internal/emutest",
 	}
 	for _, p := range pkgs {
 		for _, f := range forbidden {
