@@ -23,59 +23,21 @@ import (
 	"time"
 
 	"github.com/edgefleet/edgefleet/hardware"
+	"github.com/edgefleet/edgefleet/internal/testkit"
 	"github.com/edgefleet/edgefleet/protocol"
 	"github.com/ulikunitz/xz"
 )
 
-// kitCache holds binaries built once per test binary run.
-var kitCache struct {
-	mu    sync.Mutex
-	dir   string
-	built map[string]string
-}
+// TestMain removes the binaries the kit built.
+func TestMain(m *testing.M) { testkit.Main(m) }
 
-func kitTempDir(t testing.TB) string {
-	kitCache.mu.Lock()
-	defer kitCache.mu.Unlock()
-	if kitCache.dir == "" {
-		d, err := os.MkdirTemp("", "edgefleet-agent-kit-")
-		if err != nil {
-			t.Fatal(err)
-		}
-		kitCache.dir = d
-		kitCache.built = map[string]string{}
-	}
-	return kitCache.dir
-}
+func repoRoot(t testing.TB) string { return testkit.RepoRoot(t) }
 
-func repoRoot(t testing.TB) string {
-	wd, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return filepath.Dir(wd) // agent/ → repo root
-}
-
-// goBuild builds pkg (relative to the repo root) for env with ldflags, once.
+// goBuild builds pkg (relative to the repo root) for env with ldflags, once
+// per test binary.
 func goBuild(t testing.TB, pkg string, env []string, ldflags string) string {
 	t.Helper()
-	dir := kitTempDir(t)
-	key := pkg + "|" + strings.Join(env, ",") + "|" + ldflags
-	kitCache.mu.Lock()
-	defer kitCache.mu.Unlock()
-	if p, ok := kitCache.built[key]; ok {
-		return p
-	}
-	out := filepath.Join(dir, fmt.Sprintf("bin-%d", len(kitCache.built)))
-	cmd := exec.Command("go", "build", "-trimpath", "-ldflags", ldflags, "-o", out, "./"+pkg)
-	cmd.Dir = repoRoot(t)
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	cmd.Env = append(cmd.Env, env...)
-	if b, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build %s %v: %v\n%s", pkg, env, err, b)
-	}
-	kitCache.built[key] = out
-	return out
+	return testkit.GoBuild(t, testkit.Build{Pkg: pkg, Env: env, LDFlags: ldflags})
 }
 
 // target is a build target for hello.
@@ -101,7 +63,7 @@ func (tg target) env() []string {
 // buildHello builds testdata/apps/hello at version for tg; extra ldflags
 // may bake in failure switches (-X main.crash=1).
 func buildHello(t testing.TB, tg target, version, extra string) string {
-	return goBuild(t, "testdata/apps/hello", tg.env(), strings.TrimSpace("-s -w -X main.version="+version+" "+extra))
+	return testkit.BuildHello(t, tg.env(), version, extra)
 }
 
 // buildTestAgent builds agent/internal/testagent for tg.

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/edgefleet/edgefleet/hardware"
+	"github.com/edgefleet/edgefleet/internal/testkit"
 	"github.com/edgefleet/edgefleet/protocol"
 )
 
@@ -45,14 +46,7 @@ var (
 )
 
 // repoRoot is the module root, where the sample apps live.
-func repoRoot(t testing.TB) string {
-	t.Helper()
-	wd, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return filepath.Dir(wd)
-}
+func repoRoot(t testing.TB) string { return testkit.RepoRoot(t) }
 
 // findUPX looks for upx the way the project's tests do: $EDGEFLEET_UPX,
 // PATH, then <repo>/.tools/bin/upx.

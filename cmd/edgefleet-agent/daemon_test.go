@@ -24,56 +24,23 @@ import (
 	"time"
 
 	"github.com/edgefleet/edgefleet/agent"
+	"github.com/edgefleet/edgefleet/internal/testkit"
 	"github.com/edgefleet/edgefleet/protocol"
 )
 
-var buildCache struct {
-	mu    sync.Mutex
-	dir   string
-	built map[string]string
-}
+func TestMain(m *testing.M) { testkit.Main(m) }
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	if buildCache.dir != "" {
-		os.RemoveAll(buildCache.dir)
-	}
-	os.Exit(code)
-}
-
-// goBuild builds pkg (relative to the repo root) once per test binary.
+// goBuild builds pkg (relative to the repo root) once per test binary, for
+// the host with GOAMD64=v1.
 func goBuild(t testing.TB, pkg, ldflags string) string {
 	t.Helper()
-	buildCache.mu.Lock()
-	defer buildCache.mu.Unlock()
-	if buildCache.dir == "" {
-		d, err := os.MkdirTemp("", "edgefleet-agent-e2e-")
-		if err != nil {
-			t.Fatal(err)
-		}
-		buildCache.dir = d
-		buildCache.built = map[string]string{}
-	}
-	key := pkg + "|" + ldflags
-	if p, ok := buildCache.built[key]; ok {
-		return p
-	}
-	out := filepath.Join(buildCache.dir, fmt.Sprintf("bin-%d", len(buildCache.built)))
-	args := []string{"build", "-trimpath", "-ldflags", ldflags, "-o", out}
-	cgo := "CGO_ENABLED=0"
+	b := testkit.Build{Pkg: pkg, Env: []string{"GOAMD64=v1"}, LDFlags: ldflags}
 	if pkg == "cmd/edgefleet-agent" && os.Getenv("EDGEFLEET_AGENT_RACE") != "" {
 		// Debugging aid: a race-detecting daemon (self-update bundles then
 		// fail the static-binary check).
-		args, cgo = append(args, "-race"), "CGO_ENABLED=1"
+		b.Env, b.Flags = append(b.Env, "CGO_ENABLED=1"), []string{"-race"}
 	}
-	cmd := exec.Command("go", append(args, "./"+pkg)...)
-	cmd.Dir = filepath.Join("..", "..")
-	cmd.Env = append(os.Environ(), cgo, "GOAMD64=v1")
-	if b, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build %s: %v\n%s", pkg, err, b)
-	}
-	buildCache.built[key] = out
-	return out
+	return testkit.GoBuild(t, b)
 }
 
 func agentBin(t testing.TB, version, extra string) string {
@@ -81,7 +48,7 @@ func agentBin(t testing.TB, version, extra string) string {
 }
 
 func helloBin(t testing.TB, version, extra string) string {
-	return goBuild(t, "testdata/apps/hello", strings.TrimSpace("-s -w -X main.version="+version+" "+extra))
+	return testkit.BuildHello(t, []string{"GOAMD64=v1"}, version, extra)
 }
 
 // device is one simulated device in a temp dir.

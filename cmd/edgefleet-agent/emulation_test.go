@@ -33,6 +33,7 @@ import (
 	"github.com/edgefleet/edgefleet/fleet"
 	"github.com/edgefleet/edgefleet/hardware"
 	"github.com/edgefleet/edgefleet/internal/emutest"
+	"github.com/edgefleet/edgefleet/internal/testkit"
 	"github.com/edgefleet/edgefleet/protocol"
 )
 
@@ -40,81 +41,10 @@ import (
 // test; it asserts nothing about speed (emulation is slow).
 const emuHang = 3 * time.Minute
 
-// armBuild is one cross-build: a package for linux/arm at a GOARM level.
-type armBuild struct {
-	pkg, goarm, ldflags string
-}
-
-var armBuilds struct {
-	mu   sync.Mutex
-	done map[armBuild]*armBuildResult
-}
-
-type armBuildResult struct {
-	once sync.Once
-	path string
-	err  error
-}
-
-// crossBuildARM builds each of bs for linux/arm (CGO off, -trimpath,
-// stripped) once per test binary, concurrently, and returns their paths in
-// order.
-func crossBuildARM(t testing.TB, bs ...armBuild) []string {
-	t.Helper()
-	dir := buildDir(t)
-	armBuilds.mu.Lock()
-	if armBuilds.done == nil {
-		armBuilds.done = map[armBuild]*armBuildResult{}
-	}
-	rs := make([]*armBuildResult, len(bs))
-	for i, b := range bs {
-		if armBuilds.done[b] == nil {
-			armBuilds.done[b] = &armBuildResult{path: filepath.Join(dir, fmt.Sprintf("arm-%d", len(armBuilds.done)))}
-		}
-		rs[i] = armBuilds.done[b]
-	}
-	armBuilds.mu.Unlock()
-	var wg sync.WaitGroup
-	for i, b := range bs {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			r := rs[i]
-			r.once.Do(func() {
-				cmd := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w "+b.ldflags, "-o", r.path, "./"+b.pkg)
-				cmd.Dir = filepath.Join("..", "..")
-				cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=arm", "GOARM="+b.goarm)
-				if out, err := cmd.CombinedOutput(); err != nil {
-					r.err = fmt.Errorf("go build %s for GOARM=%s: %v\n%s", b.pkg, b.goarm, err, out)
-				}
-			})
-		}()
-	}
-	wg.Wait()
-	paths := make([]string, len(bs))
-	for i, r := range rs {
-		if r.err != nil {
-			t.Fatal(r.err)
-		}
-		paths[i] = r.path
-	}
-	return paths
-}
-
-// buildDir is the per-test-binary build directory that TestMain removes.
-func buildDir(t testing.TB) string {
-	t.Helper()
-	buildCache.mu.Lock()
-	defer buildCache.mu.Unlock()
-	if buildCache.dir == "" {
-		d, err := os.MkdirTemp("", "edgefleet-agent-e2e-")
-		if err != nil {
-			t.Fatal(err)
-		}
-		buildCache.dir = d
-		buildCache.built = map[string]string{}
-	}
-	return buildCache.dir
+// armBuild is one cross-build of pkg for linux/arm at GOARM goarm
+// (stripped, CGO off), made once per test binary.
+func armBuild(pkg, goarm, ldflags string) testkit.Build {
+	return testkit.Build{Pkg: pkg, Env: []string{"GOOS=linux", "GOARCH=arm", "GOARM=" + goarm}, LDFlags: "-s -w " + ldflags}
 }
 
 // emuBinaries are the ARM programs the emulation tests use.
@@ -129,11 +59,11 @@ type emuBinaries struct {
 func emuBins(t testing.TB) emuBinaries {
 	t.Helper()
 	start := time.Now()
-	p := crossBuildARM(t,
-		armBuild{"cmd/edgefleet-agent", "6", "-X main.version=1.0.0"},
-		armBuild{"testdata/apps/hello", "6", "-X main.version=1.0.0"},
-		armBuild{"testdata/apps/hello", "7", "-X main.version=1.0.0"},
-		armBuild{"testdata/apps/hello", "7", "-X main.version=2.0.0"},
+	p := testkit.GoBuildAll(t,
+		armBuild("cmd/edgefleet-agent", "6", "-X main.version=1.0.0"),
+		armBuild("testdata/apps/hello", "6", "-X main.version=1.0.0"),
+		armBuild("testdata/apps/hello", "7", "-X main.version=1.0.0"),
+		armBuild("testdata/apps/hello", "7", "-X main.version=2.0.0"),
 	)
 	return emuBinaries{agent: p[0], hello6v1: p[1], hello7v1: p[2], hello7v2: p[3], agentBuildTiming: time.Since(start)}
 }
