@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,6 +15,7 @@ import (
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 	"github.com/edgefleet/edgefleet/fleet"
+	"github.com/edgefleet/edgefleet/internal/testkit"
 	"github.com/edgefleet/edgefleet/protocol"
 )
 
@@ -81,13 +81,7 @@ func startMQTTDevice(t testing.TB, cfg *Config) *mqttDevice {
 // test, it asserts nothing about speed.
 func eventually(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(3 * time.Minute)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("gave up waiting: %s", what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	testkit.Eventually(t, what, cond)
 }
 
 func startTestBroker(t testing.TB, data, listen string) *fleet.Broker {
@@ -226,42 +220,11 @@ func TestMQTTFleetConvergesMosquitto(t *testing.T) {
 // startPlainMosquitto runs mosquitto on a free loopback port, anonymous
 // (the ACL matrix is tested in package fleet).
 func startPlainMosquitto(t testing.TB) string {
-	bin, err := exec.LookPath("mosquitto")
-	if err != nil {
-		bin = "/usr/sbin/mosquitto"
-		if _, err := os.Stat(bin); err != nil {
-			t.Skipf("SKIPPED: mosquitto is not installed (scripts/test.sh installs it: apt-get install mosquitto); the Mosquitto fleet test did not run")
-		}
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := l.Addr().(*net.TCPAddr).Port
-	l.Close()
-	dir := t.TempDir()
-	conf := fmt.Sprintf("listener %d 127.0.0.1\nallow_anonymous true\nmax_packet_size 1114112\nmax_queued_messages 1000\n", port)
-	if os.Geteuid() == 0 {
-		conf += "user root\n"
-	}
-	cf := filepath.Join(dir, "mosquitto.conf")
-	os.WriteFile(cf, []byte(conf), 0o600)
-	cmd := exec.Command(bin, "-c", cf)
-	var logBuf bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &logBuf, &logBuf
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	eventually(t, "mosquitto listens", func() bool {
-		c, err := net.Dial("tcp", addr)
-		if err == nil {
-			c.Close()
-		}
-		return err == nil
+	t.Helper()
+	bin := testkit.MosquittoPath(t, "the Mosquitto fleet test")
+	return "tcp://" + testkit.StartMosquitto(t, bin, func(port int) string {
+		return fmt.Sprintf("listener %d 127.0.0.1\nallow_anonymous true\nmax_packet_size 1114112\nmax_queued_messages 1000\n", port)
 	})
-	return "tcp://" + addr
 }
 
 // TestMQTTBrokerRestartMidTransfer publishes only some chunks, lets the

@@ -4,9 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -158,27 +156,15 @@ func TestMQTTTLSUsersFile(t *testing.T) {
 // (require_certificate, use_identity_as_username) with docs/mosquitto's
 // ACL: the operator's certificate has CN "operator", the device's its id.
 func TestMQTTTLSMosquitto(t *testing.T) {
-	bin, err := exec.LookPath("mosquitto")
-	if err != nil {
-		bin = "/usr/sbin/mosquitto"
-		if _, err := os.Stat(bin); err != nil {
-			t.Skipf("SKIPPED: mosquitto is not installed (scripts/test.sh installs it: apt-get install mosquitto); the Mosquitto TLS test did not run")
-		}
-	}
+	bin := testkit.MosquittoPath(t, "the Mosquitto TLS test")
 	ca := testkit.NewCA(t, "", "fleet")
 	srv := ca.Server("server")
 	acl, err := filepath.Abs("../docs/mosquitto/edgefleet.acl")
 	if err != nil {
 		t.Fatal(err)
 	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := l.Addr().(*net.TCPAddr).Port
-	l.Close()
-	dir := t.TempDir()
-	conf := fmt.Sprintf(`per_listener_settings false
+	addr := testkit.StartMosquitto(t, bin, func(port int) string {
+		return fmt.Sprintf(`per_listener_settings false
 allow_anonymous false
 acl_file %s
 max_packet_size 1114112
@@ -190,33 +176,6 @@ cafile %s
 require_certificate true
 use_identity_as_username true
 `, acl, port, srv.Cert, srv.Key, ca.File)
-	if os.Geteuid() == 0 {
-		conf += "user root\n"
-	}
-	cf := filepath.Join(dir, "mosquitto.conf")
-	if err := os.WriteFile(cf, []byte(conf), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	log := &syncBuffer{}
-	cmd := exec.Command(bin, "-c", cf)
-	cmd.Stdout, cmd.Stderr = log, log
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		cmd.Wait()
-		if t.Failed() {
-			t.Logf("mosquitto log:\n%s", log)
-		}
-	})
-	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	eventually(t, "mosquitto listens", func() bool {
-		c, err := net.Dial("tcp", addr)
-		if err == nil {
-			c.Close()
-		}
-		return err == nil
 	})
 	url := "ssl://" + addr
 

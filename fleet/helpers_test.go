@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/rand"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,6 +13,7 @@ import (
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/edgefleet/edgefleet/internal/testkit"
 	"github.com/edgefleet/edgefleet/protocol"
 )
 
@@ -84,26 +84,11 @@ func startEmbedded(t testing.TB, o BrokerOptions) *Broker {
 	return b
 }
 
-func freePort(t testing.TB) int {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
 // startMosquitto runs a real mosquitto with docs/mosquitto's configuration
 // and ACL on a free loopback port; users maps name → password.
 func startMosquitto(t testing.TB, users map[string]string) string {
 	t.Helper()
-	bin, err := exec.LookPath("mosquitto")
-	if err != nil {
-		bin = "/usr/sbin/mosquitto"
-		if _, err := os.Stat(bin); err != nil {
-			t.Skipf("SKIPPED: mosquitto is not installed (scripts/test.sh installs it: apt-get install mosquitto); the Mosquitto half of the broker tests did not run")
-		}
-	}
+	bin := testkit.MosquittoPath(t, "the Mosquitto half of the broker tests")
 	passwdBin, err := exec.LookPath("mosquitto_passwd")
 	if err != nil {
 		t.Skipf("SKIPPED: mosquitto_passwd is not installed (scripts/test.sh installs the mosquitto package)")
@@ -129,53 +114,21 @@ func startMosquitto(t testing.TB, users map[string]string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	port := freePort(t)
-	s := string(conf)
-	for old, repl := range map[string]string{
-		"password_file /etc/mosquitto/edgefleet.passwd": "password_file " + pw,
-		"acl_file /etc/mosquitto/edgefleet.acl":         "acl_file " + acl,
-		"listener 1883 127.0.0.1":                       fmt.Sprintf("listener %d 127.0.0.1", port),
-		"persistence_location /var/lib/mosquitto/":      "persistence_location " + dir + "/",
-	} {
-		if !strings.Contains(s, old) {
-			t.Fatalf("docs/mosquitto/mosquitto.conf no longer contains %q; update the test", old)
+	addr := testkit.StartMosquitto(t, bin, func(port int) string {
+		s := string(conf)
+		for old, repl := range map[string]string{
+			"password_file /etc/mosquitto/edgefleet.passwd": "password_file " + pw,
+			"acl_file /etc/mosquitto/edgefleet.acl":         "acl_file " + acl,
+			"listener 1883 127.0.0.1":                       fmt.Sprintf("listener %d 127.0.0.1", port),
+			"persistence_location /var/lib/mosquitto/":      "persistence_location " + dir + "/",
+		} {
+			if !strings.Contains(s, old) {
+				t.Fatalf("docs/mosquitto/mosquitto.conf no longer contains %q; update the test", old)
+			}
+			s = strings.Replace(s, old, repl, 1)
 		}
-		s = strings.Replace(s, old, repl, 1)
-	}
-	if os.Geteuid() == 0 {
-		s += "\nuser root\n" // otherwise mosquitto drops to 'mosquitto', which cannot read the test's files
-	}
-	cf := filepath.Join(dir, "mosquitto.conf")
-	if err := os.WriteFile(cf, []byte(s), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	log, _ := os.Create(filepath.Join(dir, "mosquitto.log"))
-	cmd := exec.Command(bin, "-c", cf)
-	cmd.Stdout, cmd.Stderr = log, log
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		cmd.Wait()
-		if t.Failed() {
-			b, _ := os.ReadFile(log.Name())
-			t.Logf("mosquitto log:\n%s", b)
-		}
+		return s
 	})
-	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	for i := 0; ; i++ {
-		c, err := net.Dial("tcp", addr)
-		if err == nil {
-			c.Close()
-			break
-		}
-		if i > 200 {
-			b, _ := os.ReadFile(log.Name())
-			t.Fatalf("mosquitto did not start listening on %s: %v\n%s", addr, err, b)
-		}
-		time.Sleep(25 * time.Millisecond)
-	}
 	return "tcp://" + addr
 }
 
