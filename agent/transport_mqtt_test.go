@@ -1,14 +1,12 @@
 package agent
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -351,22 +349,8 @@ func startRealAgent(t testing.TB, bin, cfgPath, failpoint string) (*exec.Cmd, *s
 	return cmd, out
 }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+// syncBuffer is safe for concurrent writers and a reading test.
+type syncBuffer = testkit.Buffer
 
 // TestMQTTFiftyAgents: 50 real agent processes converge on one release.
 // (Real processes, not in-process agents: many Agents in one process fork

@@ -213,22 +213,8 @@ type daemon struct {
 	err  error
 }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+// syncBuffer is safe for concurrent writers and a reading test.
+type syncBuffer = testkit.Buffer
 
 // startDaemon starts bin as the daemon and waits until its socket answers.
 func (d *device) startDaemon(bin string) *daemon {

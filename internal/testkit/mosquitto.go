@@ -55,7 +55,7 @@ func StartMosquitto(t testing.TB, bin string, conf func(port int) string) string
 	if err := os.WriteFile(cf, []byte(s), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	log := &lockedBuffer{}
+	log := &Buffer{}
 	cmd := exec.Command(bin, "-c", cf)
 	cmd.Stdout, cmd.Stderr = log, log
 	if err := cmd.Start(); err != nil {
@@ -91,20 +91,21 @@ func StartMosquitto(t testing.TB, bin string, conf func(port int) string) string
 	}
 }
 
-// lockedBuffer is a bytes.Buffer safe for a child's stdout and stderr and
-// a reading test at once.
-type lockedBuffer struct {
+// Buffer is a bytes.Buffer safe for concurrent writers (a child's stdout
+// and stderr, a logger) and a reading test at once. The zero value is
+// ready to use.
+type Buffer struct {
 	mu sync.Mutex
 	b  bytes.Buffer
 }
 
-func (l *lockedBuffer) Write(p []byte) (int, error) {
+func (l *Buffer) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.Write(p)
 }
 
-func (l *lockedBuffer) String() string {
+func (l *Buffer) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.String()
