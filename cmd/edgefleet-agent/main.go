@@ -273,9 +273,16 @@ func bundleArg(e *env, fs *flag.FlagSet) (string, bool) {
 	return p, true
 }
 
-func cmdSideload(ctx context.Context, e *env, args []string) int {
-	fs, cfgPath := flags(e, "sideload", "BUNDLE.efb")
-	noWait := fs.Bool("no-wait", false, "with a running daemon: return after the swap instead of waiting for the trial")
+// bundleCommand is the shape sideload and check share: parse, load the
+// config, find the bundle, then ask the running daemon when its socket
+// answers (it owns the state database), else open the database directly.
+func bundleCommand(ctx context.Context, e *env, name string, args []string, addFlags func(*flag.FlagSet),
+	viaDaemon func(c *agent.ControlClient, path string) int,
+	direct func(a *agent.Agent, f *os.File) int) int {
+	fs, cfgPath := flags(e, name, "BUNDLE.efb")
+	if addFlags != nil {
+		addFlags(fs)
+	}
 	if !parse(e, fs, args, 1) {
 		return 2
 	}
@@ -287,29 +294,9 @@ func cmdSideload(ctx context.Context, e *env, args []string) int {
 	if !ok {
 		return 1
 	}
-	show := progressPrinter(e.stdout)
 	if c := dial(ctx, cfg); c != nil {
 		defer c.Close()
-		fmt.Fprintf(e.stdout, "sideloading %s through the running daemon\n", filepath.Base(path))
-		r, err := c.Do(ctx, agent.Request{Op: agent.OpSideload, Bundle: path, Wait: !*noWait}, func(r agent.Response) {
-			switch r.Type {
-			case agent.TypeProgress:
-				show(*r.Progress)
-			case agent.TypeEvent:
-				fmt.Fprintf(e.stdout, "  %-8s %s\n", r.Event, r.Message)
-			}
-		})
-		if err != nil {
-			fmt.Fprintf(e.stderr, "edgefleet-agent sideload: %v\n", err)
-			return 1
-		}
-		if !r.OK {
-			fmt.Fprintf(e.stdout, "refused: %s\n", r.Error)
-			return 1
-		}
-		res := r.Result
-		fmt.Fprintf(e.stdout, "installed %s %s (sequence %d, previous %s); trial: %s\n", res.App, res.Version, res.Sequence, orNone(res.Previous), r.Trial)
-		return 0
+		return viaDaemon(c, path)
 	}
 	a, ok := openDirect(e, cfg)
 	if !ok {
@@ -318,18 +305,52 @@ func cmdSideload(ctx context.Context, e *env, args []string) int {
 	defer a.Close()
 	f, err := os.Open(path)
 	if err != nil {
-		fmt.Fprintf(e.stderr, "edgefleet-agent sideload: %v\n", err)
+		fmt.Fprintf(e.stderr, "edgefleet-agent %s: %v\n", name, err)
 		return 1
 	}
 	defer f.Close()
-	fmt.Fprintf(e.stdout, "sideloading %s (no daemon running)\n", filepath.Base(path))
-	res, err := a.Install(ctx, f, show)
-	if err != nil {
-		fmt.Fprintf(e.stdout, "refused: %v\n", err)
-		return 1
-	}
-	fmt.Fprintf(e.stdout, "installed %s %s (sequence %d, previous %s); on trial until the daemon starts and it passes its health window\n", res.App, res.Version, res.Sequence, orNone(res.Previous))
-	return 0
+	return direct(a, f)
+}
+
+func cmdSideload(ctx context.Context, e *env, args []string) int {
+	var noWait *bool
+	show := progressPrinter(e.stdout)
+	return bundleCommand(ctx, e, "sideload", args,
+		func(fs *flag.FlagSet) {
+			noWait = fs.Bool("no-wait", false, "with a running daemon: return after the swap instead of waiting for the trial")
+		},
+		func(c *agent.ControlClient, path string) int {
+			fmt.Fprintf(e.stdout, "sideloading %s through the running daemon\n", filepath.Base(path))
+			r, err := c.Do(ctx, agent.Request{Op: agent.OpSideload, Bundle: path, Wait: !*noWait}, func(r agent.Response) {
+				switch r.Type {
+				case agent.TypeProgress:
+					show(*r.Progress)
+				case agent.TypeEvent:
+					fmt.Fprintf(e.stdout, "  %-8s %s\n", r.Event, r.Message)
+				}
+			})
+			if err != nil {
+				fmt.Fprintf(e.stderr, "edgefleet-agent sideload: %v\n", err)
+				return 1
+			}
+			if !r.OK {
+				fmt.Fprintf(e.stdout, "refused: %s\n", r.Error)
+				return 1
+			}
+			res := r.Result
+			fmt.Fprintf(e.stdout, "installed %s %s (sequence %d, previous %s); trial: %s\n", res.App, res.Version, res.Sequence, orNone(res.Previous), r.Trial)
+			return 0
+		},
+		func(a *agent.Agent, f *os.File) int {
+			fmt.Fprintf(e.stdout, "sideloading %s (no daemon running)\n", filepath.Base(f.Name()))
+			res, err := a.Install(ctx, f, show)
+			if err != nil {
+				fmt.Fprintf(e.stdout, "refused: %v\n", err)
+				return 1
+			}
+			fmt.Fprintf(e.stdout, "installed %s %s (sequence %d, previous %s); on trial until the daemon starts and it passes its health window\n", res.App, res.Version, res.Sequence, orNone(res.Previous))
+			return 0
+		})
 }
 
 func orNone(s string) string {
@@ -340,50 +361,29 @@ func orNone(s string) string {
 }
 
 func cmdCheck(ctx context.Context, e *env, args []string) int {
-	fs, cfgPath := flags(e, "check", "BUNDLE.efb")
-	if !parse(e, fs, args, 1) {
-		return 2
-	}
-	cfg, ok := loadConfig(e, *cfgPath)
-	if !ok {
-		return 1
-	}
-	path, ok := bundleArg(e, fs)
-	if !ok {
-		return 1
-	}
-	if c := dial(ctx, cfg); c != nil {
-		defer c.Close()
-		r, err := c.Do(ctx, agent.Request{Op: agent.OpCheck, Bundle: path}, nil)
-		if err != nil {
-			fmt.Fprintf(e.stderr, "edgefleet-agent check: %v\n", err)
-			return 1
-		}
-		if !r.OK {
-			fmt.Fprintf(e.stdout, "refused: %s\n", r.Error)
-			return 1
-		}
-		fmt.Fprintf(e.stdout, "ok: %s would install here\n", r.Manifest)
-		return 0
-	}
-	a, ok := openDirect(e, cfg)
-	if !ok {
-		return 1
-	}
-	defer a.Close()
-	f, err := os.Open(path)
-	if err != nil {
-		fmt.Fprintf(e.stderr, "edgefleet-agent check: %v\n", err)
-		return 1
-	}
-	defer f.Close()
-	m, err := a.Check(ctx, f)
-	if err != nil {
-		fmt.Fprintf(e.stdout, "refused: %v\n", err)
-		return 1
-	}
-	fmt.Fprintf(e.stdout, "ok: %s would install here\n", m)
-	return 0
+	return bundleCommand(ctx, e, "check", args, nil,
+		func(c *agent.ControlClient, path string) int {
+			r, err := c.Do(ctx, agent.Request{Op: agent.OpCheck, Bundle: path}, nil)
+			if err != nil {
+				fmt.Fprintf(e.stderr, "edgefleet-agent check: %v\n", err)
+				return 1
+			}
+			if !r.OK {
+				fmt.Fprintf(e.stdout, "refused: %s\n", r.Error)
+				return 1
+			}
+			fmt.Fprintf(e.stdout, "ok: %s would install here\n", r.Manifest)
+			return 0
+		},
+		func(a *agent.Agent, f *os.File) int {
+			m, err := a.Check(ctx, f)
+			if err != nil {
+				fmt.Fprintf(e.stdout, "refused: %v\n", err)
+				return 1
+			}
+			fmt.Fprintf(e.stdout, "ok: %s would install here\n", m)
+			return 0
+		})
 }
 
 func cmdStatus(ctx context.Context, e *env, args []string) int {
