@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/edgefleet/edgefleet/hardware"
+	"github.com/edgefleet/edgefleet/internal/testkit"
 	"github.com/edgefleet/edgefleet/protocol"
 )
 
@@ -220,7 +221,7 @@ func TestRefusals(t *testing.T) {
 				return bytes.Replace(b, []byte(`"sequence": 6`), []byte(`"sequence": 9`), 1)
 			}},
 		{name: "unknown key", is: protocol.ErrUnknownKey, says: []string{"not among the trusted keys"},
-			bundle: func(k *kit) []byte { return k.bundleBytes(spec{Version: "1.1.0", Sequence: 6, Key: &otherPriv}) }},
+			bundle: func(k *kit) []byte { return testkit.Bundle(k.t, spec{Version: "1.1.0", Sequence: 6}, otherPriv) }},
 		{name: "tampered payload", is: protocol.ErrPayloadMismatch, says: []string{"does not match"},
 			bundle: func(k *kit) []byte {
 				b := k.bundleBytes(spec{Version: "1.1.0", Sequence: 6})

@@ -5,10 +5,8 @@ package agent
 // the packer), signs them with TEST-ONLY keys generated per run.
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
-	"debug/elf"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -16,16 +14,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
-	"sync"
 	"testing"
-	"time"
 
 	"github.com/edgefleet/edgefleet/hardware"
 	"github.com/edgefleet/edgefleet/internal/testkit"
 	"github.com/edgefleet/edgefleet/protocol"
-	"github.com/ulikunitz/xz"
 )
 
 // TestMain removes the binaries the kit built.
@@ -41,34 +35,19 @@ func goBuild(t testing.TB, pkg string, env []string, ldflags string) string {
 }
 
 // target is a build target for hello.
-type target struct{ GOARCH, GOARM, GOAMD64 string }
+type target = testkit.Target
 
-var native = target{GOARCH: runtime.GOARCH}
-
-func (tg target) env() []string {
-	env := []string{"GOOS=linux", "GOARCH=" + tg.GOARCH}
-	if tg.GOARM != "" {
-		env = append(env, "GOARM="+tg.GOARM)
-	}
-	if tg.GOARCH == "amd64" {
-		v := tg.GOAMD64
-		if v == "" {
-			v = "v1"
-		}
-		env = append(env, "GOAMD64="+v)
-	}
-	return env
-}
+var native = testkit.Native
 
 // buildHello builds testdata/apps/hello at version for tg; extra ldflags
 // may bake in failure switches (-X main.crash=1).
 func buildHello(t testing.TB, tg target, version, extra string) string {
-	return testkit.BuildHello(t, tg.env(), version, extra)
+	return testkit.BuildHello(t, tg.Env(), version, extra)
 }
 
 // buildTestAgent builds agent/internal/testagent for tg.
 func buildTestAgent(t testing.TB, tg target) string {
-	return goBuild(t, "agent/internal/testagent", tg.env(), "-s -w")
+	return goBuild(t, "agent/internal/testagent", tg.Env(), "-s -w")
 }
 
 // kit is one simulated device: a config with app "hello" under its own
@@ -92,19 +71,8 @@ func newKit(t testing.TB) *kit {
 func newKitIn(t testing.TB, appRoot string) *kit {
 	t.Helper()
 	dir := t.TempDir()
-	pub, priv, err := protocol.GenerateKey()
-	if err != nil {
-		t.Fatal(err)
-	}
-	pubText, err := pub.MarshalText()
-	if err != nil {
-		t.Fatal(err)
-	}
-	pubPath := filepath.Join(dir, "TEST-ONLY-release.pub")
-	if err := os.WriteFile(pubPath, pubText, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	k := &kit{t: t, dir: dir, priv: priv, pub: pub}
+	pubPath, priv := testkit.Keys(t, dir)
+	k := &kit{t: t, dir: dir, priv: priv, pub: testkit.Public(priv)}
 	k.appPath = filepath.Join(appRoot, "opt", "hello", "bin", "hello")
 	yaml := fmt.Sprintf(`device_id: test-device
 data_dir: %s
@@ -139,114 +107,21 @@ func (k *kit) open(opts Options) *Agent {
 	return a
 }
 
-// spec describes a bundle to make.
-type spec struct {
-	App      string
-	Version  string
-	Sequence uint64
-	Target   target
-	Binary   string // default: hello built for Target at Version
-	Encoding string // default xz
-	Expires  *time.Time
-	Probe    *protocol.Probe // default: --version prints Version
-	NoProbe  bool
-	MinFree  int64
-	Key      *protocol.PrivateKey
-	Extra    string // extra ldflags for hello
-	XZDict   int64  // declared payload.xz_dict_size (default: the 1 MiB the stream is written with)
-	Profile  string
-}
+// spec describes a bundle to make; see testkit.Spec for the defaults.
+type spec = testkit.Spec
 
-// bundle writes a signed bundle to a file and returns its path.
+// bundle writes a bundle signed with the kit's key to a file and returns
+// its path.
 func (k *kit) bundle(s spec) string {
 	k.t.Helper()
-	b := k.bundleBytes(s)
-	p := filepath.Join(k.dir, fmt.Sprintf("%s_%s_%d_%s%s.efb", s.App, s.Version, s.Sequence, s.Target.GOARCH, s.Target.GOARM+s.Target.GOAMD64))
-	if err := os.WriteFile(p, b, 0o644); err != nil {
-		k.t.Fatal(err)
-	}
-	return p
+	return testkit.BundleFile(k.t, k.dir, s, k.priv)
 }
 
+// bundleBytes is a bundle signed with the kit's key.
 func (k *kit) bundleBytes(s spec) []byte {
 	k.t.Helper()
-	t := k.t
-	if s.App == "" {
-		s.App = "hello"
-	}
-	if s.Target.GOARCH == "" {
-		s.Target = native
-	}
-	if s.Binary == "" {
-		s.Binary = buildHello(t, s.Target, s.Version, s.Extra)
-	}
-	if s.Encoding == "" {
-		s.Encoding = protocol.EncodingXZ
-	}
-	if s.Profile == "" {
-		s.Profile = "linux-" + s.Target.GOARCH
-	}
-	exe, err := os.ReadFile(s.Binary)
-	if err != nil {
-		t.Fatal(err)
-	}
-	m := manifestFor(t, s, exe)
-	payload, p := encodePayload(t, s.Binary, exe, s.Encoding)
-	m.Payload = p
-	if s.XZDict != 0 {
-		m.Payload.XZDictSize = s.XZDict
-	}
-	key := k.priv
-	if s.Key != nil {
-		key = *s.Key
-	}
-	raw, sig, err := protocol.SignManifest(m, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out bytes.Buffer
-	if err := protocol.WriteBundle(&out, raw, sig, bytes.NewReader(payload), int64(len(payload)), time.Unix(1700000000, 0)); err != nil {
-		t.Fatal(err)
-	}
-	return out.Bytes()
+	return testkit.Bundle(k.t, s, k.priv)
 }
-
-func manifestFor(t testing.TB, s spec, exe []byte) *protocol.Manifest {
-	f, err := elf.NewFile(bytes.NewReader(exe))
-	if err != nil {
-		t.Fatalf("%s is not ELF: %v", s.Binary, err)
-	}
-	class := 32
-	if f.Class == elf.ELFCLASS64 {
-		class = 64
-	}
-	endian := "little"
-	if f.Data == elf.ELFDATA2MSB {
-		endian = "big"
-	}
-	sum := sha256hex(exe)
-	m := &protocol.Manifest{
-		Schema: protocol.SchemaVersion, App: s.App, Version: s.Version, Sequence: s.Sequence,
-		Created: time.Unix(1700000000, 0).UTC(), Profile: s.Profile,
-		Target: protocol.Target{GOOS: "linux", GOARCH: s.Target.GOARCH, GOARM: s.Target.GOARM, GOAMD64: s.Target.GOAMD64,
-			ELF: protocol.ELF{Class: class, Machine: f.Machine.String(), Endian: endian}},
-		Build:      protocol.Build{GoVersion: runtime.Version()},
-		Executable: protocol.Executable{Size: int64(len(exe)), SHA256: sum},
-		Expires:    s.Expires, MinFreeStorage: s.MinFree,
-	}
-	if s.Target.GOARCH == "amd64" && m.Target.GOAMD64 == "" {
-		m.Target.GOAMD64 = "v1"
-	}
-	if !s.NoProbe {
-		m.Probe = s.Probe
-		if m.Probe == nil {
-			m.Probe = &protocol.Probe{Args: []string{"--version"}, Expect: s.Version, Timeout: protocol.Duration(30 * time.Second)}
-		}
-	}
-	return m
-}
-
-func sha256hex(b []byte) string { return hashBytes(b) }
 
 // snapshot is what "nothing changed" compares: the app's bytes and state.
 type snapshot struct {
@@ -339,43 +214,4 @@ func t0ctx() context.Context { return context.Background() }
 func hashBytes(b []byte) string {
 	s := sha256.Sum256(b)
 	return hex.EncodeToString(s[:])
-}
-
-var payloadCache sync.Map // binary path + encoding → encodedPayload
-
-type encodedPayload struct {
-	bytes []byte
-	p     protocol.Payload
-}
-
-// encodePayload compresses (xz, 1 MiB dictionary) and describes a binary,
-// once per binary: pure-Go xz is the slow part of making a bundle.
-func encodePayload(t testing.TB, path string, exe []byte, encoding string) ([]byte, protocol.Payload) {
-	key := path + "|" + encoding + "|" + hashBytes(exe)
-	if v, ok := payloadCache.Load(key); ok {
-		e := v.(encodedPayload)
-		return e.bytes, e.p
-	}
-	payload := exe
-	var dict int64
-	if encoding == protocol.EncodingXZ {
-		var buf bytes.Buffer
-		w, err := xz.WriterConfig{DictCap: 1 << 20}.NewWriter(&buf)
-		if err != nil {
-			t.Fatal(err)
-		}
-		w.Write(exe)
-		if err := w.Close(); err != nil {
-			t.Fatal(err)
-		}
-		payload = buf.Bytes()
-		dict = 1 << 20
-	}
-	p, err := protocol.DescribePayload(bytes.NewReader(payload), encoding, 64<<10)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.XZDictSize = dict
-	payloadCache.Store(key, encodedPayload{payload, p})
-	return payload, p
 }

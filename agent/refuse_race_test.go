@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/edgefleet/edgefleet/internal/testkit"
 	"github.com/edgefleet/edgefleet/protocol"
 )
 
@@ -29,12 +30,7 @@ func TestTransportRefusalDuringInstall(t *testing.T) {
 	tr := &mqttTransport{logf: t.Logf}
 	ap := &mqttApp{cfg: c, failed: map[string]string{}}
 	// The other profile's build of the same release (sequence 2).
-	bin := buildHello(t, native, "1.1.0", "")
-	exe, err := os.ReadFile(bin)
-	if err != nil {
-		t.Fatal(err)
-	}
-	other := manifestFor(t, spec{App: "hello", Version: "1.1.0", Sequence: 2, Target: native, Binary: bin, Profile: "linux-other"}, exe)
+	other, _ := testkit.Manifest(t, spec{App: "hello", Version: "1.1.0", Sequence: 2, Target: native, Profile: "linux-other"})
 	other.Payload.SHA256 = hashBytes([]byte("another payload"))
 
 	f, err := os.Open(k.bundle(spec{Version: "1.1.0", Sequence: 2}))

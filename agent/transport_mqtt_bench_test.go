@@ -44,7 +44,7 @@ func benchFleet(b *testing.B, n int) {
 	br := startTestBroker(b, b.TempDir(), "127.0.0.1:0")
 	op := operator(b, br.URL())
 	view := fleetView(b, op)
-	bin := goBuild(b, "cmd/edgefleet-agent", native.env(), "-s -w -X main.version=bench")
+	bin := goBuild(b, "cmd/edgefleet-agent", native.Env(), "-s -w -X main.version=bench")
 	var pids []int
 	for i := 0; i < n; i++ {
 		cmd, _, _ := realAgent(b, bin, k, fmt.Sprintf("bench-%03d", i), br.URL(), "")

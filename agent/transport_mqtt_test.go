@@ -365,7 +365,7 @@ func TestMQTTFiftyAgents(t *testing.T) {
 	b := startTestBroker(t, t.TempDir(), "127.0.0.1:0")
 	op := operator(t, b.URL())
 	view := fleetView(t, op)
-	bin := goBuild(t, "cmd/edgefleet-agent", native.env(), "-s -w -X main.version=0.0.1-test")
+	bin := goBuild(t, "cmd/edgefleet-agent", native.Env(), "-s -w -X main.version=0.0.1-test")
 	publish(t, op, k, v1, "")
 	for i := 0; i < 50; i++ {
 		cmd, out, _ := realAgent(t, bin, k, fmt.Sprintf("pi-%03d", i), b.URL(), "")
@@ -391,7 +391,7 @@ func TestMQTTRealAgentKilledMidDownloadResumes(t *testing.T) {
 	op := operator(t, b.URL())
 	view := fleetView(t, op)
 	publish(t, op, k, v1, "")
-	bin := goBuild(t, "cmd/edgefleet-agent", native.env(), "-s -w -X main.version=0.0.1-test")
+	bin := goBuild(t, "cmd/edgefleet-agent", native.Env(), "-s -w -X main.version=0.0.1-test")
 
 	var procs []*exec.Cmd
 	for i := 0; i < 2; i++ {

@@ -1,13 +1,15 @@
 // Package testkit is shared test support for the edgefleet packages: the
 // repository root, `go build` of a package cached per test process, a
-// throwaway PKI made with crypto/x509, a real Mosquitto on a free loopback
-// port, and a polling helper.
+// throwaway PKI made with crypto/x509, TEST-ONLY release keys and signed
+// bundles made with protocol functions only (never the packer, whose output
+// the agent tests must check independently), a real Mosquitto on a free
+// loopback port, and a polling helper.
 //
 // It is test support only: it is imported by _test.go files and never by
 // non-test code, so no production binary links it (internal/policy
-// guards the device agent's dependency list for it). It imports only the
-// standard library, so every package's tests may use it without an import
-// cycle.
+// guards the device agent's dependency list for it). Besides the standard
+// library it imports only protocol (and its xz), so the tests of every
+// package except protocol may use it without an import cycle.
 //
 // # Promises
 //
