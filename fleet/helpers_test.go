@@ -1,7 +1,6 @@
 package fleet
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"fmt"
@@ -10,7 +9,6 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 	"github.com/edgefleet/edgefleet/internal/testkit"
@@ -48,25 +46,11 @@ func makeBundle(t testing.TB, dir, app, version string, seq uint64, size int) te
 
 func makeBundleFrom(t testing.TB, dir, app, version string, seq uint64, exe []byte) testRelease {
 	t.Helper()
-	p, err := protocol.DescribePayload(bytes.NewReader(exe), protocol.EncodingNone, protocol.MinChunkSize)
-	if err != nil {
-		t.Fatal(err)
-	}
-	m := &protocol.Manifest{
-		Schema: protocol.SchemaVersion, App: app, Version: version, Sequence: seq,
-		Created: time.Now().UTC().Truncate(time.Second), Profile: "linux-amd64",
-		Target:     protocol.Target{GOOS: "linux", GOARCH: "amd64", GOAMD64: "v1", ELF: protocol.ELF{Class: 64, Machine: "EM_X86_64", Endian: "little"}},
-		Payload:    p,
-		Executable: protocol.Executable{Size: p.Size, SHA256: p.SHA256},
-	}
-	raw, sig, err := protocol.SignManifest(m, testKey.priv)
-	if err != nil {
-		t.Fatal(err)
-	}
+	m, payload := testkit.Manifest(t, testkit.Spec{App: app, Version: version, Sequence: seq, Exe: exe,
+		Target: testkit.Target{GOARCH: "amd64"}, Encoding: protocol.EncodingNone, ChunkSize: protocol.MinChunkSize, NoProbe: true,
+		ELF: &protocol.ELF{Class: 64, Machine: "EM_X86_64", Endian: "little"}}) // exe is random bytes, not ELF
 	path := filepath.Join(dir, fmt.Sprintf("%s_%s.efb", app, version))
-	if err := protocol.WriteBundleFile(path, raw, sig, bytes.NewReader(exe), int64(len(exe)), m.Created); err != nil {
-		t.Fatal(err)
-	}
+	writeFile(t, path, testkit.Sign(t, m, payload, testKey.priv))
 	return testRelease{path: path, kr: protocol.NewKeyring(testKey.pub), payload: exe, m: m}
 }
 
