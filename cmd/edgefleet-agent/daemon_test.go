@@ -7,16 +7,12 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"debug/elf"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -75,24 +71,14 @@ type deviceOpts struct {
 func newDevice(t testing.TB, o deviceOpts) *device {
 	t.Helper()
 	dir := t.TempDir()
-	pub, priv, err := protocol.GenerateKey()
-	if err != nil {
-		t.Fatal(err)
-	}
-	pubText, err := pub.MarshalText()
-	if err != nil {
-		t.Fatal(err)
-	}
+	pubPath, priv := testkit.Keys(t, dir)
 	d := &device{t: t, dir: dir, priv: priv,
-		pubPath: filepath.Join(dir, "TEST-ONLY-release.pub"),
+		pubPath: pubPath,
 		cfgPath: filepath.Join(dir, "agent.yaml"),
 		data:    filepath.Join(dir, "data"),
 		hello:   filepath.Join(dir, "opt", "hello", "bin", "hello"),
 		self:    filepath.Join(dir, "opt", "edgefleet", "bin", "edgefleet-agent"),
 		cli:     agentBin(t, "1.0.0", ""),
-	}
-	if err := os.WriteFile(d.pubPath, pubText, 0o644); err != nil {
-		t.Fatal(err)
 	}
 	d.writeConfig(o)
 	return d
@@ -138,43 +124,15 @@ apps:
 	}
 }
 
-// bundle signs bin as app version/sequence and writes it to a file.
+// bundle signs bin as app version/sequence (unencoded, 256 KiB chunks)
+// and writes it to dir/app-version.efb.
 func (d *device) bundle(app, version string, seq uint64, bin string) string {
-	t := d.t
-	t.Helper()
-	exe, err := os.ReadFile(bin)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f, err := elf.NewFile(bytes.NewReader(exe))
-	if err != nil {
-		t.Fatal(err)
-	}
-	sum := sha256.Sum256(exe)
-	p, err := protocol.DescribePayload(bytes.NewReader(exe), protocol.EncodingNone, 256<<10)
-	if err != nil {
-		t.Fatal(err)
-	}
-	m := &protocol.Manifest{
-		Schema: protocol.SchemaVersion, App: app, Version: version, Sequence: seq,
-		Created: time.Unix(1700000000, 0).UTC(), Profile: "linux-" + runtime.GOARCH,
-		Target: protocol.Target{GOOS: "linux", GOARCH: runtime.GOARCH,
-			ELF: protocol.ELF{Class: 64, Machine: f.Machine.String(), Endian: "little"}},
-		Build:      protocol.Build{GoVersion: runtime.Version()},
-		Payload:    p,
-		Executable: protocol.Executable{Size: int64(len(exe)), SHA256: hex.EncodeToString(sum[:])},
-		Probe:      &protocol.Probe{Args: []string{"--version"}, Expect: version, Timeout: protocol.Duration(30 * time.Second)},
-	}
-	if runtime.GOARCH == "amd64" {
-		m.Target.GOAMD64 = "v1"
-	}
-	raw, sig, err := protocol.SignManifest(m, d.priv)
-	if err != nil {
-		t.Fatal(err)
-	}
+	d.t.Helper()
+	b := testkit.Bundle(d.t, testkit.Spec{App: app, Version: version, Sequence: seq, Binary: bin,
+		Encoding: protocol.EncodingNone, ChunkSize: 256 << 10}, d.priv)
 	out := filepath.Join(d.dir, fmt.Sprintf("%s-%s.efb", app, version))
-	if err := protocol.WriteBundleFile(out, raw, sig, bytes.NewReader(exe), int64(len(exe)), time.Unix(1700000000, 0)); err != nil {
-		t.Fatal(err)
+	if err := os.WriteFile(out, b, 0o644); err != nil {
+		d.t.Fatal(err)
 	}
 	return out
 }

@@ -13,7 +13,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
-	"debug/elf"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -86,23 +85,13 @@ type emuDevice struct {
 func newEmuDevice(t *testing.T, core, agentBin, brokerURL string) *emuDevice {
 	t.Helper()
 	dir := t.TempDir()
-	pub, priv, err := protocol.GenerateKey()
-	if err != nil {
-		t.Fatal(err)
-	}
-	pubText, err := pub.MarshalText()
-	if err != nil {
-		t.Fatal(err)
-	}
-	d := &emuDevice{t: t, core: core, agent: agentBin, dir: dir, priv: priv, pub: pub,
-		pubPath: filepath.Join(dir, "TEST-ONLY-release.pub"),
+	pubPath, priv := testkit.Keys(t, dir)
+	d := &emuDevice{t: t, core: core, agent: agentBin, dir: dir, priv: priv, pub: testkit.Public(priv),
+		pubPath: pubPath,
 		cfgPath: filepath.Join(dir, "agent.yaml"),
 		data:    filepath.Join(dir, "data"),
 		hello:   filepath.Join(dir, "opt", "hello", "bin", "hello"),
 		id:      "pi-" + core,
-	}
-	if err := os.WriteFile(d.pubPath, pubText, 0o644); err != nil {
-		t.Fatal(err)
 	}
 	// No profile: the device picks the best published profile its CPU
 	// runs. Short health window: emulation is slow, the trial is not.
@@ -162,46 +151,14 @@ func (d *emuDevice) mustRun(want int, args ...string) string {
 }
 
 // bundle signs bin (a hello build for linux/arm GOARM=goarm) as hello
-// version/seq for profile linux-armv<goarm> and writes it to a file. Made
-// with protocol functions only, not the packer.
+// version/seq for profile linux-armv<goarm> (unencoded, 256 KiB chunks,
+// probe --version with a minute for emulation) and writes it to a file.
+// testkit checks that bin is an ARM executable.
 func (d *emuDevice) bundle(version string, seq uint64, goarm, bin string) string {
-	t := d.t
-	t.Helper()
-	exe, err := os.ReadFile(bin)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f, err := elf.NewFile(bytes.NewReader(exe))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if f.Class != elf.ELFCLASS32 || f.Machine != elf.EM_ARM {
-		t.Fatalf("%s is not a 32-bit ARM executable", bin)
-	}
-	sum := sha256.Sum256(exe)
-	p, err := protocol.DescribePayload(bytes.NewReader(exe), protocol.EncodingNone, 256<<10)
-	if err != nil {
-		t.Fatal(err)
-	}
-	m := &protocol.Manifest{
-		Schema: protocol.SchemaVersion, App: "hello", Version: version, Sequence: seq,
-		Created: time.Now().UTC().Truncate(time.Second), Profile: "linux-armv" + goarm,
-		Target: protocol.Target{GOOS: "linux", GOARCH: "arm", GOARM: goarm,
-			ELF: protocol.ELF{Class: 32, Machine: f.Machine.String(), Endian: "little"}},
-		Build:      protocol.Build{GoVersion: runtime.Version()},
-		Payload:    p,
-		Executable: protocol.Executable{Size: int64(len(exe)), SHA256: hex.EncodeToString(sum[:])},
-		Probe:      &protocol.Probe{Args: []string{"--version"}, Expect: version, Timeout: protocol.Duration(time.Minute)},
-	}
-	raw, sig, err := protocol.SignManifest(m, d.priv)
-	if err != nil {
-		t.Fatal(err)
-	}
-	out := filepath.Join(d.dir, fmt.Sprintf("hello_%s_linux-armv%s.efb", version, goarm))
-	if err := protocol.WriteBundleFile(out, raw, sig, bytes.NewReader(exe), int64(len(exe)), m.Created); err != nil {
-		t.Fatal(err)
-	}
-	return out
+	d.t.Helper()
+	return testkit.BundleFile(d.t, d.dir, testkit.Spec{Version: version, Sequence: seq, Profile: "linux-armv" + goarm,
+		Target: testkit.Target{GOARCH: "arm", GOARM: goarm}, Binary: bin, Encoding: protocol.EncodingNone, ChunkSize: 256 << 10,
+		Probe: &protocol.Probe{Args: []string{"--version"}, Expect: version, Timeout: protocol.Duration(time.Minute)}}, d.priv)
 }
 
 // statusJSON is `edgefleet-agent status --json`, run on the device.
