@@ -9,7 +9,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
-	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -74,21 +73,9 @@ func newKitIn(t testing.TB, appRoot string) *kit {
 	pubPath, priv := testkit.Keys(t, dir)
 	k := &kit{t: t, dir: dir, priv: priv, pub: testkit.Public(priv)}
 	k.appPath = filepath.Join(appRoot, "opt", "hello", "bin", "hello")
-	yaml := fmt.Sprintf(`device_id: test-device
-data_dir: %s
-trusted_keys: [%s]
-apps:
-  - name: hello
-    path: %s
-    args: ["--serve"]
-    health:
-      window: 1s
-      max_boots_on_trial: 2
-`, filepath.Join(dir, "data"), pubPath, k.appPath)
 	k.cfgPath = filepath.Join(dir, "agent.yaml")
-	if err := os.WriteFile(k.cfgPath, []byte(yaml), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	testkit.WriteAgentConfig(t, k.cfgPath, testkit.AgentConfig{DataDir: filepath.Join(dir, "data"), TrustedKeys: []string{pubPath},
+		Apps: []testkit.AgentApp{{Name: "hello", Path: k.appPath, Args: []string{"--serve"}, Window: "1s", MaxBootsOnTrial: 2}}})
 	cfg, err := LoadConfig(k.cfgPath)
 	if err != nil {
 		t.Fatal(err)

@@ -95,33 +95,16 @@ func (d *device) writeConfig(o deviceOpts) {
 	if o.maxBoots == 0 {
 		o.maxBoots = 2
 	}
-	health := ""
+	hello := testkit.AgentApp{Name: "hello", Path: d.hello, Args: []string{"--serve"}, Window: o.window,
+		MaxRestarts: o.maxRestarts, MaxBootsOnTrial: o.maxBoots}
 	if o.health {
-		health = fmt.Sprintf("\n      command: [%q, \"--health\"]\n      timeout: 10s", d.hello)
+		hello.HealthCommand, hello.HealthTimeout = []string{d.hello, "--health"}, "10s"
 	}
-	y := fmt.Sprintf(`device_id: test-device
-data_dir: %s
-trusted_keys: [%s]
-apps:
-  - name: hello
-    path: %s
-    args: ["--serve"]
-    health:
-      window: %s
-      max_restarts: %d
-      max_boots_on_trial: %d%s
-`, d.data, d.pubPath, d.hello, o.window, o.maxRestarts, o.maxBoots, health)
+	c := testkit.AgentConfig{DataDir: d.data, TrustedKeys: []string{d.pubPath}, Apps: []testkit.AgentApp{hello}}
 	if o.self {
-		y += fmt.Sprintf(`  - name: edgefleet-agent
-    path: %s
-    health:
-      window: %s
-      max_boots_on_trial: %d
-`, d.self, o.window, o.maxBoots)
+		c.Apps = append(c.Apps, testkit.AgentApp{Name: "edgefleet-agent", Path: d.self, Window: o.window, MaxBootsOnTrial: o.maxBoots})
 	}
-	if err := os.WriteFile(d.cfgPath, []byte(y), 0o644); err != nil {
-		d.t.Fatal(err)
-	}
+	testkit.WriteAgentConfig(d.t, d.cfgPath, c)
 }
 
 // bundle signs bin as app version/sequence (unencoded, 256 KiB chunks)

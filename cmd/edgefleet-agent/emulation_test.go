@@ -95,24 +95,9 @@ func newEmuDevice(t *testing.T, core, agentBin, brokerURL string) *emuDevice {
 	}
 	// No profile: the device picks the best published profile its CPU
 	// runs. Short health window: emulation is slow, the trial is not.
-	y := fmt.Sprintf(`device_id: %s
-data_dir: %s
-trusted_keys: [%s]
-apps:
-  - name: hello
-    path: %s
-    args: ["--serve"]
-    health:
-      window: 2s
-      command: [%q, "--health"]
-      timeout: 30s
-`, d.id, d.data, d.pubPath, d.hello, d.hello)
-	if brokerURL != "" {
-		y += fmt.Sprintf("broker:\n  url: %s\n  channel: stable\n", brokerURL)
-	}
-	if err := os.WriteFile(d.cfgPath, []byte(y), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	testkit.WriteAgentConfig(t, d.cfgPath, testkit.AgentConfig{DeviceID: d.id, DataDir: d.data, TrustedKeys: []string{d.pubPath}, Broker: brokerURL,
+		Apps: []testkit.AgentApp{{Name: "hello", Path: d.hello, Args: []string{"--serve"}, Window: "2s",
+			HealthCommand: []string{d.hello, "--health"}, HealthTimeout: "30s"}}})
 	return d
 }
 
