@@ -2,7 +2,8 @@
 // repository root, `go build` of a package cached per test process, a
 // throwaway PKI made with crypto/x509, TEST-ONLY release keys and signed
 // bundles made with protocol functions only (never the packer, whose output
-// the agent tests must check independently), a real Mosquitto on a free
+// the agent tests must check independently), a test device's agent.yaml,
+// a real Mosquitto on a free
 // loopback port, and a polling helper.
 //
 // It is test support only: it is imported by _test.go files and never by
