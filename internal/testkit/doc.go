@@ -3,8 +3,7 @@
 // throwaway PKI made with crypto/x509, TEST-ONLY release keys and signed
 // bundles made with protocol functions only (never the packer, whose output
 // the agent tests must check independently), a test device's agent.yaml,
-// a real Mosquitto on a free
-// loopback port, and a polling helper.
+// a real Mosquitto on a free loopback port, and a polling helper.
 //
 // It is test support only: it is imported by _test.go files and never by
 // non-test code, so no production binary links it (internal/policy
