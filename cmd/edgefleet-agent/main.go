@@ -495,6 +495,7 @@ func printStatus(w io.Writer, st agent.DaemonStatus) {
 func cmdRollback(ctx context.Context, e *env, args []string) int {
 	fs, cfgPath := flags(e, "rollback", "APP")
 	reason := fs.String("reason", "", "why (recorded in the history)")
+	ifOnTrial := fs.Bool("if-on-trial", false, "only when no daemon answers and APP is on trial: for an init system's rescue unit (docs/systemd) after a new agent failed to start")
 	if !parse(e, fs, args, 1) {
 		return 2
 	}
@@ -505,9 +506,16 @@ func cmdRollback(ctx context.Context, e *env, args []string) int {
 	app := fs.Arg(0)
 	if *reason == "" {
 		*reason = "rolled back by hand (edgefleet-agent rollback)"
+		if *ifOnTrial {
+			*reason = "the new version did not start (rescued by edgefleet-agent rollback --if-on-trial)"
+		}
 	}
 	if c := dial(ctx, cfg); c != nil {
 		defer c.Close()
+		if *ifOnTrial {
+			fmt.Fprintln(e.stdout, "a daemon is running: nothing to rescue")
+			return 0
+		}
 		r, err := c.Do(ctx, agent.Request{Op: agent.OpRollback, App: app, Reason: *reason}, nil)
 		if err != nil {
 			fmt.Fprintf(e.stderr, "edgefleet-agent rollback: %v\n", err)
@@ -525,6 +533,19 @@ func cmdRollback(ctx context.Context, e *env, args []string) int {
 		return 1
 	}
 	defer a.Close()
+	if *ifOnTrial {
+		sts, err := a.Status()
+		if err != nil {
+			fmt.Fprintf(e.stderr, "edgefleet-agent rollback: %v\n", err)
+			return 1
+		}
+		for _, st := range sts {
+			if st.App == app && st.State != agent.StateTrial {
+				fmt.Fprintf(e.stdout, "%s is %s, not on trial: nothing to rescue\n", app, st.State)
+				return 0
+			}
+		}
+	}
 	if err := a.Rollback(app, *reason); err != nil {
 		fmt.Fprintf(e.stdout, "refused: %v\n", err)
 		return 1
