@@ -65,6 +65,9 @@ var (
 	// the broker's copy is declared corrupt and the release waits (backoff,
 	// or at once when the release is published again).
 	mqttChunkTries = 3
+	// mqttDropEvent, set only by tests, drops events of the kinds it
+	// returns true for, as a full event buffer would.
+	mqttDropEvent func(kind string) bool
 )
 
 var bucketDownloads = []byte("mqtt-downloads")
@@ -270,6 +273,10 @@ func newMQTTTransport(d *Daemon) (*mqttTransport, error) {
 // buffer is full the event is dropped and the loop re-subscribes, which
 // makes the broker send every retained message again.
 func (t *mqttTransport) post(ev mqttEvent) {
+	if mqttDropEvent != nil && mqttDropEvent(ev.kind) {
+		t.resync.Store(true)
+		return
+	}
 	select {
 	case t.events <- ev:
 	default:
@@ -974,6 +981,17 @@ func (t *mqttTransport) installed(ctx context.Context, app string, err error) {
 }
 
 func (t *mqttTransport) housekeeping(ctx context.Context) {
+	// A connected or lost event dropped with a full buffer must not leave
+	// the loop believing the wrong thing (no subscriptions, or a status
+	// never republished after a reconnect while the broker shows the
+	// device offline): paho's view of the connection is the truth.
+	if open := t.client.IsConnectionOpen(); open != t.connected {
+		if open {
+			t.handle(ctx, mqttEvent{kind: "connected"})
+		} else {
+			t.handle(ctx, mqttEvent{kind: "lost", err: errors.New("the connection closed")})
+		}
+	}
 	if t.resync.Swap(false) && t.client.IsConnected() {
 		t.logf("mqtt: messages were dropped; subscribing again")
 		t.subscribeAll()

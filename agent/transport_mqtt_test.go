@@ -456,3 +456,29 @@ func io_ReadFull(r interface{ Read([]byte) (int, error) }, b []byte) (int, error
 	}
 	return n, nil
 }
+
+// The "connected" event can be dropped when the event buffer is full (the
+// loop busy with an install during a reconnect). The device must still
+// subscribe and publish its status: the loop follows paho's own view of
+// the connection. Without that it stayed silent, shown offline by its
+// last will, until the next reconnect.
+func TestMQTTDroppedConnectedEvent(t *testing.T) {
+	mqttDropEvent = func(kind string) bool { return kind == "connected" }
+	t.Cleanup(func() { mqttDropEvent = nil })
+	k := newKit(t)
+	b := startTestBroker(t, t.TempDir(), "127.0.0.1:0")
+	op := operator(t, b.URL())
+	view := fleetView(t, op)
+	publish(t, op, k, k.bundle(spec{Version: "1.0.0", Sequence: 1}), "")
+	dev := startMQTTDevice(t, mqttConfig(t, k, "dev-deaf", b.URL()))
+	defer dev.stop()
+	eventually(t, "the device reports online without its connected event", func() bool {
+		for _, d := range view.Devices() {
+			if d.Device == "dev-deaf" && d.Online {
+				return true
+			}
+		}
+		return false
+	})
+	eventually(t, "and installs the retained release", func() bool { return installedIs(dev, "1.0.0", StateCommitted) })
+}
