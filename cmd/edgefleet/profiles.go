@@ -41,7 +41,7 @@ func runProfiles(_ context.Context, env *cliEnv, args []string) int {
 	tw := tabwriter.NewWriter(env.stdout, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "PROFILE\tTARGET\tQEMU CPU\tBUDGET\tUPX\tXZ DICT\tDESCRIPTION")
 	for _, p := range ps {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", p.Name, target(p), p.QEMUCPU, p.MaxBinarySize, yesNo(p.UPX), p.XZDictSize, p.Description)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", p.Name, hardware.TargetFor(p).String(), p.QEMUCPU, p.MaxBinarySize, yesNo(p.UPX), p.XZDictSize, p.Description)
 	}
 	tw.Flush()
 	fmt.Fprintln(env.stdout)
@@ -66,19 +66,6 @@ func runProfiles(_ context.Context, env *cliEnv, args []string) int {
 	tw.Flush()
 	fmt.Fprintln(env.stdout, "\nA board name works wherever a profile name does (pack --profile rpi-zero).")
 	return 0
-}
-
-func target(p hardware.Profile) string {
-	t := p.GOOS + "/" + p.GOARCH
-	switch {
-	case p.GOARM != "":
-		t += " GOARM=" + p.GOARM
-	case p.GOAMD64 != "":
-		t += " GOAMD64=" + p.GOAMD64
-	case p.GOMIPS != "":
-		t += " GOMIPS=" + p.GOMIPS
-	}
-	return t
 }
 
 func yesNo(b bool) string {
