@@ -144,6 +144,20 @@ func parse(e *env, fs *flag.FlagSet, args []string, nargs int) bool {
 	return true
 }
 
+// parseConfig parses the command line (nargs positional arguments) and
+// loads the configuration; on failure it returns nil and the exit code (2
+// usage, 1 a bad config).
+func parseConfig(e *env, fs *flag.FlagSet, cfgPath *string, args []string, nargs int) (*agent.Config, int) {
+	if !parse(e, fs, args, nargs) {
+		return nil, 2
+	}
+	cfg, ok := loadConfig(e, *cfgPath)
+	if !ok {
+		return nil, 1
+	}
+	return cfg, 0
+}
+
 func loadConfig(e *env, path string) (*agent.Config, bool) {
 	cfg, err := agent.LoadConfig(path)
 	if err != nil {
@@ -186,12 +200,9 @@ func cmdVersion(_ context.Context, e *env, _ []string) int {
 func cmdRun(ctx context.Context, e *env, args []string) int {
 	fs, cfgPath := flags(e, "run", "")
 	echo := fs.Bool("echo-output", false, "copy the apps' output lines to the agent's log")
-	if !parse(e, fs, args, 0) {
-		return 2
-	}
-	cfg, ok := loadConfig(e, *cfgPath)
-	if !ok {
-		return 1
+	cfg, code := parseConfig(e, fs, cfgPath, args, 0)
+	if cfg == nil {
+		return code
 	}
 	logger := log.New(e.stderr, "edgefleet-agent: ", log.LstdFlags)
 	logf := logger.Printf
@@ -283,12 +294,9 @@ func bundleCommand(ctx context.Context, e *env, name string, args []string, addF
 	if addFlags != nil {
 		addFlags(fs)
 	}
-	if !parse(e, fs, args, 1) {
-		return 2
-	}
-	cfg, ok := loadConfig(e, *cfgPath)
-	if !ok {
-		return 1
+	cfg, code := parseConfig(e, fs, cfgPath, args, 1)
+	if cfg == nil {
+		return code
 	}
 	path, ok := bundleArg(e, fs)
 	if !ok {
@@ -389,12 +397,9 @@ func cmdCheck(ctx context.Context, e *env, args []string) int {
 func cmdStatus(ctx context.Context, e *env, args []string) int {
 	fs, cfgPath := flags(e, "status", "")
 	asJSON := fs.Bool("json", false, "print JSON")
-	if !parse(e, fs, args, 0) {
-		return 2
-	}
-	cfg, ok := loadConfig(e, *cfgPath)
-	if !ok {
-		return 1
+	cfg, code := parseConfig(e, fs, cfgPath, args, 0)
+	if cfg == nil {
+		return code
 	}
 	var st agent.DaemonStatus
 	if c := dial(ctx, cfg); c != nil {
@@ -496,12 +501,9 @@ func cmdRollback(ctx context.Context, e *env, args []string) int {
 	fs, cfgPath := flags(e, "rollback", "APP")
 	reason := fs.String("reason", "", "why (recorded in the history)")
 	ifOnTrial := fs.Bool("if-on-trial", false, "only when no daemon answers and APP is on trial: for an init system's rescue unit (docs/systemd) after a new agent failed to start")
-	if !parse(e, fs, args, 1) {
-		return 2
-	}
-	cfg, ok := loadConfig(e, *cfgPath)
-	if !ok {
-		return 1
+	cfg, code := parseConfig(e, fs, cfgPath, args, 1)
+	if cfg == nil {
+		return code
 	}
 	app := fs.Arg(0)
 	if *reason == "" {
@@ -602,12 +604,9 @@ func cmdFacts(_ context.Context, e *env, args []string) int {
 
 func cmdReset(ctx context.Context, e *env, args []string) int {
 	fs, cfgPath := flags(e, "reset", "")
-	if !parse(e, fs, args, 0) {
-		return 2
-	}
-	cfg, ok := loadConfig(e, *cfgPath)
-	if !ok {
-		return 1
+	cfg, code := parseConfig(e, fs, cfgPath, args, 0)
+	if cfg == nil {
+		return code
 	}
 	if c := dial(ctx, cfg); c != nil {
 		defer c.Close()
