@@ -192,10 +192,14 @@ func (d *device) startDaemon(bin string) *daemon {
 }
 
 // status asks the daemon; ok is false when it does not answer.
-func (d *device) status() (agent.DaemonStatus, bool) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+func (d *device) status() (agent.DaemonStatus, bool) { return socketStatus(d.data, 5*time.Second) }
+
+// socketStatus asks the daemon whose data_dir is data over its control
+// socket; ok is false when it does not answer within timeout.
+func socketStatus(data string, timeout time.Duration) (agent.DaemonStatus, bool) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	c, err := agent.DialControl(ctx, filepath.Join(d.data, "agent.sock"))
+	c, err := agent.DialControl(ctx, filepath.Join(data, "agent.sock"))
 	if err != nil {
 		return agent.DaemonStatus{}, false
 	}

@@ -160,18 +160,7 @@ func (d *emuDevice) statusJSON() agent.DaemonStatus {
 // socketStatus asks the daemon over its control socket (cheap to poll;
 // the emulated CLI is the assertion, this is the wait).
 func (d *emuDevice) socketStatus() (agent.DaemonStatus, bool) {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	c, err := agent.DialControl(ctx, filepath.Join(d.data, "agent.sock"))
-	if err != nil {
-		return agent.DaemonStatus{}, false
-	}
-	defer c.Close()
-	r, err := c.Do(ctx, agent.Request{Op: agent.OpStatus}, nil)
-	if err != nil || r.Status == nil {
-		return agent.DaemonStatus{}, false
-	}
-	return *r.Status, true
+	return socketStatus(d.data, 10*time.Second)
 }
 
 // emuDaemon is `edgefleet-agent run` on an emulated device.
