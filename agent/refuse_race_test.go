@@ -42,7 +42,7 @@ func TestTransportRefusalDuringInstall(t *testing.T) {
 	res, err := a.Install(t0ctx(), f, func(p Progress) {
 		if p.Step == StepStage && !refusedMidway {
 			refusedMidway = true
-			tr.refuse(a, ap, other, errors.New("hello 1.1.0: this CPU cannot run linux-other: "+protocol.ErrMalformed.Error()))
+			tr.refuse(a, ap, &mqttRelease{m: other, id: "manifest-of-other"}, errors.New("hello 1.1.0: this CPU cannot run linux-other: "+protocol.ErrMalformed.Error()))
 		}
 	})
 	if err != nil {
@@ -58,7 +58,7 @@ func TestTransportRefusalDuringInstall(t *testing.T) {
 	if got := runVersion(t, k.appPath); got != "1.1.0" {
 		t.Fatalf("the app path runs %s", got)
 	}
-	if ap.failed[other.Payload.SHA256] == "" {
+	if ap.failed["manifest-of-other"] == "" {
 		t.Error("the transport forgot the refused release")
 	}
 }

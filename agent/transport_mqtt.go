@@ -5,16 +5,24 @@ package agent
 // window, verify each chunk against the signed hash before it touches the
 // disk, record it in bbolt so a download resumes after a disconnect, a kill
 // or a reboot, then install through the daemon (install, restart, trial)
-// and report status, retained, with a last will saying "offline".
+// and report status, retained. Liveness is a separate retained topic
+// (device/<id>/online) whose last will says "offline", so a power cut never
+// erases the device's last reported versions (SPEC.md §8.4a). Decisions are
+// taken on a complete view of the retained releases only: after every
+// (re)subscription the device waits for its own sync marker (§8.1).
 
 import (
 	"context"
+	"crypto/rand"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	mrand "math/rand/v2"
 	"os"
 	"path/filepath"
 	"sort"
@@ -33,14 +41,12 @@ const (
 	// mqttWindow bounds the chunk subscriptions outstanding per download:
 	// memory is at most this many chunks in flight, whatever the payload.
 	mqttWindow = 8
-	// mqttStall: with chunks outstanding and none arriving for this long,
-	// subscribe to them again (the broker re-delivers retained messages).
-	// This covers chunks that never arrive; a chunk that arrives corrupt
-	// is asked for again at once (mqttChunkTries).
-	mqttStall = 20 * time.Second
 	// mqttTick is the housekeeping period: status (throttled progress),
 	// retries of installs that were busy, stall checks.
 	mqttTick = 500 * time.Millisecond
+	// mqttStallMax caps the backoff of mqttStall (20s, 40s, … 5m) while
+	// chunks stay missing.
+	mqttStallMax = 5 * time.Minute
 	// mqttConnLogEvery: a connection failure that persists is logged again
 	// this often (a changed reason at once).
 	mqttConnLogEvery = 5 * time.Minute
@@ -68,6 +74,35 @@ var (
 	// mqttDropEvent, set only by tests, drops events of the kinds it
 	// returns true for, as a full event buffer would.
 	mqttDropEvent func(kind string) bool
+	// mqttLoseMessage, set only by tests, loses messages silently (no
+	// resync), as a broker node that admitted the device before loading
+	// its retained set does (DESIGN.md, NATS).
+	mqttLoseMessage func(topic string) bool
+	// mqttStall: with chunks outstanding and none arriving for this long,
+	// subscribe to them again (the broker re-delivers retained messages)
+	// and say in the status which chunks are missing. The wait doubles
+	// while nothing comes, up to mqttStallMax. A chunk that arrives
+	// corrupt is asked for again at once (mqttChunkTries).
+	mqttStall = 20 * time.Second
+	// mqttSyncTimeout bounds the wait for the device's sync marker: a
+	// broker whose ACL does not let the device echo it (an older ACL file)
+	// must not leave the device undecided. The releases received by then
+	// are merged into the view (nothing is removed from it).
+	mqttSyncTimeout = 15 * time.Second
+	// mqttRefresh: the release topics are read again (unsubscribe,
+	// subscribe, marker) this long after each connect, so a broker node
+	// that served a stale or empty retained set right after a restart is
+	// not believed for long; then every mqttRefreshEvery (±10 %).
+	mqttRefresh      = []time.Duration{30 * time.Second, 5 * time.Minute}
+	mqttRefreshEvery = 6 * time.Hour
+	// mqttHeartbeat: the retained status is published again at least this
+	// often while connected, so its time is the device's last contact
+	// (within this period) after the device disappears.
+	mqttHeartbeat = 5 * time.Minute
+	// mqttStateReserve is the free space a download always leaves in
+	// data_dir for the state database and the floor file: a download must
+	// never make an install, a sideload or a rollback fail to record.
+	mqttStateReserve int64 = 4 << 20
 )
 
 var bucketDownloads = []byte("mqtt-downloads")
@@ -96,6 +131,10 @@ type mqttRelease struct {
 	topic string
 	env   *protocol.Envelope
 	m     *protocol.Manifest
+	// id is the sha256 of the signed manifest bytes: what a refusal is
+	// remembered by (expiry, target and probe belong to the manifest; a
+	// renewed manifest for the same reproducible payload is a new try).
+	id string
 }
 
 type mqttDownload struct {
@@ -108,6 +147,7 @@ type mqttDownload struct {
 	bad         map[int]int // corrupt copies received in a row, per chunk
 	lastChunk   time.Time
 	complete    bool
+	stalls      int // consecutive stall checks without a chunk
 }
 
 // mqttHold pauses one release (by payload sha256) after a failure that
@@ -128,9 +168,15 @@ type mqttApp struct {
 	installing bool
 	profile    string
 	lastErr    string
+	stallErr   bool              // lastErr is the missing-chunks report (cleared when chunks flow)
 	behind     string            // why the device does not take the channel's newest release ("" when it does)
-	failed     map[string]string // payload sha256 → why it was refused for good (until the agent restarts)
+	failed     map[string]string // signed manifest sha256 → why it was refused for good (until the agent restarts)
 	hold       *mqttHold
+	// pending collects the release and desired messages of a sync round;
+	// the view (channel, desired) is replaced by it when the round's
+	// marker arrives.
+	pending        map[string]*mqttRelease
+	pendingDesired *mqttRelease
 }
 
 type mqttEvent struct {
@@ -151,12 +197,30 @@ type mqttTransport struct {
 	apps   map[string]*mqttApp
 	stats  *MQTTStats
 
-	willMu     sync.Mutex
-	will       []byte
-	lastStatus string
-	connected  bool
-	connErr    string // last connection failure logged
-	connErrAt  time.Time
+	willMu        sync.Mutex
+	will          []byte
+	lastStatus    string
+	lastPublished time.Time
+	connected     bool
+	connErr       string // last connection failure logged
+	connErrAt     time.Time
+	statusTopic   string
+	presenceTopic string
+	syncTopic     string
+	// A sync round: the marker nonce sent after subscribing ("" when no
+	// round runs) and when it started.
+	syncNonce  string
+	syncStart  time.Time
+	syncWarned bool // the marker timed out once (logged once per process)
+	// refreshAt is when the release topics are read again; refreshN
+	// counts the reads since the last connect.
+	refreshAt time.Time
+	refreshN  int
+	// subFailed: a subscription failed on this connection (logged once per
+	// connection; housekeeping subscribes again).
+	subFailed  atomic.Bool
+	subLogged  atomic.Bool
+	dropLogged bool
 	// missed: a release arrived while the state database was unusable
 	// (degraded daemon) and could not be verified; once a reset brings
 	// the state back, every release is asked for again.
@@ -225,8 +289,11 @@ func newMQTTTransport(d *Daemon) (*mqttTransport, error) {
 		// everything else would go in clear.
 		return nil, fmt.Errorf("broker.url %s is plain tcp:// but broker.ca/cert/key are set; use ssl://host:8883 for TLS", bc.URL)
 	}
-	statusTopic, _ := protocol.StatusTopic(d.cfg.DeviceID)
-	t.will = t.statusBytes(false)
+	t.statusTopic, _ = protocol.StatusTopic(d.cfg.DeviceID)
+	t.presenceTopic, _ = protocol.PresenceTopic(d.cfg.DeviceID)
+	t.syncTopic, _ = protocol.SyncTopic(d.cfg.DeviceID)
+	presenceTopic := t.presenceTopic
+	t.will = t.presenceBytes(false)
 	o := paho.NewClientOptions().
 		AddBroker(bc.URL).
 		SetClientID(d.cfg.DeviceID).
@@ -240,7 +307,7 @@ func newMQTTTransport(d *Daemon) (*mqttTransport, error) {
 		SetConnectTimeout(10*time.Second).
 		SetWriteTimeout(30*time.Second).
 		SetOrderMatters(true).
-		SetBinaryWill(statusTopic, t.will, 1, true).
+		SetBinaryWill(presenceTopic, t.will, 1, true).
 		SetDefaultPublishHandler(t.onMessage).
 		// 3.1.1 only: without this paho retries a refused CONNECT as MQTT
 		// 3.1 and the broker's reason (bad credentials) is replaced by
@@ -254,9 +321,11 @@ func newMQTTTransport(d *Daemon) (*mqttTransport, error) {
 		SetOnConnectHandler(func(paho.Client) { t.post(mqttEvent{kind: "connected"}) }).
 		SetConnectionLostHandler(func(_ paho.Client, err error) { t.post(mqttEvent{kind: "lost", err: err}) }).
 		SetReconnectingHandler(func(_ paho.Client, o *paho.ClientOptions) {
-			// The will carries the apps as of the last report.
+			// The will says offline, stamped with this connection's start.
+			w := t.presenceBytes(false)
 			t.willMu.Lock()
-			o.SetBinaryWill(statusTopic, t.will, 1, true)
+			t.will = w
+			o.SetBinaryWill(presenceTopic, w, 1, true)
 			t.willMu.Unlock()
 		})
 	if bc.Username != "" {
@@ -285,6 +354,9 @@ func (t *mqttTransport) post(ev mqttEvent) {
 }
 
 func (t *mqttTransport) onMessage(_ paho.Client, m paho.Message) {
+	if mqttLoseMessage != nil && mqttLoseMessage(m.Topic()) {
+		return
+	}
 	t.post(mqttEvent{kind: "msg", topic: m.Topic(), payload: m.Payload()})
 }
 
@@ -310,8 +382,10 @@ func (t *mqttTransport) run(ctx context.Context) {
 
 func (t *mqttTransport) shutdown() {
 	if t.connected {
-		st, _ := protocol.StatusTopic(t.cfg.DeviceID)
-		tok := t.client.Publish(st, 1, true, t.statusBytes(false))
+		// A clean stop: the last state, then offline with this moment as
+		// the last contact.
+		t.client.Publish(t.statusTopic, 1, true, t.statusBytes())
+		tok := t.client.Publish(t.presenceTopic, 1, true, t.presenceBytes(false))
 		tok.WaitTimeout(2 * time.Second)
 	}
 	t.client.Disconnect(250)
@@ -328,7 +402,13 @@ func (t *mqttTransport) handle(ctx context.Context, ev mqttEvent) {
 	case "connected":
 		t.connected = true
 		t.connErr = ""
+		t.subFailed.Store(false)
+		t.subLogged.Store(false)
+		t.dropLogged = false
 		t.logf("mqtt: connected to %s", t.cfg.Broker.URL)
+		t.client.Publish(t.presenceTopic, 1, true, t.presenceBytes(true))
+		t.refreshN = 0
+		t.refreshAt = time.Now().Add(refreshDelay(0))
 		t.subscribeAll()
 		t.lastStatus = ""
 		t.publishStatus()
@@ -338,9 +418,12 @@ func (t *mqttTransport) handle(ctx context.Context, ev mqttEvent) {
 		msg := fmt.Sprint(ev.err)
 		if msg != t.connErr || time.Since(t.connErrAt) > mqttConnLogEvery {
 			t.connErr, t.connErrAt = msg, time.Now()
-			t.logf("mqtt: cannot connect to %s: %s; retrying (check broker.url, broker.ca/cert/key or broker.username/password)", t.cfg.Broker.URL, msg)
+			t.logf("mqtt: cannot connect to %s as client id %q: %s; retrying (check broker.url, broker.ca/cert/key or broker.username/password, and that the broker accepts this device id as a client id)", t.cfg.Broker.URL, t.cfg.DeviceID, msg)
 		}
 	case "lost":
+		if !t.connected {
+			return // one line per state change
+		}
 		t.connected = false
 		t.logf("mqtt: connection lost (%v); reconnecting", ev.err)
 	case "msg":
@@ -350,15 +433,41 @@ func (t *mqttTransport) handle(ctx context.Context, ev mqttEvent) {
 	}
 }
 
+// subscribeAll starts a sync round: it subscribes (again) to the release
+// and desired topics and to the device's sync topic, and once the broker
+// acknowledges, sends the round's marker there. The releases delivered
+// before the marker are the complete retained set: the view is replaced
+// by them when the marker arrives (syncDone), and nothing is decided on a
+// partial view before that (SPEC.md §8.1).
 func (t *mqttTransport) subscribeAll() {
 	subs := map[string]byte{}
+	var filters []string
 	for name := range t.apps {
 		if f, err := protocol.ReleaseFilter(t.cfg.Broker.Channel, name); err == nil {
 			subs[f] = 0
+			filters = append(filters, f)
 		}
 	}
-	subs[protocol.TopicPrefix+"device/"+t.cfg.DeviceID+"/desired/+"] = 0
-	t.subscribe(subs)
+	desired := protocol.TopicPrefix + "device/" + t.cfg.DeviceID + "/desired/+"
+	subs[desired] = 0
+	filters = append(filters, desired)
+	subs[t.syncTopic] = 0
+	nonce := randomHex(8)
+	t.syncNonce, t.syncStart = nonce, time.Now()
+	for _, ap := range t.apps {
+		ap.pending, ap.pendingDesired = map[string]*mqttRelease{}, nil
+	}
+	// Unsubscribe first: a broker need not send the retained messages
+	// again for a subscription it already has (a resumed session).
+	t.client.Unsubscribe(filters...)
+	tok := t.client.SubscribeMultiple(subs, t.onMessage)
+	go func() {
+		if !tok.WaitTimeout(mqttSyncTimeout) || tok.Error() != nil {
+			t.subscribeFailed(tok.Error())
+			return
+		}
+		t.client.Publish(t.syncTopic, 0, false, []byte(nonce))
+	}()
 	for _, ap := range t.apps {
 		if ap.dl != nil {
 			t.resubscribeChunks(ap.dl)
@@ -366,8 +475,67 @@ func (t *mqttTransport) subscribeAll() {
 	}
 }
 
+// subscribeFailed notes a failed subscription: logged once per
+// connection, subscribed again by housekeeping while connected.
+func (t *mqttTransport) subscribeFailed(err error) {
+	if err == nil {
+		err = errors.New("no SUBACK from the broker")
+	}
+	if !t.subLogged.Swap(true) {
+		t.logf("mqtt: subscribe: %v; subscribing again while connected", err)
+	}
+	t.subFailed.Store(true)
+}
+
+// syncDone ends a sync round. complete: the marker arrived, so the
+// round's releases are the whole retained set and replace the view
+// (releases retired while the device was away disappear). Otherwise (the
+// marker never came) they are merged into it.
+func (t *mqttTransport) syncDone(ctx context.Context, complete bool) {
+	t.syncNonce = ""
+	for _, ap := range t.apps {
+		if ap.pending == nil {
+			continue
+		}
+		if complete {
+			ap.channel, ap.desired = ap.pending, ap.pendingDesired
+		} else {
+			for k, v := range ap.pending {
+				ap.channel[k] = v
+			}
+			if ap.pendingDesired != nil {
+				ap.desired = ap.pendingDesired
+			}
+		}
+		for _, rel := range ap.channel {
+			t.redelivered(ap, rel)
+		}
+		if ap.desired != nil {
+			t.redelivered(ap, ap.desired)
+		}
+		ap.pending, ap.pendingDesired = nil, nil
+		t.evaluate(ctx, ap)
+	}
+}
+
+// refreshDelay is the wait before the n-th re-read of the release topics
+// after a connect.
+func refreshDelay(n int) time.Duration {
+	if n < len(mqttRefresh) {
+		return mqttRefresh[n]
+	}
+	jitter := time.Duration(mrand.Int64N(int64(mqttRefreshEvery)/5+1)) - mqttRefreshEvery/10
+	return mqttRefreshEvery + jitter
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
 // subscribe subscribes at QoS 0 (SPEC.md: everything that matters is
-// retained). A failure is retried by the next resync.
+// retained). A failure is retried by housekeeping.
 func (t *mqttTransport) subscribe(subs map[string]byte) {
 	if len(subs) == 0 {
 		return
@@ -375,8 +543,7 @@ func (t *mqttTransport) subscribe(subs map[string]byte) {
 	tok := t.client.SubscribeMultiple(subs, t.onMessage)
 	go func() {
 		if tok.Wait(); tok.Error() != nil {
-			t.logf("mqtt: subscribe: %v", tok.Error())
-			t.resync.Store(true)
+			t.subscribeFailed(tok.Error())
 		}
 	}()
 }
@@ -415,10 +582,19 @@ func (t *mqttTransport) message(ctx context.Context, topic string, payload []byt
 		if rel == nil && len(payload) > 0 {
 			return
 		}
+		view := ap.channel
+		if ap.pending != nil {
+			view = ap.pending // a sync round: decide when it is complete
+		}
 		if rel == nil {
-			delete(ap.channel, tp.Profile)
+			delete(view, tp.Profile)
 		} else {
-			ap.channel[tp.Profile] = rel
+			view[tp.Profile] = rel
+		}
+		if ap.pending != nil {
+			return
+		}
+		if rel != nil {
 			t.redelivered(ap, rel)
 		}
 		t.evaluate(ctx, ap)
@@ -431,6 +607,10 @@ func (t *mqttTransport) message(ctx context.Context, topic string, payload []byt
 		if rel == nil && len(payload) > 0 {
 			return
 		}
+		if ap.pending != nil {
+			ap.pendingDesired = rel
+			return
+		}
 		ap.desired = rel
 		if rel != nil {
 			t.redelivered(ap, rel)
@@ -438,6 +618,10 @@ func (t *mqttTransport) message(ctx context.Context, topic string, payload []byt
 		t.evaluate(ctx, ap)
 	case protocol.KindChunk:
 		t.chunk(ctx, tp, payload)
+	case protocol.KindSync:
+		if tp.Device == t.cfg.DeviceID && t.syncNonce != "" && string(payload) == t.syncNonce {
+			t.syncDone(ctx, true)
+		}
 	default:
 		t.stats.Dropped.Add(1)
 	}
@@ -461,7 +645,8 @@ func (t *mqttTransport) parseRelease(ap *mqttApp, topic string, payload []byte) 
 			if m.App != ap.cfg.Name {
 				err = fmt.Errorf("the release on %s is for app %q: %w", topic, m.App, protocol.ErrMalformed)
 			} else {
-				return &mqttRelease{topic: topic, env: env, m: m}
+				sum := sha256.Sum256(env.Manifest)
+				return &mqttRelease{topic: topic, env: env, m: m, id: hex.EncodeToString(sum[:])}
 			}
 		}
 	}
@@ -581,9 +766,14 @@ func (t *mqttTransport) evaluate(ctx context.Context, ap *mqttApp) {
 		return
 	}
 	rel, err := t.choose(a, ap)
-	t.setBehind(ap, t.behindNote(a, ap, rel))
+	note := t.behindNote(a, ap, rel)
 	if err != nil {
-		ap.lastErr = err.Error()
+		// Nothing on the channel runs on this CPU: the device keeps what
+		// it runs. Information for the operator, never a failure.
+		note = err.Error()
+	}
+	t.setBehind(ap, note)
+	if err != nil {
 		return
 	}
 	if rel == nil {
@@ -591,7 +781,7 @@ func (t *mqttTransport) evaluate(ctx context.Context, ap *mqttApp) {
 	}
 	m := rel.m
 	sha := m.Payload.SHA256
-	if _, bad := ap.failed[sha]; bad {
+	if _, bad := ap.failed[rel.id]; bad {
 		return // refused for good; the reason stays in the status
 	}
 	if h := ap.hold; h != nil {
@@ -626,15 +816,19 @@ func (t *mqttTransport) evaluate(ctx context.Context, ap *mqttApp) {
 	}
 	// Refuse what can never install before fetching a byte.
 	if err := m.CheckExpiry(time.Now()); err != nil {
-		t.refuse(a, ap, m, err)
+		t.refuse(a, ap, rel, err)
 		return
 	}
 	if err := a.CPU().CanRun(targetOf(m.Target)); err != nil {
-		t.refuse(a, ap, m, fmt.Errorf("%s %s: %w", m.App, m.Version, err))
+		t.refuse(a, ap, rel, fmt.Errorf("%s %s: %w", m.App, m.Version, err))
 		return
 	}
 	if err := a.checkDecoderMemory(m); err != nil {
-		t.refuse(a, ap, m, err)
+		t.refuse(a, ap, rel, err)
+		return
+	}
+	if err := t.checkDownloadSpace(a, ap, m); err != nil {
+		t.transient(ap, m, err, false)
 		return
 	}
 	dl, err := t.openDownload(a, ap, rel)
@@ -652,18 +846,22 @@ func (t *mqttTransport) evaluate(ctx context.Context, ap *mqttApp) {
 
 // refuse refuses a release before its download: reported, recorded in
 // the app's history, and never fetched again by this process.
-func (t *mqttTransport) refuse(a *Agent, ap *mqttApp, m *protocol.Manifest, err error) {
-	t.fatal(ap, m, err)
-	a.recordRefusal(ap.cfg, m, err)
+func (t *mqttTransport) refuse(a *Agent, ap *mqttApp, rel *mqttRelease, err error) {
+	t.fatal(ap, rel, err)
+	a.recordRefusal(ap.cfg, rel.m, err)
 }
 
 // fatal drops a release for good (agent.Fatal: bad signature, wrong CPU,
 // older sequence, failed probe…): retrying the same bytes gives the same
 // answer. Its download is removed; a different release (another payload)
-// is considered as usual. A restart of the agent tries once more.
-func (t *mqttTransport) fatal(ap *mqttApp, m *protocol.Manifest, err error) {
+// is considered as usual. The refusal is remembered by the signed
+// manifest's hash: a renewed manifest (new expiry, probe or target) for the
+// same payload is tried. A restart of the agent tries once more.
+func (t *mqttTransport) fatal(ap *mqttApp, rel *mqttRelease, err error) {
+	m := rel.m
 	ap.lastErr = fmt.Sprintf("%s %s refused: %v", m.App, m.Version, err)
-	ap.failed[m.Payload.SHA256] = ap.lastErr
+	ap.stallErr = false
+	ap.failed[rel.id] = ap.lastErr
 	if ap.hold != nil && ap.hold.sha == m.Payload.SHA256 {
 		ap.hold = nil
 	}
@@ -700,6 +898,7 @@ func (t *mqttTransport) transient(ap *mqttApp, m *protocol.Manifest, err error, 
 		what = "" // the install pipeline's errors name the release already
 	}
 	ap.lastErr = fmt.Sprintf("%s%v (attempt %d; retrying in %s)", what, err, h.attempts, d)
+	ap.stallErr = false
 	t.logf("mqtt: %s", ap.lastErr)
 }
 
@@ -867,6 +1066,10 @@ func (t *mqttTransport) chunk(ctx context.Context, tp protocol.Topic, payload []
 		return
 	}
 	p := &dl.rel.m.Payload
+	if err := t.checkChunkSpace(ap, len(payload)); err != nil {
+		t.transient(ap, dl.rel.m, err, false)
+		return
+	}
 	if err := protocol.VerifyChunk(p, tp.Index, payload); err != nil {
 		t.stats.ChunksBad.Add(1)
 		dl.bad[tp.Index]++
@@ -889,6 +1092,10 @@ func (t *mqttTransport) chunk(ctx context.Context, tp protocol.Topic, payload []
 	delete(dl.bad, tp.Index)
 	t.client.Unsubscribe(topic)
 	dl.lastChunk = time.Now()
+	dl.stalls = 0
+	if ap.stallErr {
+		ap.lastErr, ap.stallErr = "", false // chunks flow again
+	}
 	t.stats.ChunksReceived.Add(1)
 	t.stats.ChunkBytes.Add(int64(len(payload)))
 	if dl.n == len(dl.have) {
@@ -966,14 +1173,14 @@ func (t *mqttTransport) installed(ctx context.Context, app string, err error) {
 		// itself; fetch everything once more, then give up.
 		h := ap.holdFor(m.Payload.SHA256)
 		if h.refetches++; h.refetches > 1 {
-			t.fatal(ap, m, fmt.Errorf("the downloaded payload does not verify although each of its chunks did, twice: the release's manifest is inconsistent or this device's storage corrupts data (%w)", err))
+			t.fatal(ap, ap.dl.rel, fmt.Errorf("the downloaded payload does not verify although each of its chunks did, twice: the release's manifest is inconsistent or this device's storage corrupts data (%w)", err))
 			break
 		}
 		t.logf("mqtt: %s %s: the downloaded payload does not verify (%v); fetching it again", m.App, m.Version, err)
 		t.abandon(ap)
 		t.evaluate(ctx, ap)
 	case Fatal(err):
-		t.fatal(ap, m, err) // the pipeline recorded the refusal in the app's history
+		t.fatal(ap, ap.dl.rel, err) // the pipeline recorded the refusal in the app's history
 	default:
 		t.transient(ap, m, err, false) // storage full, I/O, state database…
 	}
@@ -992,11 +1199,33 @@ func (t *mqttTransport) housekeeping(ctx context.Context) {
 			t.handle(ctx, mqttEvent{kind: "lost", err: errors.New("the connection closed")})
 		}
 	}
-	if t.resync.Swap(false) && t.client.IsConnected() {
-		t.logf("mqtt: messages were dropped; subscribing again")
+	// paho's IsConnected is true while it reconnects; t.connected follows
+	// IsConnectionOpen, so nothing is subscribed (and nothing logged) into
+	// a connection that is not there.
+	if t.connected && t.resync.Swap(false) {
+		if !t.dropLogged {
+			t.dropLogged = true // once per connection
+			t.logf("mqtt: messages were dropped (the agent was busy); subscribing again")
+		}
+		t.subscribeAll()
+	} else if t.connected && t.subFailed.Swap(false) {
 		t.subscribeAll()
 	}
-	if t.missed && t.agent() != nil && t.client.IsConnected() {
+	if t.connected && t.syncNonce == "" && !t.refreshAt.IsZero() && time.Now().After(t.refreshAt) {
+		// Read the release topics again: a broker node may have served a
+		// stale or empty retained set when the device (re)connected.
+		t.refreshN++
+		t.refreshAt = time.Now().Add(refreshDelay(t.refreshN))
+		t.subscribeAll()
+	}
+	if t.syncNonce != "" && time.Since(t.syncStart) > mqttSyncTimeout {
+		if !t.syncWarned {
+			t.syncWarned = true
+			t.logf("mqtt: the broker did not echo this device's sync marker on %s within %s; deciding on the releases received so far. Let device %s publish and subscribe %s (protocol/SPEC.md §8.6); until then a release retired while the device was away is noticed only when the agent restarts", t.syncTopic, mqttSyncTimeout, t.cfg.DeviceID, t.syncTopic)
+		}
+		t.syncDone(ctx, false)
+	}
+	if t.missed && t.agent() != nil && t.connected {
 		// The state database is back (reset): the releases that arrived
 		// while it was not are sent again by the broker on a new SUBSCRIBE.
 		t.missed = false
@@ -1007,10 +1236,12 @@ func (t *mqttTransport) housekeeping(ctx context.Context) {
 		if ap.installing {
 			continue
 		}
-		if dl := ap.dl; dl != nil && len(dl.outstanding) > 0 && time.Since(dl.lastChunk) > mqttStall && t.connected {
-			t.logf("mqtt: %s: no chunk for %s; asking again for %d", ap.cfg.Name, mqttStall, len(dl.outstanding))
-			t.resubscribeChunks(dl)
+		if dl := ap.dl; dl != nil && len(dl.outstanding) > 0 && t.connected && time.Since(dl.lastChunk) > stallDelay(dl.stalls) {
+			t.stalled(ap)
 			continue
+		}
+		if t.syncNonce != "" {
+			continue // decide on the complete view (syncDone evaluates)
 		}
 		// Starts what is due: a release after a trial ended, a retry after
 		// a hold, the install of a complete download.
@@ -1019,10 +1250,100 @@ func (t *mqttTransport) housekeeping(ctx context.Context) {
 	t.publishStatus()
 }
 
-// statusBytes builds the device status message.
-func (t *mqttTransport) statusBytes(online bool) []byte {
+// stallDelay is how long a download waits for a chunk after n stall
+// checks in a row found none: mqttStall doubling up to mqttStallMax.
+func stallDelay(n int) time.Duration {
+	d := mqttStall
+	for i := 0; i < n && d < mqttStallMax; i++ {
+		d *= 2
+	}
+	return min(d, mqttStallMax)
+}
+
+// stalled: chunks are outstanding and none came for stallDelay. The device
+// says which chunks it lacks and what the operator can do, in its status,
+// and asks again with backoff.
+func (t *mqttTransport) stalled(ap *mqttApp) {
+	dl := ap.dl
+	m := dl.rel.m
+	waited := time.Since(dl.lastChunk).Round(time.Second)
+	dl.stalls++
+	idx := make([]int, 0, len(dl.outstanding))
+	for i := range dl.outstanding {
+		idx = append(idx, i)
+	}
+	sort.Ints(idx)
+	list := make([]string, len(idx))
+	for i, n := range idx {
+		list[i] = fmt.Sprint(n)
+	}
+	first, _ := protocol.ChunkTopic(m.App, m.Payload.SHA256, idx[0])
+	msg := fmt.Sprintf("%s %s: no chunk has arrived for %s; the broker does not send chunk %s of %d (%d of %d here; e.g. %s); publish the release again (edgefleet publish) or check that the broker keeps retained messages; asking again in %s",
+		m.App, m.Version, waited, strings.Join(list, ", "), len(dl.have), dl.n, len(dl.have), first, stallDelay(dl.stalls))
+	t.logf("mqtt: %s", msg)
+	if ap.lastErr == "" || ap.stallErr {
+		ap.lastErr, ap.stallErr = msg, true
+	}
+	t.resubscribeChunks(dl)
+}
+
+// checkDownloadSpace refuses to start (or resume) a download that would
+// leave less than mqttStateReserve free in data_dir: the state database
+// and floor file must always be writable (an install, a sideload or a
+// rollback records itself there). Only what is still missing counts: the
+// part file is sparse and already holds the chunks downloaded before.
+func (t *mqttTransport) checkDownloadSpace(a *Agent, ap *mqttApp, m *protocol.Manifest) error {
+	need := m.Payload.Size
+	if rec, err := a.loadDownload(ap.cfg.Name); err == nil && rec != nil && rec.SHA256 == m.Payload.SHA256 {
+		for i := range m.Payload.Chunks {
+			if i/8 < len(rec.Have) && rec.Have[i/8]&(1<<(i%8)) != 0 {
+				need -= m.Payload.ChunkLen(i)
+			}
+		}
+	}
+	return t.checkSpace(a, m, need)
+}
+
+// checkChunkSpace checks, before a chunk is written, that the write
+// leaves the state files their reserve (another program may have filled
+// data_dir since the download started).
+func (t *mqttTransport) checkChunkSpace(ap *mqttApp, n int) error {
+	a := t.agent()
+	if a == nil {
+		return errors.New("state database unavailable")
+	}
+	return t.checkSpace(a, ap.dl.rel.m, int64(n))
+}
+
+func (t *mqttTransport) checkSpace(a *Agent, m *protocol.Manifest, need int64) error {
+	st, err := a.opts.Storage(t.cfg.DataDir)
+	if err != nil {
+		return fmt.Errorf("read free storage on data_dir %s: %w", t.cfg.DataDir, err)
+	}
+	if st.Free-need >= mqttStateReserve {
+		return nil
+	}
+	return fmt.Errorf("not enough space in data_dir %s to download %s %s: %s still to fetch, %s kept free for the agent's state, %s free; free some space there (the download goes on by itself): %w",
+		t.cfg.DataDir, m.App, m.Version, hardware.Size(need), hardware.Size(mqttStateReserve), hardware.Size(st.Free), ErrNoSpace)
+}
+
+// presenceBytes builds the device's presence message (online, or offline
+// for the will and a clean stop).
+func (t *mqttTransport) presenceBytes(online bool) []byte {
+	p := &protocol.Presence{Schema: protocol.MQTTSchemaVersion, Device: t.cfg.DeviceID, Online: online, Time: time.Now().UTC()}
+	b, err := p.Marshal()
+	if err != nil {
+		t.logf("mqtt: presence: %v", err)
+	}
+	return b
+}
+
+// statusBytes builds the device status message. Online is always true:
+// a device writes its status only while connected; liveness is the
+// presence topic.
+func (t *mqttTransport) statusBytes() []byte {
 	s := &protocol.DeviceStatus{Schema: protocol.MQTTSchemaVersion, Device: t.cfg.DeviceID, Profile: t.cfg.Profile,
-		AgentVersion: clip(t.d.opts.Version, 200), Time: time.Now().UTC(), Online: online}
+		AgentVersion: clip(t.d.opts.Version, 200), Time: time.Now().UTC(), Online: true}
 	a := t.agent()
 	if a != nil {
 		s.CPU = clip(a.CPU().String(), 200)
@@ -1043,15 +1364,9 @@ func (t *mqttTransport) statusBytes(online bool) []byte {
 		if ap.lastErr != "" {
 			r.LastError = ap.lastErr
 		}
-		if ap.behind != "" {
-			// Why the device stays behind the channel's newest release;
-			// after an error, which says more about the device's state.
-			if r.LastError == "" {
-				r.LastError = ap.behind
-			} else {
-				r.LastError += "; also: " + ap.behind
-			}
-		}
+		// Why the device stays behind the channel's newest release:
+		// information, never a failure.
+		r.Note = ap.behind
 		if ap.dl != nil {
 			r.Target = ap.dl.rel.m.Version
 			done := int64(0)
@@ -1081,27 +1396,22 @@ func (t *mqttTransport) statusBytes(online bool) []byte {
 }
 
 // publishStatus publishes the retained status when it changed (progress is
-// thereby throttled to the housekeeping tick) and refreshes the will.
+// thereby throttled to the housekeeping tick), and at least every
+// mqttHeartbeat, so that its time tells the last contact.
 func (t *mqttTransport) publishStatus() {
 	if !t.connected {
 		return
 	}
-	b := t.statusBytes(true)
+	b := t.statusBytes()
 	var cmp protocol.DeviceStatus
 	json.Unmarshal(b, &cmp)
 	cmp.Time = time.Time{}
 	key, _ := json.Marshal(cmp)
-	if string(key) == t.lastStatus {
+	if string(key) == t.lastStatus && time.Since(t.lastPublished) < mqttHeartbeat {
 		return
 	}
-	t.lastStatus = string(key)
-	st, _ := protocol.StatusTopic(t.cfg.DeviceID)
-	t.client.Publish(st, 1, true, b)
-	if off := t.statusBytes(false); off != nil {
-		t.willMu.Lock()
-		t.will = off
-		t.willMu.Unlock()
-	}
+	t.lastStatus, t.lastPublished = string(key), time.Now()
+	t.client.Publish(t.statusTopic, 1, true, b)
 }
 
 // installParts installs a downloaded release through the daemon's

@@ -117,7 +117,7 @@ func publish(t testing.TB, c paho.Client, k *kit, path string, device string) {
 // fleetView follows the devices' retained statuses.
 func fleetView(t testing.TB, c paho.Client) *fleet.FleetView {
 	v := fleet.NewFleetView()
-	if err := fleet.Subscribe(context.Background(), c, []string{protocol.StatusFilter}, func(topic string, p []byte) {
+	if err := fleet.Subscribe(context.Background(), c, protocol.DeviceFilters, func(topic string, p []byte) {
 		if err := v.Update(topic, p); err != nil {
 			t.Errorf("a device published a malformed status: %v", err)
 		}

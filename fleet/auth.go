@@ -95,8 +95,8 @@ func DefaultACL() *ACL {
 	p := protocol.TopicPrefix
 	return &ACL{Roles: map[string]RoleRules{
 		RoleDevice: {
-			Read:  []string{p + "release/#", p + "chunks/#", p + "device/%u/desired/#"},
-			Write: []string{p + "device/%u/status"},
+			Read:  []string{p + "release/#", p + "chunks/#", p + "device/%u/desired/#", p + "device/%u/sync"},
+			Write: []string{p + "device/%u/status", p + "device/%u/online", p + "device/%u/sync"},
 		},
 		RoleOperator: {
 			Read:  []string{"#"},

@@ -13,11 +13,18 @@ import (
 	"github.com/edgefleet/edgefleet/protocol"
 )
 
-// FleetView aggregates device status messages. It is safe for concurrent
-// use: Update runs on the MQTT delivery goroutine, the table on another.
+// FleetView aggregates device status and presence messages (subscribe to
+// protocol.DeviceFilters). It is safe for concurrent use: Update runs on
+// the MQTT delivery goroutine, the table on another.
+//
+// A device's state comes from its status, its liveness from its presence
+// message when it has one (agents before presence existed said offline
+// in the status itself); its last contact is the later of the two
+// messages' times.
 type FleetView struct {
-	mu      sync.Mutex
-	devices map[string]*protocol.DeviceStatus
+	mu       sync.Mutex
+	devices  map[string]*protocol.DeviceStatus
+	presence map[string]*protocol.Presence
 	// malformed holds the status topics whose latest message was
 	// malformed (a set, so a redelivered retained message counts once).
 	malformed map[string]bool
@@ -26,34 +33,48 @@ type FleetView struct {
 
 // NewFleetView returns an empty view.
 func NewFleetView() *FleetView {
-	return &FleetView{devices: map[string]*protocol.DeviceStatus{}, malformed: map[string]bool{}}
+	return &FleetView{devices: map[string]*protocol.DeviceStatus{}, presence: map[string]*protocol.Presence{}, malformed: map[string]bool{}}
 }
 
-// Update applies one message from a status topic. An empty payload removes
-// the device. A malformed message is dropped and returned as an error for
-// the caller to log; the view is unchanged.
+// Update applies one message from a status or presence topic. An empty
+// status removes the device, an empty presence its liveness. A malformed
+// message is dropped and returned as an error for the caller to log; the
+// view is unchanged.
 func (v *FleetView) Update(topic string, payload []byte) error {
 	t, err := protocol.ParseTopic(topic)
-	if err == nil && t.Kind != protocol.KindStatus {
-		err = fmt.Errorf("topic %s is not a status topic", topic)
+	if err == nil && t.Kind != protocol.KindStatus && t.Kind != protocol.KindPresence {
+		err = fmt.Errorf("topic %s is not a status or presence topic", topic)
 	}
 	var s *protocol.DeviceStatus
+	var p *protocol.Presence
 	if err == nil && len(payload) > 0 {
-		s, err = protocol.ParseStatus(payload)
-		if err == nil && s.Device != t.Device {
-			err = fmt.Errorf("status on %s claims to be device %q", topic, s.Device)
+		if t.Kind == protocol.KindStatus {
+			s, err = protocol.ParseStatus(payload)
+			if err == nil && s.Device != t.Device {
+				err = fmt.Errorf("status on %s claims to be device %q", topic, s.Device)
+			}
+		} else {
+			p, err = protocol.ParsePresence(payload)
+			if err == nil && p.Device != t.Device {
+				err = fmt.Errorf("presence on %s claims to be device %q", topic, p.Device)
+			}
 		}
 	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	if err != nil {
 		v.malformed[topic] = true
-		return fmt.Errorf("dropped status message: %w", err)
+		return fmt.Errorf("dropped %s message: %w", t.Kind, err)
 	}
 	delete(v.malformed, topic)
-	if s == nil {
+	switch {
+	case t.Kind == protocol.KindPresence && p == nil:
+		delete(v.presence, t.Device)
+	case t.Kind == protocol.KindPresence:
+		v.presence[t.Device] = p
+	case s == nil:
 		delete(v.devices, t.Device)
-	} else {
+	default:
 		v.devices[t.Device] = s
 	}
 	v.gen++
@@ -67,13 +88,22 @@ func (v *FleetView) Generation() int {
 	return v.gen
 }
 
-// Devices returns a copy of the statuses, sorted by device id.
+// Devices returns a copy of the statuses, sorted by device id, with
+// Online from the device's presence message when it has one and Time its
+// last contact (the later of its status and presence times).
 func (v *FleetView) Devices() []protocol.DeviceStatus {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	out := make([]protocol.DeviceStatus, 0, len(v.devices))
-	for _, s := range v.devices {
-		out = append(out, *s)
+	for id, s := range v.devices {
+		d := *s
+		if p := v.presence[id]; p != nil {
+			d.Online = p.Online
+			if p.Time.After(d.Time) {
+				d.Time = p.Time
+			}
+		}
+		out = append(out, d)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Device < out[j].Device })
 	return out
@@ -125,7 +155,8 @@ func (v *FleetView) Summary() Summary {
 	return s
 }
 
-// Failed reports whether an app report shows trouble.
+// Failed reports whether an app report shows trouble. A note (why the
+// device stays behind the channel) is not trouble.
 func Failed(a protocol.AppReport) bool {
 	return a.State == "failed" || a.State == "rolled-back" || a.LastError != ""
 }
@@ -177,13 +208,17 @@ func (v *FleetView) WriteTable(w io.Writer, now time.Time) {
 		for _, a := range apps {
 			prog := "-"
 			if p := a.Progress; p != nil && p.Total > 0 {
-				prog = fmt.Sprintf("%s %d%%", p.Step, p.Done*100/p.Total)
+				prog = fmt.Sprintf("%s %d%%", p.Step, min(max(p.Done, 0), p.Total)*100/p.Total)
+			}
+			msg := a.LastError
+			if msg == "" && a.Note != "" {
+				msg = "note: " + a.Note
 			}
 			ver := dash(a.Version)
 			if a.Target != "" && a.Target != a.Version {
 				ver += " → " + a.Target
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", d.Device, dash(d.Profile), a.App, ver, dash(a.State), prog, seen, oneLine(a.LastError, 60))
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", d.Device, dash(d.Profile), a.App, ver, dash(a.State), prog, seen, oneLine(msg, 60))
 		}
 	}
 	tw.Flush()

@@ -85,6 +85,10 @@ func (t Topic) String() string {
 		return TopicPrefix + "device/" + t.Device + "/desired/" + t.App
 	case KindStatus:
 		return TopicPrefix + "device/" + t.Device + "/status"
+	case KindPresence:
+		return TopicPrefix + "device/" + t.Device + "/online"
+	case KindSync:
+		return TopicPrefix + "device/" + t.Device + "/sync"
 	}
 	return ""
 }
@@ -202,8 +206,8 @@ func ParseTopic(s string) (Topic, error) {
 		if !ValidDeviceID(t.Device) || !ValidApp(t.App) {
 			return bad()
 		}
-	case len(p) == 3 && p[0] == "device" && p[2] == "status":
-		t = Topic{Kind: KindStatus, Device: p[1]}
+	case len(p) == 3 && p[0] == "device" && (p[2] == "status" || p[2] == "online" || p[2] == "sync"):
+		t = Topic{Kind: map[string]TopicKind{"status": KindStatus, "online": KindPresence, "sync": KindSync}[p[2]], Device: p[1]}
 		if !ValidDeviceID(t.Device) {
 			return bad()
 		}
@@ -292,6 +296,10 @@ type AppReport struct {
 	Target    string          `json:"target,omitempty"`
 	Progress  *ProgressReport `json:"progress,omitempty"`
 	LastError string          `json:"last_error,omitempty"`
+	// Note says why the device stays where it is although the channel
+	// holds something newer (published only for other CPUs, say). It is
+	// information for the operator, never a failure.
+	Note string `json:"note,omitempty"`
 }
 
 // ProgressReport is where an install stands: step ("download", "verify",
@@ -329,8 +337,8 @@ func (s *DeviceStatus) Validate() error {
 		if len(a.Version) > maxStringLen || len(a.State) > 32 || len(a.Target) > maxStringLen {
 			return bad("app %s: version, state or target too long", a.App)
 		}
-		if len(a.LastError) > MaxLastError {
-			return bad("app %s: last_error longer than %d", a.App, MaxLastError)
+		if len(a.LastError) > MaxLastError || len(a.Note) > MaxLastError {
+			return bad("app %s: last_error or note longer than %d", a.App, MaxLastError)
 		}
 		if p := a.Progress; p != nil {
 			if len(p.Step) > 32 || p.Done < 0 || p.Total < 0 {
@@ -349,6 +357,9 @@ func (s *DeviceStatus) Marshal() ([]byte, error) {
 	for i := range s.Apps {
 		if e := s.Apps[i].LastError; len(e) > MaxLastError {
 			s.Apps[i].LastError = e[:MaxLastError-3] + "..."
+		}
+		if e := s.Apps[i].Note; len(e) > MaxLastError {
+			s.Apps[i].Note = e[:MaxLastError-3] + "..."
 		}
 	}
 	if err := s.Validate(); err != nil {
@@ -394,7 +405,7 @@ func (s *DeviceStatus) cleanText() {
 	s.CPU, s.AgentVersion = cleanText(s.CPU), cleanText(s.AgentVersion)
 	for i := range s.Apps {
 		a := &s.Apps[i]
-		a.Version, a.State, a.Target, a.LastError = cleanText(a.Version), cleanText(a.State), cleanText(a.Target), cleanText(a.LastError)
+		a.Version, a.State, a.Target, a.LastError, a.Note = cleanText(a.Version), cleanText(a.State), cleanText(a.Target), cleanText(a.LastError), cleanText(a.Note)
 		if a.Progress != nil {
 			a.Progress.Step = cleanText(a.Progress.Step)
 		}

@@ -432,7 +432,7 @@ func TestEmulatedDeviceOverMQTT(t *testing.T) {
 	// Separate clients for watching and publishing (see fleet.Subscribe).
 	watcher, publisher := connect("test-watcher"), connect("test-publisher")
 	view := fleet.NewFleetView()
-	if err := fleet.Subscribe(ctx, watcher, []string{protocol.StatusFilter}, func(topic string, p []byte) {
+	if err := fleet.Subscribe(ctx, watcher, protocol.DeviceFilters, func(topic string, p []byte) {
 		if err := view.Update(topic, p); err != nil {
 			t.Errorf("the device published a malformed status: %v", err)
 		}

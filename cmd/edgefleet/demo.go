@@ -300,7 +300,7 @@ func (d *demo) setup(ctx context.Context) error {
 		return err
 	}
 	d.view = fleet.NewFleetView()
-	if err := fleet.Subscribe(ctx, d.op, []string{protocol.StatusFilter}, d.observe); err != nil {
+	if err := fleet.Subscribe(ctx, d.op, protocol.DeviceFilters, d.observe); err != nil {
 		return err
 	}
 
@@ -383,6 +383,9 @@ func (d *demo) setup(ctx context.Context) error {
 // reported, so the rollback phase can say that v3 really was installed.
 func (d *demo) observe(topic string, payload []byte) {
 	if err := d.view.Update(topic, payload); err != nil {
+		return
+	}
+	if tp, err := protocol.ParseTopic(topic); err != nil || tp.Kind != protocol.KindStatus {
 		return
 	}
 	s, err := protocol.ParseStatus(payload)

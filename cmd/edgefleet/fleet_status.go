@@ -40,7 +40,7 @@ func runStatus(ctx context.Context, env *cliEnv, args []string) int {
 	}
 	defer c.Disconnect(250)
 	v := fleet.NewFleetView()
-	if err := fleet.Subscribe(ctx, c, []string{protocol.StatusFilter}, func(topic string, payload []byte) {
+	if err := fleet.Subscribe(ctx, c, protocol.DeviceFilters, func(topic string, payload []byte) {
 		if err := v.Update(topic, payload); err != nil {
 			fmt.Fprintf(env.stderr, "edgefleet status: %v\n", err)
 		}
