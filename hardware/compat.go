@@ -185,8 +185,14 @@ func (c CPUFacts) SuggestedProfile() string {
 //
 // The rules mirror the Go runtime's own start-up checks: GOARM=6 needs
 // AT_HWCAP VFP, GOARM=7 also VFPv3; GOAMD64=vN needs every CPUID flag of
-// x86-64-vN. GOMIPS=hardfloat is accepted on any MIPS CPU because Linux
-// emulates a missing FPU (slowly); softfloat always runs.
+// x86-64-vN. On MIPS the byte order must match (a big-endian mips build
+// on a little-endian mipsle device, or the reverse, is refused: the kernel
+// would fail it with "exec format error"). GOMIPS=softfloat always runs;
+// GOMIPS=hardfloat is accepted because the auxiliary vector does not say
+// whether the core has an FPU or the kernel emulates one (Linux's
+// CONFIG_MIPS_FPU_EMULATOR; OpenWrt has it off, so there a hardfloat build
+// dies with SIGILL, golang/go#18880) — the on-device probe catches that
+// before the swap, and every built-in MIPS profile is softfloat.
 func (c CPUFacts) CanRun(t Target) error {
 	if t.GOOS != "" && t.GOOS != runtime.GOOS {
 		return refuse("this release is built for %s but this device runs %s; publish a %s build for this device", t.GOOS, runtime.GOOS, c.SuggestedProfile())

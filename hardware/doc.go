@@ -16,8 +16,9 @@
 // VFPv3; GOAMD64=vN needs every flag of x86-64-vN), so a release it accepts
 // starts and one it refuses would die with SIGILL or the runtime's refusal;
 // tests run every GOARM/GOAMD64 build on emulated cores to hold it to that.
-// InspectELF and ELFInfo.Matches check class, machine, byte order and static
-// linking of a payload against its signed target. Every refusal wraps
+// InspectELF and ELFInfo.Matches check class, machine, byte order, the MIPS
+// float ABI (GOMIPS, from the PT_MIPS_ABIFLAGS segment when present) and
+// static linking of a payload against its signed target. Every refusal wraps
 // ErrIncompatible (fatal for that release, not worth a retry) and is a full
 // sentence naming what the binary needs, what this device has, and which
 // profile to publish instead.

@@ -34,6 +34,11 @@ type ELFInfo struct {
 	Interp string `json:"interp,omitempty"`
 	// Needed are the DT_NEEDED shared libraries.
 	Needed []string `json:"needed,omitempty"`
+	// MIPSFloat, on MIPS, is the float ABI the PT_MIPS_ABIFLAGS segment
+	// records: "softfloat" (fp_abi soft, Go's GOMIPS=softfloat) or
+	// "hardfloat" (any FPU ABI, Go's GOMIPS=hardfloat). Empty when the
+	// segment is absent (UPX drops it) or says nothing about floats.
+	MIPSFloat string `json:"mips_float,omitempty"`
 }
 
 func (e ELFInfo) id() elfID { return elfID{e.Class, e.Machine, e.BigEndian} }
@@ -84,6 +89,10 @@ func InspectELF(r io.ReaderAt) (info ELFInfo, err error) {
 			info.Interp = s
 		case elf.PT_DYNAMIC:
 			dynProg = p
+		case elf.PT_MIPS_ABIFLAGS:
+			if f.Machine == elf.EM_MIPS {
+				info.MIPSFloat = mipsFloatABI(p)
+			}
 		}
 	}
 	if ds := f.SectionByType(elf.SHT_DYNAMIC); ds != nil {
@@ -112,6 +121,34 @@ func InspectELF(r io.ReaderAt) (info ELFInfo, err error) {
 	}
 	info.Static = info.Interp == "" && len(info.Needed) == 0
 	return info, nil
+}
+
+// MIPS fp_abi values of the ABI flags (Val_GNU_MIPS_ABI_FP_*), as Go's
+// linker writes them: MIPS_FPABI_ANY for hardfloat, MIPS_FPABI_SOFT for
+// softfloat.
+const (
+	mipsFPABINone = 0
+	mipsFPABISoft = 3
+)
+
+// mipsFloatABI reads fp_abi, byte 7 of the 24-byte Elf_Internal_ABIFlags_v0
+// in a PT_MIPS_ABIFLAGS segment: "softfloat", "hardfloat", or "" when
+// unreadable or unspecified.
+func mipsFloatABI(p *elf.Prog) string {
+	var b [8]byte
+	if p.Filesz < 24 {
+		return ""
+	}
+	if _, err := io.ReadFull(p.Open(), b[:]); err != nil {
+		return ""
+	}
+	switch b[7] {
+	case mipsFPABINone:
+		return ""
+	case mipsFPABISoft:
+		return "softfloat"
+	}
+	return "hardfloat"
 }
 
 func readCString(r io.Reader, max int) (string, error) {
@@ -156,9 +193,10 @@ func countNeeded(f *elf.File, p *elf.Prog) (int, error) {
 }
 
 // Matches checks the executable against the release's target: ELF class,
-// machine and byte order as the target implies, and static linking (a
-// device has no guarantee of any libc). A refusal wraps ErrIncompatible and
-// says what the payload is and what the target wanted.
+// machine and byte order as the target implies, on MIPS the float ABI
+// (GOMIPS) when the ABI flags record it, and static linking (a device has
+// no guarantee of any libc). A refusal wraps ErrIncompatible and says what
+// the payload is and what the target wanted.
 func (e ELFInfo) Matches(t Target) error {
 	want, err := t.wantELF()
 	if err != nil {
@@ -166,6 +204,15 @@ func (e ELFInfo) Matches(t Target) error {
 	}
 	if e.id() != want {
 		return refuse("the payload is a %s executable but the signed target %s needs a %s one; the bundle was packed wrong or tampered with — re-pack it", e.id(), t, want)
+	}
+	if e.Machine == "EM_MIPS" && e.Class == 32 && e.MIPSFloat != "" { // GOMIPS; mips64 has GOMIPS64
+		gomips := t.GOMIPS
+		if gomips == "" {
+			gomips = "hardfloat" // Go's default
+		}
+		if e.MIPSFloat != gomips {
+			return refuse("the payload is a GOMIPS=%s executable (its MIPS ABI flags say so) but the signed target %s says GOMIPS=%s; a hardfloat build dies with SIGILL on a MIPS core without an FPU (OpenWrt kernels emulate none) — re-pack it with the profile's gomips", e.MIPSFloat, t, gomips)
+		}
 	}
 	if !e.Static {
 		var what []string

@@ -34,17 +34,20 @@ func TestInspectELFCrossBuilt(t *testing.T) {
 		goarch, level, profile string
 		class                  int
 		machine                string
+		bigEndian              bool
+		mipsFloat              string
 	}{
-		{"arm", "5", "linux-armv5", 32, "EM_ARM"},
-		{"arm", "7", "linux-armv7", 32, "EM_ARM"},
-		{"arm64", "", "linux-arm64", 64, "EM_AARCH64"},
-		{"amd64", "v1", "linux-amd64", 64, "EM_X86_64"},
-		{"mipsle", "", "linux-mipsle", 32, "EM_MIPS"},
+		{"arm", "5", "linux-armv5", 32, "EM_ARM", false, ""},
+		{"arm", "7", "linux-armv7", 32, "EM_ARM", false, ""},
+		{"arm64", "", "linux-arm64", 64, "EM_AARCH64", false, ""},
+		{"amd64", "v1", "linux-amd64", 64, "EM_X86_64", false, ""},
+		{"mipsle", "", "linux-mipsle", 32, "EM_MIPS", false, "softfloat"},
+		{"mips", "", "linux-mips", 32, "EM_MIPS", true, "softfloat"},
 	} {
 		t.Run(tc.profile, func(t *testing.T) {
 			info := inspectFile(t, probe(t, tc.goarch, tc.level))
-			if info.Class != tc.class || info.Machine != tc.machine || info.BigEndian || !info.Static || info.Interp != "" || len(info.Needed) != 0 {
-				t.Fatalf("%+v, want a static little-endian %d-bit %s", info, tc.class, tc.machine)
+			if info.Class != tc.class || info.Machine != tc.machine || info.BigEndian != tc.bigEndian || info.MIPSFloat != tc.mipsFloat || !info.Static || info.Interp != "" || len(info.Needed) != 0 {
+				t.Fatalf("%+v, want a static %d-bit %s (big-endian %v, mips float %q)", info, tc.class, tc.machine, tc.bigEndian, tc.mipsFloat)
 			}
 			if err := info.Matches(TargetFor(mustProfile(t, tc.profile))); err != nil {
 				t.Errorf("its own profile: %v", err)
@@ -86,6 +89,98 @@ func TestELFMismatchMessages(t *testing.T) {
 	if err := arm.Matches(Target{GOOS: "linux", GOARCH: "arm", GOARM: "5", ELFClass: 64, ELFMachine: "EM_AARCH64"}); err == nil || !strings.Contains(err.Error(), "cannot be") {
 		t.Errorf("inconsistent target: %v", err)
 	}
+}
+
+// A big-endian mips executable on a little-endian mipsle target, and the
+// reverse, is refused with a sentence naming both byte orders: the kernel
+// would fail it with "exec format error" (qemu-user: "Invalid ELF image for
+// this architecture"), which the real binaries show here too.
+func TestMIPSByteOrderRefusedBothWays(t *testing.T) {
+	for _, tc := range []struct {
+		goarch, wrongProfile, qemuOther string
+		is, wants                       string
+	}{
+		{"mips", "linux-mipsle", "qemu-mipsel", "32-bit EM_MIPS (big-endian)", "needs a 32-bit EM_MIPS (little-endian)"},
+		{"mipsle", "linux-mips", "qemu-mips", "32-bit EM_MIPS (little-endian)", "needs a 32-bit EM_MIPS (big-endian)"},
+	} {
+		t.Run(tc.goarch, func(t *testing.T) {
+			bin := probe(t, tc.goarch, "softfloat")
+			info := inspectFile(t, bin)
+			wrong := mustProfile(t, tc.wrongProfile)
+			err := info.Matches(TargetFor(wrong))
+			if !errors.Is(err, ErrIncompatible) {
+				t.Fatalf("%s payload for the %s target: %v, want an ErrIncompatible refusal", tc.goarch, wrong.Name, err)
+			}
+			for _, want := range []string{"the payload is a " + tc.is + " executable", TargetFor(wrong).String(), tc.wants, "re-pack"} {
+				if !strings.Contains(err.Error(), want) {
+					t.Errorf("message lacks %q:\n%v", want, err)
+				}
+			}
+			// What the refusal saves the device from.
+			if _, stderr, runErr := runProbe(t, tc.qemuOther, "24Kc", bin); runErr == nil {
+				t.Errorf("the %s binary ran under %s; the byte orders should be incompatible", tc.goarch, tc.qemuOther)
+			} else if !strings.Contains(string(stderr), "Invalid ELF image") {
+				t.Logf("%s under %s: %v: %s", tc.goarch, tc.qemuOther, runErr, stderr)
+			}
+		})
+	}
+}
+
+// GOMIPS is visible in a Go MIPS executable's PT_MIPS_ABIFLAGS segment:
+// a payload whose float ABI contradicts its signed target is refused (a
+// hardfloat build on a core without an FPU dies with SIGILL).
+func TestMIPSFloatABIChecked(t *testing.T) {
+	soft := inspectFile(t, probe(t, "mips", "softfloat"))
+	hard := inspectFile(t, probe(t, "mips", "hardfloat"))
+	if soft.MIPSFloat != "softfloat" || hard.MIPSFloat != "hardfloat" || !hard.BigEndian {
+		t.Fatalf("softfloat build reads %q, hardfloat build %q (big-endian %v)", soft.MIPSFloat, hard.MIPSFloat, hard.BigEndian)
+	}
+	mips := mustProfile(t, "linux-mips")
+	err := hard.Matches(TargetFor(mips))
+	if !errors.Is(err, ErrIncompatible) {
+		t.Fatalf("hardfloat payload for the softfloat linux-mips target: %v", err)
+	}
+	for _, want := range []string{"GOMIPS=hardfloat executable", "linux/mips GOMIPS=softfloat", "SIGILL", "re-pack"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("message lacks %q:\n%v", want, err)
+		}
+	}
+	if err := soft.Matches(Target{GOOS: "linux", GOARCH: "mips"}); err == nil || !strings.Contains(err.Error(), "says GOMIPS=hardfloat") {
+		t.Errorf("softfloat payload for a target without GOMIPS (Go's default hardfloat): %v", err)
+	}
+	if err := hard.Matches(Target{GOOS: "linux", GOARCH: "mips", GOMIPS: "hardfloat"}); err != nil {
+		t.Errorf("hardfloat payload for a hardfloat target: %v", err)
+	}
+	// UPX drops the ABI flags: the float ABI is then unknown, not refused.
+	b, err := os.ReadFile(probe(t, "mips", "hardfloat"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	noFlags, err := InspectELF(bytes.NewReader(withoutABIFlags(b)))
+	if err != nil || noFlags.MIPSFloat != "" {
+		t.Fatalf("without PT_MIPS_ABIFLAGS: %+v, %v", noFlags, err)
+	}
+	if err := noFlags.Matches(TargetFor(mips)); err != nil {
+		t.Errorf("unknown float ABI refused: %v", err)
+	}
+}
+
+// withoutABIFlags turns the PT_MIPS_ABIFLAGS program header of a 32-bit
+// MIPS ELF image into PT_NULL.
+func withoutABIFlags(b []byte) []byte {
+	b = bytes.Clone(b)
+	order := binary.ByteOrder(binary.LittleEndian)
+	if b[5] == byte(elf.ELFDATA2MSB) {
+		order = binary.BigEndian
+	}
+	phoff, phentsize, phnum := order.Uint32(b[28:]), order.Uint16(b[42:]), order.Uint16(b[44:])
+	for i := range uint32(phnum) {
+		ph := b[phoff+i*uint32(phentsize):]
+		if elf.ProgType(order.Uint32(ph)) == elf.PT_MIPS_ABIFLAGS {
+			order.PutUint32(ph, uint32(elf.PT_NULL))
+		}
+	}
+	return b
 }
 
 func TestInspectELFDynamic(t *testing.T) {
@@ -188,7 +283,7 @@ func FuzzInspectELF(f *testing.F) {
 	}
 	// Real binaries' first bytes (headers, program headers, start of text)
 	// and a whole small dynamic binary.
-	for _, p := range []struct{ goarch, level string }{{"arm", "5"}, {"arm64", ""}, {"amd64", "v1"}, {"mipsle", ""}} {
+	for _, p := range []struct{ goarch, level string }{{"arm", "5"}, {"arm64", ""}, {"amd64", "v1"}, {"mipsle", ""}, {"mips", ""}, {"mips", "hardfloat"}} {
 		path := probe(f, p.goarch, p.level)
 		seed(path, 8<<10)
 		// The same bytes with section headers dropped, as UPX leaves a
@@ -220,6 +315,10 @@ func FuzzInspectELF(f *testing.F) {
 			t.Fatalf("unbounded: %d needed, interp of %d bytes", len(info.Needed), len(info.Interp))
 		}
 		_ = info.Matches(Target{GOOS: "linux", GOARCH: "arm", GOARM: "6"})
+		_ = info.Matches(Target{GOOS: "linux", GOARCH: "mips", GOMIPS: "softfloat"})
+		if info.MIPSFloat != "" && info.MIPSFloat != "softfloat" && info.MIPSFloat != "hardfloat" {
+			t.Fatalf("MIPSFloat %q", info.MIPSFloat)
+		}
 	})
 }
 

@@ -31,11 +31,25 @@ var emulated = []struct {
 	{"qemu-aarch64", "cortex-a53", "arm64", "aarch64", 0, []string{"fp", "asimd", "aes", "crc32"}, []string{"sve"}},
 	{"qemu-x86_64", "qemu64", "amd64", "x86_64", 1, []string{"sse3", "cx16"}, []string{"ssse3", "popcnt", "avx2"}},
 	{"qemu-x86_64", "Haswell-v4", "amd64", "x86_64", 3, []string{"avx2", "bmi2", "fma", "movbe", "sse4.2"}, []string{"avx512f"}},
+	// The AR9331's core (big-endian) and the mt7621-router's stand-in
+	// (little-endian): MIPS32r2 without an FPU. No AT_PLATFORM, and
+	// AT_HWCAP is 0 (its MIPS bits are R6, MSA and the like).
+	{"qemu-mips", "24Kc", "mips", "", 0, nil, nil},
+	{"qemu-mipsel", "24Kc", "mipsle", "", 0, nil, nil},
+}
+
+// emuName names a subtest after the emulated core, with the architecture
+// where one core model serves two (24Kc: mips and mipsle).
+func emuName(goarch, cpu string) string {
+	if strings.HasPrefix(goarch, "mips") {
+		return goarch + "-" + cpu
+	}
+	return cpu
 }
 
 func TestReadCPUEmulated(t *testing.T) {
 	for _, e := range emulated {
-		t.Run(e.cpu, func(t *testing.T) {
+		t.Run(emuName(e.goarch, e.cpu), func(t *testing.T) {
 			c := emulatedCPU(t, e.qemu, e.cpu, e.goarch)
 			if c.GOARCH != e.goarch || c.Platform != e.platform {
 				t.Errorf("GOARCH %q platform %q, want %q %q", c.GOARCH, c.Platform, e.goarch, e.platform)
@@ -64,7 +78,7 @@ func TestReadCPUEmulated(t *testing.T) {
 					t.Errorf("features %v include %s", c.Features, f)
 				}
 			}
-			if e.goarch != "amd64" && c.HWCAP == 0 {
+			if e.goarch != "amd64" && e.goarch != "mips" && e.goarch != "mipsle" && c.HWCAP == 0 {
 				t.Errorf("AT_HWCAP is 0 under emulation")
 			}
 		})
@@ -77,9 +91,12 @@ func TestReadCPUEmulated(t *testing.T) {
 // refuses a GOARM=7 binary without VFPv3 and a GOAMD64=v3 binary without
 // AVX2 at start-up.)
 func TestCanRunAgreesWithRuntime(t *testing.T) {
-	builds := map[string][]string{"arm": {"5", "6", "7"}, "amd64": {"v1", "v3"}, "arm64": {""}}
+	// MIPS: softfloat only. A hardfloat build needs an FPU or the kernel's
+	// FPU emulator, which the auxiliary vector does not show, so CanRun
+	// accepts it and the on-device probe decides (TestMIPSHardfloatNeedsFPU).
+	builds := map[string][]string{"arm": {"5", "6", "7"}, "amd64": {"v1", "v3"}, "arm64": {""}, "mips": {"softfloat"}, "mipsle": {"softfloat"}}
 	for _, e := range emulated {
-		t.Run(e.cpu, func(t *testing.T) {
+		t.Run(emuName(e.goarch, e.cpu), func(t *testing.T) {
 			c := emulatedCPU(t, e.qemu, e.cpu, e.goarch)
 			for _, level := range builds[e.goarch] {
 				tgt := Target{GOOS: "linux", GOARCH: e.goarch}
@@ -88,6 +105,8 @@ func TestCanRunAgreesWithRuntime(t *testing.T) {
 					tgt.GOARM = level
 				case "amd64":
 					tgt.GOAMD64 = level
+				case "mips", "mipsle":
+					tgt.GOMIPS = level
 				}
 				_, stderr, runErr := runProbe(t, e.qemu, e.cpu, probe(t, e.goarch, level))
 				verdict := c.CanRun(tgt)
@@ -142,6 +161,27 @@ func TestCanRunMessages(t *testing.T) {
 			}
 		}
 	})
+	for _, tc := range []struct{ qemu, goarch, other, suggest string }{
+		{"qemu-mips", "mips", "linux-mipsle", "linux-mips"},
+		{"qemu-mipsel", "mipsle", "linux-mips", "linux-mipsle"},
+	} {
+		t.Run(tc.goarch+" device, "+tc.other+" release", func(t *testing.T) {
+			c := emulatedCPU(t, tc.qemu, "24Kc", tc.goarch)
+			other := mustProfile(t, tc.other)
+			err := c.CanRun(TargetFor(other))
+			if !errors.Is(err, ErrIncompatible) {
+				t.Fatalf("a %s release on a %s agent: %v", other.GOARCH, tc.goarch, err)
+			}
+			for _, want := range []string{"built for " + TargetFor(other).String(), "this agent runs as linux/" + tc.goarch, "publish a " + tc.suggest + " build"} {
+				if !strings.Contains(err.Error(), want) {
+					t.Errorf("message lacks %q:\n%v", want, err)
+				}
+			}
+			if err := c.CanRun(TargetFor(mustProfile(t, tc.suggest))); err != nil {
+				t.Errorf("its own profile %s refused: %v", tc.suggest, err)
+			}
+		})
+	}
 	t.Run("wrong architecture", func(t *testing.T) {
 		c := emulatedCPU(t, "qemu-aarch64", "cortex-a53", "arm64")
 		err := c.CanRun(TargetFor(mustProfile(t, "linux-armv7")))
@@ -166,7 +206,8 @@ func mustProfile(t testing.TB, name string) Profile {
 }
 
 func TestBestProfileEmulated(t *testing.T) {
-	all := []string{"linux-amd64", "linux-amd64-v3", "linux-arm64", "linux-armv5", "linux-armv6", "linux-armv7", "linux-mipsle"}
+	all := []string{"linux-amd64", "linux-amd64-v3", "linux-arm64", "linux-armv5", "linux-armv6", "linux-armv7", "linux-mips", "linux-mipsle"}
+	routers := []string{"mt7621-router", "ar9331-router"}
 	cases := []struct {
 		qemu, cpu, goarch string
 		candidates        []string
@@ -180,9 +221,15 @@ func TestBestProfileEmulated(t *testing.T) {
 		{"qemu-aarch64", "cortex-a53", "arm64", all, "linux-arm64"},
 		{"qemu-x86_64", "qemu64", "amd64", all, "linux-amd64"},
 		{"qemu-x86_64", "Haswell-v4", "amd64", all, "linux-amd64-v3"},
+		{"qemu-mips", "24Kc", "mips", all, "linux-mips"},
+		{"qemu-mipsel", "24Kc", "mipsle", all, "linux-mipsle"},
+		// An AR9331 (big-endian 24Kc) picks its board's build, an MT7621
+		// (little-endian) the other one.
+		{"qemu-mips", "24Kc", "mips", routers, "ar9331-router"},
+		{"qemu-mipsel", "24Kc", "mipsle", routers, "mt7621-router"},
 	}
 	for _, tc := range cases {
-		t.Run(tc.cpu+"/"+strings.Join(tc.candidates, ","), func(t *testing.T) {
+		t.Run(emuName(tc.goarch, tc.cpu)+"/"+strings.Join(tc.candidates, ","), func(t *testing.T) {
 			c := emulatedCPU(t, tc.qemu, tc.cpu, tc.goarch)
 			got, err := BestProfile(c, tc.candidates, DefaultSet())
 			if tc.want == "" {
@@ -225,5 +272,31 @@ func TestReadFactsEmulated(t *testing.T) {
 	}
 	if len(f.Storage) != 1 || f.Storage[0].Total <= 0 || f.Memory.Total <= 0 {
 		t.Errorf("facts %+v", f.Facts)
+	}
+}
+
+// Why every built-in MIPS profile is softfloat, and why CanRun cannot do
+// better than accept GOMIPS=hardfloat: a hardfloat build dies with SIGILL
+// on a 24Kc (no FPU, and qemu-user, like OpenWrt's kernels, emulates none)
+// but runs on a 24Kf (with FPU); the auxiliary vector looks the same on
+// both. The softfloat build runs on both. The device's probe decides.
+func TestMIPSHardfloatNeedsFPU(t *testing.T) {
+	for _, tc := range []struct {
+		cpu, gomips string
+		runs        bool
+	}{
+		{"24Kc", "softfloat", true},
+		{"24Kf", "softfloat", true},
+		{"24Kc", "hardfloat", false},
+		{"24Kf", "hardfloat", true},
+	} {
+		_, stderr, err := runProbe(t, "qemu-mips", tc.cpu, probe(t, "mips", tc.gomips))
+		if (err == nil) != tc.runs {
+			t.Errorf("GOMIPS=%s under qemu-mips -cpu %s: ran=%v (%v: %s), want ran=%v", tc.gomips, tc.cpu, err == nil, err, strings.TrimSpace(string(stderr)), tc.runs)
+		}
+		c := emulatedCPU(t, "qemu-mips", tc.cpu, "mips")
+		if v := c.CanRun(Target{GOOS: "linux", GOARCH: "mips", GOMIPS: tc.gomips}); v != nil {
+			t.Errorf("CanRun refused GOMIPS=%s on %s: %v", tc.gomips, tc.cpu, v)
+		}
 	}
 }

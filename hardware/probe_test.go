@@ -41,7 +41,8 @@ var probes = map[string]*probeBuild{}
 var probesMu sync.Mutex
 
 // probe returns the path of cpuprobe built for goarch with its level
-// variable ("5"/"6"/"7" for arm, "v1".."v4" for amd64, "" otherwise).
+// variable ("5"/"6"/"7" for arm, "v1".."v4" for amd64, "softfloat" (the
+// default) or "hardfloat" for mips and mipsle, "" otherwise).
 func probe(t testing.TB, goarch, level string) string {
 	t.Helper()
 	name := goarch
@@ -53,8 +54,12 @@ func probe(t testing.TB, goarch, level string) string {
 	case "amd64":
 		env = append(env, "GOAMD64="+level)
 		name += "-" + level
-	case "mipsle":
-		env = append(env, "GOMIPS=softfloat")
+	case "mips", "mipsle":
+		if level == "" {
+			level = "softfloat"
+		}
+		env = append(env, "GOMIPS="+level)
+		name += "-" + level
 	}
 	probesMu.Lock()
 	b := probes[name]

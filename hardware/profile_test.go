@@ -32,7 +32,7 @@ func TestParseSize(t *testing.T) {
 }
 
 func TestBuiltinProfiles(t *testing.T) {
-	want := []string{"linux-amd64", "linux-amd64-v3", "linux-arm64", "linux-armv7", "linux-armv6", "linux-armv5", "linux-mipsle"}
+	want := []string{"linux-amd64", "linux-amd64-v3", "linux-arm64", "linux-armv7", "linux-armv6", "linux-armv5", "linux-mips", "linux-mipsle"}
 	ps := Profiles()
 	if len(ps) != len(want) {
 		t.Fatalf("%d built-in profiles, want %d", len(ps), len(want))
@@ -62,6 +62,66 @@ func TestBuiltinProfiles(t *testing.T) {
 	if p, _ := DefaultSet().Lookup("linux-mipsle"); p.GOMIPS != "softfloat" || p.QEMUBinary() != "qemu-mipsel" {
 		t.Errorf("mipsle profile: %+v", p)
 	}
+	// The big-endian MIPS profile: softfloat (OpenWrt kernels have no FPU
+	// emulator), probed under qemu-mips (not qemu-mipsel) with the 24Kc.
+	p, err := DefaultSet().Lookup("linux-mips")
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := strings.Join(p.Env(), " ")
+	if p.GOARCH != "mips" || p.GOMIPS != "softfloat" || p.QEMUBinary() != "qemu-mips" || p.QEMUCPU != "24Kc" || !strings.Contains(env, "GOARCH=mips GOMIPS=softfloat") {
+		t.Errorf("linux-mips profile: %+v, env %q, qemu %s", p, env, p.QEMUBinary())
+	}
+	if tg := TargetFor(p); tg.ELFMachine != "EM_MIPS" || tg.ELFClass != 32 || !tg.ELFBigEndian || tg.String() != "linux/mips GOMIPS=softfloat" {
+		t.Errorf("linux-mips target: %+v (%s)", tg, tg)
+	}
+}
+
+// TestBoardsMatchVendorDocs holds every board of the catalogue to what its
+// vendor documents (see the comment on boards in profile.go for the
+// sources): architecture, byte order, ARM level, float ABI and the core
+// QEMU emulates. A board added to the catalogue must be added here.
+func TestBoardsMatchVendorDocs(t *testing.T) {
+	want := map[string]struct {
+		goarch, level string // level: GOARM, GOAMD64 or GOMIPS
+		bigEndian     bool
+		qemu, cpu     string
+	}{
+		"rpi-zero":         {"arm", "6", false, "qemu-arm", "arm1176"},         // BCM2835: ARM1176JZF-S, ARMv6 + VFPv2
+		"rpi-1":            {"arm", "6", false, "qemu-arm", "arm1176"},         // BCM2835
+		"rpi-2":            {"arm", "7", false, "qemu-arm", "cortex-a7"},       // BCM2836: Cortex-A7 (v1.2: A53, runs GOARM=7)
+		"rpi-3":            {"arm64", "", false, "qemu-aarch64", "cortex-a53"}, // BCM2837: Cortex-A53
+		"rpi-zero-2":       {"arm64", "", false, "qemu-aarch64", "cortex-a53"}, // RP3A0: Cortex-A53
+		"rpi-4":            {"arm64", "", false, "qemu-aarch64", "cortex-a72"}, // BCM2711: Cortex-A72
+		"rpi-5":            {"arm64", "", false, "qemu-aarch64", "cortex-a76"}, // BCM2712: Cortex-A76
+		"beaglebone-black": {"arm", "7", false, "qemu-arm", "cortex-a8"},       // AM3358: Cortex-A8, VFPv3 + NEON
+		"x86-gateway":      {"amd64", "v1", false, "qemu-x86_64", "qemu64"},
+		"x86-gateway-v3":   {"amd64", "v3", false, "qemu-x86_64", "Haswell-v4"},
+		"mt7621-router":    {"mipsle", "softfloat", false, "qemu-mipsel", "24Kc"}, // MIPS 1004Kc, little-endian, no FPU
+		"ar9331-router":    {"mips", "softfloat", true, "qemu-mips", "24Kc"},      // MIPS 24Kc, big-endian, no FPU
+	}
+	set := DefaultSet()
+	bs := Boards()
+	if len(bs) != len(want) {
+		t.Errorf("%d boards in the catalogue, %d checked here: check the new board against its vendor's documentation and add it", len(bs), len(want))
+	}
+	for _, b := range bs {
+		w, ok := want[b.Name]
+		if !ok {
+			t.Errorf("board %s is not checked against its vendor's documentation here", b.Name)
+			continue
+		}
+		p, err := set.Lookup(b.Name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		level := p.GOARM + p.GOAMD64 + p.GOMIPS
+		tg := TargetFor(p)
+		if p.GOARCH != w.goarch || level != w.level || tg.ELFBigEndian != w.bigEndian || p.QEMUBinary() != w.qemu || p.QEMUCPU != w.cpu {
+			t.Errorf("board %s (%s) builds %s (big-endian %v) and is probed under %s -cpu %s; its vendor documents GOARCH=%s %s (big-endian %v), probed under %s -cpu %s",
+				b.Name, b.Model, tg, tg.ELFBigEndian, p.QEMUBinary(), p.QEMUCPU, w.goarch, w.level, w.bigEndian, w.qemu, w.cpu)
+		}
+	}
 }
 
 func TestBoardsResolve(t *testing.T) {
@@ -72,7 +132,7 @@ func TestBoardsResolve(t *testing.T) {
 			t.Fatalf("board %s: %v", b.Name, err)
 		}
 		base, _ := set.Lookup(b.Profile)
-		if p.GOARCH != base.GOARCH || p.GOARM != base.GOARM || p.GOAMD64 != base.GOAMD64 {
+		if p.GOARCH != base.GOARCH || p.GOARM != base.GOARM || p.GOAMD64 != base.GOAMD64 || p.GOMIPS != base.GOMIPS {
 			t.Errorf("board %s does not build like its profile %s", b.Name, b.Profile)
 		}
 		if b.UPX != nil && p.UPX != *b.UPX {

@@ -318,6 +318,55 @@ func TestProbeCatchesWrongCPU(t *testing.T) {
 	assertEmptyDir(t, out)
 }
 
+// linux-mips (the AR9331's profile) cross-builds hello with GOARCH=mips
+// GOMIPS=softfloat, and the probe step really runs it under `qemu-mips
+// -cpu 24Kc` (a fresh pack cache, so no cached pass stands in for it). The
+// payload is a big-endian softfloat MIPS executable that little-endian
+// qemu-mipsel cannot load, as the router's kernel could not load the
+// mipsle build the board used to get ("exec format error").
+func TestLinuxMipsProbedUnderQemuMips(t *testing.T) {
+	requireGo(t)
+	requireTool(t, "qemu-mips")
+	pub, priv := testKey(t)
+	prof := lookupProfiles(t, "linux-mips")[0]
+	o := baseOptions(t, priv, t.TempDir(), prof)
+	o.CacheDir = t.TempDir()
+	res, err := Pack(context.Background(), o)
+	if err != nil {
+		t.Fatalf("pack for linux-mips: %v", err)
+	}
+	r := res[0]
+	if !r.ProbeOK || r.Probe != "ok (qemu-mips -cpu 24Kc)" || strings.Contains(stepDetail(r, "probe"), "cached") {
+		t.Fatalf("probe %q (ok %v, step %q), want a real run under qemu-mips -cpu 24Kc", r.Probe, r.ProbeOK, stepDetail(r, "probe"))
+	}
+	if d := stepDetail(r, "static"); !strings.Contains(d, "EM_MIPS big-endian") {
+		t.Errorf("static step says %q, want EM_MIPS big-endian", d)
+	}
+	exe, m := extract(t, r.Bundle, pub)
+	if m.Target.GOARCH != "mips" || m.Target.GOMIPS != "softfloat" || m.Target.ELF != (protocol.ELF{Class: 32, Machine: "EM_MIPS", Endian: "big"}) {
+		t.Errorf("manifest target %+v, want linux/mips GOMIPS=softfloat, 32-bit big-endian EM_MIPS", m.Target)
+	}
+	f, err := os.Open(exe)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	info, err := hardware.InspectELF(f)
+	if err != nil || !info.BigEndian || info.MIPSFloat != "softfloat" || !info.Static {
+		t.Fatalf("payload %+v, %v; want a static big-endian softfloat executable", info, err)
+	}
+	if err := info.Matches(hardware.TargetFor(prof)); err != nil {
+		t.Errorf("the payload does not match its own target: %v", err)
+	}
+	if out, err := runQEMU(t, "qemu-mips", "24Kc", exe, "--version"); err != nil || out != testVersion+"\n" {
+		t.Errorf("payload under qemu-mips -cpu 24Kc: %q, %v", out, err)
+	}
+	if out, err := runQEMU(t, "qemu-mipsel", "24Kc", exe, "--version"); err == nil {
+		t.Errorf("the big-endian payload ran under little-endian qemu-mipsel: %q", out)
+	}
+	t.Logf("linux-mips hello: %d bytes stripped, %d on the wire (xz)", r.BinarySize, r.PayloadSize)
+}
+
 func assertEmptyDir(t *testing.T, dir string) {
 	t.Helper()
 	ents, err := os.ReadDir(dir)

@@ -410,7 +410,7 @@ func stepProbe(ctx context.Context, p *pack, j *job) (string, error) {
 					if j.res.UPXSize > 0 {
 						hint = fmt.Sprintf(" (illegal instruction: the UPX decompression stub or the program does not run on %s; try other upx_args such as [--best] without --lzma, another upx version, or upx: false for profile %s)", j.prof.QEMUCPU, j.prof.Name)
 					} else {
-						hint = fmt.Sprintf(" (illegal instruction: the binary needs a newer CPU than %s; check goarm/goamd64 of profile %s)", j.prof.QEMUCPU, j.prof.Name)
+						hint = fmt.Sprintf(" (illegal instruction: the binary needs a newer CPU than %s; check goarm/goamd64/gomips of profile %s)", j.prof.QEMUCPU, j.prof.Name)
 					}
 				}
 				return fail("killed by signal %s%s; stderr: %s", ws.Signal(), hint, strings.TrimSpace(stderr.String()))

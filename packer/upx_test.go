@@ -49,14 +49,16 @@ func requireUPX(t *testing.T) string {
 	return upx
 }
 
-// With the defaults, UPX builds for linux-arm64 and for both mipsle router
-// boards (UPX on by default) pack, pass their probe, and their payloads run
-// under the profiles' emulated CPUs.
-func TestUPXDefaultsRunOnArm64AndMipsleRouters(t *testing.T) {
+// With the defaults, UPX builds for linux-arm64 and for both MIPS router
+// boards (UPX on by default: mt7621-router little-endian, ar9331-router
+// big-endian) pack, pass their probe, and their payloads run under the
+// profiles' emulated CPUs.
+func TestUPXDefaultsRunOnArm64AndMipsRouters(t *testing.T) {
 	requireGo(t)
 	upx := requireUPX(t)
 	requireTool(t, "qemu-aarch64")
 	requireTool(t, "qemu-mipsel")
+	requireTool(t, "qemu-mips")
 	pub, priv := testKey(t)
 	arm64 := lookupProfiles(t, "linux-arm64")[0]
 	arm64.Name, arm64.UPX = "arm64-upx", true
@@ -87,6 +89,10 @@ func TestUPXDefaultsRunOnArm64AndMipsleRouters(t *testing.T) {
 	if res[1].Profile.QEMUCPU != "24Kc" || res[2].Profile.QEMUCPU != "24Kc" {
 		t.Errorf("router CPUs %s, %s: this test expects 24Kc", res[1].Profile.QEMUCPU, res[2].Profile.QEMUCPU)
 	}
+	if res[1].Probe != "ok (qemu-mipsel -cpu 24Kc)" || res[2].Probe != "ok (qemu-mips -cpu 24Kc)" {
+		t.Errorf("mt7621-router probe %q, ar9331-router probe %q; want qemu-mipsel and qemu-mips (the AR9331 is big-endian)", res[1].Probe, res[2].Probe)
+	}
+	t.Logf("ar9331-router hello: %d bytes stripped, %d with UPX, %d on the wire", res[2].BinarySize, res[2].UPXSize, res[2].PayloadSize)
 }
 
 // Why arm64 has no --lzma by default: UPX 3.94's arm64 LZMA output passes
