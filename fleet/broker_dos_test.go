@@ -67,7 +67,7 @@ func TestConnectDeadline(t *testing.T) {
 			defer good.Disconnect(100)
 
 			var idle []net.Conn
-			for range 20 {
+			for range 100 {
 				c, err := net.Dial("tcp", b.Addr())
 				if err != nil {
 					t.Fatal(err)
