@@ -3,8 +3,10 @@ package fleet
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -12,6 +14,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -52,6 +55,17 @@ type BrokerOptions struct {
 	// SessionExpiry is how long a disconnected persistent session is kept.
 	// Default 7 days.
 	SessionExpiry time.Duration
+	// ConnectTimeout is how long a new connection may take, from accept,
+	// to finish the TLS handshake and send its CONNECT packet; then the
+	// socket is closed. Default DefaultConnectTimeout (10s). After CONNECT
+	// the client's keepalive governs the connection.
+	ConnectTimeout time.Duration
+	// MaxConcurrentLogins bounds the password checks (bcrypt, tens of
+	// milliseconds of CPU each) that run at once, so a flood of logins
+	// cannot take the CPU from connected clients; a login that waits
+	// longer than ConnectTimeout for its turn is refused. Default: half
+	// the CPUs, at least 1.
+	MaxConcurrentLogins int
 	// Logf receives one line per notable event (auth failures, warnings).
 	// Default: discard.
 	Logf func(format string, args ...any)
@@ -59,6 +73,9 @@ type BrokerOptions struct {
 
 // DefaultMaxPacketSize is BrokerOptions.MaxPacketSize's default.
 const DefaultMaxPacketSize = 1<<20 + 64<<10
+
+// DefaultConnectTimeout is BrokerOptions.ConnectTimeout's default.
+const DefaultConnectTimeout = 10 * time.Second
 
 // Validate checks the options and fills defaults.
 func (o *BrokerOptions) Validate() error {
@@ -76,6 +93,18 @@ func (o *BrokerOptions) Validate() error {
 	}
 	if o.SessionExpiry == 0 {
 		o.SessionExpiry = 7 * 24 * time.Hour
+	}
+	if o.ConnectTimeout < 0 {
+		return fmt.Errorf("broker: connect timeout %s is negative; give a duration such as 10s", o.ConnectTimeout)
+	}
+	if o.ConnectTimeout == 0 {
+		o.ConnectTimeout = DefaultConnectTimeout
+	}
+	if o.MaxConcurrentLogins < 0 {
+		return fmt.Errorf("broker: max concurrent logins %d is negative", o.MaxConcurrentLogins)
+	}
+	if o.MaxConcurrentLogins == 0 {
+		o.MaxConcurrentLogins = max(1, runtime.NumCPU()/2)
 	}
 	if o.Logf == nil {
 		o.Logf = func(string, ...any) {}
@@ -106,6 +135,7 @@ type Broker struct {
 	srv   *mqtt.Server
 	addr  string
 	opts  BrokerOptions
+	auth  *authHook
 	close sync.Once
 }
 
@@ -114,13 +144,17 @@ func StartBroker(opts BrokerOptions) (*Broker, error) {
 	if err := opts.Validate(); err != nil {
 		return nil, err
 	}
-	auth := &authHook{acl: DefaultACL(), logf: opts.Logf, open: !opts.authenticated()}
+	auth := &authHook{acl: DefaultACL(), logf: opts.Logf, open: !opts.authenticated(),
+		logins: make(chan struct{}, opts.MaxConcurrentLogins), loginWait: opts.ConnectTimeout}
 	if opts.Users != "" {
 		u, err := LoadUsers(opts.Users)
 		if err != nil {
 			return nil, err
 		}
 		auth.users = u
+		if auth.dummyHash, err = dummyHash(u); err != nil {
+			return nil, err
+		}
 	}
 	if opts.ACL != "" {
 		a, err := LoadACL(opts.ACL)
@@ -178,7 +212,7 @@ func StartBroker(opts BrokerOptions) (*Broker, error) {
 		return nil, fmt.Errorf("broker: open %s (is another broker using this --data?): %w", filepath.Join(opts.DataDir, "broker.db"), err)
 	}
 	tcp := listeners.NewTCP(listeners.Config{ID: "tcp", Address: opts.Listen, TLSConfig: tlsConf})
-	if err := srv.AddListener(tcp); err != nil {
+	if err := srv.AddListener(connectDeadline{TCP: tcp, d: opts.ConnectTimeout}); err != nil {
 		srv.Close()
 		return nil, fmt.Errorf("broker: listen on %s: %w", opts.Listen, err)
 	}
@@ -186,7 +220,29 @@ func StartBroker(opts BrokerOptions) (*Broker, error) {
 		srv.Close()
 		return nil, err
 	}
-	return &Broker{srv: srv, addr: tcp.Address(), opts: opts}, nil
+	return &Broker{srv: srv, addr: tcp.Address(), opts: opts, auth: auth}, nil
+}
+
+// connectDeadline closes a connection that has not sent its CONNECT within
+// d of being accepted: mochi reads the CONNECT (and, with TLS, does the
+// handshake) without any deadline, so a socket that sends nothing stayed
+// open forever. mochi replaces the deadline with the keepalive's once it
+// has read the CONNECT.
+type connectDeadline struct {
+	*listeners.TCP
+	d time.Duration
+}
+
+func (l connectDeadline) Serve(establish listeners.EstablishFn) {
+	l.TCP.Serve(func(id string, c net.Conn) error {
+		// The connection itself, not a wrapper: the auth hook looks for
+		// *tls.Conn.
+		if err := c.SetDeadline(time.Now().Add(l.d)); err != nil {
+			c.Close()
+			return fmt.Errorf("set the CONNECT deadline for %s: %w", c.RemoteAddr(), err)
+		}
+		return establish(id, c)
+	})
 }
 
 // Addr is the listening address (host:port), useful with port 0.
@@ -242,6 +298,76 @@ type authHook struct {
 	open  bool
 	logf  func(string, ...any)
 	who   sync.Map // *mqtt.Client → identity
+	// dummyHash is compared against for an unknown user, so that every
+	// failed login costs one bcrypt comparison and the time of a refusal
+	// does not tell which user names exist.
+	dummyHash []byte
+	// logins holds a token per running password check; loginWait bounds
+	// the wait for one.
+	logins    chan struct{}
+	loginWait time.Duration
+	// compares and dummyCompares count bcrypt comparisons (all, and those
+	// against dummyHash).
+	compares, dummyCompares atomic.Int64
+}
+
+// dummyHash returns a bcrypt hash of a random password at the cost most of
+// users' hashes have (ties: the higher), so an unknown user's comparison
+// costs what a known user's does.
+func dummyHash(users map[string]User) ([]byte, error) {
+	n := map[int]int{}
+	cost := bcrypt.DefaultCost
+	for _, u := range users {
+		c, err := bcrypt.Cost([]byte(u.PasswordHash))
+		if err != nil {
+			continue // LoadUsers refused those already
+		}
+		n[c]++
+		if n[c] > n[cost] || n[c] == n[cost] && c > cost {
+			cost = c
+		}
+	}
+	var pw [32]byte
+	rand.Read(pw[:])
+	h, err := bcrypt.GenerateFromPassword([]byte(hex.EncodeToString(pw[:])[:60]), cost)
+	if err != nil {
+		return nil, fmt.Errorf("broker: make the comparison hash for unknown users: %w", err)
+	}
+	return h, nil
+}
+
+// checkPassword runs exactly one bcrypt comparison for every login,
+// against the user's hash or, for an unknown user, the dummy hash, with at
+// most cap(h.logins) comparisons at once.
+func (h *authHook) checkPassword(name string, password []byte) (User, error) {
+	if h.dummyHash == nil {
+		return User{}, fmt.Errorf("user %q logged in with a password, but this broker has no users file (--users): it accepts client certificates only", name)
+	}
+	t := time.NewTimer(h.loginWait)
+	defer t.Stop()
+	select {
+	case h.logins <- struct{}{}:
+		defer func() { <-h.logins }()
+	case <-t.C:
+		return User{}, fmt.Errorf("user %q: %d logins were being checked for %s; refused so that a flood of logins cannot take the broker's CPU (the client retries)", name, cap(h.logins), h.loginWait)
+	}
+	u, known := h.users[name]
+	known = known && name != ""
+	hash := h.dummyHash
+	if known {
+		hash = []byte(u.PasswordHash)
+	} else {
+		h.dummyCompares.Add(1)
+	}
+	h.compares.Add(1)
+	err := bcrypt.CompareHashAndPassword(hash, password)
+	switch {
+	case !known:
+		return User{}, fmt.Errorf("unknown user %q", name)
+	case err != nil:
+		return User{}, fmt.Errorf("wrong password for user %q", name)
+	}
+	return u, nil
 }
 
 func (h *authHook) ID() string { return "edgefleet-auth" }
@@ -276,13 +402,9 @@ func (h *authHook) authenticate(cl *mqtt.Client, pk packets.Packet) (identity, e
 			return id, fmt.Errorf("the client certificate's CN %q is not a valid device id (letters, digits, . _ - only, at most 64): issue the device a certificate whose CN is its device_id", id.name)
 		}
 	} else {
-		name := string(pk.Connect.Username)
-		u, ok := h.users[name]
-		if !ok || name == "" {
-			return id, fmt.Errorf("unknown user %q", name)
-		}
-		if bcrypt.CompareHashAndPassword([]byte(u.PasswordHash), pk.Connect.Password) != nil {
-			return id, fmt.Errorf("wrong password for user %q", name)
+		u, err := h.checkPassword(string(pk.Connect.Username), pk.Connect.Password)
+		if err != nil {
+			return id, err
 		}
 		id = identity{name: u.Name, role: u.Role}
 	}

@@ -20,4 +20,10 @@
 //     loss; sessions are not persisted (devices re-subscribe on connect).
 //   - Without --users or --client-ca the broker refuses to listen on
 //     anything but loopback.
+//   - Unauthenticated clients: a connection that has not sent its CONNECT
+//     within ConnectTimeout is closed; every password login, for a known
+//     user or not, costs one bcrypt comparison, and at most
+//     MaxConcurrentLogins run at once. A device's client id must be its
+//     user name or certificate CN, so it cannot close another device's
+//     session.
 package fleet

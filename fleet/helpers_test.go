@@ -69,8 +69,25 @@ func startEmbedded(t testing.TB, o BrokerOptions) *Broker {
 }
 
 // startMosquitto runs a real mosquitto with docs/mosquitto's configuration
-// and ACL on a free loopback port; users maps name → password.
+// and ACL on free loopback ports; users maps name → password. It returns
+// the operator listener's URL (the configuration's loopback listener).
 func startMosquitto(t testing.TB, users map[string]string) string {
+	t.Helper()
+	return startMosquittoFleet(t, users, false).opURL
+}
+
+// mosquittoFleet is a running docs/mosquitto broker: opURL is its loopback
+// operator listener, devURL (ssl://) its device listener, whose certificate
+// and client certificates ca issues.
+type mosquittoFleet struct {
+	opURL, devURL string
+	ca            *testkit.CA
+}
+
+// startMosquittoFleet is startMosquitto with both listeners; certAuth
+// uncomments the configuration's client-certificate lines on the device
+// listener.
+func startMosquittoFleet(t testing.TB, users map[string]string, certAuth bool) mosquittoFleet {
 	t.Helper()
 	bin := testkit.MosquittoPath(t, "the Mosquitto half of the broker tests")
 	passwdBin, err := exec.LookPath("mosquitto_passwd")
@@ -98,22 +115,35 @@ func startMosquitto(t testing.TB, users map[string]string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
+	ca := testkit.NewCA(t, "", "mosquitto")
+	srv := ca.Server("broker")
+	devPort := testkit.FreePort(t)
 	addr := testkit.StartMosquitto(t, bin, func(port int) string {
 		s := string(conf)
-		for old, repl := range map[string]string{
-			"password_file /etc/mosquitto/edgefleet.passwd": "password_file " + pw,
-			"acl_file /etc/mosquitto/edgefleet.acl":         "acl_file " + acl,
-			"listener 1883 127.0.0.1":                       fmt.Sprintf("listener %d 127.0.0.1", port),
-			"persistence_location /var/lib/mosquitto/":      "persistence_location " + dir + "/",
-		} {
-			if !strings.Contains(s, old) {
-				t.Fatalf("docs/mosquitto/mosquitto.conf no longer contains %q; update the test", old)
+		repl := [][2]string{
+			{"password_file /etc/mosquitto/edgefleet.passwd", "password_file " + pw},
+			{"acl_file /etc/mosquitto/edgefleet.acl", "acl_file " + acl},
+			{"listener 1883 127.0.0.1", fmt.Sprintf("listener %d 127.0.0.1", port)},
+			{"listener 8883", fmt.Sprintf("listener %d 127.0.0.1", devPort)},
+			{"certfile /etc/mosquitto/certs/broker.crt", "certfile " + srv.Cert},
+			{"keyfile  /etc/mosquitto/certs/broker.key", "keyfile " + srv.Key},
+			{"persistence_location /var/lib/mosquitto/", "persistence_location " + dir + "/"},
+		}
+		if certAuth {
+			repl = append(repl,
+				[2]string{"#cafile /etc/mosquitto/certs/ca.crt", "cafile " + ca.File},
+				[2]string{"#require_certificate true", "require_certificate true"},
+				[2]string{"#use_identity_as_username true", "use_identity_as_username true"})
+		}
+		for _, r := range repl {
+			if !strings.Contains(s, r[0]) {
+				t.Fatalf("docs/mosquitto/mosquitto.conf no longer contains %q; update the test", r[0])
 			}
-			s = strings.Replace(s, old, repl, 1)
+			s = strings.Replace(s, r[0], r[1], 1)
 		}
 		return s
 	})
-	return "tcp://" + addr
+	return mosquittoFleet{opURL: "tcp://" + addr, devURL: fmt.Sprintf("ssl://127.0.0.1:%d", devPort), ca: ca}
 }
 
 func connect(t testing.TB, url, user, pass, clientID string) paho.Client {

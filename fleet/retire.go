@@ -15,15 +15,23 @@ type RetireResult struct {
 	// Cleared are the release and desired topics whose envelope was removed.
 	Cleared []string
 	// ChunksCleared counts chunk topics removed; SharedPayloads counts
-	// payloads kept because another retained release still uses them.
+	// retired payloads of which at least one chunk topic was kept because a
+	// remaining retained release of the same app still uses it.
 	ChunksCleared  int
 	SharedPayloads int
 }
 
 // Retire removes the retained envelopes of app at version on every channel,
 // profile and device (an empty retained message clears a topic), and the
-// chunks of their payloads that no remaining retained release references.
-// Malformed retained envelopes are reported through logf and left alone.
+// chunk topics of their payloads that no remaining retained envelope
+// references.
+//
+// A chunk topic (protocol.ChunkTopic) is named by app, payload sha256 and
+// index, so references are counted per topic: another app with the same
+// payload has its own chunk topics, and the same payload published with
+// another chunk size shares only the indices both use. Malformed retained
+// envelopes are reported through logf and left alone (they reference
+// nothing a device could use).
 func Retire(ctx context.Context, c paho.Client, app, version string, logf func(string, ...any)) (*RetireResult, error) {
 	if !protocol.ValidApp(app) || !protocol.ValidVersion(version) {
 		return nil, fmt.Errorf("retire: %q %q is not an app name and a semantic version", app, version)
@@ -36,13 +44,14 @@ func Retire(ctx context.Context, c paho.Client, app, version string, logf func(s
 		return nil, err
 	}
 	res := &RetireResult{}
-	retired := map[string]*protocol.Manifest{} // payload sha → manifest
-	kept := map[string]bool{}
+	var retired []*protocol.Manifest
+	inUse := map[string]bool{} // chunk topics of the envelopes that stay
 	topics := make([]string, 0, len(snap))
 	for t := range snap {
 		topics = append(topics, t)
 	}
 	sort.Strings(topics)
+	var clear []string
 	for _, t := range topics {
 		if len(snap[t]) == 0 {
 			continue
@@ -58,33 +67,70 @@ func Retire(ctx context.Context, c paho.Client, app, version string, logf func(s
 			continue
 		}
 		if m.App != app || m.Version != version {
-			kept[m.Payload.SHA256] = true
+			for i := range m.Payload.Chunks {
+				ct, err := protocol.ChunkTopic(m.App, m.Payload.SHA256, i)
+				if err != nil {
+					return nil, fmt.Errorf("retire: %s: %w", t, err)
+				}
+				inUse[ct] = true
+			}
 			continue
 		}
+		clear = append(clear, t)
+		retired = append(retired, m)
+	}
+	for _, t := range clear {
 		if err := wait(ctx, c.Publish(t, 1, true, []byte{}), time.Minute); err != nil {
 			return res, fmt.Errorf("retire: clear %s: %w", t, err)
 		}
 		res.Cleared = append(res.Cleared, t)
-		retired[m.Payload.SHA256] = m
 	}
-	for sha, m := range retired {
-		if kept[sha] {
-			res.SharedPayloads++
-			continue
+	// The retired envelopes (several channels, profiles, devices) may name
+	// the same chunk topics; clear each once, and only when no envelope
+	// that stays names it. Every clear is acknowledged, at most 16 at once.
+	cleared := map[string]bool{}
+	sharedSHA := map[string]bool{}
+	type pending struct {
+		topic string
+		t     paho.Token
+	}
+	var queue []pending
+	settle := func(p pending) error {
+		if err := wait(ctx, p.t, time.Minute); err != nil {
+			return fmt.Errorf("retire: clear %s: %w", p.topic, err)
 		}
-		var last paho.Token
+		res.ChunksCleared++
+		return nil
+	}
+	for _, m := range retired {
 		for i := range m.Payload.Chunks {
-			ct, err := protocol.ChunkTopic(m.App, sha, i)
+			ct, err := protocol.ChunkTopic(m.App, m.Payload.SHA256, i)
 			if err != nil {
 				return res, err
 			}
-			last = c.Publish(ct, 1, true, []byte{})
-			res.ChunksCleared++
-		}
-		if last != nil {
-			if err := wait(ctx, last, time.Minute); err != nil {
-				return res, fmt.Errorf("retire: clear chunks of %s: %w", sha, err)
+			if inUse[ct] {
+				if !sharedSHA[m.Payload.SHA256] {
+					sharedSHA[m.Payload.SHA256] = true
+					res.SharedPayloads++
+				}
+				continue
 			}
+			if cleared[ct] {
+				continue
+			}
+			cleared[ct] = true
+			if len(queue) == 16 {
+				if err := settle(queue[0]); err != nil {
+					return res, err
+				}
+				queue = queue[1:]
+			}
+			queue = append(queue, pending{ct, c.Publish(ct, 1, true, []byte{})})
+		}
+	}
+	for _, p := range queue {
+		if err := settle(p); err != nil {
+			return res, err
 		}
 	}
 	return res, nil

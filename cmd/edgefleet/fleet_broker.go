@@ -30,6 +30,8 @@ func runBroker(ctx context.Context, env *cliEnv, args []string) int {
 	fs.StringVar(&o.ACL, "acl", "", "ACL file (YAML; default: the rules of SPEC.md §MQTT)")
 	maxPacket := fs.String("max-packet", "", "largest MQTT packet accepted (default 1MiB+64KiB; must exceed the chunk size)")
 	fs.DurationVar(&o.SessionExpiry, "session-expiry", 7*24*time.Hour, "how long a disconnected session is kept")
+	fs.DurationVar(&o.ConnectTimeout, "connect-timeout", fleet.DefaultConnectTimeout, "close a new connection that has not completed its TLS handshake and CONNECT within this time")
+	fs.IntVar(&o.MaxConcurrentLogins, "max-logins", 0, "password checks (bcrypt) run at once; more wait up to --connect-timeout (default: half the CPUs, at least 1)")
 	fs.Usage = func() {
 		fmt.Fprintln(env.stderr, "usage: edgefleet broker --data DIR [--listen ADDR] [--tls-cert F --tls-key F [--client-ca F]] [--users F] [--acl F]")
 		fs.PrintDefaults()
