@@ -249,8 +249,10 @@ func Open(cfg *Config, opts Options) (*Agent, error) {
 		a.cpu = c
 	}
 	a.setDecoderLimit()
-	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
-		return nil, fmt.Errorf("create data_dir: %w", err)
+	// data_dir holds the state and the floor: another user who can change
+	// it could move them aside and replay an older release (safefile.go).
+	if err := ensureDataDir(cfg); err != nil {
+		return nil, err
 	}
 	db, err := openDB(cfg.StatePath(), opts.DBTimeout)
 	if err != nil {
@@ -365,6 +367,9 @@ func (a *Agent) Reset() error {
 // floor file (Config.FloorPath) is never touched.
 func ResetState(cfg *Config, now time.Time) (string, error) {
 	if err := cfg.Validate(); err != nil {
+		return "", err
+	}
+	if err := checkDataDir(cfg); err != nil {
 		return "", err
 	}
 	return moveAside(cfg.StatePath(), now)
