@@ -31,7 +31,10 @@ package agent
 //     committed). For the agent itself (app "edgefleet-agent") the result
 //     comes right after the swap: the daemon then re-executes itself.
 //   - "rollback": roll App back to its previous binary with Reason.
-//   - "reset": move a corrupt state database aside and start afresh.
+//   - "reset": move a corrupt state database aside and start afresh. A
+//     daemon that has its database open refuses (code "refused"): that
+//     database is healthy, and `edgefleet-agent reset --force` with the
+//     daemon stopped is the way to drop it anyway.
 //
 // A failed result carries Error (a full sentence) and Code: "refused" (the
 // release or request can never succeed as is), "busy" (try again later),
@@ -135,7 +138,8 @@ func codeOf(err error) string {
 	switch {
 	case errors.Is(err, ErrBusy):
 		return CodeBusy
-	case Fatal(err), errors.Is(err, ErrNoSpace), errors.Is(err, ErrNoPrevious), errors.Is(err, ErrCorruptState), errors.Is(err, ErrCorruptFloor):
+	case Fatal(err), errors.Is(err, ErrNoSpace), errors.Is(err, ErrNoPrevious), errors.Is(err, ErrCorruptState), errors.Is(err, ErrCorruptFloor),
+		errors.Is(err, ErrHealthyState), errors.Is(err, ErrUnsafeDir):
 		return CodeRefused
 	}
 	return CodeError
@@ -467,12 +471,16 @@ func (d *Daemon) opReset(ctx context.Context) Response {
 	d.opMu.Lock()
 	defer d.opMu.Unlock()
 	if a := d.agent(); a != nil {
-		if err := a.Reset(); err != nil {
-			return errResult(err)
-		}
-		return Response{Type: TypeResult, OK: true, Message: "state database moved aside; starting with an empty one (binaries kept; the anti-rollback floor in " + d.cfg.FloorPath() + " is kept too)"}
+		// The daemon has the database open, so it reads fine: moving it
+		// aside would only make the device forget what it runs (issue 7).
+		return errResult(fmt.Errorf("the state database %s is healthy and in use by this running daemon; nothing needs resetting — a reset is for a database the agent cannot read; if you really want to start over with empty state, stop the daemon and run `edgefleet-agent reset --force` (the anti-rollback floor in %s is kept either way): %w",
+			d.cfg.StatePath(), d.cfg.FloorPath(), ErrHealthyState))
 	}
 	moved, err := ResetState(d.cfg, time.Now())
+	if errors.Is(err, ErrHealthyState) {
+		// Repaired (or replaced) since the daemon started: reopen it as is.
+		moved, err = "", nil
+	}
 	if err != nil {
 		return errResult(err)
 	}
