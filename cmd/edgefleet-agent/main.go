@@ -255,7 +255,10 @@ func progressPrinter(w io.Writer) func(agent.Progress) {
 	lastPct := -1
 	return func(p agent.Progress) {
 		if p.Step == agent.StepStage && p.Total > 0 {
-			pct := int(p.Done * 100 / p.Total)
+			pct := 100 // a reply is untrusted: never more than 100%, never an overflow
+			if p.Done < p.Total {
+				pct = int(float64(max(p.Done, 0)) * 100 / float64(p.Total))
+			}
 			if last == p.Step && pct/25 == lastPct/25 {
 				return
 			}
@@ -405,8 +408,12 @@ func cmdStatus(ctx context.Context, e *env, args []string) int {
 	if c := dial(ctx, cfg); c != nil {
 		defer c.Close()
 		r, err := c.Do(ctx, agent.Request{Op: agent.OpStatus}, nil)
-		if err != nil || !r.OK || r.Status == nil {
-			fmt.Fprintf(e.stderr, "edgefleet-agent status: %v%s\n", err, r.Error)
+		if err != nil {
+			fmt.Fprintf(e.stderr, "edgefleet-agent status: %v\n", err)
+			return 1
+		}
+		if !r.OK {
+			fmt.Fprintf(e.stderr, "edgefleet-agent status: the daemon answered: %s\n", r.Error)
 			return 1
 		}
 		st = *r.Status
