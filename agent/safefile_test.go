@@ -266,6 +266,8 @@ func TestUnsafeAppDirCases(t *testing.T) {
 			k := newKit(t)
 			path := tc.setup(t, k)
 			k.cfg.Apps[0].Path = path
+			_, statErr := os.Lstat(filepath.Dir(k.appPath))
+			binExisted := statErr == nil
 			a := k.open(Options{})
 			err := k.tryInstall(a, k.bundle(spec{Version: "1.0.0", Sequence: 1}))
 			if !errors.Is(err, ErrUnsafeDir) {
@@ -282,6 +284,9 @@ func TestUnsafeAppDirCases(t *testing.T) {
 			}
 			if m, _ := filepath.Glob(filepath.Join(filepath.Dir(path), ".hello.*")); len(m) > 0 {
 				t.Fatalf("the refused install left %v", m)
+			}
+			if _, err := os.Lstat(filepath.Dir(k.appPath)); !binExisted && err == nil {
+				t.Fatalf("the refused install created %s under a directory another user controls", filepath.Dir(k.appPath))
 			}
 		})
 	}
