@@ -31,7 +31,10 @@ package agent
 //     committed). For the agent itself (app "edgefleet-agent") the result
 //     comes right after the swap: the daemon then re-executes itself.
 //   - "rollback": roll App back to its previous binary with Reason.
-//   - "reset": move a corrupt state database aside and start afresh.
+//   - "reset": move a corrupt state database aside and start afresh. A
+//     daemon that has its database open refuses (code "refused"): that
+//     database is healthy, and `edgefleet-agent reset --force` with the
+//     daemon stopped is the way to drop it anyway.
 //
 // A failed result carries Error (a full sentence) and Code: "refused" (the
 // release or request can never succeed as is), "busy" (try again later),
@@ -77,6 +80,10 @@ const (
 
 // maxRequestLine bounds one request line.
 const maxRequestLine = 64 << 10
+
+// maxResponseLine bounds one line from the daemon (a status carries every
+// app's history and output lines).
+const maxResponseLine = 16 << 20
 
 // Request is one control request.
 type Request struct {
@@ -135,7 +142,8 @@ func codeOf(err error) string {
 	switch {
 	case errors.Is(err, ErrBusy):
 		return CodeBusy
-	case Fatal(err), errors.Is(err, ErrNoSpace), errors.Is(err, ErrNoPrevious), errors.Is(err, ErrCorruptState), errors.Is(err, ErrCorruptFloor):
+	case Fatal(err), errors.Is(err, ErrNoSpace), errors.Is(err, ErrNoPrevious), errors.Is(err, ErrCorruptState), errors.Is(err, ErrCorruptFloor),
+		errors.Is(err, ErrHealthyState), errors.Is(err, ErrUnsafeDir):
 		return CodeRefused
 	}
 	return CodeError
@@ -467,12 +475,16 @@ func (d *Daemon) opReset(ctx context.Context) Response {
 	d.opMu.Lock()
 	defer d.opMu.Unlock()
 	if a := d.agent(); a != nil {
-		if err := a.Reset(); err != nil {
-			return errResult(err)
-		}
-		return Response{Type: TypeResult, OK: true, Message: "state database moved aside; starting with an empty one (binaries kept; the anti-rollback floor in " + d.cfg.FloorPath() + " is kept too)"}
+		// The daemon has the database open, so it reads fine: moving it
+		// aside would only make the device forget what it runs (issue 7).
+		return errResult(fmt.Errorf("the state database %s is healthy and in use by this running daemon; nothing needs resetting — a reset is for a database the agent cannot read; if you really want to start over with empty state, stop the daemon and run `edgefleet-agent reset --force` (the anti-rollback floor in %s is kept either way): %w",
+			d.cfg.StatePath(), d.cfg.FloorPath(), ErrHealthyState))
 	}
 	moved, err := ResetState(d.cfg, time.Now())
+	if errors.Is(err, ErrHealthyState) {
+		// Repaired (or replaced) since the daemon started: reopen it as is.
+		moved, err = "", nil
+	}
 	if err != nil {
 		return errResult(err)
 	}
@@ -495,6 +507,128 @@ func (d *Daemon) opReset(ctx context.Context) Response {
 // Agent returns the daemon's agent (nil while degraded). After a reset in
 // degraded mode it is a new Agent that the caller must close.
 func (d *Daemon) Agent() *Agent { return d.agent() }
+
+// errReply wraps what is wrong with a line from the control socket.
+func errReply(format string, args ...any) error {
+	return fmt.Errorf("the agent daemon's reply is malformed: "+format+"; whatever listens on the control socket is not a matching edgefleet-agent (check that the daemon and this command are the same version, and what else could have created the socket)", args...)
+}
+
+// DecodeResponse parses one line from the control socket strictly: it may
+// come from anything that listens there, so it is untrusted input. One
+// JSON object, no unknown fields, no trailing data, a known type, and the
+// fields that type needs (a progress line has its progress, a failed
+// result its error and code). Which fields a successful result needs
+// depends on the request; Do checks that too.
+func DecodeResponse(line []byte) (Response, error) {
+	if len(line) > maxResponseLine {
+		return Response{}, errReply("a line is longer than %d bytes", maxResponseLine)
+	}
+	dec := json.NewDecoder(bytes.NewReader(line))
+	dec.DisallowUnknownFields()
+	var r Response
+	if err := dec.Decode(&r); err != nil {
+		return Response{}, errReply("%q is not the JSON object expected (%v)", clip(string(line), 80), err)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return Response{}, errReply("data after the JSON object in %q", clip(string(line), 80))
+	}
+	resultOnly := r.OK || r.Code != "" || r.Error != "" || r.Result != nil || r.Trial != "" || r.Manifest != nil || r.Status != nil
+	switch r.Type {
+	case TypeProgress:
+		p := r.Progress
+		switch {
+		case p == nil:
+			return Response{}, errReply(`a "progress" line without its progress`)
+		case resultOnly || r.Event != "":
+			return Response{}, errReply(`a "progress" line with the fields of a result or event`)
+		case !protocol.ValidApp(p.App):
+			return Response{}, errReply("progress for app %q, which is not a valid app name", clip(p.App, 40))
+		case p.Done < 0 || p.Total < 0:
+			return Response{}, errReply("progress %d of %d bytes", p.Done, p.Total)
+		}
+		switch p.Step {
+		case StepVerify, StepCompat, StepStorage, StepStage, StepProbe, StepSwap:
+		default:
+			return Response{}, errReply("unknown install step %q", clip(p.Step, 40))
+		}
+	case TypeEvent:
+		switch {
+		case resultOnly || r.Progress != nil:
+			return Response{}, errReply(`an "event" line with the fields of a result or progress`)
+		case r.Event == "":
+			return Response{}, errReply(`an "event" line without its event`)
+		case r.App != "" && !protocol.ValidApp(r.App):
+			return Response{}, errReply("an event for app %q, which is not a valid app name", clip(r.App, 40))
+		}
+	case TypeResult:
+		if r.Progress != nil || r.Event != "" {
+			return Response{}, errReply("a result with the fields of a progress or event line")
+		}
+		if r.OK {
+			if r.Code != "" || r.Error != "" {
+				return Response{}, errReply("a result that is both ok and an error (%q)", clip(r.Error, 80))
+			}
+			break
+		}
+		switch r.Code {
+		case CodeRefused, CodeBusy, CodeError, CodeUsage:
+		default:
+			return Response{}, errReply("a failed result with code %q (want refused, busy, error or usage)", clip(r.Code, 40))
+		}
+		if r.Error == "" {
+			return Response{}, errReply("a failed result that does not say why")
+		}
+	default:
+		return Response{}, errReply("a line of type %q (want progress, event or result)", clip(r.Type, 40))
+	}
+	if r.Trial != "" {
+		switch r.Trial {
+		case "committed", "rolled-back", "pending":
+		default:
+			return Response{}, errReply("trial outcome %q (want committed, rolled-back or pending)", clip(r.Trial, 40))
+		}
+	}
+	if res := r.Result; res != nil && (!protocol.ValidApp(res.App) || res.Version == "" || res.Sequence == 0) {
+		return Response{}, errReply("an install result without a valid app, version and sequence")
+	}
+	if st := r.Status; st != nil {
+		for _, a := range st.Apps {
+			if !protocol.ValidApp(a.App) {
+				return Response{}, errReply("a status for app %q, which is not a valid app name", clip(a.App, 40))
+			}
+		}
+	}
+	return r, nil
+}
+
+// answers checks that a successful result carries what op needs.
+func (r *Response) answers(op string) error {
+	if !r.OK {
+		return nil
+	}
+	switch op {
+	case OpStatus:
+		if r.Status == nil || r.Status.DeviceID == "" {
+			return errReply("the answer to status has no status")
+		}
+	case OpCheck:
+		if r.Manifest == nil || !protocol.ValidApp(r.Manifest.App) || r.Manifest.Version == "" {
+			return errReply("the answer to check has no manifest")
+		}
+	case OpSideload:
+		if r.Result == nil || r.Trial == "" {
+			return errReply("the answer to sideload has no install result or trial outcome")
+		}
+		if r.Trial == "rolled-back" {
+			return errReply("the answer to sideload is ok but says the release was rolled back")
+		}
+	case OpRollback, OpReset:
+		if r.Message == "" {
+			return errReply("the answer to %s has no message", op)
+		}
+	}
+	return nil
+}
 
 // ControlClient talks to a running daemon over its control socket.
 type ControlClient struct {
@@ -532,7 +666,7 @@ func (c *ControlClient) Do(ctx context.Context, req Request, onEvent func(Respon
 		return Response{}, fmt.Errorf("send to the agent daemon: %w", err)
 	}
 	for {
-		line, err := readLine(c.br, 16<<20)
+		line, err := readLine(c.br, maxResponseLine)
 		if err != nil {
 			if ctx.Err() != nil {
 				return Response{}, ctx.Err()
@@ -542,11 +676,14 @@ func (c *ControlClient) Do(ctx context.Context, req Request, onEvent func(Respon
 			}
 			return Response{}, fmt.Errorf("read from the agent daemon: %w", err)
 		}
-		var r Response
-		if err := json.Unmarshal(line, &r); err != nil {
-			return Response{}, fmt.Errorf("the agent daemon sent a line that is not JSON: %w", err)
+		r, err := DecodeResponse(line)
+		if err != nil {
+			return Response{}, err
 		}
 		if r.Type == TypeResult {
+			if err := r.answers(req.Op); err != nil {
+				return Response{}, err
+			}
 			return r, nil
 		}
 		if onEvent != nil {

@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -168,6 +170,11 @@ func (d *Daemon) Run(ctx context.Context) error {
 
 	for i := range d.cfg.Apps {
 		c := &d.cfg.Apps[i]
+		if err := checkAppDir(c); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			// The app keeps running; installs and rollbacks of it are
+			// refused with this error until the directory is fixed.
+			d.logf("app %s: %v", c.Name, err)
+		}
 		if c.Name == SelfApp {
 			continue
 		}
@@ -207,9 +214,13 @@ func (d *Daemon) Run(ctx context.Context) error {
 // state database lock already proved no other daemon runs).
 func (d *Daemon) listen() (net.Listener, error) {
 	p := d.opts.SocketPath
-	if err := os.MkdirAll(d.cfg.DataDir, 0o700); err != nil {
-		return nil, fmt.Errorf("create data_dir %s: %w", d.cfg.DataDir, err)
+	if err := ensureDir(filepath.Dir(p), 0o700, "the control socket's directory "+filepath.Dir(p), ""); err != nil {
+		return nil, err
 	}
+	// unlink(2) never follows a link, and bind(2) fails on any name that
+	// exists, so the socket is never created through a link. Its mode comes
+	// from the umask: a chmod by name after bind could follow a link
+	// swapped in meanwhile.
 	if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("remove the stale control socket %s: %w", p, err)
 	}
@@ -219,9 +230,9 @@ func (d *Daemon) listen() (net.Listener, error) {
 	if err != nil {
 		return nil, fmt.Errorf("listen on the control socket %s: %w", p, err)
 	}
-	if err := os.Chmod(p, 0o600); err != nil {
+	if fi, err := os.Lstat(p); err != nil || fi.Mode()&os.ModeSocket == 0 || fi.Mode().Perm()&0o077 != 0 {
 		ln.Close()
-		return nil, err
+		return nil, fmt.Errorf("the control socket %s is not the private socket just created (%v); find out what else writes to %s: %w", p, err, filepath.Dir(p), ErrUnsafeDir)
 	}
 	ln.(*net.UnixListener).SetUnlinkOnClose(true)
 	return ln, nil

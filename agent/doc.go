@@ -69,4 +69,11 @@
 // signed target and its probe passed. Refusals are full sentences saying
 // what is wrong and what to do; Fatal tells a release that will never
 // install from a transient failure.
+//
+// The device's own filesystem is untrusted too, wherever another user can
+// write (safefile.go): data_dir and each app's directory must be changeable
+// only by root or the agent's user, every component of their path checked
+// (ErrUnsafeDir otherwise, nothing changed); the files the agent creates
+// there are created with O_CREAT|O_EXCL|O_NOFOLLOW, never through a link.
+// Replies on the control socket are parsed strictly (DecodeResponse).
 package agent

@@ -14,6 +14,13 @@ var (
 	// ErrConfig: the configuration file is invalid.
 	ErrConfig = errors.New("invalid agent configuration")
 
+	// ErrUnsafeDir: data_dir or an app's directory can be changed by a
+	// user other than root and the agent's own (owner, group or world
+	// write), or something the agent did not create sits at a name it
+	// writes (a symbolic link, a hard link). Nothing was changed there; the
+	// error names the command that fixes it (safefile.go).
+	ErrUnsafeDir = errors.New("directory is not safe for the agent to write in")
+
 	// ErrLocked: the state database is held by another process (normally
 	// the daemon); a sideload must go through the control socket instead.
 	ErrLocked = errors.New("state database is in use by another edgefleet-agent")
@@ -21,6 +28,10 @@ var (
 	// ErrCorruptState: the state database cannot be read. The binaries are
 	// untouched; `edgefleet-agent reset` moves the file aside.
 	ErrCorruptState = errors.New("state database is corrupt")
+
+	// ErrHealthyState: a reset was asked for, but the state database reads
+	// fine; nothing was moved (ForceResetState moves it anyway).
+	ErrHealthyState = errors.New("state database is healthy")
 
 	// ErrCorruptFloor: the anti-rollback floor file (floor.json) cannot be
 	// read. Installs are refused until it is restored or moved aside; the

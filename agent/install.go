@@ -158,7 +158,7 @@ func (a *Agent) run(ctx context.Context, m *protocol.Manifest, payload io.Reader
 		return res, nil
 	}
 	if staged != "" {
-		os.Remove(staged)
+		removeStaged(staged)
 	}
 	if !dry && !errors.Is(err, ErrBusy) {
 		a.refused(app, m, err)
@@ -269,17 +269,20 @@ func (a *Agent) pipeline(ctx context.Context, app *AppConfig, m *protocol.Manife
 	// 3. Storage: the staged file is the new binary (decoded straight into
 	// it); the old binary stays alive as .prev, so its blocks are not freed.
 	step(StepStorage)
+	// The directory must be one only root (or the agent's user) can
+	// change, or its owner could plant a link where root writes
+	// (safefile.go); checked before anything is created in it.
 	dir := filepath.Dir(app.Path)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, "", fmt.Errorf("create %s: %w", dir, err)
+	if err := ensureAppDir(app); err != nil {
+		return nil, "", err
 	}
 	st, err := a.opts.Storage(dir)
 	if err != nil {
 		return nil, "", fmt.Errorf("read free storage on %s: %w", dir, err)
 	}
 	free := st.Free
-	if fi, err := os.Stat(app.stagedPath()); err == nil && !dry {
-		free += fi.Size() // a leftover staged file is truncated first
+	if fi, err := os.Lstat(app.stagedPath()); err == nil && fi.Mode().IsRegular() && !dry {
+		free += fi.Size() // a leftover staged file is removed first
 	}
 	need := m.Executable.Size + m.MinFreeStorage
 	if free < need {
@@ -309,8 +312,9 @@ func (a *Agent) pipeline(ctx context.Context, app *AppConfig, m *protocol.Manife
 			return nil, "", fmt.Errorf("create a check file in %s: %w", dir, err)
 		}
 		staged = f.Name()
+		err = f.Chmod(0o755) // on the descriptor: never through a link
 		f.Close()
-		if err := os.Chmod(staged, 0o755); err != nil {
+		if err != nil {
 			return nil, staged, err
 		}
 	}
@@ -437,7 +441,15 @@ func (a *Agent) stage(ctx context.Context, app *AppConfig, m *protocol.Manifest,
 	if err != nil {
 		return err
 	}
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o755)
+	var f *os.File
+	if dry {
+		// os.CreateTemp made it with O_EXCL just now.
+		f, err = os.OpenFile(path, os.O_WRONLY|os.O_TRUNC|syscall.O_NOFOLLOW, 0)
+	} else {
+		// Never O_TRUNC an existing name: a link planted there would make
+		// root overwrite its target (safefile.go).
+		f, err = createFile(path, 0o755)
+	}
 	if err != nil {
 		return fmt.Errorf("create the staged file: %w", err)
 	}

@@ -249,8 +249,10 @@ func Open(cfg *Config, opts Options) (*Agent, error) {
 		a.cpu = c
 	}
 	a.setDecoderLimit()
-	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
-		return nil, fmt.Errorf("create data_dir: %w", err)
+	// data_dir holds the state and the floor: another user who can change
+	// it could move them aside and replay an older release (safefile.go).
+	if err := ensureDataDir(cfg); err != nil {
+		return nil, err
 	}
 	db, err := openDB(cfg.StatePath(), opts.DBTimeout)
 	if err != nil {
@@ -304,19 +306,63 @@ func openDB(path string, timeout time.Duration) (db *bolt.DB, err error) {
 			if err := meta.Put(keySchema, []byte(fmt.Sprint(stateSchema))); err != nil {
 				return err
 			}
-		} else if string(v) != fmt.Sprint(stateSchema) {
-			return fmt.Errorf("database schema %q, this agent understands %d", v, stateSchema)
 		}
-		return apps.ForEach(func(k, v []byte) error {
-			_, err := decodeRecord(string(k), v)
-			return err
-		})
+		_, err = checkRecords(tx, apps, meta)
+		return err
 	})
 	if err != nil {
 		db.Close()
 		return nil, corrupt(err)
 	}
 	return db, nil
+}
+
+// checkRecords checks the schema and decodes every record; it returns
+// how many there are.
+func checkRecords(tx *bolt.Tx, apps, meta *bolt.Bucket) (int, error) {
+	if meta != nil {
+		if v := meta.Get(keySchema); v != nil && string(v) != fmt.Sprint(stateSchema) {
+			return 0, fmt.Errorf("database schema %q, this agent understands %d", v, stateSchema)
+		}
+	}
+	n := 0
+	if apps == nil {
+		return 0, nil
+	}
+	err := apps.ForEach(func(k, v []byte) error {
+		n++
+		_, err := decodeRecord(string(k), v)
+		return err
+	})
+	return n, err
+}
+
+// stateHealth reads the state database at path without changing it (a
+// shared lock, read-only): nil and the number of app records when Open
+// would accept it, an error wrapping ErrLocked when a daemon (or another
+// command) holds it, else why it is unreadable.
+func stateHealth(path string) (records int, err error) {
+	defer func() {
+		if p := recover(); p != nil { // bbolt panics on some corrupt pages
+			records, err = 0, fmt.Errorf("%v", p)
+		}
+	}()
+	db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: 200 * time.Millisecond})
+	if errors.Is(err, bolterrors.ErrTimeout) {
+		return 0, fmt.Errorf("%s is held by another process (the running daemon?); stop `edgefleet-agent run` before a reset: %w", path, ErrLocked)
+	}
+	if err != nil {
+		return 0, err
+	}
+	defer db.Close()
+	err = db.View(func(tx *bolt.Tx) error {
+		for e := range tx.Check() {
+			return e
+		}
+		records, err = checkRecords(tx, tx.Bucket(bucketApps), tx.Bucket(bucketMeta))
+		return err
+	})
+	return records, err
 }
 
 // Close closes the state database.
@@ -338,9 +384,12 @@ func (a *Agent) Config() *Config { return a.cfg }
 func (a *Agent) CPU() hardware.CPUFacts { return a.cpu }
 
 // Reset moves the state database aside (state.db.corrupt-<time>) and starts
-// with an empty one. Binaries are kept, and so is the anti-rollback floor
-// file (floor.json): a reset device still refuses every release at or below
-// the highest sequence it ever swapped in.
+// with an empty one, however healthy it is: it is the in-process form of
+// ForceResetState (the daemon never calls it: a database it holds open is
+// healthy, and `edgefleet-agent reset` refuses that). Binaries are kept,
+// and so is the anti-rollback floor file (floor.json): a reset device still
+// refuses every release at or below the highest sequence it ever swapped
+// in.
 func (a *Agent) Reset() error {
 	a.dbMu.Lock()
 	defer a.dbMu.Unlock()
@@ -359,19 +408,50 @@ func (a *Agent) Reset() error {
 	return nil
 }
 
-// ResetState is Reset for when Open failed with ErrCorruptState: it moves
-// the state database aside unless another process holds it (ErrLocked) and
-// returns the new name ("" when there was no file). The anti-rollback
-// floor file (Config.FloorPath) is never touched.
+// ResetState is for when Open failed with ErrCorruptState: it moves the
+// state database aside and returns the new name ("" when there was no
+// file). It refuses, moving nothing, while another process holds the
+// database (ErrLocked: the daemon is running) and when the database reads
+// fine (ErrHealthyState: moving it aside would only forget what is
+// installed; ForceResetState does it anyway). The anti-rollback floor file
+// (Config.FloorPath) is never touched.
 func ResetState(cfg *Config, now time.Time) (string, error) {
+	return resetState(cfg, now, false)
+}
+
+// ForceResetState is ResetState for a healthy database too (`edgefleet-agent
+// reset --force`, daemon stopped): the device then reports nothing
+// installed, and the kept anti-rollback floor still refuses every release
+// at or below the sequences it ever installed. It still refuses while
+// another process holds the database.
+func ForceResetState(cfg *Config, now time.Time) (string, error) {
+	return resetState(cfg, now, true)
+}
+
+func resetState(cfg *Config, now time.Time, force bool) (string, error) {
 	if err := cfg.Validate(); err != nil {
 		return "", err
 	}
-	return moveAside(cfg.StatePath(), now)
+	if err := checkDataDir(cfg); err != nil {
+		return "", err
+	}
+	path := cfg.StatePath()
+	if _, err := os.Lstat(path); errors.Is(err, fs.ErrNotExist) {
+		return "", nil
+	}
+	n, err := stateHealth(path)
+	if errors.Is(err, ErrLocked) {
+		return "", err
+	}
+	if err == nil && !force {
+		return "", fmt.Errorf("the state database %s reads fine (%d app records); nothing needs resetting — a reset is for a database the agent cannot read, and moving a healthy one aside only forgets what is installed (status would show nothing installed while the apps run, and the anti-rollback floor in %s would still refuse reinstalling the same releases); if you really want to start over with empty state, stop the daemon and run `edgefleet-agent reset --force`: %w",
+			path, n, cfg.FloorPath(), ErrHealthyState)
+	}
+	return moveAside(path, now)
 }
 
 func moveAside(path string, now time.Time) (string, error) {
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	f, err := os.OpenFile(path, os.O_RDWR|syscall.O_NOFOLLOW, 0)
 	if errors.Is(err, fs.ErrNotExist) {
 		return "", nil
 	}

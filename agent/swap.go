@@ -139,6 +139,11 @@ func (a *Agent) rollback(c *AppConfig, r *record, reason string) error {
 		}
 		return err
 	}
+	// The rollback links and renames in the app's directory: only in one
+	// that no other user can change (safefile.go).
+	if err := checkAppDir(c); err != nil {
+		return err
+	}
 	sum, err := fileSHA256(c.PrevPath())
 	if err != nil {
 		return err

@@ -970,7 +970,7 @@ func (t *mqttTransport) openDownload(a *Agent, ap *mqttApp, rel *mqttRelease) (*
 			return nil, err
 		}
 	}
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	f, err := openPartFile(path) // never through a link (safefile.go)
 	if err != nil {
 		return nil, err
 	}

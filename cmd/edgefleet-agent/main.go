@@ -8,7 +8,7 @@
 //	edgefleet-agent status   --config ... [--json]
 //	edgefleet-agent rollback --config ... APP
 //	edgefleet-agent facts    [--config ...] [--json]
-//	edgefleet-agent reset    --config ...
+//	edgefleet-agent reset    --config ... [--force]
 //	edgefleet-agent version
 //
 // The field commands talk to the running daemon over its control socket
@@ -69,7 +69,7 @@ func init() {
 		"status":   {"per app: version, sequence, state, previous, last error, history", cmdStatus},
 		"rollback": {"go back to an app's previous binary", cmdRollback},
 		"facts":    {"what this device is: CPU level and features, storage, memory", cmdFacts},
-		"reset":    {"move a corrupt state database aside and start afresh (binaries are kept)", cmdReset},
+		"reset":    {"move a corrupt state database aside and start afresh (binaries and the anti-rollback floor are kept)", cmdReset},
 		"version":  {"print the agent's version", cmdVersion},
 	}
 }
@@ -255,7 +255,10 @@ func progressPrinter(w io.Writer) func(agent.Progress) {
 	lastPct := -1
 	return func(p agent.Progress) {
 		if p.Step == agent.StepStage && p.Total > 0 {
-			pct := int(p.Done * 100 / p.Total)
+			pct := 100 // a reply is untrusted: never more than 100%, never an overflow
+			if p.Done < p.Total {
+				pct = int(float64(max(p.Done, 0)) * 100 / float64(p.Total))
+			}
 			if last == p.Step && pct/25 == lastPct/25 {
 				return
 			}
@@ -405,8 +408,12 @@ func cmdStatus(ctx context.Context, e *env, args []string) int {
 	if c := dial(ctx, cfg); c != nil {
 		defer c.Close()
 		r, err := c.Do(ctx, agent.Request{Op: agent.OpStatus}, nil)
-		if err != nil || !r.OK || r.Status == nil {
-			fmt.Fprintf(e.stderr, "edgefleet-agent status: %v%s\n", err, r.Error)
+		if err != nil {
+			fmt.Fprintf(e.stderr, "edgefleet-agent status: %v\n", err)
+			return 1
+		}
+		if !r.OK {
+			fmt.Fprintf(e.stderr, "edgefleet-agent status: the daemon answered: %s\n", r.Error)
 			return 1
 		}
 		st = *r.Status
@@ -604,12 +611,17 @@ func cmdFacts(_ context.Context, e *env, args []string) int {
 
 func cmdReset(ctx context.Context, e *env, args []string) int {
 	fs, cfgPath := flags(e, "reset", "")
+	force := fs.Bool("force", false, "with the daemon stopped: move the state database aside even though it reads fine (the anti-rollback floor is kept)")
 	cfg, code := parseConfig(e, fs, cfgPath, args, 0)
 	if cfg == nil {
 		return code
 	}
 	if c := dial(ctx, cfg); c != nil {
 		defer c.Close()
+		if *force {
+			fmt.Fprintf(e.stdout, "refused: the agent daemon is running and holds the state database %s, so it reads fine and nothing needs resetting; to start over with empty state anyway, stop the daemon (e.g. `systemctl stop edgefleet-agent`), run `edgefleet-agent reset --force` again, then start it\n", cfg.StatePath())
+			return 1
+		}
 		r, err := c.Do(ctx, agent.Request{Op: agent.OpReset}, nil)
 		if err != nil {
 			fmt.Fprintf(e.stderr, "edgefleet-agent reset: %v\n", err)
@@ -622,7 +634,15 @@ func cmdReset(ctx context.Context, e *env, args []string) int {
 		fmt.Fprintln(e.stdout, r.Message)
 		return 0
 	}
-	moved, err := agent.ResetState(cfg, time.Now())
+	reset := agent.ResetState
+	if *force {
+		reset = agent.ForceResetState
+	}
+	moved, err := reset(cfg, time.Now())
+	if errors.Is(err, agent.ErrHealthyState) {
+		fmt.Fprintf(e.stdout, "refused: %v\n", err)
+		return 1
+	}
 	if err != nil {
 		fmt.Fprintf(e.stderr, "edgefleet-agent reset: %v\n", err)
 		return 1
@@ -630,7 +650,7 @@ func cmdReset(ctx context.Context, e *env, args []string) int {
 	if moved == "" {
 		fmt.Fprintln(e.stdout, "no state database to reset")
 	} else {
-		fmt.Fprintf(e.stdout, "state database moved to %s; binaries kept\n", moved)
+		fmt.Fprintf(e.stdout, "state database moved to %s; binaries kept; the anti-rollback floor in %s is kept too, so releases at or below the sequences it records stay refused\n", moved, cfg.FloorPath())
 	}
 	return 0
 }
