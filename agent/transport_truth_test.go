@@ -132,7 +132,6 @@ func TestMQTTMissingChunksReportedThenDiskFullRetried(t *testing.T) {
 	})
 }
 
-
 // TestMQTTDownloadChecksSpaceFirst (item 10): a release larger than what
 // data_dir can hold beside the state reserve is not fetched at all; the
 // status says so, and the download starts when space is freed.
