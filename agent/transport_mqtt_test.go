@@ -311,7 +311,20 @@ func TestMQTTIncompatibleRefused(t *testing.T) {
 		}
 		return ""
 	}
-	eventually(t, "the refusal reaches the status", func() bool { return strings.Contains(lastErr(), "published profiles runs on this") })
+	note := func() string {
+		for _, d := range view.Devices() {
+			for _, a := range d.Apps {
+				if d.Device == "dev-x86" {
+					return a.Note
+				}
+			}
+		}
+		return ""
+	}
+	eventually(t, "the status notes that nothing published runs here", func() bool { return strings.Contains(note(), "published profiles runs on this") })
+	if e := lastErr(); e != "" {
+		t.Errorf("nothing on the channel for this CPU is a note, not a failure: last_error %q", e)
+	}
 	// Assigned directly to the device: refused by the signed target, recorded.
 	publish(t, op, k, arm, "dev-x86")
 	eventually(t, "the assigned foreign release is refused with a reason", func() bool {
