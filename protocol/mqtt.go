@@ -1,15 +1,14 @@
 package protocol
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
-	"io"
 	"regexp"
 	"strconv"
 	"strings"
 	"time"
 	"unicode"
+	"unicode/utf8"
 )
 
 // MQTT topics and messages (SPEC.md §8). Every topic starts with
@@ -333,7 +332,7 @@ func (s *DeviceStatus) Validate() error {
 			return bad("app %s: last_error longer than %d", a.App, MaxLastError)
 		}
 		if p := a.Progress; p != nil {
-			if len(p.Step) > 32 || p.Done < 0 || p.Total < 0 {
+			if len(p.Step) > 32 || p.Done < 0 || p.Total < 0 || p.Done > p.Total {
 				return bad("app %s: progress out of range", a.App)
 			}
 		}
@@ -346,9 +345,16 @@ func (s *DeviceStatus) Validate() error {
 // which may quote an app's output, must never stop a report).
 func (s *DeviceStatus) Marshal() ([]byte, error) {
 	s.cleanText()
+	s.clampProgress()
 	for i := range s.Apps {
 		if e := s.Apps[i].LastError; len(e) > MaxLastError {
-			s.Apps[i].LastError = e[:MaxLastError-3] + "..."
+			// Cut on a character boundary: a cut rune would be sent as
+			// U+FFFD, 3 bytes, and could push the text over the limit.
+			n := MaxLastError - 3
+			for n > 0 && !utf8.RuneStart(e[n]) {
+				n--
+			}
+			s.Apps[i].LastError = e[:n] + "..."
 		}
 	}
 	if err := s.Validate(); err != nil {
@@ -378,6 +384,7 @@ func ParseStatus(b []byte) (*DeviceStatus, error) {
 		return nil, fmt.Errorf("device status: %v: %w", err, ErrMalformed)
 	}
 	s.cleanText()
+	s.clampProgress()
 	if err := s.Validate(); err != nil {
 		return nil, err
 	}
@@ -387,9 +394,13 @@ func ParseStatus(b []byte) (*DeviceStatus, error) {
 // cleanText neutralises what a terminal would interpret in the free-text
 // fields: a device writes its own status, and `edgefleet status` prints it
 // to an operator's terminal, where escape sequences could erase other
-// devices' lines and bidi overrides could disguise a version. Line breaks
-// and tabs become spaces, other control and bidi characters '?': never
-// longer than before, so the limits still hold.
+// devices' lines, bidi overrides could disguise a version, and invisible
+// characters (U+200B, U+FEFF, ...) could make two different versions look
+// alike. Line breaks (also U+2028, U+2029, U+0085), tabs and other spaces
+// become ' '; control, format (Unicode category Cf, which includes the
+// bidi controls), default-ignorable and variation-selector characters and
+// invalid UTF-8 become '?'. The text never grows, so the limits still
+// hold.
 func (s *DeviceStatus) cleanText() {
 	s.CPU, s.AgentVersion = cleanText(s.CPU), cleanText(s.AgentVersion)
 	for i := range s.Apps {
@@ -401,10 +412,44 @@ func (s *DeviceStatus) cleanText() {
 	}
 }
 
+// clampProgress keeps every progress report within 0 <= done <= total, so
+// no reader prints a negative share or more than 100%.
+func (s *DeviceStatus) clampProgress() {
+	for i := range s.Apps {
+		if p := s.Apps[i].Progress; p != nil {
+			p.Total = max(p.Total, 0)
+			p.Done = min(max(p.Done, 0), p.Total)
+		}
+	}
+}
+
+// CleanText neutralises s for printing on a terminal as a status's free
+// text is (SPEC.md §8.4): the result is never longer than s.
+func CleanText(s string) string { return cleanText(s) }
+
+// textClass says what cleanText does with r: 0 keep, ' ' or '?'.
+func textClass(r rune) rune {
+	switch {
+	case r < 0x7f && r >= 0x20:
+		return 0
+	case r == '\n' || r == '\r' || r == '\t' || r == '\v' || r == '\f' || r == 0x85 ||
+		unicode.In(r, unicode.Zl, unicode.Zp):
+		return ' '
+	case r == utf8.RuneError:
+		return '?' // invalid UTF-8 (or U+FFFD itself, which is 3 bytes: the text shrinks)
+	case unicode.In(r, unicode.Cc, unicode.Cf, unicode.Co, unicode.Bidi_Control,
+		unicode.Other_Default_Ignorable_Code_Point, unicode.Variation_Selector):
+		return '?'
+	case r != ' ' && unicode.Is(unicode.Zs, r):
+		return ' '
+	}
+	return 0
+}
+
 func cleanText(s string) string {
 	clean := true
 	for _, r := range s {
-		if unicode.IsControl(r) || unicode.Is(unicode.Bidi_Control, r) {
+		if textClass(r) != 0 {
 			clean = false
 			break
 		}
@@ -412,22 +457,23 @@ func cleanText(s string) string {
 	if clean {
 		return s
 	}
-	return strings.Map(func(r rune) rune {
-		switch {
-		case r == '\n' || r == '\r' || r == '\t':
-			return ' '
-		case unicode.IsControl(r) || unicode.Is(unicode.Bidi_Control, r):
-			return '?'
+	var b strings.Builder
+	b.Grow(len(s))
+	for _, r := range s {
+		if c := textClass(r); c != 0 {
+			b.WriteByte(byte(c))
+		} else {
+			b.WriteRune(r)
 		}
-		return r
-	}, s)
+	}
+	return b.String()
 }
 
 func checkSchema(b []byte, what string) error {
 	var head struct {
 		Schema *int `json:"schema"`
 	}
-	if err := json.Unmarshal(b, &head); err != nil {
+	if err := StrictUnmarshalExtensible(b, &head); err != nil {
 		return fmt.Errorf("%s is not valid JSON: %v: %w", what, err, ErrMalformed)
 	}
 	if head.Schema == nil {
@@ -439,14 +485,4 @@ func checkSchema(b []byte, what string) error {
 	return nil
 }
 
-func strictJSON(b []byte, v any) error {
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		return err
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		return fmt.Errorf("data after the JSON object")
-	}
-	return nil
-}
+func strictJSON(b []byte, v any) error { return StrictUnmarshal(b, v) }
