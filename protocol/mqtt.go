@@ -2,6 +2,7 @@ package protocol
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"regexp"
 	"strconv"
@@ -38,14 +39,37 @@ const (
 )
 
 var (
-	deviceRe  = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
+	// No '.': NATS refuses it in MQTT client ids (SPEC.md §8.1).
+	deviceRe  = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$`)
 	channelRe = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,63}$`)
 )
 
-// ValidDeviceID reports whether s is an acceptable device id: letters,
-// digits, '.', '_', '-', at most 64, not starting with a punctuation mark.
-// Device ids are MQTT client ids, user names and topic segments.
+// ValidDeviceID reports whether s is an acceptable device id: ASCII
+// letters, digits, '_' and '-', at most 64, starting with a letter or
+// digit. Device ids are MQTT client ids, user names, certificate CNs and
+// topic segments, so the syntax is one every supported broker accepts as
+// a client id (NATS refuses '.'; SPEC.md §8.1).
 func ValidDeviceID(s string) bool { return deviceRe.MatchString(s) }
+
+// DeviceIDSyntax describes a valid device id for messages.
+const DeviceIDSyntax = "ASCII letters, digits, '_' and '-' only, at most 64, starting with a letter or digit"
+
+// CheckDeviceID says in a full sentence what is wrong with device id s
+// and what to use instead, or returns nil. The error does not wrap a
+// sentinel.
+func CheckDeviceID(s string) error {
+	if ValidDeviceID(s) {
+		return nil
+	}
+	msg := fmt.Sprintf("device id %q cannot be used: it is the device's MQTT client id, user name and topic segment, so it must be %s", clip(s), DeviceIDSyntax)
+	if strings.Contains(s, ".") {
+		msg += " ('.' is refused because NATS does not accept it in a client id)"
+		if alt := strings.ReplaceAll(s, ".", "-"); ValidDeviceID(alt) {
+			msg += fmt.Sprintf("; use %q instead", alt)
+		}
+	}
+	return errors.New(msg)
+}
 
 // ValidChannel reports whether s is an acceptable release channel name.
 func ValidChannel(s string) bool { return channelRe.MatchString(s) }
@@ -153,8 +177,8 @@ func ChunksFilter(app, payloadSHA string) (string, error) {
 // DesiredTopic is where a release aimed at one device lives; it wins over
 // the device's channel.
 func DesiredTopic(device, app string) (string, error) {
-	if !ValidDeviceID(device) {
-		return "", topicErr("device id", device)
+	if err := CheckDeviceID(device); err != nil {
+		return "", fmt.Errorf("%v: %w", err, ErrMalformed)
 	}
 	if !ValidApp(app) {
 		return "", topicErr("app", app)
@@ -164,8 +188,8 @@ func DesiredTopic(device, app string) (string, error) {
 
 // StatusTopic is where a device publishes its retained status.
 func StatusTopic(device string) (string, error) {
-	if !ValidDeviceID(device) {
-		return "", topicErr("device id", device)
+	if err := CheckDeviceID(device); err != nil {
+		return "", fmt.Errorf("%v: %w", err, ErrMalformed)
 	}
 	return Topic{Kind: KindStatus, Device: device}.String(), nil
 }

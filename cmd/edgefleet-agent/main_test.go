@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
+
+	"github.com/edgefleet/edgefleet/internal/testkit"
 )
 
 func runIn(args ...string) (string, string, int) {
@@ -60,5 +62,31 @@ func TestFacts(t *testing.T) {
 	so, _, code = runIn("facts")
 	if code != 0 || !strings.Contains(so, "free on /") {
 		t.Fatalf("facts: exit %d\n%s", code, so)
+	}
+}
+
+// A device id with '.' works on Mosquitto but NATS refuses it as a client
+// id, and the agent then blamed broker.url and the credentials. The id is
+// refused when the config loads, by the real agent binary, naming the id
+// to use instead (SPEC.md §8.1).
+func TestDottedDeviceIDRefusedAtConfigLoad(t *testing.T) {
+	d := newDevice(t, deviceOpts{})
+	testkit.WriteAgentConfig(t, d.cfgPath, testkit.AgentConfig{DeviceID: "pi.17", DataDir: d.data, TrustedKeys: []string{d.pubPath},
+		Broker: "tcp://127.0.0.1:1", Apps: []testkit.AgentApp{{Name: "hello", Path: d.hello}}})
+	for _, args := range [][]string{{"run", "--config", d.cfgPath}, {"status", "--config", d.cfgPath}} {
+		_, se, code := d.run(args...)
+		if code == 0 {
+			t.Fatalf("edgefleet-agent %s accepted device_id pi.17", args[0])
+		}
+		for _, want := range []string{"device_id", `"pi.17"`, "NATS", `use "pi-17" instead`} {
+			if !strings.Contains(se, want) {
+				t.Errorf("edgefleet-agent %s: the refusal does not say %s:\n%s", args[0], want, se)
+			}
+		}
+	}
+	testkit.WriteAgentConfig(t, d.cfgPath, testkit.AgentConfig{DeviceID: "pi-17", DataDir: d.data, TrustedKeys: []string{d.pubPath},
+		Broker: "tcp://127.0.0.1:1", Apps: []testkit.AgentApp{{Name: "hello", Path: d.hello}}})
+	if _, se, code := d.run("status", "--config", d.cfgPath); code != 0 {
+		t.Fatalf("device_id pi-17: exit %d\n%s", code, se)
 	}
 }
