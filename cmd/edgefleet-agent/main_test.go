@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"os/exec"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/edgefleet/edgefleet/internal/testkit"
 )
@@ -74,13 +76,21 @@ func TestDottedDeviceIDRefusedAtConfigLoad(t *testing.T) {
 	testkit.WriteAgentConfig(t, d.cfgPath, testkit.AgentConfig{DeviceID: "pi.17", DataDir: d.data, TrustedKeys: []string{d.pubPath},
 		Broker: "tcp://127.0.0.1:1", Apps: []testkit.AgentApp{{Name: "hello", Path: d.hello}}})
 	for _, args := range [][]string{{"run", "--config", d.cfgPath}, {"status", "--config", d.cfgPath}} {
-		_, se, code := d.run(args...)
-		if code == 0 {
-			t.Fatalf("edgefleet-agent %s accepted device_id pi.17", args[0])
+		// An agent that accepts the id runs on: stop it (not a time
+		// limit on the refusal; a refusal exits at once).
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		cmd := exec.CommandContext(ctx, d.cli, args...)
+		var se bytes.Buffer
+		cmd.Stderr = &se
+		err := cmd.Run()
+		stopped := ctx.Err() != nil
+		cancel()
+		if stopped || err == nil {
+			t.Fatalf("edgefleet-agent %s accepted device_id pi.17 (%v)\n%s", args[0], err, se.String())
 		}
 		for _, want := range []string{"device_id", `"pi.17"`, "NATS", `use "pi-17" instead`} {
-			if !strings.Contains(se, want) {
-				t.Errorf("edgefleet-agent %s: the refusal does not say %s:\n%s", args[0], want, se)
+			if !strings.Contains(se.String(), want) {
+				t.Errorf("edgefleet-agent %s: the refusal does not say %s:\n%s", args[0], want, se.String())
 			}
 		}
 	}
