@@ -1161,7 +1161,7 @@ func (a *Agent) loadDownload(app string) (*dlRecord, error) {
 				return nil
 			}
 			var r dlRecord
-			if err := json.Unmarshal(v, &r); err != nil || r.Schema != 1 {
+			if err := protocol.StrictUnmarshalExtensible(v, &r); err != nil || r.Schema != 1 {
 				return nil // an unreadable record only costs a fresh download
 			}
 			rec = &r
