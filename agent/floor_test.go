@@ -286,6 +286,9 @@ func TestParseFloorStrict(t *testing.T) {
 		"sequence 0":     `{"schema":1,"apps":{"hello":{"sequence":0}}}`,
 		"negative":       `{"schema":1,"apps":{"hello":{"sequence":-1}}}`,
 		"too large":      `{"schema":1,"apps":{}}` + strings.Repeat(" ", maxFloorFile),
+		"duplicate key":  `{"schema":1,"apps":{"hello":{"sequence":5,"sequence":1}}}`,
+		"case variant":   `{"schema":1,"apps":{"hello":{"Sequence":5}}}`,
+		"duplicate app":  `{"schema":1,"apps":{"hello":{"sequence":5},"hello":{"sequence":1}}}`,
 	} {
 		if _, err := parseFloor([]byte(b)); err == nil {
 			t.Errorf("%s: accepted", name)
@@ -297,6 +300,9 @@ func FuzzParseFloor(f *testing.F) {
 	f.Add([]byte(`{"schema":1,"apps":{"hello":{"sequence":5,"version":"1.0.0"}}}`))
 	f.Add([]byte(`{"schema":1,"apps":{}}`))
 	f.Add([]byte(`{"schema":2,"apps":{"a":{"sequence":1}}}`))
+	f.Add([]byte(`{"schema":1,"apps":{"hello":{"sequence":5,"sequence":1}}}`))
+	f.Add([]byte(`{"schema":1,"apps":{"hello":{"sequence":5,"Sequence":1}}}`))
+	f.Add([]byte(`{"schema":1,"apps":{"hello":{"sequence":5,"version":"` + strings.Repeat("é", 101) + `…"}}}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		d, err := parseFloor(b)
 		if err != nil {
@@ -305,6 +311,9 @@ func FuzzParseFloor(f *testing.F) {
 		d2, err := parseFloor(d.marshal())
 		if err != nil {
 			t.Fatalf("a parsed floor file does not parse again: %v", err)
+		}
+		if len(d2.repaired) != 0 {
+			t.Fatalf("the agent would write a floor file it must repair again: %v", d2.repaired)
 		}
 		if len(d2.Apps) != len(d.Apps) {
 			t.Fatalf("round trip changed the apps: %v → %v", d.Apps, d2.Apps)
