@@ -259,8 +259,8 @@ func (b *BrokerConfig) validate(deviceID string) error {
 	if !protocol.ValidChannel(b.Channel) {
 		return fmt.Errorf("broker.channel %q is not a valid channel name (lower-case letters, digits, . _ -)", b.Channel)
 	}
-	if !protocol.ValidDeviceID(deviceID) {
-		return fmt.Errorf("device_id %q cannot be an MQTT client id and topic segment (letters, digits, . _ - only)", deviceID)
+	if err := protocol.CheckDeviceID(deviceID); err != nil {
+		return fmt.Errorf("device_id: %v", err)
 	}
 	if (b.Cert == "") != (b.Key == "") {
 		return fmt.Errorf("broker.cert and broker.key go together: a client certificate needs its key")

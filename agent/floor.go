@@ -19,7 +19,6 @@ package agent
 // the release that was being installed.
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -28,6 +27,8 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
+	"unicode/utf8"
 
 	"github.com/edgefleet/edgefleet/protocol"
 	bolt "go.etcd.io/bbolt"
@@ -40,10 +41,19 @@ const floorSchema = 1
 // maxFloorFile bounds floor.json (a few hundred apps at most).
 const maxFloorFile = 256 << 10
 
+// maxFloorVersion bounds the version text kept with a floor (bytes). The
+// text is only for messages: the sequence is what the floor is.
+const maxFloorVersion = protocol.MaxVersionLen
+
 // floorDoc is floor.json.
 type floorDoc struct {
 	Schema int                   `json:"schema"`
 	Apps   map[string]floorEntry `json:"apps"`
+
+	// repaired: an entry's version text was longer than maxFloorVersion
+	// (agents before the limit wrote 203 bytes and then refused their own
+	// file) and was clipped when read; the next write stores the clip.
+	repaired []string
 }
 
 // floorEntry is one app's floor: the sequence, and the version that had
@@ -58,19 +68,17 @@ type floorEntry struct {
 func (c *Config) FloorPath() string { return filepath.Join(c.DataDir, "floor.json") }
 
 // parseFloor decodes floor.json strictly: one JSON object, known fields
-// only, this schema, valid app names, positive sequences.
+// only, no key twice or in another case, this schema, valid app names,
+// positive sequences. An over-long version text is clipped, not refused
+// (d.repaired names the apps): it is informational, and refusing it
+// would stop every install for a text the agent wrote itself.
 func parseFloor(b []byte) (*floorDoc, error) {
 	if len(b) > maxFloorFile {
 		return nil, fmt.Errorf("it is %d bytes, more than the %d allowed", len(b), maxFloorFile)
 	}
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
 	var d floorDoc
-	if err := dec.Decode(&d); err != nil {
+	if err := protocol.StrictUnmarshal(b, &d); err != nil {
 		return nil, fmt.Errorf("not valid JSON: %v", err)
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return nil, errors.New("data after the JSON object")
 	}
 	if d.Schema != floorSchema {
 		return nil, fmt.Errorf("schema %d, this agent understands %d (written by a newer edgefleet-agent?)", d.Schema, floorSchema)
@@ -85,11 +93,29 @@ func parseFloor(b []byte) (*floorDoc, error) {
 		if e.Sequence == 0 {
 			return nil, fmt.Errorf("app %s has sequence 0", app)
 		}
-		if len(e.Version) > 200 {
-			return nil, fmt.Errorf("app %s has a version longer than 200 bytes", app)
+		if len(e.Version) > maxFloorVersion {
+			e.Version = clipVersion(e.Version)
+			d.Apps[app] = e
+			d.repaired = append(d.repaired, app)
 		}
 	}
+	sort.Strings(d.repaired)
 	return &d, nil
+}
+
+// clipVersion shortens a version text to at most maxFloorVersion bytes,
+// on a character boundary, marker included: what is written always reads
+// back unchanged.
+func clipVersion(v string) string {
+	if len(v) <= maxFloorVersion {
+		return v
+	}
+	const mark = "…"
+	n := maxFloorVersion - len(mark)
+	for n > 0 && !utf8.RuneStart(v[n]) {
+		n--
+	}
+	return v[:n] + mark
 }
 
 func (d *floorDoc) marshal() []byte {
@@ -144,8 +170,12 @@ func (a *Agent) setFloors(change func(d *floorDoc) bool) error {
 	if err != nil {
 		return err
 	}
-	if !change(d) {
+	if !change(d) && len(d.repaired) == 0 {
 		return nil
+	}
+	if len(d.repaired) > 0 {
+		a.opts.Logf("anti-rollback floor: %s had an over-long version text for %s; rewriting it clipped to %d bytes (the sequences stay as they are)",
+			a.cfg.FloorPath(), strings.Join(d.repaired, ", "), maxFloorVersion)
 	}
 	b := d.marshal()
 	if err := protocol.WriteFileAtomic(a.cfg.FloorPath(), 0o600, func(w io.Writer) error {
@@ -163,7 +193,7 @@ func (a *Agent) raiseFloor(app string, seq uint64, version string) error {
 		if d.Apps[app].Sequence >= seq {
 			return false
 		}
-		d.Apps[app] = floorEntry{Sequence: seq, Version: clip(version, 200)}
+		d.Apps[app] = floorEntry{Sequence: seq, Version: clipVersion(version)}
 		return true
 	})
 }
@@ -183,7 +213,7 @@ func (a *Agent) unraiseFloor(app string, p *pending) error {
 		if p.FileFloor.Sequence == 0 {
 			delete(d.Apps, app)
 		} else {
-			d.Apps[app] = p.FileFloor
+			d.Apps[app] = floorEntry{Sequence: p.FileFloor.Sequence, Version: clipVersion(p.FileFloor.Version)}
 		}
 		return true
 	})
@@ -205,7 +235,7 @@ func (a *Agent) seedFloor() {
 				if s := max(r.Floor, r.Sequence); s > 0 {
 					e := floorEntry{Sequence: s}
 					if s == r.Sequence {
-						e.Version = r.Version
+						e.Version = clipVersion(r.Version)
 					}
 					want[r.App] = e
 				}

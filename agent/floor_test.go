@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"strings"
 	"testing"
@@ -285,6 +286,9 @@ func TestParseFloorStrict(t *testing.T) {
 		"sequence 0":     `{"schema":1,"apps":{"hello":{"sequence":0}}}`,
 		"negative":       `{"schema":1,"apps":{"hello":{"sequence":-1}}}`,
 		"too large":      `{"schema":1,"apps":{}}` + strings.Repeat(" ", maxFloorFile),
+		"duplicate key":  `{"schema":1,"apps":{"hello":{"sequence":5,"sequence":1}}}`,
+		"case variant":   `{"schema":1,"apps":{"hello":{"Sequence":5}}}`,
+		"duplicate app":  `{"schema":1,"apps":{"hello":{"sequence":5},"hello":{"sequence":1}}}`,
 	} {
 		if _, err := parseFloor([]byte(b)); err == nil {
 			t.Errorf("%s: accepted", name)
@@ -296,6 +300,9 @@ func FuzzParseFloor(f *testing.F) {
 	f.Add([]byte(`{"schema":1,"apps":{"hello":{"sequence":5,"version":"1.0.0"}}}`))
 	f.Add([]byte(`{"schema":1,"apps":{}}`))
 	f.Add([]byte(`{"schema":2,"apps":{"a":{"sequence":1}}}`))
+	f.Add([]byte(`{"schema":1,"apps":{"hello":{"sequence":5,"sequence":1}}}`))
+	f.Add([]byte(`{"schema":1,"apps":{"hello":{"sequence":5,"Sequence":1}}}`))
+	f.Add([]byte(`{"schema":1,"apps":{"hello":{"sequence":5,"version":"` + strings.Repeat("é", 101) + `…"}}}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		d, err := parseFloor(b)
 		if err != nil {
@@ -304,6 +311,9 @@ func FuzzParseFloor(f *testing.F) {
 		d2, err := parseFloor(d.marshal())
 		if err != nil {
 			t.Fatalf("a parsed floor file does not parse again: %v", err)
+		}
+		if len(d2.repaired) != 0 {
+			t.Fatalf("the agent would write a floor file it must repair again: %v", d2.repaired)
 		}
 		if len(d2.Apps) != len(d.Apps) {
 			t.Fatalf("round trip changed the apps: %v → %v", d.Apps, d2.Apps)
@@ -314,4 +324,168 @@ func FuzzParseFloor(f *testing.F) {
 			}
 		}
 	})
+}
+
+// oldFloorVersion is what agents before the version limit wrote into
+// floor.json for a 201+ byte version: its first 200 bytes and "…", 203
+// bytes, which they then refused to read.
+func oldFloorVersion(v string) string { return v[:200] + "…" }
+
+// writeOldFloor writes floor.json as an agent before the limit did.
+func writeOldFloor(t *testing.T, path string, seq uint64, version string) {
+	t.Helper()
+	b, err := json.MarshalIndent(map[string]any{"schema": 1, "apps": map[string]any{"hello": map[string]any{"sequence": seq, "version": version}}}, "", "  ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, append(b, '\n'), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A device that installed a 201-byte version before the limit holds it in
+// its state record and a 203-byte text in floor.json, which it then
+// refused to read: every later install failed, and moving floor.json
+// aside rebuilt it with the same text. Now the agent reads it, repairs it
+// when it opens (keeping the sequence), and the rebuild writes a text it
+// can read.
+func TestFloorOverlongVersionRecovers(t *testing.T) {
+	long := "1.0.0-" + strings.Repeat("x", 250)
+	k := newKit(t)
+	a := k.open(Options{})
+	k.install(a, k.bundle(spec{Version: "1.0.0", Sequence: 4}))
+	if err := a.Commit("hello"); err != nil {
+		t.Fatal(err)
+	}
+	// What the old agent left after installing `long` as sequence 4.
+	err := a.withDB(func(db *bolt.DB) error {
+		return db.Update(func(tx *bolt.Tx) error {
+			r, err := getRecord(tx, "hello")
+			if err != nil {
+				return err
+			}
+			r.Version = long
+			b, _ := json.Marshal(r)
+			return tx.Bucket(bucketApps).Put([]byte("hello"), b)
+		})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.Close()
+	writeOldFloor(t, k.cfg.FloorPath(), 4, oldFloorVersion(long))
+
+	var logs strings.Builder
+	a = k.open(Options{Logf: func(f string, v ...any) { fmt.Fprintf(&logs, f+"\n", v...) }})
+	b, err := os.ReadFile(k.cfg.FloorPath())
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := parseFloor(b)
+	if err != nil || len(d.repaired) != 0 {
+		t.Fatalf("floor.json after Open: %v, repaired %v\n%s", err, d.repaired, b)
+	}
+	if e := d.Apps["hello"]; e.Sequence != 4 || len(e.Version) > maxFloorVersion || !strings.HasPrefix(e.Version, "1.0.0-xxx") {
+		t.Fatalf("floor after the repair: %+v", e)
+	}
+	if !strings.Contains(logs.String(), "over-long version text for hello") {
+		t.Errorf("the repair is not logged:\n%s", logs.String())
+	}
+	// The floor still holds: sequence 4 again is refused, 5 installs.
+	if err := k.tryInstall(a, k.bundle(spec{Version: "1.0.1", Sequence: 4})); !errors.Is(err, ErrOldSequence) {
+		t.Fatalf("sequence 4 after the repair: %v, want ErrOldSequence", err)
+	}
+	k.install(a, k.bundle(spec{Version: "1.1.0", Sequence: 5}))
+	if got := readFloorFile(t, k); got != 5 {
+		t.Fatalf("floor.json says %d after installing sequence 5", got)
+	}
+	if err := a.Commit("hello"); err != nil {
+		t.Fatal(err)
+	}
+	a.Close()
+
+	// The documented rebuild (move floor.json aside) from a record with
+	// an over-long version writes a file the agent reads.
+	writeOldFloor(t, k.cfg.FloorPath(), 5, oldFloorVersion(long))
+	a = k.open(Options{})
+	if err := k.tryInstall(a, k.bundle(spec{Version: "1.1.1", Sequence: 5})); !errors.Is(err, ErrOldSequence) {
+		t.Fatalf("sequence 5 with an old floor file: %v, want ErrOldSequence", err)
+	}
+	k.install(a, k.bundle(spec{Version: "1.2.0", Sequence: 6}))
+	if err := a.Commit("hello"); err != nil {
+		t.Fatal(err)
+	}
+	a.Close()
+	if err := os.Remove(k.cfg.FloorPath()); err != nil {
+		t.Fatal(err)
+	}
+	err = func() error {
+		a := k.open(Options{})
+		defer a.Close()
+		return a.withDB(func(db *bolt.DB) error {
+			return db.Update(func(tx *bolt.Tx) error {
+				r, err := getRecord(tx, "hello")
+				if err != nil {
+					return err
+				}
+				r.Version = long
+				b, _ := json.Marshal(r)
+				return tx.Bucket(bucketApps).Put([]byte("hello"), b)
+			})
+		})
+	}()
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.Remove(k.cfg.FloorPath())
+	a = k.open(Options{}) // rebuilds floor.json from the record
+	if got := readFloorFile(t, k); got != 6 {
+		t.Fatalf("rebuilt floor.json says %d, want 6", got)
+	}
+	k.install(a, k.bundle(spec{Version: "1.3.0", Sequence: 7}))
+}
+
+// floor.json is read strictly: a key twice or in another case could let
+// an edited file lower the floor in a way one reader sees and another
+// does not.
+func TestFloorRefusesAmbiguousKeys(t *testing.T) {
+	for name, body := range map[string]string{
+		"duplicate sequence":    `{"schema":1,"apps":{"hello":{"sequence":9,"sequence":1}}}`,
+		"case-variant sequence": `{"schema":1,"apps":{"hello":{"sequence":9,"Sequence":1}}}`,
+		"duplicate app":         `{"schema":1,"apps":{"hello":{"sequence":9},"hello":{"sequence":1}}}`,
+		"case-variant apps":     `{"schema":1,"Apps":{"hello":{"sequence":1}}}`,
+	} {
+		t.Run(name, func(t *testing.T) {
+			k := newKit(t)
+			a := k.open(Options{})
+			if err := os.WriteFile(k.cfg.FloorPath(), []byte(body), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			err := k.tryInstall(a, k.bundle(spec{Version: "1.0.0", Sequence: 2}))
+			if !errors.Is(err, ErrCorruptFloor) {
+				t.Fatalf("install with floor.json %s: %v, want ErrCorruptFloor", body, err)
+			}
+		})
+	}
+}
+
+// State records in bbolt refuse a key twice or in another case (they
+// tolerate unknown keys, which a newer agent may add).
+func TestStateRecordRefusesAmbiguousKeys(t *testing.T) {
+	good := `{"schema":1,"app":"hello","state":"committed","version":"1.0.0","sequence":3,"floor":3}`
+	if _, err := decodeRecord("hello", []byte(good)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := decodeRecord("hello", []byte(strings.Replace(good, `"floor":3`, `"floor":3,"added_later":{"x":1}`, 1))); err != nil {
+		t.Fatalf("a record with a field from a newer agent: %v", err)
+	}
+	for _, bad := range []string{
+		strings.Replace(good, `"floor":3`, `"floor":3,"floor":0`, 1),
+		strings.Replace(good, `"floor":3`, `"floor":3,"Floor":0`, 1),
+		strings.Replace(good, `"state":"committed"`, `"State":"committed"`, 1),
+	} {
+		if _, err := decodeRecord("hello", []byte(bad)); err == nil {
+			t.Errorf("record accepted: %s", bad)
+		}
+	}
 }

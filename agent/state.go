@@ -192,7 +192,10 @@ func (r *record) event(now time.Time, kind, version, detail string) {
 
 func decodeRecord(app string, b []byte) (*record, error) {
 	var r record
-	if err := json.Unmarshal(b, &r); err != nil {
+	// Extensible: a newer agent may add fields, and an agent rolled back
+	// after a self-update must still read them; a key twice or in
+	// another case is refused (protocol.StrictUnmarshal).
+	if err := protocol.StrictUnmarshalExtensible(b, &r); err != nil {
 		return nil, fmt.Errorf("record of app %q is not valid JSON: %v", app, err)
 	}
 	if r.Schema != stateSchema {

@@ -202,6 +202,8 @@ func FuzzDecodeRecord(f *testing.F) {
 	f.Add(b)
 	f.Add([]byte(`{"schema":1,"app":"hello","state":"committed"}`))
 	f.Add([]byte(`{}`))
+	f.Add([]byte(`{"schema":1,"app":"hello","state":"committed","floor":3,"floor":0}`))
+	f.Add([]byte(`{"schema":1,"app":"hello","state":"committed","Floor":0}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		r, err := decodeRecord("hello", b)
 		if err == nil && (r.App != "hello" || len(r.History) > maxHistory) {

@@ -271,8 +271,8 @@ func newMQTTTransport(d *Daemon) (*mqttTransport, error) {
 	if !protocol.ValidChannel(bc.Channel) {
 		return nil, fmt.Errorf("broker.channel %q is not a valid channel name", bc.Channel)
 	}
-	if !protocol.ValidDeviceID(d.cfg.DeviceID) {
-		return nil, fmt.Errorf("device_id %q cannot be an MQTT client id and topic segment (letters, digits, . _ - only)", d.cfg.DeviceID)
+	if err := protocol.CheckDeviceID(d.cfg.DeviceID); err != nil {
+		return nil, fmt.Errorf("device_id: %v", err)
 	}
 	t := &mqttTransport{d: d, cfg: d.cfg, logf: d.logf, events: make(chan mqttEvent, mqttEvents), apps: map[string]*mqttApp{}, stats: &MQTTStats{}}
 	mqttStatsHook.Store(d.cfg.DeviceID, t.stats)
@@ -1471,7 +1471,7 @@ func (a *Agent) loadDownload(app string) (*dlRecord, error) {
 				return nil
 			}
 			var r dlRecord
-			if err := json.Unmarshal(v, &r); err != nil || r.Schema != 1 {
+			if err := protocol.StrictUnmarshalExtensible(v, &r); err != nil || r.Schema != 1 {
 				return nil // an unreadable record only costs a fresh download
 			}
 			rec = &r

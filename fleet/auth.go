@@ -48,11 +48,17 @@ func LoadUsers(path string) (map[string]User, error) {
 	}
 	users := map[string]User{}
 	for i, u := range f.Users {
-		if !protocol.ValidDeviceID(u.Name) {
-			return nil, fmt.Errorf("users file %s: user %d name %q: use letters, digits, . _ - (at most 64)", path, i, u.Name)
-		}
 		if u.Role != RoleOperator && u.Role != RoleDevice {
-			return nil, fmt.Errorf("users file %s: user %s has role %q, want operator or device", path, u.Name, u.Role)
+			return nil, fmt.Errorf("users file %s: user %q has role %q, want operator or device", path, u.Name, u.Role)
+		}
+		// A device's name is its client id (no '.', which NATS refuses);
+		// an operator's is only a user name and may keep its dots.
+		if u.Role == RoleDevice {
+			if err := protocol.CheckDeviceID(u.Name); err != nil {
+				return nil, fmt.Errorf("users file %s: user %d: %v", path, i, err)
+			}
+		} else if !protocol.ValidDeviceID(strings.ReplaceAll(u.Name, ".", "-")) {
+			return nil, fmt.Errorf("users file %s: user %d name %q: use letters, digits, . _ - (at most 64)", path, i, u.Name)
 		}
 		if _, err := bcrypt.Cost([]byte(u.PasswordHash)); err != nil {
 			return nil, fmt.Errorf("users file %s: user %s: password_hash is not a bcrypt hash (make one with 'edgefleet passwd'): %w", path, u.Name, err)

@@ -399,7 +399,7 @@ func (h *authHook) authenticate(cl *mqtt.Client, pk packets.Packet) (identity, e
 		} else if !protocol.ValidDeviceID(id.name) {
 			// Its status topic would be unreadable to every status view
 			// (and "%u" in the ACL would name a topic no device id has).
-			return id, fmt.Errorf("the client certificate's CN %q is not a valid device id (letters, digits, . _ - only, at most 64): issue the device a certificate whose CN is its device_id", id.name)
+			return id, fmt.Errorf("the client certificate's CN is not a valid device id (%v): issue the device a certificate whose CN is its device_id", protocol.CheckDeviceID(id.name))
 		}
 	} else {
 		u, err := h.checkPassword(string(pk.Connect.Username), pk.Connect.Password)

@@ -41,7 +41,7 @@ func (o *PublishOptions) Validate() error {
 		return fmt.Errorf("publish: channel %q: use lower-case letters, digits, . _ -", o.Channel)
 	}
 	if o.Device != "" && !protocol.ValidDeviceID(o.Device) {
-		return fmt.Errorf("publish: device id %q: use letters, digits, . _ -", o.Device)
+		return fmt.Errorf("publish: %v", protocol.CheckDeviceID(o.Device))
 	}
 	if o.InFlight <= 0 {
 		o.InFlight = 16

@@ -192,6 +192,21 @@ func contains(list []string, s string) bool {
 	return false
 }
 
+// percent is done/total as a whole percentage in 0..100, never more or
+// less whatever a device reported, and without the overflow of done*100;
+// 100 only when done == total.
+func percent(done, total int64) int64 {
+	if total <= 0 {
+		return 0
+	}
+	done = min(max(done, 0), total)
+	p := min(int64(float64(done)/float64(total)*100), 100)
+	if p == 100 && done < total {
+		p = 99
+	}
+	return p
+}
+
 // WriteTable prints the fleet table and the summary line.
 func (v *FleetView) WriteTable(w io.Writer, now time.Time) {
 	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
@@ -208,7 +223,7 @@ func (v *FleetView) WriteTable(w io.Writer, now time.Time) {
 		for _, a := range apps {
 			prog := "-"
 			if p := a.Progress; p != nil && p.Total > 0 {
-				prog = fmt.Sprintf("%s %d%%", p.Step, min(max(p.Done, 0), p.Total)*100/p.Total)
+				prog = fmt.Sprintf("%s %d%%", p.Step, percent(p.Done, p.Total))
 			}
 			msg := a.LastError
 			if msg == "" && a.Note != "" {

@@ -49,6 +49,14 @@ func TestTLSClientCertificates(t *testing.T) {
 		c.Disconnect(0)
 		t.Error("a device certificate with CN \"pi 17/status\" was accepted")
 	}
+	// '.' is no longer a device id character (NATS refuses it in a client
+	// id, SPEC.md §8.1): the embedded broker refuses such a CN too, so a
+	// fleet that works here works on every listed broker.
+	dotted := pki.CA.Client("dotted-cn", "pi.17")
+	if c, err := tlsDial(b.URL(), pki.CA.File, dotted, "", "", "pi.17"); err == nil {
+		c.Disconnect(0)
+		t.Error("a device certificate with CN \"pi.17\" was accepted")
+	}
 
 	// A users file is not consulted when only --client-ca is set: user
 	// name and password without a certificate are refused at the TLS

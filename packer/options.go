@@ -155,8 +155,8 @@ func (o *Options) Validate() error {
 	if o.App != "" && !protocol.ValidApp(o.App) {
 		return bad("app name %q is not valid: use lower-case letters, digits, '.', '_' and '-' (at most 64)", o.App)
 	}
-	if !protocol.ValidVersion(o.Version) {
-		return bad("version %q is not a semantic version like 1.2.3 (no leading v)", o.Version)
+	if err := protocol.CheckVersion(o.Version); err != nil {
+		return bad("%v", err)
 	}
 	if o.Sequence == 0 {
 		return bad("sequence must be at least 1: it is the anti-rollback counter devices compare")

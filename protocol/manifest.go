@@ -1,10 +1,8 @@
 package protocol
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
-	"io"
 	"regexp"
 	"strings"
 	"time"
@@ -26,6 +24,18 @@ const (
 	MaxProbeTimeout   = 5 * time.Minute
 	maxStringLen      = 256
 	maxProbeArgs      = 32
+
+	// MaxVersionLen bounds a version string (bytes). Versions travel in
+	// the signature's trusted comment, in device statuses and in the
+	// agent's floor file; SPEC.md §3 states it.
+	MaxVersionLen = 128
+	// MaxStringLen bounds every other free string field of a manifest
+	// (build information, probe arguments and expected output).
+	MaxStringLen = maxStringLen
+	// maxTargetLen bounds goos, goarch, goarm, goamd64 and gomips.
+	maxTargetLen = 16
+	// maxMachineLen bounds target.elf.machine.
+	maxMachineLen = 32
 )
 
 // Payload encodings.
@@ -147,8 +157,21 @@ var (
 // and file names): lower-case letters, digits, '.', '_', '-', at most 64.
 func ValidApp(s string) bool { return appRe.MatchString(s) }
 
-// ValidVersion reports whether s is a semantic version (no leading "v").
-func ValidVersion(s string) bool { return semverRe.MatchString(s) }
+// ValidVersion reports whether s is a semantic version (no leading "v")
+// of at most MaxVersionLen bytes.
+func ValidVersion(s string) bool { return len(s) <= MaxVersionLen && semverRe.MatchString(s) }
+
+// CheckVersion says in a full sentence what is wrong with version s, or
+// returns nil. The error does not wrap a sentinel.
+func CheckVersion(s string) error {
+	if len(s) > MaxVersionLen {
+		return fmt.Errorf("version %q is %d bytes, more than the %d a version may have (SPEC.md §3); use a shorter version, and move long build details to the build metadata the packer records", clip(s), len(s), MaxVersionLen)
+	}
+	if !semverRe.MatchString(s) {
+		return fmt.Errorf("version %q is not a semantic version like 1.2.3 (no leading v)", clip(s))
+	}
+	return nil
+}
 
 // ValidProfileName reports whether s is an acceptable profile name.
 func ValidProfileName(s string) bool { return profileRe.MatchString(s) }
@@ -161,11 +184,12 @@ func ParseManifest(b []byte) (*Manifest, error) {
 		return nil, fmt.Errorf("manifest is %d bytes, more than the %d allowed: %w", len(b), MaxManifestSize, ErrTooLarge)
 	}
 	// Peek at the schema first so that a future schema gets ErrSchema, not
-	// an unknown-field error.
+	// an unknown-field error. The peek is strict about duplicate and
+	// case-variant keys too: "Schema" or a second "schema" is malformed.
 	var head struct {
 		Schema *int `json:"schema"`
 	}
-	if err := json.Unmarshal(b, &head); err != nil {
+	if err := StrictUnmarshalExtensible(b, &head); err != nil {
 		return nil, fmt.Errorf("manifest is not valid JSON: %v: %w", err, ErrMalformed)
 	}
 	if head.Schema == nil {
@@ -174,14 +198,9 @@ func ParseManifest(b []byte) (*Manifest, error) {
 	if *head.Schema != SchemaVersion {
 		return nil, fmt.Errorf("manifest schema %d, this build understands %d only; update the agent or pack with a matching edgefleet: %w", *head.Schema, SchemaVersion, ErrSchema)
 	}
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
 	var m Manifest
-	if err := dec.Decode(&m); err != nil {
+	if err := StrictUnmarshal(b, &m); err != nil {
 		return nil, fmt.Errorf("manifest: %v: %w", err, ErrMalformed)
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		return nil, fmt.Errorf("manifest has data after the JSON object: %w", ErrMalformed)
 	}
 	if err := m.Validate(); err != nil {
 		return nil, err
@@ -203,8 +222,8 @@ func (m *Manifest) Validate() error {
 	if !ValidApp(m.App) {
 		return bad("app %q is not a valid name (lower-case letters, digits, . _ -; at most 64)", clip(m.App))
 	}
-	if !ValidVersion(m.Version) {
-		return bad("version %q is not a semantic version like 1.2.3", clip(m.Version))
+	if err := CheckVersion(m.Version); err != nil {
+		return bad("%v", err)
 	}
 	if m.Sequence == 0 {
 		return bad("sequence must be at least 1")
@@ -212,8 +231,18 @@ func (m *Manifest) Validate() error {
 	if !ValidProfileName(m.Profile) {
 		return bad("profile %q is not a valid name", clip(m.Profile))
 	}
-	if m.Target.GOOS == "" || m.Target.GOARCH == "" || len(m.Target.GOOS) > 16 || len(m.Target.GOARCH) > 16 {
-		return bad("target goos/goarch missing or too long")
+	if m.Target.GOOS == "" || m.Target.GOARCH == "" {
+		return bad("target goos/goarch missing")
+	}
+	for name, v := range map[string]string{"goos": m.Target.GOOS, "goarch": m.Target.GOARCH, "goarm": m.Target.GOARM, "goamd64": m.Target.GOAMD64, "gomips": m.Target.GOMIPS} {
+		if len(v) > maxTargetLen {
+			return bad("target %s is %d bytes, at most %d", name, len(v), maxTargetLen)
+		}
+	}
+	for name, v := range map[string]string{"go_version": m.Build.GoVersion, "module": m.Build.Module, "package": m.Build.Package, "vcs_revision": m.Build.Revision} {
+		if len(v) > maxStringLen {
+			return bad("build %s is %d bytes, at most %d", name, len(v), maxStringLen)
+		}
 	}
 	if m.Target.ELF.Class != 32 && m.Target.ELF.Class != 64 {
 		return bad("target elf class %d, want 32 or 64", m.Target.ELF.Class)
@@ -221,8 +250,8 @@ func (m *Manifest) Validate() error {
 	if m.Target.ELF.Endian != "little" && m.Target.ELF.Endian != "big" {
 		return bad("target elf endian %q, want little or big", clip(m.Target.ELF.Endian))
 	}
-	if m.Target.ELF.Machine == "" || len(m.Target.ELF.Machine) > 32 {
-		return bad("target elf machine missing")
+	if m.Target.ELF.Machine == "" || len(m.Target.ELF.Machine) > maxMachineLen {
+		return bad("target elf machine missing or longer than %d", maxMachineLen)
 	}
 	p := m.Payload
 	switch p.Encoding {

@@ -1,15 +1,15 @@
 package protocol
 
 import (
-	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
-	"io"
 	"regexp"
 	"strconv"
 	"strings"
 	"time"
 	"unicode"
+	"unicode/utf8"
 )
 
 // MQTT topics and messages (SPEC.md §8). Every topic starts with
@@ -39,14 +39,37 @@ const (
 )
 
 var (
-	deviceRe  = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
+	// No '.': NATS refuses it in MQTT client ids (SPEC.md §8.1).
+	deviceRe  = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$`)
 	channelRe = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,63}$`)
 )
 
-// ValidDeviceID reports whether s is an acceptable device id: letters,
-// digits, '.', '_', '-', at most 64, not starting with a punctuation mark.
-// Device ids are MQTT client ids, user names and topic segments.
+// ValidDeviceID reports whether s is an acceptable device id: ASCII
+// letters, digits, '_' and '-', at most 64, starting with a letter or
+// digit. Device ids are MQTT client ids, user names, certificate CNs and
+// topic segments, so the syntax is one every supported broker accepts as
+// a client id (NATS refuses '.'; SPEC.md §8.1).
 func ValidDeviceID(s string) bool { return deviceRe.MatchString(s) }
+
+// DeviceIDSyntax describes a valid device id for messages.
+const DeviceIDSyntax = "ASCII letters, digits, '_' and '-' only, at most 64, starting with a letter or digit"
+
+// CheckDeviceID says in a full sentence what is wrong with device id s
+// and what to use instead, or returns nil. The error does not wrap a
+// sentinel.
+func CheckDeviceID(s string) error {
+	if ValidDeviceID(s) {
+		return nil
+	}
+	msg := fmt.Sprintf("device id %q cannot be used: it is the device's MQTT client id, user name and topic segment, so it must be %s", clip(s), DeviceIDSyntax)
+	if strings.Contains(s, ".") {
+		msg += " ('.' is refused because NATS does not accept it in a client id)"
+		if alt := strings.ReplaceAll(s, ".", "-"); ValidDeviceID(alt) {
+			msg += fmt.Sprintf("; use %q instead", alt)
+		}
+	}
+	return errors.New(msg)
+}
 
 // ValidChannel reports whether s is an acceptable release channel name.
 func ValidChannel(s string) bool { return channelRe.MatchString(s) }
@@ -158,8 +181,8 @@ func ChunksFilter(app, payloadSHA string) (string, error) {
 // DesiredTopic is where a release aimed at one device lives; it wins over
 // the device's channel.
 func DesiredTopic(device, app string) (string, error) {
-	if !ValidDeviceID(device) {
-		return "", topicErr("device id", device)
+	if err := CheckDeviceID(device); err != nil {
+		return "", fmt.Errorf("%v: %w", err, ErrMalformed)
 	}
 	if !ValidApp(app) {
 		return "", topicErr("app", app)
@@ -169,8 +192,8 @@ func DesiredTopic(device, app string) (string, error) {
 
 // StatusTopic is where a device publishes its retained status.
 func StatusTopic(device string) (string, error) {
-	if !ValidDeviceID(device) {
-		return "", topicErr("device id", device)
+	if err := CheckDeviceID(device); err != nil {
+		return "", fmt.Errorf("%v: %w", err, ErrMalformed)
 	}
 	return Topic{Kind: KindStatus, Device: device}.String(), nil
 }
@@ -341,7 +364,7 @@ func (s *DeviceStatus) Validate() error {
 			return bad("app %s: last_error or note longer than %d", a.App, MaxLastError)
 		}
 		if p := a.Progress; p != nil {
-			if len(p.Step) > 32 || p.Done < 0 || p.Total < 0 {
+			if len(p.Step) > 32 || p.Done < 0 || p.Total < 0 || p.Done > p.Total {
 				return bad("app %s: progress out of range", a.App)
 			}
 		}
@@ -354,9 +377,16 @@ func (s *DeviceStatus) Validate() error {
 // which may quote an app's output, must never stop a report).
 func (s *DeviceStatus) Marshal() ([]byte, error) {
 	s.cleanText()
+	s.clampProgress()
 	for i := range s.Apps {
 		if e := s.Apps[i].LastError; len(e) > MaxLastError {
-			s.Apps[i].LastError = e[:MaxLastError-3] + "..."
+			// Cut on a character boundary: a cut rune would be sent as
+			// U+FFFD, 3 bytes, and could push the text over the limit.
+			n := MaxLastError - 3
+			for n > 0 && !utf8.RuneStart(e[n]) {
+				n--
+			}
+			s.Apps[i].LastError = e[:n] + "..."
 		}
 		if e := s.Apps[i].Note; len(e) > MaxLastError {
 			s.Apps[i].Note = e[:MaxLastError-3] + "..."
@@ -389,6 +419,7 @@ func ParseStatus(b []byte) (*DeviceStatus, error) {
 		return nil, fmt.Errorf("device status: %v: %w", err, ErrMalformed)
 	}
 	s.cleanText()
+	s.clampProgress()
 	if err := s.Validate(); err != nil {
 		return nil, err
 	}
@@ -398,9 +429,13 @@ func ParseStatus(b []byte) (*DeviceStatus, error) {
 // cleanText neutralises what a terminal would interpret in the free-text
 // fields: a device writes its own status, and `edgefleet status` prints it
 // to an operator's terminal, where escape sequences could erase other
-// devices' lines and bidi overrides could disguise a version. Line breaks
-// and tabs become spaces, other control and bidi characters '?': never
-// longer than before, so the limits still hold.
+// devices' lines, bidi overrides could disguise a version, and invisible
+// characters (U+200B, U+FEFF, ...) could make two different versions look
+// alike. Line breaks (also U+2028, U+2029, U+0085), tabs and other spaces
+// become ' '; control, format (Unicode category Cf, which includes the
+// bidi controls), default-ignorable and variation-selector characters and
+// invalid UTF-8 become '?'. The text never grows, so the limits still
+// hold.
 func (s *DeviceStatus) cleanText() {
 	s.CPU, s.AgentVersion = cleanText(s.CPU), cleanText(s.AgentVersion)
 	for i := range s.Apps {
@@ -412,10 +447,44 @@ func (s *DeviceStatus) cleanText() {
 	}
 }
 
+// clampProgress keeps every progress report within 0 <= done <= total, so
+// no reader prints a negative share or more than 100%.
+func (s *DeviceStatus) clampProgress() {
+	for i := range s.Apps {
+		if p := s.Apps[i].Progress; p != nil {
+			p.Total = max(p.Total, 0)
+			p.Done = min(max(p.Done, 0), p.Total)
+		}
+	}
+}
+
+// CleanText neutralises s for printing on a terminal as a status's free
+// text is (SPEC.md §8.4): the result is never longer than s.
+func CleanText(s string) string { return cleanText(s) }
+
+// textClass says what cleanText does with r: 0 keep, ' ' or '?'.
+func textClass(r rune) rune {
+	switch {
+	case r < 0x7f && r >= 0x20:
+		return 0
+	case r == '\n' || r == '\r' || r == '\t' || r == '\v' || r == '\f' || r == 0x85 ||
+		unicode.In(r, unicode.Zl, unicode.Zp):
+		return ' '
+	case r == utf8.RuneError:
+		return '?' // invalid UTF-8 (or U+FFFD itself, which is 3 bytes: the text shrinks)
+	case unicode.In(r, unicode.Cc, unicode.Cf, unicode.Co, unicode.Bidi_Control,
+		unicode.Other_Default_Ignorable_Code_Point, unicode.Variation_Selector):
+		return '?'
+	case r != ' ' && unicode.Is(unicode.Zs, r):
+		return ' '
+	}
+	return 0
+}
+
 func cleanText(s string) string {
 	clean := true
 	for _, r := range s {
-		if unicode.IsControl(r) || unicode.Is(unicode.Bidi_Control, r) {
+		if textClass(r) != 0 {
 			clean = false
 			break
 		}
@@ -423,22 +492,23 @@ func cleanText(s string) string {
 	if clean {
 		return s
 	}
-	return strings.Map(func(r rune) rune {
-		switch {
-		case r == '\n' || r == '\r' || r == '\t':
-			return ' '
-		case unicode.IsControl(r) || unicode.Is(unicode.Bidi_Control, r):
-			return '?'
+	var b strings.Builder
+	b.Grow(len(s))
+	for _, r := range s {
+		if c := textClass(r); c != 0 {
+			b.WriteByte(byte(c))
+		} else {
+			b.WriteRune(r)
 		}
-		return r
-	}, s)
+	}
+	return b.String()
 }
 
 func checkSchema(b []byte, what string) error {
 	var head struct {
 		Schema *int `json:"schema"`
 	}
-	if err := json.Unmarshal(b, &head); err != nil {
+	if err := StrictUnmarshalExtensible(b, &head); err != nil {
 		return fmt.Errorf("%s is not valid JSON: %v: %w", what, err, ErrMalformed)
 	}
 	if head.Schema == nil {
@@ -450,14 +520,4 @@ func checkSchema(b []byte, what string) error {
 	return nil
 }
 
-func strictJSON(b []byte, v any) error {
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		return err
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		return fmt.Errorf("data after the JSON object")
-	}
-	return nil
-}
+func strictJSON(b []byte, v any) error { return StrictUnmarshal(b, v) }

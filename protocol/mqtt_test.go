@@ -214,7 +214,8 @@ func TestStatusStrict(t *testing.T) {
 		"unknown field": bytes.Replace(good, []byte(`"online"`), []byte(`"x":1,"online"`), 1),
 		"bad device":    bytes.Replace(good, []byte(`"pi-017"`), []byte(`"pi/017"`), 1),
 		"bad app":       bytes.Replace(good, []byte(`"app":"hello"`), []byte(`"app":"#"`), 1),
-		"neg progress":  bytes.Replace(good, []byte(`"done":3`), []byte(`"done":-3`), 1),
+		"duplicate key": bytes.Replace(good, []byte(`"online"`), []byte(`"online":false,"online"`), 1),
+		"case variant":  bytes.Replace(good, []byte(`"online"`), []byte(`"Online"`), 1),
 		"future schema": bytes.Replace(good, []byte(`"schema":1`), []byte(`"schema":9`), 1),
 		"too large":     bytes.Repeat([]byte(" "), MaxStatusSize+1),
 		"trailing":      append(append([]byte{}, good...), 'x'),
@@ -240,6 +241,8 @@ func FuzzParseEnvelope(f *testing.F) {
 	f.Add([]byte(`{"schema":1,"manifest":"e30=","signature":"x"}`))
 	f.Add([]byte(`{"schema":2}`))
 	f.Add([]byte{})
+	f.Add(bytes.Replace(good, []byte(`"schema":1`), []byte(`"schema":1,"schema":1`), 1))
+	f.Add(bytes.Replace(good, []byte(`"signature"`), []byte(`"Signature"`), 1))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		e, err := ParseEnvelope(b)
 		if err != nil {
@@ -263,14 +266,28 @@ func FuzzParseStatus(f *testing.F) {
 	f.Add(good)
 	f.Add([]byte(`{"schema":1,"device":"a","time":"2026-01-01T00:00:00Z","online":false,"apps":null}`))
 	f.Add([]byte(`{"schema":1,"apps":[{"progress":{}}]}`))
+	f.Add(bytes.Replace(good, []byte(`"online":true`), []byte(`"online":true,"Online":false`), 1))
+	f.Add(bytes.Replace(good, []byte(`"done":3`), []byte(`"done":30,"done":-3`), 1))
+	f.Add([]byte("{\"schema\":1,\"device\":\"a\",\"time\":\"2026-01-01T00:00:00Z\",\"online\":true,\"apps\":[{\"app\":\"a\",\"last_error\":\"x\u2028\u200b\ufeff\\u2029\"}]}"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		s, err := ParseStatus(b)
 		if err != nil {
 			return
 		}
-		// Whatever parses must re-encode within limits.
+		// Whatever parses must re-encode within limits, with progress
+		// in range and nothing a terminal would interpret.
 		if _, err := s.Marshal(); err != nil {
 			t.Fatalf("parsed status does not re-marshal: %v", err)
+		}
+		for _, a := range s.Apps {
+			if p := a.Progress; p != nil && (p.Done < 0 || p.Done > p.Total) {
+				t.Fatalf("progress %d/%d", p.Done, p.Total)
+			}
+			for _, txt := range []string{a.Version, a.State, a.Target, a.LastError} {
+				if CleanText(txt) != txt {
+					t.Fatalf("free text %q is not neutralised", txt)
+				}
+			}
 		}
 	})
 }

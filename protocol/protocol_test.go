@@ -3,6 +3,7 @@ package protocol
 import (
 	"bytes"
 	"crypto/sha256"
+	"encoding/json"
 	"errors"
 	"io"
 	"os"
@@ -240,9 +241,18 @@ func FuzzParseManifest(f *testing.F) {
 	f.Add(b.RawManifest)
 	f.Add([]byte(`{"schema":1}`))
 	f.Add([]byte(`{"schema":2,"x":1}`))
+	f.Add(bytes.Replace(b.RawManifest, []byte(`"sequence": 7,`), []byte(`"sequence": 7, "sequence": 9,`), 1))
+	f.Add(bytes.Replace(b.RawManifest, []byte(`"sequence": 7,`), []byte(`"sequence": 7, "Sequence": 9,`), 1))
+	f.Add(bytes.Replace(b.RawManifest, []byte(`"schema": 1,`), []byte(`"Schema": 1,`), 1))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		m, err := ParseManifest(data)
 		if err == nil {
+			// What parses has one meaning: a lenient decoder (last key
+			// wins, case ignored) reads the same sequence and version.
+			var lenient Manifest
+			if json.Unmarshal(data, &lenient) != nil || lenient.Sequence != m.Sequence || lenient.Version != m.Version || lenient.App != m.App {
+				t.Fatalf("parsed manifest reads differently to encoding/json: %+v vs %+v", m, lenient)
+			}
 			if m.Validate() != nil {
 				t.Fatal("parsed manifest fails Validate")
 			}

@@ -226,6 +226,15 @@ func generateVectors(t *testing.T) []vector {
 	copy(swapped[0:], []byte("payload\x00\x00\x00\x00\x00\x00")) // first entry name no longer manifest.json
 	write("wrong-order.efb", swapped, "ErrMalformed", "open", "first tar entry is not manifest.json")
 
+	// Validly signed manifests that encoding/json alone would read as
+	// sequence 9 while the signed text says 7 to an exact reader.
+	dup := bytes.Replace(raw, []byte(`"sequence": 7,`), []byte(`"sequence": 7,
+  "sequence": 9,`), 1)
+	write("duplicate-key.efb", bundleBytes(t, dup, Sign(priv, dup, TrustedComment(good)), xzp), "ErrMalformed", "open", "validly signed manifest with the key sequence twice (7, then 9)")
+	caseVariant := bytes.Replace(raw, []byte(`"sequence": 7,`), []byte(`"sequence": 7,
+  "Sequence": 9,`), 1)
+	write("case-variant-key.efb", bundleBytes(t, caseVariant, Sign(priv, caseVariant, TrustedComment(good)), xzp), "ErrMalformed", "open", "validly signed manifest with sequence 7 and Sequence 9")
+
 	write("not-a-tar.efb", []byte("this is not a bundle\n"), "ErrTruncated", "open", "plain text instead of a tar file")
 
 	return vs

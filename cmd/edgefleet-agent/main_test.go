@@ -4,8 +4,12 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"os/exec"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/edgefleet/edgefleet/internal/testkit"
 )
 
 func runIn(args ...string) (string, string, int) {
@@ -60,5 +64,39 @@ func TestFacts(t *testing.T) {
 	so, _, code = runIn("facts")
 	if code != 0 || !strings.Contains(so, "free on /") {
 		t.Fatalf("facts: exit %d\n%s", code, so)
+	}
+}
+
+// A device id with '.' works on Mosquitto but NATS refuses it as a client
+// id, and the agent then blamed broker.url and the credentials. The id is
+// refused when the config loads, by the real agent binary, naming the id
+// to use instead (SPEC.md §8.1).
+func TestDottedDeviceIDRefusedAtConfigLoad(t *testing.T) {
+	d := newDevice(t, deviceOpts{})
+	testkit.WriteAgentConfig(t, d.cfgPath, testkit.AgentConfig{DeviceID: "pi.17", DataDir: d.data, TrustedKeys: []string{d.pubPath},
+		Broker: "tcp://127.0.0.1:1", Apps: []testkit.AgentApp{{Name: "hello", Path: d.hello}}})
+	for _, args := range [][]string{{"run", "--config", d.cfgPath}, {"status", "--config", d.cfgPath}} {
+		// An agent that accepts the id runs on: stop it (not a time
+		// limit on the refusal; a refusal exits at once).
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		cmd := exec.CommandContext(ctx, d.cli, args...)
+		var se bytes.Buffer
+		cmd.Stderr = &se
+		err := cmd.Run()
+		stopped := ctx.Err() != nil
+		cancel()
+		if stopped || err == nil {
+			t.Fatalf("edgefleet-agent %s accepted device_id pi.17 (%v)\n%s", args[0], err, se.String())
+		}
+		for _, want := range []string{"device_id", `"pi.17"`, "NATS", `use "pi-17" instead`} {
+			if !strings.Contains(se.String(), want) {
+				t.Errorf("edgefleet-agent %s: the refusal does not say %s:\n%s", args[0], want, se.String())
+			}
+		}
+	}
+	testkit.WriteAgentConfig(t, d.cfgPath, testkit.AgentConfig{DeviceID: "pi-17", DataDir: d.data, TrustedKeys: []string{d.pubPath},
+		Broker: "tcp://127.0.0.1:1", Apps: []testkit.AgentApp{{Name: "hello", Path: d.hello}}})
+	if _, se, code := d.run("status", "--config", d.cfgPath); code != 0 {
+		t.Fatalf("device_id pi-17: exit %d\n%s", code, se)
 	}
 }
