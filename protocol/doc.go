@@ -11,6 +11,10 @@
 //   - A manifest is parsed strictly (unknown fields, unknown schema versions
 //     and absurd sizes are errors) and only after its signature verified
 //     against a trusted key.
+//   - Every JSON message (manifest, envelope, status) is read with
+//     StrictUnmarshal: a key twice in one object, or one that differs from
+//     a field name only in case, is refused, so a text has one meaning to
+//     every reader. Every string field has a documented maximum.
 //   - The bundle reader is a stream. It never hands out a payload byte before
 //     the manifest signature has verified, and it hands out a chunk only after
 //     that chunk's bytes matched the signed chunk hash, so memory is bounded

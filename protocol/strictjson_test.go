@@ -45,7 +45,7 @@ func TestStrictUnmarshal(t *testing.T) {
 		{"case variant alone", `{"SCHEMA":1}`, `differs only in case`},
 		{"case variant nested", `{"schema":1,"inner":{"Size":1}}`, `"inner"."Size" differs only in case`},
 		{"long s", `{"ſchema":1}`, `differs only in case`},
-		{"kelvin", `{"schema":1,"inner":{"size":1},"any":1,"name":"x","list":[],"map":{},"\u212Aey":1}`, `unknown key`},
+		{"non-ASCII unknown", `{"schema":1,"inner":{"size":1},"any":1,"name":"x","list":[],"map":{},"\u212Aey":1}`, `unknown key`},
 		{"unknown", `{"schema":1,"surprise":1}`, `unknown key "surprise"`},
 		{"unknown nested", `{"schema":1,"inner":{"size":1,"x":1}}`, `unknown key "inner"."x"`},
 		{"trailing", `{"schema":1} {}`, `data after the JSON value`},
