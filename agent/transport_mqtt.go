@@ -197,8 +197,6 @@ type mqttTransport struct {
 	apps   map[string]*mqttApp
 	stats  *MQTTStats
 
-	willMu        sync.Mutex
-	will          []byte
 	lastStatus    string
 	lastPublished time.Time
 	connected     bool
@@ -292,8 +290,6 @@ func newMQTTTransport(d *Daemon) (*mqttTransport, error) {
 	t.statusTopic, _ = protocol.StatusTopic(d.cfg.DeviceID)
 	t.presenceTopic, _ = protocol.PresenceTopic(d.cfg.DeviceID)
 	t.syncTopic, _ = protocol.SyncTopic(d.cfg.DeviceID)
-	presenceTopic := t.presenceTopic
-	t.will = t.presenceBytes(false)
 	o := paho.NewClientOptions().
 		AddBroker(bc.URL).
 		SetClientID(d.cfg.DeviceID).
@@ -307,7 +303,7 @@ func newMQTTTransport(d *Daemon) (*mqttTransport, error) {
 		SetConnectTimeout(10*time.Second).
 		SetWriteTimeout(30*time.Second).
 		SetOrderMatters(true).
-		SetBinaryWill(presenceTopic, t.will, 1, true).
+		SetBinaryWill(t.presenceTopic, t.presenceBytes(false), 1, true).
 		SetDefaultPublishHandler(t.onMessage).
 		// 3.1.1 only: without this paho retries a refused CONNECT as MQTT
 		// 3.1 and the broker's reason (bad credentials) is replaced by
@@ -322,11 +318,7 @@ func newMQTTTransport(d *Daemon) (*mqttTransport, error) {
 		SetConnectionLostHandler(func(_ paho.Client, err error) { t.post(mqttEvent{kind: "lost", err: err}) }).
 		SetReconnectingHandler(func(_ paho.Client, o *paho.ClientOptions) {
 			// The will says offline, stamped with this connection's start.
-			w := t.presenceBytes(false)
-			t.willMu.Lock()
-			t.will = w
-			o.SetBinaryWill(presenceTopic, w, 1, true)
-			t.willMu.Unlock()
+			o.SetBinaryWill(t.presenceTopic, t.presenceBytes(false), 1, true)
 		})
 	if bc.Username != "" {
 		o.SetUsername(bc.Username).SetPassword(bc.Password)
@@ -827,13 +819,12 @@ func (t *mqttTransport) evaluate(ctx context.Context, ap *mqttApp) {
 		t.refuse(a, ap, rel, err)
 		return
 	}
-	if err := t.checkDownloadSpace(a, ap, m); err != nil {
-		t.transient(ap, m, err, false)
-		return
-	}
 	dl, err := t.openDownload(a, ap, rel)
 	if err != nil {
-		t.transient(ap, m, fmt.Errorf("cannot prepare the download: %w", err), false)
+		if !errors.Is(err, ErrNoSpace) {
+			err = fmt.Errorf("cannot prepare the download: %w", err)
+		}
+		t.transient(ap, m, err, false)
 		return
 	}
 	ap.dl = dl
@@ -969,6 +960,11 @@ func (t *mqttTransport) openDownload(a *Agent, ap *mqttApp, rel *mqttRelease) (*
 		if err := a.saveDownload(ap.cfg.Name, &dlRecord{Schema: 1, SHA256: m.Payload.SHA256, Version: m.Version, Sequence: m.Sequence}); err != nil {
 			return nil, err
 		}
+	}
+	// Only what is still missing needs space: the part file is sparse and
+	// already holds the chunks downloaded before.
+	if err := t.checkSpace(a, m, m.Payload.Size-dl.doneBytes()); err != nil {
+		return nil, err
 	}
 	f, err := openPartFile(path) // never through a link (safefile.go)
 	if err != nil {
@@ -1202,14 +1198,15 @@ func (t *mqttTransport) housekeeping(ctx context.Context) {
 	// paho's IsConnected is true while it reconnects; t.connected follows
 	// IsConnectionOpen, so nothing is subscribed (and nothing logged) into
 	// a connection that is not there.
-	if t.connected && t.resync.Swap(false) {
-		if !t.dropLogged {
+	if t.connected {
+		dropped, failed := t.resync.Swap(false), t.subFailed.Swap(false)
+		if dropped && !t.dropLogged {
 			t.dropLogged = true // once per connection
 			t.logf("mqtt: messages were dropped (the agent was busy); subscribing again")
 		}
-		t.subscribeAll()
-	} else if t.connected && t.subFailed.Swap(false) {
-		t.subscribeAll()
+		if dropped || failed {
+			t.subscribeAll()
+		}
 	}
 	if t.connected && t.syncNonce == "" && !t.refreshAt.IsZero() && time.Now().After(t.refreshAt) {
 		// Read the release topics again: a broker node may have served a
@@ -1287,21 +1284,15 @@ func (t *mqttTransport) stalled(ap *mqttApp) {
 	t.resubscribeChunks(dl)
 }
 
-// checkDownloadSpace refuses to start (or resume) a download that would
-// leave less than mqttStateReserve free in data_dir: the state database
-// and floor file must always be writable (an install, a sideload or a
-// rollback records itself there). Only what is still missing counts: the
-// part file is sparse and already holds the chunks downloaded before.
-func (t *mqttTransport) checkDownloadSpace(a *Agent, ap *mqttApp, m *protocol.Manifest) error {
-	need := m.Payload.Size
-	if rec, err := a.loadDownload(ap.cfg.Name); err == nil && rec != nil && rec.SHA256 == m.Payload.SHA256 {
-		for i := range m.Payload.Chunks {
-			if i/8 < len(rec.Have) && rec.Have[i/8]&(1<<(i%8)) != 0 {
-				need -= m.Payload.ChunkLen(i)
-			}
+// doneBytes counts the payload bytes of the chunks already downloaded.
+func (dl *mqttDownload) doneBytes() int64 {
+	done := int64(0)
+	for i, h := range dl.have {
+		if h {
+			done += dl.rel.m.Payload.ChunkLen(i)
 		}
 	}
-	return t.checkSpace(a, m, need)
+	return done
 }
 
 // checkChunkSpace checks, before a chunk is written, that the write
@@ -1315,6 +1306,10 @@ func (t *mqttTransport) checkChunkSpace(ap *mqttApp, n int) error {
 	return t.checkSpace(a, ap.dl.rel.m, int64(n))
 }
 
+// checkSpace refuses a download (or one chunk of it) that would leave less
+// than mqttStateReserve free in data_dir: the state database and floor
+// file must always be writable (an install, a sideload or a rollback
+// records itself there).
 func (t *mqttTransport) checkSpace(a *Agent, m *protocol.Manifest, need int64) error {
 	st, err := a.opts.Storage(t.cfg.DataDir)
 	if err != nil {
@@ -1369,13 +1364,7 @@ func (t *mqttTransport) statusBytes() []byte {
 		r.Note = ap.behind
 		if ap.dl != nil {
 			r.Target = ap.dl.rel.m.Version
-			done := int64(0)
-			for i, h := range ap.dl.have {
-				if h {
-					done += ap.dl.rel.m.Payload.ChunkLen(i)
-				}
-			}
-			r.Progress = &protocol.ProgressReport{Step: "download", Done: done, Total: ap.dl.rel.m.Payload.Size}
+			r.Progress = &protocol.ProgressReport{Step: "download", Done: ap.dl.doneBytes(), Total: ap.dl.rel.m.Payload.Size}
 			if ap.installing && st.Progress != nil {
 				r.Progress = &protocol.ProgressReport{Step: st.Progress.Step, Done: st.Progress.Done, Total: st.Progress.Total}
 			}
