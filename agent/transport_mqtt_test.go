@@ -311,17 +311,9 @@ func TestMQTTIncompatibleRefused(t *testing.T) {
 		}
 		return ""
 	}
-	note := func() string {
-		for _, d := range view.Devices() {
-			for _, a := range d.Apps {
-				if d.Device == "dev-x86" {
-					return a.Note
-				}
-			}
-		}
-		return ""
-	}
-	eventually(t, "the status notes that nothing published runs here", func() bool { return strings.Contains(note(), "published profiles runs on this") })
+	eventually(t, "the status notes that nothing published runs here", func() bool {
+		return strings.Contains(deviceApp(view, "dev-x86").Note, "published profiles runs on this")
+	})
 	if e := lastErr(); e != "" {
 		t.Errorf("nothing on the channel for this CPU is a note, not a failure: last_error %q", e)
 	}
@@ -362,6 +354,18 @@ func startRealAgent(t testing.TB, bin, cfgPath, failpoint string) (*exec.Cmd, *s
 	return cmd, out
 }
 
+// killAtCleanup kills a real agent's process group when the test ends and,
+// if the test failed, logs its output (out nil: not logged).
+func killAtCleanup(t testing.TB, cmd *exec.Cmd, out *syncBuffer, name string) {
+	t.Cleanup(func() {
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		cmd.Wait()
+		if t.Failed() && out != nil {
+			t.Logf("%s output:\n%s", name, out)
+		}
+	})
+}
+
 // syncBuffer is safe for concurrent writers and a reading test.
 type syncBuffer = testkit.Buffer
 
@@ -382,13 +386,11 @@ func TestMQTTFiftyAgents(t *testing.T) {
 	publish(t, op, k, v1, "")
 	for i := 0; i < 50; i++ {
 		cmd, out, _ := realAgent(t, bin, k, fmt.Sprintf("pi-%03d", i), b.URL(), "")
-		t.Cleanup(func() {
-			syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-			cmd.Wait()
-			if t.Failed() && i < 3 {
-				t.Logf("pi-%03d output:\n%s", i, out)
-			}
-		})
+		if i < 3 {
+			killAtCleanup(t, cmd, out, fmt.Sprintf("pi-%03d", i))
+		} else {
+			killAtCleanup(t, cmd, nil, "")
+		}
 	}
 	eventually(t, "50 devices commit 1.0.0", func() bool { return view.Converged("hello", "1.0.0", 50, StateCommitted) })
 }
@@ -424,13 +426,7 @@ func TestMQTTRealAgentKilledMidDownloadResumes(t *testing.T) {
 			cmd, out = startRealAgent(t, bin, cfgPath, "")
 		}
 		procs = append(procs, cmd)
-		t.Cleanup(func() {
-			syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-			cmd.Wait()
-			if t.Failed() {
-				t.Logf("%s output:\n%s", id, out)
-			}
-		})
+		killAtCleanup(t, cmd, out, id)
 		if i == 0 {
 			eventually(t, "the restarted agent resumes its download", func() bool {
 				return strings.Contains(out.String(), fmt.Sprintf("%d chunks, 1 already here", n))

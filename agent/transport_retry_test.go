@@ -67,14 +67,7 @@ func corrupt(b []byte) []byte {
 	return bad
 }
 
-func deviceError(view *fleet.FleetView, id string) string {
-	for _, d := range view.Devices() {
-		if d.Device == id && len(d.Apps) > 0 {
-			return d.Apps[0].LastError
-		}
-	}
-	return ""
-}
+func deviceError(view *fleet.FleetView, id string) string { return deviceApp(view, id).LastError }
 
 // corruptChunkRepublished: the broker holds a corrupt copy of chunk 1.
 // The device asks for it again at once, gives up after mqttChunkTries bad

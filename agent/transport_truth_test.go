@@ -54,13 +54,15 @@ func fillTo(t *testing.T, dir string, left int64) string {
 	return p
 }
 
-func deviceApp(view *fleet.FleetView, id string) (protocol.AppReport, bool) {
+// deviceApp is the first app report of device id in the view (zero when
+// there is none yet).
+func deviceApp(view *fleet.FleetView, id string) protocol.AppReport {
 	for _, d := range view.Devices() {
 		if d.Device == id && len(d.Apps) > 0 {
-			return d.Apps[0], true
+			return d.Apps[0]
 		}
 	}
-	return protocol.AppReport{}, false
+	return protocol.AppReport{}
 }
 
 // TestMQTTMissingChunksReportedThenDiskFullRetried (items 2, 3, 10): the
@@ -93,7 +95,7 @@ func TestMQTTMissingChunksReportedThenDiskFullRetried(t *testing.T) {
 	defer dev.stop()
 
 	eventually(t, "the status names the missing chunks and what to do", func() bool {
-		a, _ := deviceApp(view, "dev-withheld")
+		a := deviceApp(view, "dev-withheld")
 		return strings.Contains(a.LastError, "no chunk has arrived") && strings.Contains(a.LastError, "publish the release again") &&
 			strings.Contains(a.LastError, "chunk "+strconv.Itoa(n/2))
 	})
@@ -110,7 +112,7 @@ func TestMQTTMissingChunksReportedThenDiskFullRetried(t *testing.T) {
 		publishChunk(t, op, m, i, chunks[i])
 	}
 	eventually(t, "the status says data_dir is full and that it retries", func() bool {
-		a, _ := deviceApp(view, "dev-withheld")
+		a := deviceApp(view, "dev-withheld")
 		return strings.Contains(a.LastError, "not enough space in data_dir") && strings.Contains(a.LastError, "retrying in")
 	})
 	eventually(t, "the scheduled retries happen", func() bool {
@@ -127,7 +129,7 @@ func TestMQTTMissingChunksReportedThenDiskFullRetried(t *testing.T) {
 		t.Errorf("the device wrote %d chunks for a %d-chunk release; retries must reuse the download", got, n)
 	}
 	eventually(t, "the error clears", func() bool {
-		a, _ := deviceApp(view, "dev-withheld")
+		a := deviceApp(view, "dev-withheld")
 		return a.Version == "1.0.0" && a.LastError == ""
 	})
 }
@@ -151,7 +153,7 @@ func TestMQTTDownloadChecksSpaceFirst(t *testing.T) {
 	dev, log := startMQTTDeviceLogged(t, cfg)
 	defer dev.stop()
 	eventually(t, "the status says data_dir lacks space for the download", func() bool {
-		a, _ := deviceApp(view, "dev-space")
+		a := deviceApp(view, "dev-space")
 		return strings.Contains(a.LastError, "not enough space in data_dir "+cfg.DataDir) && strings.Contains(a.LastError, "free some space there")
 	})
 	eventually(t, "it is retried", func() bool { return strings.Contains(log.String(), "(attempt 2; retrying in") })
@@ -220,7 +222,7 @@ func TestMQTTDecidesOnCompleteView(t *testing.T) {
 		dev := startMQTTDevice(t, cfg)
 		eventually(t, "the device runs 1.0.0", func() bool { return installedIs(dev, "1.0.0", StateCommitted) })
 		eventually(t, "its status says so", func() bool {
-			a, _ := deviceApp(view, "dev-view")
+			a := deviceApp(view, "dev-view")
 			return a.Version == "1.0.0" && a.State == StateCommitted
 		})
 		time.Sleep(300 * time.Millisecond) // let every evaluation of this run report
@@ -237,10 +239,10 @@ func TestMQTTDecidesOnCompleteView(t *testing.T) {
 	}
 	publish(t, op, k, other, "") // the other build stays (retire took both)
 	eventually(t, "the device notes that nothing on the channel runs here", func() bool {
-		a, _ := deviceApp(view, "dev-view")
+		a := deviceApp(view, "dev-view")
 		return strings.Contains(a.Note, "published profiles runs on this")
 	})
-	a, _ := deviceApp(view, "dev-view")
+	a := deviceApp(view, "dev-view")
 	if a.LastError != "" || fleet.Failed(a) || view.Summary().Failed != 0 {
 		t.Errorf("a healthy device counts as failed: %+v, summary %+v", a, view.Summary())
 	}
@@ -273,7 +275,7 @@ func TestMQTTRenewedManifestTried(t *testing.T) {
 	dev := startMQTTDevice(t, mqttConfig(t, k, "dev-renew", b.URL()))
 	defer dev.stop()
 	eventually(t, "the expired release is refused", func() bool {
-		a, _ := deviceApp(view, "dev-renew")
+		a := deviceApp(view, "dev-renew")
 		return strings.Contains(a.LastError, "refused") && strings.Contains(a.LastError, "expire")
 	})
 	publish(t, op, k, renewed, "")
@@ -292,13 +294,7 @@ func TestMQTTKilledAgentKeepsItsState(t *testing.T) {
 	view := fleetView(t, op)
 	bin := goBuild(t, "cmd/edgefleet-agent", native.Env(), "-s -w -X main.version=0.0.1-test")
 	cmd, out, _ := realAgent(t, bin, k, "pi-kill", b.URL(), "")
-	t.Cleanup(func() {
-		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-		cmd.Wait()
-		if t.Failed() {
-			t.Logf("agent output:\n%s", out)
-		}
-	})
+	killAtCleanup(t, cmd, out, "pi-kill")
 	eventually(t, "the agent is online", func() bool {
 		for _, d := range view.Devices() {
 			if d.Device == "pi-kill" {
@@ -307,10 +303,17 @@ func TestMQTTKilledAgentKeepsItsState(t *testing.T) {
 		}
 		return false
 	})
-	time.Sleep(1100 * time.Millisecond) // status times have a second's resolution in the table
+	// The commit must come measurably later than the connect, so that a
+	// last contact counted from the connect (the old will) is told apart.
+	time.Sleep(1100 * time.Millisecond)
 	publish(t, op, k, v1, "")
 	eventually(t, "the agent commits 1.0.0", func() bool { return view.Converged("hello", "1.0.0", 1, StateCommitted) })
-	committedSeen := time.Now()
+	var committedAt time.Time // the time of the status that says committed
+	for _, d := range view.Devices() {
+		if d.Device == "pi-kill" {
+			committedAt = d.Time
+		}
+	}
 	syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 	cmd.Wait()
 	eventually(t, "the killed agent shows offline", func() bool {
@@ -328,8 +331,8 @@ func TestMQTTKilledAgentKeepsItsState(t *testing.T) {
 		if len(d.Apps) != 1 || d.Apps[0].Version != "1.0.0" || d.Apps[0].State != StateCommitted {
 			t.Errorf("the offline device lost its last known state: %+v", d.Apps)
 		}
-		if d.Time.Before(committedSeen.Add(-5 * time.Second)) {
-			t.Errorf("last seen %s is before the device committed (%s): it counts from the connect, not the last contact", d.Time, committedSeen)
+		if d.Time.Before(committedAt) {
+			t.Errorf("last seen %s is before the device reported its commit (%s): it counts from the connect, not the last contact", d.Time, committedAt)
 		}
 	}
 	var buf strings.Builder
