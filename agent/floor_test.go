@@ -358,20 +358,7 @@ func TestFloorOverlongVersionRecovers(t *testing.T) {
 		t.Fatal(err)
 	}
 	// What the old agent left after installing `long` as sequence 4.
-	err := a.withDB(func(db *bolt.DB) error {
-		return db.Update(func(tx *bolt.Tx) error {
-			r, err := getRecord(tx, "hello")
-			if err != nil {
-				return err
-			}
-			r.Version = long
-			b, _ := json.Marshal(r)
-			return tx.Bucket(bucketApps).Put([]byte("hello"), b)
-		})
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	setRecordVersion(t, a, "hello", long)
 	a.Close()
 	writeOldFloor(t, k.cfg.FloorPath(), 4, oldFloorVersion(long))
 
@@ -419,24 +406,9 @@ func TestFloorOverlongVersionRecovers(t *testing.T) {
 	if err := os.Remove(k.cfg.FloorPath()); err != nil {
 		t.Fatal(err)
 	}
-	err = func() error {
-		a := k.open(Options{})
-		defer a.Close()
-		return a.withDB(func(db *bolt.DB) error {
-			return db.Update(func(tx *bolt.Tx) error {
-				r, err := getRecord(tx, "hello")
-				if err != nil {
-					return err
-				}
-				r.Version = long
-				b, _ := json.Marshal(r)
-				return tx.Bucket(bucketApps).Put([]byte("hello"), b)
-			})
-		})
-	}()
-	if err != nil {
-		t.Fatal(err)
-	}
+	a = k.open(Options{})
+	setRecordVersion(t, a, "hello", long)
+	a.Close()
 	os.Remove(k.cfg.FloorPath())
 	a = k.open(Options{}) // rebuilds floor.json from the record
 	if got := readFloorFile(t, k); got != 6 {
@@ -487,5 +459,25 @@ func TestStateRecordRefusesAmbiguousKeys(t *testing.T) {
 		if _, err := decodeRecord("hello", []byte(bad)); err == nil {
 			t.Errorf("record accepted: %s", bad)
 		}
+	}
+}
+
+// setRecordVersion writes version into app's state record as it is (what
+// an older agent stored, which the current writers would clip).
+func setRecordVersion(t *testing.T, a *Agent, app, version string) {
+	t.Helper()
+	err := a.withDB(func(db *bolt.DB) error {
+		return db.Update(func(tx *bolt.Tx) error {
+			r, err := getRecord(tx, app)
+			if err != nil {
+				return err
+			}
+			r.Version = version
+			b, _ := json.Marshal(r)
+			return tx.Bucket(bucketApps).Put([]byte(app), b)
+		})
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 }
