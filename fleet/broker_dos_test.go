@@ -1,10 +1,8 @@
 package fleet
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -158,35 +156,11 @@ func TestUnknownUserCostsABcrypt(t *testing.T) {
 // would try again with 3.1 after a refusal) and returns the CONNACK code.
 func rawLogin(t *testing.T, addr, user, pass, id string) byte {
 	t.Helper()
-	str := func(b *bytes.Buffer, s string) {
-		binary.Write(b, binary.BigEndian, uint16(len(s)))
-		b.WriteString(s)
+	rc := sendConnect(t, addr, connectPacket(id, user, pass, "", ""))
+	if rc == 255 {
+		t.Fatal("no CONNACK: the broker closed the connection")
 	}
-	var body bytes.Buffer
-	str(&body, "MQTT")
-	body.WriteByte(4)                  // 3.1.1
-	body.WriteByte(0x80 | 0x40 | 0x02) // user, password, clean
-	binary.Write(&body, binary.BigEndian, uint16(60))
-	str(&body, id)
-	str(&body, user)
-	str(&body, pass)
-	if body.Len() > 127 {
-		t.Fatal("rawLogin: CONNECT too long for a one-byte length")
-	}
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(testkit.Hang))
-	if _, err := c.Write(append([]byte{0x10, byte(body.Len())}, body.Bytes()...)); err != nil {
-		t.Fatal(err)
-	}
-	var ack [4]byte
-	if _, err := io.ReadFull(c, ack[:]); err != nil {
-		t.Fatalf("no CONNACK: %v", err)
-	}
-	return ack[3]
+	return rc
 }
 
 // TestLoginsBounded: with MaxConcurrentLogins 1 and a login slot held, a

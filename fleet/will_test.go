@@ -116,18 +116,32 @@ func willMatrix(t *testing.T, url string) {
 // 255 when the broker closed the connection without one).
 func rawWillConnect(t *testing.T, addr, user, pass, willTopic, willPayload string) byte {
 	t.Helper()
+	return sendConnect(t, addr, connectPacket(user, user, pass, willTopic, willPayload))
+}
+
+// connectPacket builds an MQTT 3.1.1 CONNECT (clean session, keepalive
+// 60 s, user name and password) with a retained QoS 1 will when willTopic
+// is set. Hand-made because paho retries a refused CONNECT as MQTT 3.1
+// and cannot send an arbitrary will.
+func connectPacket(id, user, pass, willTopic, willPayload string) []byte {
 	str := func(b *bytes.Buffer, s string) {
 		binary.Write(b, binary.BigEndian, uint16(len(s)))
 		b.WriteString(s)
 	}
+	flags := byte(0x80 | 0x40 | 0x02) // user, password, clean
+	if willTopic != "" {
+		flags |= 0x20 | 1<<3 | 0x04 // will retain, will QoS 1, will
+	}
 	var body bytes.Buffer
 	str(&body, "MQTT")
-	body.WriteByte(4)                                       // 3.1.1
-	body.WriteByte(0x80 | 0x40 | 0x20 | 1<<3 | 0x04 | 0x02) // user, password, will retain, will QoS 1, will, clean
+	body.WriteByte(4) // 3.1.1
+	body.WriteByte(flags)
 	binary.Write(&body, binary.BigEndian, uint16(60))
-	str(&body, user)
-	str(&body, willTopic)
-	str(&body, willPayload)
+	str(&body, id)
+	if willTopic != "" {
+		str(&body, willTopic)
+		str(&body, willPayload)
+	}
 	str(&body, user)
 	str(&body, pass)
 	var pkt bytes.Buffer
@@ -143,13 +157,21 @@ func rawWillConnect(t *testing.T, addr, user, pass, willTopic, willPayload strin
 		}
 	}
 	pkt.Write(body.Bytes())
+	return pkt.Bytes()
+}
+
+// sendConnect sends pkt on a new connection to addr and returns the
+// CONNACK's return code, or 255 when the broker closed the connection
+// without one. The connection is closed on return.
+func sendConnect(t *testing.T, addr string, pkt []byte) byte {
+	t.Helper()
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(time.Minute))
-	if _, err := c.Write(pkt.Bytes()); err != nil {
+	if _, err := c.Write(pkt); err != nil {
 		t.Fatal(err)
 	}
 	var ack [4]byte
