@@ -112,6 +112,12 @@ func (t Topic) String() string {
 		return TopicPrefix + "device/" + t.Device + "/online"
 	case KindSync:
 		return TopicPrefix + "device/" + t.Device + "/sync"
+	case KindRollout:
+		return TopicPrefix + "rollout/" + t.Channel + "/" + t.App
+	case KindCandidate:
+		return TopicPrefix + "rollout/" + t.Channel + "/" + t.App + "/" + t.Profile + "/manifest"
+	case KindDriver:
+		return DriverTopic
 	}
 	return ""
 }
@@ -234,6 +240,18 @@ func ParseTopic(s string) (Topic, error) {
 		if !ValidDeviceID(t.Device) {
 			return bad()
 		}
+	case len(p) == 3 && p[0] == "rollout":
+		t = Topic{Kind: KindRollout, Channel: p[1], App: p[2]}
+		if !ValidChannel(t.Channel) || !ValidApp(t.App) {
+			return bad()
+		}
+	case len(p) == 5 && p[0] == "rollout" && p[4] == "manifest":
+		t = Topic{Kind: KindCandidate, Channel: p[1], App: p[2], Profile: p[3]}
+		if !ValidChannel(t.Channel) || !ValidApp(t.App) || !ValidProfileName(t.Profile) {
+			return bad()
+		}
+	case len(p) == 1 && p[0] == "driver":
+		t = Topic{Kind: KindDriver}
 	default:
 		return bad()
 	}
@@ -298,14 +316,20 @@ func (e *Envelope) Open(kr *Keyring) (*Manifest, error) {
 // DeviceStatus is the retained status a device publishes on its status
 // topic. The last will is the same message with Online false.
 type DeviceStatus struct {
-	Schema       int         `json:"schema"`
-	Device       string      `json:"device"`
-	Profile      string      `json:"profile,omitempty"`
-	CPU          string      `json:"cpu,omitempty"`
-	AgentVersion string      `json:"agent_version,omitempty"`
-	Time         time.Time   `json:"time"`
-	Online       bool        `json:"online"`
-	Apps         []AppReport `json:"apps"`
+	Schema       int    `json:"schema"`
+	Device       string `json:"device"`
+	Profile      string `json:"profile,omitempty"`
+	CPU          string `json:"cpu,omitempty"`
+	AgentVersion string `json:"agent_version,omitempty"`
+	// Channel is the release channel the device follows (rollouts count
+	// the devices of their channel).
+	Channel string `json:"channel,omitempty"`
+	// Labels are the device's configured labels (rollout selectors and
+	// status --select match them).
+	Labels Labels      `json:"labels,omitempty"`
+	Time   time.Time   `json:"time"`
+	Online bool        `json:"online"`
+	Apps   []AppReport `json:"apps"`
 }
 
 // AppReport is one app's line in a device status.
@@ -323,6 +347,12 @@ type AppReport struct {
 	// holds something newer (published only for other CPUs, say). It is
 	// information for the operator, never a failure.
 	Note string `json:"note,omitempty"`
+	// WindowOpens is set while a downloaded release waits for the
+	// device's maintenance window: when the window opens next.
+	WindowOpens *time.Time `json:"window_opens,omitempty"`
+	// Rollout is set while the device is a member of a rollout of this
+	// app (SPEC.md §8.8): its phase in it.
+	Rollout *RolloutReport `json:"rollout,omitempty"`
 }
 
 // ProgressReport is where an install stands: step ("download", "verify",
@@ -350,6 +380,12 @@ func (s *DeviceStatus) Validate() error {
 	if len(s.CPU) > maxStringLen || len(s.AgentVersion) > maxStringLen {
 		return bad("cpu or agent_version longer than %d", maxStringLen)
 	}
+	if s.Channel != "" && !ValidChannel(s.Channel) {
+		return bad("channel %q is not valid", clip(s.Channel))
+	}
+	if err := s.Labels.Validate(); err != nil {
+		return bad("labels: %v", err)
+	}
 	if len(s.Apps) > MaxStatusApps {
 		return bad("%d apps, at most %d", len(s.Apps), MaxStatusApps)
 	}
@@ -362,6 +398,11 @@ func (s *DeviceStatus) Validate() error {
 		}
 		if len(a.LastError) > MaxLastError || len(a.Note) > MaxLastError {
 			return bad("app %s: last_error or note longer than %d", a.App, MaxLastError)
+		}
+		if a.Rollout != nil {
+			if err := a.Rollout.validate(); err != nil {
+				return bad("app %s: %v", a.App, err)
+			}
 		}
 		if p := a.Progress; p != nil {
 			if len(p.Step) > 32 || p.Done < 0 || p.Total < 0 || p.Done > p.Total {
@@ -389,7 +430,10 @@ func (s *DeviceStatus) Marshal() ([]byte, error) {
 			s.Apps[i].LastError = e[:n] + "..."
 		}
 		if e := s.Apps[i].Note; len(e) > MaxLastError {
-			s.Apps[i].Note = e[:MaxLastError-3] + "..."
+			s.Apps[i].Note = clipText(e, MaxLastError)
+		}
+		if r := s.Apps[i].Rollout; r != nil {
+			r.Error = clipText(r.Error, MaxLastError)
 		}
 	}
 	if err := s.Validate(); err != nil {
@@ -443,6 +487,9 @@ func (s *DeviceStatus) cleanText() {
 		a.Version, a.State, a.Target, a.LastError, a.Note = cleanText(a.Version), cleanText(a.State), cleanText(a.Target), cleanText(a.LastError), cleanText(a.Note)
 		if a.Progress != nil {
 			a.Progress.Step = cleanText(a.Progress.Step)
+		}
+		if a.Rollout != nil {
+			a.Rollout.Error = cleanText(a.Rollout.Error)
 		}
 	}
 }
