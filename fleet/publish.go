@@ -27,6 +27,11 @@ type PublishOptions struct {
 	Progress func(done, total int64)
 	// Now is the clock for the expiry check. Default time.Now.
 	Now func() time.Time
+	// EnvelopeOnly publishes the release envelope but not the chunks:
+	// an earlier PublishBundle of the same bundle in this run published
+	// them (assign to several devices). The bundle is verified all the
+	// same. Default false.
+	EnvelopeOnly bool
 }
 
 // Validate checks the options and fills defaults.
@@ -151,6 +156,9 @@ func PublishBundle(ctx context.Context, c paho.Client, path string, o PublishOpt
 		ct, err := protocol.ChunkTopic(m.App, m.Payload.SHA256, i)
 		if err != nil {
 			return nil, err
+		}
+		if o.EnvelopeOnly {
+			continue
 		}
 		if len(queue) == o.InFlight {
 			if err := settle(queue[0]); err != nil {

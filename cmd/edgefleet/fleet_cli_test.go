@@ -55,7 +55,8 @@ func TestFleetCLI(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "published hello 1.0.0 (sequence 1, linux-amd64) to channel stable: 13 chunks") || !strings.Contains(errs, "100%") {
 		t.Fatalf("publish: %d\n%s\n%s", code, out, errs)
 	}
-	code, out, errs = runCLI(t, "assign", "--broker", url, "--device", "pi-1", "--pub", pubPath, "--quiet", bundle)
+	// pi-1 has not reported yet: --force.
+	code, out, errs = runCLI(t, "assign", "--broker", url, "--device", "pi-1", "--pub", pubPath, "--quiet", "--force", bundle)
 	if code != 0 || !strings.Contains(out, "to device pi-1") {
 		t.Fatalf("assign: %d\n%s\n%s", code, out, errs)
 	}
