@@ -48,7 +48,7 @@ type Held struct {
 func (h *Held) Where() string {
 	switch {
 	case h.pending != "":
-		return h.pending + " (in this batch)"
+		return h.pending
 	case h.Kind == protocol.KindDesired:
 		return "device " + h.Device + " (" + h.Topic + ")"
 	case h.Kind == protocol.KindCandidate:
@@ -219,10 +219,11 @@ func (c *Catalog) NextSequence(app string) uint64 {
 	return high + 1
 }
 
-// AddPending records a bundle that is about to be published (path names
-// it in messages), so the next CheckSequence of the same batch sees it.
-func (c *Catalog) AddPending(m *protocol.Manifest, path string) {
-	c.pending = append(c.pending, &Held{App: m.App, Manifest: m, pending: path})
+// AddPending records a build that is not on the broker, such as a bundle
+// about to be published, so that the next CheckSequence sees it; where
+// names it in messages ("dist/x.efb (in this batch)").
+func (c *Catalog) AddPending(m *protocol.Manifest, where string) {
+	c.pending = append(c.pending, &Held{App: m.App, Manifest: m, pending: where})
 }
 
 // CheckSequence refuses a build whose sequence the broker already holds
@@ -238,10 +239,14 @@ func (c *Catalog) CheckSequence(m *protocol.Manifest, payloadSHA string) error {
 		payloadSHA = m.Payload.SHA256
 	}
 	var clash []string
+	onBroker := false
 	for _, h := range c.All() {
 		o := h.Manifest
 		if o.App != m.App || o.Sequence != m.Sequence {
 			continue
+		}
+		if (o.Version != m.Version || o.Profile == m.Profile && o.Payload.SHA256 != payloadSHA) && h.pending == "" {
+			onBroker = true
 		}
 		switch {
 		case o.Version != m.Version:
@@ -259,8 +264,12 @@ func (c *Catalog) CheckSequence(m *protocol.Manifest, payloadSHA string) error {
 		more = fmt.Sprintf("; and %d more", len(clash)-3)
 		clash = clash[:3]
 	}
-	return fmt.Errorf("%s %s (%s) has sequence %d, which the broker already holds for a different build: %s%s. "+
+	retire := ""
+	if onBroker {
+		retire = ", or retire the other release first"
+	}
+	return fmt.Errorf("%s %s (%s) has sequence %d, which is already used for a different build: %s%s. "+
 		"A device that takes one of the two never takes the other, so the fleet would split; "+
-		"re-pack with --sequence %d (the next free sequence of %s), or retire the other release first: %w",
-		m.App, m.Version, m.Profile, m.Sequence, strings.Join(clash, "; "), more, c.NextSequence(m.App), m.App, ErrSequenceConflict)
+		"re-pack with --sequence %d (the next free sequence of %s)%s: %w",
+		m.App, m.Version, m.Profile, m.Sequence, strings.Join(clash, "; "), more, c.NextSequence(m.App), m.App, retire, ErrSequenceConflict)
 }

@@ -114,7 +114,7 @@ func runPublish(ctx context.Context, env *cliEnv, name string, args []string) in
 		if err := cat.CheckSequence(m, m.Payload.SHA256); err != nil {
 			return fail("not publishing anything: %s: %v", fs.Arg(i), err)
 		}
-		cat.AddPending(m, fs.Arg(i))
+		cat.AddPending(m, fs.Arg(i)+" (in this batch)")
 	}
 
 	type job struct {

@@ -117,7 +117,9 @@ func runPack(ctx context.Context, env *cliEnv, args []string) int {
 	}
 	o.Progress = progressPrinter(env.stderr)
 
+	before := folderBuilds(o.OutDir)
 	results, err := packer.Pack(ctx, o)
+	warnSequences(env.stderr, before, results)
 	if *asJSON {
 		printPackJSON(env.stdout, results, err)
 	} else {
