@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -14,7 +15,8 @@ import (
 )
 
 // FleetView aggregates device status and presence messages (subscribe to
-// protocol.DeviceFilters). It is safe for concurrent use: Update runs on
+// protocol.DeviceFilters), and the devices' assignments when it is also
+// subscribed to protocol.AllDesiredFilter. It is safe for concurrent use: Update runs on
 // the MQTT delivery goroutine, the table on another.
 //
 // A device's state comes from its status, its liveness from its presence
@@ -28,12 +30,81 @@ type FleetView struct {
 	// malformed holds the status topics whose latest message was
 	// malformed (a set, so a redelivered retained message counts once).
 	malformed map[string]bool
-	gen       int
+	// assigned maps device → app → version of its desired release.
+	assigned map[string]map[string]string
+	// sel, when set, limits Devices (and all that follows) to the devices
+	// whose labels match it.
+	sel protocol.Selector
+	gen int
 }
 
 // NewFleetView returns an empty view.
 func NewFleetView() *FleetView {
-	return &FleetView{devices: map[string]*protocol.DeviceStatus{}, presence: map[string]*protocol.Presence{}, malformed: map[string]bool{}}
+	return &FleetView{devices: map[string]*protocol.DeviceStatus{}, presence: map[string]*protocol.Presence{},
+		malformed: map[string]bool{}, assigned: map[string]map[string]string{}}
+}
+
+// Select limits the view to devices whose reported labels match sel (the
+// empty selector: every device).
+func (v *FleetView) Select(sel protocol.Selector) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.sel = sel
+	v.gen++
+}
+
+// Assigned returns the selected devices' assignments: device → app →
+// version.
+func (v *FleetView) Assigned() map[string]map[string]string {
+	devs := v.Devices()
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	out := map[string]map[string]string{}
+	for _, d := range devs {
+		if a := v.assigned[d.Device]; len(a) > 0 {
+			out[d.Device] = map[string]string{}
+			for app, ver := range a {
+				out[d.Device][app] = ver
+			}
+		}
+	}
+	return out
+}
+
+// updateDesired applies a desired-topic message: the envelope's manifest,
+// parsed strictly, must be for the topic's app.
+func (v *FleetView) updateDesired(t protocol.Topic, topic string, payload []byte) error {
+	var version string
+	var err error
+	if len(payload) > 0 {
+		var env *protocol.Envelope
+		var m *protocol.Manifest
+		if env, err = protocol.ParseEnvelope(payload); err == nil {
+			if m, err = protocol.ParseManifest(env.Manifest); err == nil && m.App != t.App {
+				err = fmt.Errorf("assignment on %s is for app %q", topic, m.App)
+			}
+		}
+		if err == nil {
+			version = m.Version
+		}
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if err != nil {
+		v.malformed[topic] = true
+		return fmt.Errorf("dropped assignment: %w", err)
+	}
+	delete(v.malformed, topic)
+	if version == "" {
+		delete(v.assigned[t.Device], t.App)
+	} else {
+		if v.assigned[t.Device] == nil {
+			v.assigned[t.Device] = map[string]string{}
+		}
+		v.assigned[t.Device][t.App] = version
+	}
+	v.gen++
+	return nil
 }
 
 // Update applies one message from a status or presence topic. An empty
@@ -42,8 +113,11 @@ func NewFleetView() *FleetView {
 // view is unchanged.
 func (v *FleetView) Update(topic string, payload []byte) error {
 	t, err := protocol.ParseTopic(topic)
+	if err == nil && t.Kind == protocol.KindDesired {
+		return v.updateDesired(t, topic, payload)
+	}
 	if err == nil && t.Kind != protocol.KindStatus && t.Kind != protocol.KindPresence {
-		err = fmt.Errorf("topic %s is not a status or presence topic", topic)
+		err = fmt.Errorf("topic %s is not a status, presence or desired topic", topic)
 	}
 	var s *protocol.DeviceStatus
 	var p *protocol.Presence
@@ -96,6 +170,9 @@ func (v *FleetView) Devices() []protocol.DeviceStatus {
 	defer v.mu.Unlock()
 	out := make([]protocol.DeviceStatus, 0, len(v.devices))
 	for id, s := range v.devices {
+		if !v.sel.Matches(s.Labels) {
+			continue
+		}
 		d := *s
 		if p := v.presence[id]; p != nil {
 			d.Online = p.Online
@@ -210,13 +287,20 @@ func percent(done, total int64) int64 {
 // WriteTable prints the fleet table and the summary line.
 func (v *FleetView) WriteTable(w io.Writer, now time.Time) {
 	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "DEVICE\tPROFILE\tAPP\tVERSION\tSTATE\tPROGRESS\tLAST SEEN\tERROR")
+	fmt.Fprintln(tw, "DEVICE\tPROFILE\tLABELS\tAPP\tVERSION\tSTATE\tPROGRESS\tLAST SEEN\tERROR")
+	assigned := v.Assigned()
 	for _, d := range v.Devices() {
 		seen := "offline " + ago(now, d.Time)
 		if d.Online {
 			seen = ago(now, d.Time)
 		}
 		apps := d.Apps
+		// An app assigned to the device that it does not report yet.
+		for _, app := range sortedKeys(assigned[d.Device]) {
+			if !slices.ContainsFunc(apps, func(a protocol.AppReport) bool { return a.App == app }) {
+				apps = append(apps, protocol.AppReport{App: app})
+			}
+		}
 		if len(apps) == 0 {
 			apps = []protocol.AppReport{{App: "-"}}
 		}
@@ -233,7 +317,14 @@ func (v *FleetView) WriteTable(w io.Writer, now time.Time) {
 			if a.Target != "" && a.Target != a.Version {
 				ver += " → " + a.Target
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", d.Device, dash(d.Profile), a.App, ver, dash(a.State), prog, seen, oneLine(msg, 60))
+			if as, ok := assigned[d.Device][a.App]; ok {
+				if as == a.Version {
+					ver += " (assigned)"
+				} else {
+					ver += " (assigned " + as + ")"
+				}
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", d.Device, dash(d.Profile), oneLine(d.Labels.String(), 24), a.App, ver, dash(a.State), prog, seen, oneLine(msg, 60))
 		}
 	}
 	tw.Flush()
@@ -285,8 +376,19 @@ func (v *FleetView) WriteJSON(w io.Writer) error {
 	enc.SetIndent("", "  ")
 	return enc.Encode(struct {
 		Devices []protocol.DeviceStatus `json:"devices"`
-		Summary Summary                 `json:"summary"`
-	}{v.Devices(), v.Summary()})
+		// Assigned is device → app → version of its assignment.
+		Assigned map[string]map[string]string `json:"assigned"`
+		Summary  Summary                      `json:"summary"`
+	}{v.Devices(), v.Assigned(), v.Summary()})
+}
+
+func sortedKeys(m map[string]string) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
 }
 
 func dash(s string) string {

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	paho "github.com/eclipse/paho.mqtt.golang"
 	"github.com/edgefleet/edgefleet/fleet"
 	"github.com/edgefleet/edgefleet/internal/testkit"
 	"github.com/edgefleet/edgefleet/protocol"
@@ -252,4 +253,13 @@ func TestCatalogJSONRoundTrip(t *testing.T) {
 	if err != nil || !strings.Contains(string(b), `"sequence":1`) {
 		t.Fatalf("catalog JSON: %v %s", err, b)
 	}
+}
+
+func connectOp(t *testing.T, url string) paho.Client {
+	t.Helper()
+	c, err := fleet.Connect(context.Background(), fleet.ClientOptions{Broker: url})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
 }

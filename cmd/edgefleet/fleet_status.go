@@ -23,14 +23,20 @@ func runStatus(ctx context.Context, env *cliEnv, args []string) int {
 	asJSON := fs.Bool("json", false, "print JSON (devices and summary)")
 	watch := fs.Bool("watch", false, "redraw the table as statuses change, until interrupted")
 	interval := fs.Duration("interval", time.Second, "redraw at most this often with --watch")
+	selFlag := fs.String("select", "", "only devices whose reported labels match, e.g. site=berlin,hw=rev2")
 	fs.Usage = func() {
-		fmt.Fprintln(env.stderr, "usage: edgefleet status --broker URL [--json] [--watch]")
+		fmt.Fprintln(env.stderr, "usage: edgefleet status --broker URL [--select k=v,...] [--json] [--watch]")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil || fs.NArg() != 0 {
 		if err == nil {
 			fs.Usage()
 		}
+		return 2
+	}
+	sel, err := protocol.ParseSelector(*selFlag)
+	if err != nil {
+		fmt.Fprintf(env.stderr, "edgefleet status: --select: %v\n", err)
 		return 2
 	}
 	c, err := bf.connect(ctx, env)
@@ -40,7 +46,9 @@ func runStatus(ctx context.Context, env *cliEnv, args []string) int {
 	}
 	defer c.Disconnect(250)
 	v := fleet.NewFleetView()
-	if err := fleet.Subscribe(ctx, c, protocol.DeviceFilters, func(topic string, payload []byte) {
+	v.Select(sel)
+	filters := append(append([]string{}, protocol.DeviceFilters...), protocol.AllDesiredFilter)
+	if err := fleet.Subscribe(ctx, c, filters, func(topic string, payload []byte) {
 		if err := v.Update(topic, payload); err != nil {
 			fmt.Fprintf(env.stderr, "edgefleet status: %v\n", err)
 		}
