@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"strings"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
@@ -94,9 +95,15 @@ func DeviceCPU(st *protocol.DeviceStatus) (c hardware.CPUFacts, from string, err
 
 // TargetOf is the signed target in hardware's terms.
 func TargetOf(t protocol.Target) hardware.Target {
-	// GOOS is left out: CanRun compares it with the operator's own OS.
+	// CanRun compares GOOS with the running program's: here the
+	// operator's, not the device's (devices run Linux), so it is left
+	// out unless it is the same.
+	goos := ""
+	if t.GOOS == runtime.GOOS {
+		goos = t.GOOS
+	}
 	return hardware.Target{
-		GOARCH: t.GOARCH, GOARM: t.GOARM, GOAMD64: t.GOAMD64, GOMIPS: t.GOMIPS,
+		GOOS: goos, GOARCH: t.GOARCH, GOARM: t.GOARM, GOAMD64: t.GOAMD64, GOMIPS: t.GOMIPS,
 		ELFClass: t.ELF.Class, ELFMachine: t.ELF.Machine, ELFBigEndian: t.ELF.Endian == "big",
 	}
 }
@@ -112,7 +119,7 @@ func CheckRuns(st *protocol.DeviceStatus, m *protocol.Manifest) (note string, er
 	if err := c.CanRun(TargetOf(m.Target)); err != nil {
 		// CanRun's sentence speaks of "this device"; say which one.
 		return "", fmt.Errorf("device %s (%s) cannot run %s %s for %s: %v; or --force if you know better: %w",
-			st.Device, from, m.App, m.Version, m.Profile, strings.TrimSpace(err.Error()), errors.Join(ErrWrongCPU, err))
+			st.Device, from, m.App, m.Version, m.Profile, strings.TrimSpace(err.Error()), ErrWrongCPU)
 	}
 	return "", nil
 }
