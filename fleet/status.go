@@ -287,9 +287,23 @@ func percent(done, total int64) int64 {
 // WriteTable prints the fleet table and the summary line.
 func (v *FleetView) WriteTable(w io.Writer, now time.Time) {
 	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "DEVICE\tPROFILE\tLABELS\tAPP\tVERSION\tSTATE\tPROGRESS\tLAST SEEN\tERROR")
+	// LABELS only when a device has labels: a fleet without them keeps
+	// the narrower table.
+	devs := v.Devices()
+	withLabels := slices.ContainsFunc(devs, func(d protocol.DeviceStatus) bool { return len(d.Labels) > 0 })
+	labels := func(d protocol.DeviceStatus) string {
+		if !withLabels {
+			return ""
+		}
+		return oneLine(d.Labels.String(), 24) + "\t"
+	}
+	if withLabels {
+		fmt.Fprintln(tw, "DEVICE\tPROFILE\tLABELS\tAPP\tVERSION\tSTATE\tPROGRESS\tLAST SEEN\tERROR")
+	} else {
+		fmt.Fprintln(tw, "DEVICE\tPROFILE\tAPP\tVERSION\tSTATE\tPROGRESS\tLAST SEEN\tERROR")
+	}
 	assigned := v.Assigned()
-	for _, d := range v.Devices() {
+	for _, d := range devs {
 		seen := "offline " + ago(now, d.Time)
 		if d.Online {
 			seen = ago(now, d.Time)
@@ -324,7 +338,7 @@ func (v *FleetView) WriteTable(w io.Writer, now time.Time) {
 					ver += " (assigned " + as + ")"
 				}
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", d.Device, dash(d.Profile), oneLine(d.Labels.String(), 24), a.App, ver, dash(a.State), prog, seen, oneLine(msg, 60))
+			fmt.Fprintf(tw, "%s\t%s\t%s%s\t%s\t%s\t%s\t%s\t%s\n", d.Device, dash(d.Profile), labels(d), a.App, ver, dash(a.State), prog, seen, oneLine(msg, 60))
 		}
 	}
 	tw.Flush()
