@@ -406,7 +406,11 @@ func (e *RolloutEngine) Evaluate(now time.Time) {
 	if r.State != protocol.RolloutRunning {
 		return
 	}
-	complete := e.cnt[clsPending]+e.cnt[clsWaiting] == 0
+	// Complete: every member has an outcome, and the cut holds someone
+	// (a cut that, for the devices known now, holds nobody waits for
+	// them, rather than passing a wave nobody ran).
+	members := len(e.devs) - e.cnt[clsOut]
+	complete := e.cnt[clsPending]+e.cnt[clsWaiting] == 0 && (members > 0 || len(e.devs) == 0)
 	switch {
 	case !complete && !r.BakeFrom.IsZero():
 		r.BakeFrom = time.Time{}
