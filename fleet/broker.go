@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/subtle"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/hex"
@@ -16,6 +17,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -137,7 +139,24 @@ type Broker struct {
 	opts  BrokerOptions
 	auth  *authHook
 	close sync.Once
+	// internalAddr is the loopback listener of the broker's own clients
+	// (the rollout driver), which log in with internalUser and the
+	// auth hook's internalSecret, whatever the users file or TLS say.
+	internalAddr string
+	started      time.Time
 }
+
+// internalUser is the identity of the broker's own rollout driver. It
+// cannot be in a users file (user names have no '@'), and the internal
+// listener accepts nothing else.
+const internalUser = "@rollout-driver"
+
+// roleInternal is the internal driver's role: read and write under
+// edgefleet/v1/ whatever the ACL file says.
+const roleInternal = "internal"
+
+// internalListenerID names the internal listener.
+const internalListenerID = "internal"
 
 // StartBroker starts the embedded broker; it serves until Close.
 func StartBroker(opts BrokerOptions) (*Broker, error) {
@@ -146,6 +165,9 @@ func StartBroker(opts BrokerOptions) (*Broker, error) {
 	}
 	auth := &authHook{acl: DefaultACL(), logf: opts.Logf, open: !opts.authenticated(),
 		logins: make(chan struct{}, opts.MaxConcurrentLogins), loginWait: opts.ConnectTimeout}
+	var secret [32]byte
+	rand.Read(secret[:])
+	auth.internalSecret = []byte(hex.EncodeToString(secret[:]))
 	if opts.Users != "" {
 		u, err := LoadUsers(opts.Users)
 		if err != nil {
@@ -216,11 +238,16 @@ func StartBroker(opts BrokerOptions) (*Broker, error) {
 		srv.Close()
 		return nil, fmt.Errorf("broker: listen on %s: %w", opts.Listen, err)
 	}
+	internal := listeners.NewTCP(listeners.Config{ID: internalListenerID, Address: "127.0.0.1:0"})
+	if err := srv.AddListener(connectDeadline{TCP: internal, d: opts.ConnectTimeout}); err != nil {
+		srv.Close()
+		return nil, fmt.Errorf("broker: internal listener on 127.0.0.1: %w", err)
+	}
 	if err := srv.Serve(); err != nil {
 		srv.Close()
 		return nil, err
 	}
-	return &Broker{srv: srv, addr: tcp.Address(), opts: opts, auth: auth}, nil
+	return &Broker{srv: srv, addr: tcp.Address(), opts: opts, auth: auth, internalAddr: internal.Address(), started: time.Now()}, nil
 }
 
 // connectDeadline closes a connection that has not sent its CONNECT within
@@ -255,6 +282,18 @@ func (b *Broker) URL() string {
 	}
 	return "tcp://" + b.addr
 }
+
+// InternalClient is how the broker's own clients (the rollout driver)
+// connect: a loopback listener that accepts only them, with an identity
+// that may read and write under edgefleet/v1/ whatever the users file,
+// client certificates or ACL file say.
+func (b *Broker) InternalClient() ClientOptions {
+	return ClientOptions{Broker: "tcp://" + b.internalAddr, Username: internalUser, Password: string(b.auth.internalSecret)}
+}
+
+// Started is when the broker started: a driver presence that says
+// online but was written before it is stale (every connection is newer).
+func (b *Broker) Started() time.Time { return b.started }
 
 // BytesSent is the number of bytes the broker has written to clients.
 func (b *Broker) BytesSent() int64 { return atomic.LoadInt64(&b.srv.Info.BytesSent) }
@@ -309,6 +348,9 @@ type authHook struct {
 	// compares and dummyCompares count bcrypt comparisons (all, and those
 	// against dummyHash).
 	compares, dummyCompares atomic.Int64
+	// internalSecret is the password of internalUser on the internal
+	// listener.
+	internalSecret []byte
 }
 
 // dummyHash returns a bcrypt hash of a random password at the cost most of
@@ -387,6 +429,12 @@ func (h *authHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) boo
 }
 
 func (h *authHook) authenticate(cl *mqtt.Client, pk packets.Packet) (identity, error) {
+	if cl.Net.Listener == internalListenerID {
+		if string(pk.Connect.Username) == internalUser && subtle.ConstantTimeCompare(pk.Connect.Password, h.internalSecret) == 1 {
+			return identity{name: internalUser, role: roleInternal}, nil
+		}
+		return identity{}, errors.New("the internal listener accepts only the broker's own rollout driver")
+	}
 	if h.open {
 		return identity{name: cl.ID, role: RoleOperator}, nil
 	}
@@ -428,6 +476,9 @@ func (h *authHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 	id := v.(identity)
 	if h.open {
 		return true
+	}
+	if id.role == roleInternal {
+		return strings.HasPrefix(topic, protocol.TopicPrefix)
 	}
 	if h.acl.Allowed(id.role, id.name, topic, write) {
 		return true

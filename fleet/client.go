@@ -28,6 +28,12 @@ type ClientOptions struct {
 	ClientID string
 	// ConnectTimeout defaults to 10s.
 	ConnectTimeout time.Duration
+	// WillTopic and WillPayload, when set, are the connection's last will
+	// (retained, QoS 1): the rollout driver's presence says it is gone.
+	WillTopic   string
+	WillPayload []byte
+	// OnConnectionLost, when set, is called once if the connection drops.
+	OnConnectionLost func(error)
 }
 
 // Validate checks the options and fills defaults.
@@ -111,6 +117,12 @@ func Connect(ctx context.Context, o ClientOptions) (paho.Client, error) {
 	}
 	if tlsConf != nil {
 		po.SetTLSConfig(tlsConf)
+	}
+	if o.WillTopic != "" {
+		po.SetBinaryWill(o.WillTopic, o.WillPayload, 1, true)
+	}
+	if o.OnConnectionLost != nil {
+		po.SetConnectionLostHandler(func(_ paho.Client, err error) { o.OnConnectionLost(err) })
 	}
 	c := paho.NewClient(po)
 	if err := wait(ctx, c.Connect(), o.ConnectTimeout); err != nil {

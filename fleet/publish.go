@@ -20,6 +20,10 @@ type PublishOptions struct {
 	// that device's desired topic instead (edgefleet assign). Exactly one.
 	Channel string
 	Device  string
+	// Candidate, with Channel, publishes the envelope to the channel's
+	// rollout candidate topic instead of its release topic (rollout
+	// start): only the rollout's members take it.
+	Candidate bool
 	// InFlight bounds unacknowledged QoS 1 chunk publishes. Default 16.
 	InFlight int
 	// Progress, when set, is called after each chunk is acknowledged with
@@ -41,6 +45,9 @@ func (o *PublishOptions) Validate() error {
 	}
 	if (o.Channel == "") == (o.Device == "") {
 		return errors.New("publish: give a channel or a device, not both")
+	}
+	if o.Candidate && o.Channel == "" {
+		return errors.New("publish: a rollout candidate needs a channel")
 	}
 	if o.Channel != "" && !protocol.ValidChannel(o.Channel) {
 		return fmt.Errorf("publish: channel %q: use lower-case letters, digits, . _ -", o.Channel)
@@ -115,9 +122,12 @@ func PublishBundle(ctx context.Context, c paho.Client, path string, o PublishOpt
 	}
 	m := b.Manifest
 	var topic string
-	if o.Channel != "" {
+	switch {
+	case o.Candidate:
+		topic, err = protocol.CandidateTopic(o.Channel, m.App, m.Profile)
+	case o.Channel != "":
 		topic, err = protocol.ReleaseTopic(o.Channel, m.App, m.Profile)
-	} else {
+	default:
 		topic, err = protocol.DesiredTopic(o.Device, m.App)
 	}
 	if err != nil {

@@ -343,7 +343,17 @@ type Rollout struct {
 	WaveStarted []time.Time `json:"wave_started"`
 	// BakeFrom is when the current wave met its success condition (zero
 	// while it has not): the next wave starts BakeSeconds later.
-	BakeFrom time.Time        `json:"bake_from,omitzero"`
+	BakeFrom time.Time `json:"bake_from,omitzero"`
+	// Resumed is when an operator last resumed the rollout (zero if
+	// never): device timeouts and the bake count from it at the earliest,
+	// so time spent paused never counts against a device or a wave.
+	Resumed time.Time `json:"resumed,omitzero"`
+	// Revision grows by one with every write of the message, by the
+	// driver or an operator command; a writer starts from the revision
+	// it read. The driver adopts a message it did not write (an
+	// operator's, Driver ""), so an operator's state change is never
+	// overwritten by the driver's stale copy (SPEC.md §8.8).
+	Revision uint64           `json:"revision,omitempty"`
 	Reason   string           `json:"reason,omitempty"` // one line: why it is paused, halted, aborted, or what it waits for
 	Counts   RolloutCounts    `json:"counts"`
 	Failures []RolloutFailure `json:"failures,omitempty"`

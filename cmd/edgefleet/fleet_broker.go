@@ -32,6 +32,7 @@ func runBroker(ctx context.Context, env *cliEnv, args []string) int {
 	fs.DurationVar(&o.SessionExpiry, "session-expiry", 7*24*time.Hour, "how long a disconnected session is kept")
 	fs.DurationVar(&o.ConnectTimeout, "connect-timeout", fleet.DefaultConnectTimeout, "close a new connection that has not completed its TLS handshake and CONNECT within this time")
 	fs.IntVar(&o.MaxConcurrentLogins, "max-logins", 0, "password checks (bcrypt) run at once; more wait up to --connect-timeout (default: half the CPUs, at least 1)")
+	driver := fs.Bool("rollout-driver", true, "drive staged rollouts inside the broker (false when `edgefleet rollout drive` runs elsewhere)")
 	fs.Usage = func() {
 		fmt.Fprintln(env.stderr, "usage: edgefleet broker --data DIR [--listen ADDR] [--tls-cert F --tls-key F [--client-ca F]] [--users F] [--acl F]")
 		fs.PrintDefaults()
@@ -62,7 +63,23 @@ func runBroker(ctx context.Context, env *cliEnv, args []string) int {
 		fmt.Fprintf(env.stderr, "edgefleet broker: listening on %s\n", b.URL())
 	}
 	fmt.Fprintf(env.stdout, "%s\n", b.URL())
-	b.Run(ctx)
+	driverDone := make(chan struct{})
+	dctx, stopDriver := context.WithCancel(ctx)
+	if *driver {
+		go func() {
+			defer close(driverDone)
+			err := fleet.RunDriver(dctx, fleet.DriverOptions{Client: b.InternalClient(), StaleBefore: b.Started(), Logf: o.Logf})
+			if err != nil && dctx.Err() == nil {
+				fmt.Fprintf(env.stderr, "edgefleet broker: the rollout driver stopped: %v\n", err)
+			}
+		}()
+	} else {
+		close(driverDone)
+	}
+	<-ctx.Done()
+	stopDriver()
+	<-driverDone
+	b.Close()
 	fmt.Fprintln(env.stderr, "edgefleet broker: stopped")
 	return 0
 }
