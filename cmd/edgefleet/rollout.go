@@ -23,13 +23,27 @@ func init() {
 	register("rollout", command{summary: "staged rollouts: start, status, pause, resume, abort, drive", run: runRollout})
 }
 
-// rolloutSequenceCheck is the hook for the sequence-conflict check (issue
-// 8: refuse a sequence the broker already holds for a different payload
-// of the same app). SEQUENCE-CONFLICT HOOK: the check is written
-// separately and wired in here; nil means no check. It gets the verified
-// manifests and the retained releases, candidates and assignments (by
-// topic) before anything is published.
-var rolloutSequenceCheck func(manifests []*protocol.Manifest, retained map[string][]byte) error
+// rolloutSequenceCheck refuses a sequence the broker already holds for a
+// different build of the same app (a channel release, an assignment or
+// another rollout's candidate), before anything is published: the same
+// sequence for two builds would split the fleet silently.
+func rolloutSequenceCheck(manifests []*protocol.Manifest, retained map[string][]byte) error {
+	held := map[string][]byte{}
+	for t, b := range retained {
+		if tp, err := protocol.ParseTopic(t); err == nil && (tp.Kind == protocol.KindRelease || tp.Kind == protocol.KindDesired ||
+			tp.Kind == protocol.KindRollout || tp.Kind == protocol.KindCandidate) {
+			held[t] = b
+		}
+	}
+	cat := fleet.NewCatalog(held, nil)
+	for _, m := range manifests {
+		if err := cat.CheckSequence(m, m.Payload.SHA256); err != nil {
+			return fmt.Errorf("not publishing anything: %w", err)
+		}
+		cat.AddPending(m, m.Profile+" bundle (in this rollout)")
+	}
+	return nil
+}
 
 func rolloutUsage(w io.Writer) {
 	fmt.Fprintln(w, `usage: edgefleet rollout start --broker URL --pub KEY [--channel stable] [--waves 1,5%,25%,100%]
@@ -187,10 +201,8 @@ func runRolloutStart(ctx context.Context, env *cliEnv, args []string) int {
 				old.ID, old.App, old.Version, old.Channel, old.State, old.Wave+1, len(old.Waves), old.ID)
 		}
 	}
-	if rolloutSequenceCheck != nil {
-		if err := rolloutSequenceCheck(manifests, snap); err != nil {
-			return fail("%v", err)
-		}
+	if err := rolloutSequenceCheck(manifests, snap); err != nil {
+		return fail("%v", err)
 	}
 	// Selection from the devices' current statuses.
 	var selected []string
