@@ -1,13 +1,16 @@
 package main
 
 // edgefleet demo: the whole story on one machine with nothing to install
-// but Go. It starts the embedded broker on loopback, makes throwaway keys,
-// builds the agent and packs the sample app three times (the third release
-// fails its health check on purpose), starts real edgefleet-agent
-// processes in temporary device directories, publishes the releases one
-// after the other and shows the fleet converge and roll back. Everything
-// it starts is stopped and everything it writes is removed at the end,
-// also on Ctrl-C; on a failure the device logs are kept and named.
+// but Go. It starts the embedded broker on loopback (with its rollout
+// driver), makes throwaway keys, builds the agent and packs the sample app
+// three times (the third release fails its health check on purpose),
+// starts real edgefleet-agent processes in temporary device directories,
+// publishes the first release to every device, rolls the second out in
+// waves, and rolls the third out the same way: it fails on the first wave,
+// the rollout halts by itself, and the other devices never see it.
+// Everything it starts is stopped and everything it writes is removed at
+// the end, also on Ctrl-C; on a failure the device logs are kept and
+// named.
 
 import (
 	"bufio"
@@ -35,7 +38,7 @@ import (
 )
 
 func init() {
-	register("demo", command{summary: "run a whole fleet on this machine: broker, agents, three releases, a rollback (nothing to set up)", run: runDemo})
+	register("demo", command{summary: "run a whole fleet on this machine: broker, agents, a release, a staged rollout, and a bad one that halts itself (nothing to set up)", run: runDemo})
 }
 
 // modulePath is the module the demo builds the agent and the sample app from.
@@ -94,8 +97,10 @@ type demo struct {
 	agentExe string
 	releases []*demoRelease
 
-	broker *fleet.Broker
-	op     paho.Client
+	broker     *fleet.Broker
+	stopDriver context.CancelFunc
+	driverDone chan struct{}
+	op         paho.Client
 	view   *fleet.FleetView
 	agents []*demoAgent
 	phases []demoPhase
@@ -106,6 +111,8 @@ type demo struct {
 
 	mu   sync.Mutex
 	seen map[string]map[string]bool // device → "version/state" ever reported
+	// ro is the latest control message of the stable hello rollout.
+	ro *protocol.Rollout
 }
 
 func runDemo(ctx context.Context, env *cliEnv, args []string) int {
@@ -174,9 +181,9 @@ func (d *demo) run(ctx context.Context) (code int) {
 	}{
 		{"Setting up: broker, throwaway keys, agent build, three releases", d.setup},
 		{fmt.Sprintf("Starting %d devices (real edgefleet-agent processes, one directory each)", d.devices), d.startDevices},
-		{"", func(ctx context.Context) error { return d.rollout(ctx, d.releases[0]) }},
-		{"", func(ctx context.Context) error { return d.rollout(ctx, d.releases[1]) }},
-		{"", func(ctx context.Context) error { return d.rollout(ctx, d.releases[2]) }},
+		{"", func(ctx context.Context) error { return d.publish(ctx, d.releases[0]) }},
+		{"", func(ctx context.Context) error { return d.stage(ctx, d.releases[1]) }},
+		{"", func(ctx context.Context) error { return d.stage(ctx, d.releases[2]) }},
 	}
 	for i, s := range steps {
 		d.stepNo = i + 1
@@ -294,13 +301,23 @@ func (d *demo) setup(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(d.out, "  broker    embedded MQTT broker on %s (retained releases in %s)\n", d.broker.URL(), filepath.Join(d.root, "broker"))
+	fmt.Fprintf(d.out, "  broker    embedded MQTT broker on %s (retained releases in %s), driving staged rollouts\n", d.broker.URL(), filepath.Join(d.root, "broker"))
+	dctx, stop := context.WithCancel(context.Background())
+	d.stopDriver, d.driverDone = stop, make(chan struct{})
+	go func() {
+		defer close(d.driverDone)
+		fleet.RunDriver(dctx, fleet.DriverOptions{Client: d.broker.InternalClient(), StaleBefore: d.broker.Started()})
+	}()
 	d.op, err = fleet.Connect(ctx, fleet.ClientOptions{Broker: d.broker.URL(), ClientID: "edgefleet-demo-operator"})
 	if err != nil {
 		return err
 	}
 	d.view = fleet.NewFleetView()
 	if err := fleet.Subscribe(ctx, d.op, protocol.DeviceFilters, d.observe); err != nil {
+		return err
+	}
+	ctrl, _ := protocol.RolloutTopic("stable", "hello")
+	if err := fleet.Subscribe(ctx, d.op, []string{ctrl}, d.observeRollout); err != nil {
 		return err
 	}
 
@@ -399,7 +416,40 @@ func (d *demo) observe(topic string, payload []byte) {
 	}
 	for _, a := range s.Apps {
 		d.seen[s.Device][a.Version+"/"+a.State] = true
+		if a.Target != "" {
+			d.seen[s.Device][a.Target+"/download"] = true
+		}
 	}
+}
+
+// observeRollout keeps the latest control message of the rollout.
+func (d *demo) observeRollout(_ string, payload []byte) {
+	r, err := protocol.ParseRollout(payload)
+	if err != nil {
+		return
+	}
+	d.mu.Lock()
+	d.ro = r
+	d.mu.Unlock()
+}
+
+func (d *demo) rolloutNow() *protocol.Rollout {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.ro
+}
+
+// sawVersion reports whether device ever reported version (installed, on
+// trial or rolled back).
+func (d *demo) sawVersion(device, version string) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for k := range d.seen[device] {
+		if strings.HasPrefix(k, version+"/") {
+			return true
+		}
+	}
+	return false
 }
 
 func (d *demo) wasSeen(device, version, state string) bool {
@@ -510,15 +560,10 @@ func dash(s string) string {
 	return s
 }
 
-// rollout publishes r and waits for the fleet to settle on it (or, for the
-// broken release, to roll back from it).
-func (d *demo) rollout(ctx context.Context, r *demoRelease) error {
-	broken := len(r.ldflags) > 0
-	if broken {
-		d.heading(fmt.Sprintf("Publishing hello %s (sequence %d), built so that its health check fails", r.version, r.seq))
-	} else {
-		d.heading(fmt.Sprintf("Publishing hello %s (sequence %d) to channel stable", r.version, r.seq))
-	}
+// publish publishes r to the whole channel at once and waits for every
+// device to commit it.
+func (d *demo) publish(ctx context.Context, r *demoRelease) error {
+	d.heading(fmt.Sprintf("Publishing hello %s (sequence %d) to every device on channel stable", r.version, r.seq))
 	sent0 := d.broker.BytesSent()
 	t0 := time.Now()
 	kr := protocol.NewKeyring(d.pub)
@@ -527,40 +572,127 @@ func (d *demo) rollout(ctx context.Context, r *demoRelease) error {
 		return err
 	}
 	fmt.Fprintf(d.out, "  published %d chunks, %s, retained on the broker; the devices fetch, verify, probe, swap and try it:\n", res.Chunks, humanBytes(res.Bytes))
-	var goal func(a *demoAgent, s *protocol.DeviceStatus) (bool, string)
-	if !broken {
-		goal = func(_ *demoAgent, s *protocol.DeviceStatus) (bool, string) {
-			app := helloReport(s)
-			if app == nil || app.Version != r.version || app.State != stateCommitted {
-				return false, ""
-			}
-			return true, fmt.Sprintf("hello %s committed (passed its %s trial)", r.version, d.window)
-		}
-	} else {
-		prev := d.releases[1].version
-		goal = func(a *demoAgent, s *protocol.DeviceStatus) (bool, string) {
-			app := helloReport(s)
-			if app == nil || app.Version != prev || app.State != stateRolledBack || app.LastError == "" {
-				return false, ""
-			}
-			what := "refused hello " + r.version
-			if d.wasSeen(a.id, r.version, stateTrial) {
-				what = "installed hello " + r.version + ", its health check failed"
-			}
-			return true, fmt.Sprintf("%s → rolled back to %s", what, prev)
-		}
-	}
-	what := "hello " + r.version + " committed"
-	if broken {
-		what = "hello " + r.version + " rolled back to " + d.releases[1].version
-	}
-	took, err := d.wait(ctx, t0, what, goal)
+	took, err := d.wait(ctx, t0, "hello "+r.version+" committed", d.committed(r))
 	if err != nil {
 		return err
 	}
 	d.phases = append(d.phases, demoPhase{rel: r, took: took, sent: d.broker.BytesSent() - sent0, published: res.Bytes})
 	d.table()
 	return nil
+}
+
+// committed is the goal "runs r, committed".
+func (d *demo) committed(r *demoRelease) func(*demoAgent, *protocol.DeviceStatus) (bool, string) {
+	return func(a *demoAgent, s *protocol.DeviceStatus) (bool, string) {
+		app := helloReport(s)
+		if app == nil || app.Version != r.version || app.State != stateCommitted {
+			return false, ""
+		}
+		return true, fmt.Sprintf("hello %s committed (passed its %s trial)%s", r.version, d.window, d.waveOf(a.id))
+	}
+}
+
+// demoWaves are the demo's rollout waves: one canary, half, everyone.
+const demoWaves = "1,50%,100%"
+
+// stage rolls r out in waves with `edgefleet rollout start` (the broker
+// drives it). A good release reaches every device wave by wave; the broken
+// one fails on the canary and the rollout halts: the other devices never
+// download it.
+func (d *demo) stage(ctx context.Context, r *demoRelease) error {
+	broken := len(r.ldflags) > 0
+	bake := d.window
+	if broken {
+		d.heading(fmt.Sprintf("Rolling out hello %s (sequence %d) in waves %s, built so that its health check fails", r.version, r.seq, demoWaves))
+	} else {
+		d.heading(fmt.Sprintf("Rolling out hello %s (sequence %d) to channel stable in waves %s", r.version, r.seq, demoWaves))
+	}
+	sent0 := d.broker.BytesSent()
+	t0 := time.Now()
+	var out bytes.Buffer
+	args := []string{"rollout", "start", "--broker", d.broker.URL(), "--pub", d.pubPath, "--channel", "stable", "--quiet",
+		"--waves", demoWaves, "--max-failures", "10%", "--min-executed", "3", "--bake", bake.String(), "--device-timeout", d.timeout.String(), r.bundle}
+	fmt.Fprintf(d.out, "  $ edgefleet rollout start --waves %s --max-failures 10%% --min-executed 3 --bake %s %s\n", demoWaves, bake, filepath.Base(r.bundle))
+	if code := run(ctx, &cliEnv{stdin: strings.NewReader(""), stdout: &out, stderr: &out, getenv: d.env.getenv}, args); code != 0 {
+		return fmt.Errorf("edgefleet rollout start failed (exit %d):\n%s", code, out.String())
+	}
+	for _, line := range strings.Split(strings.TrimSpace(out.String()), "\n") {
+		fmt.Fprintf(d.out, "    %s\n", line)
+	}
+	var took time.Duration
+	var err error
+	if !broken {
+		took, err = d.wait(ctx, t0, "hello "+r.version+" committed", d.committed(r))
+		if err == nil {
+			_, err = d.waitRollout(ctx, protocol.RolloutDone)
+		}
+	} else {
+		prev := d.releases[1].version
+		took, err = d.wait(ctx, t0, "the rollout of hello "+r.version+" halted, every device on "+prev, func(a *demoAgent, s *protocol.DeviceStatus) (bool, string) {
+			ro := d.rolloutNow()
+			app := helloReport(s)
+			if ro == nil || ro.Sequence != r.seq || app == nil || app.Version != prev {
+				return false, ""
+			}
+			if ro.Member(a.id, s.Labels) {
+				if app.State != stateRolledBack || app.LastError == "" {
+					return false, ""
+				}
+				return true, fmt.Sprintf("installed hello %s, its health check failed → rolled back to %s%s", r.version, prev, d.waveOf(a.id))
+			}
+			if ro.State != protocol.RolloutHalted {
+				return false, ""
+			}
+			return true, fmt.Sprintf("never saw hello %s: not in wave 1, and the rollout halted", r.version)
+		})
+	}
+	if err != nil {
+		return err
+	}
+	d.phases = append(d.phases, demoPhase{rel: r, took: took, sent: d.broker.BytesSent() - sent0, published: r.payload})
+	if ro := d.rolloutNow(); ro != nil {
+		fmt.Fprintf(d.out, "  rollout %s: %s\n", ro.State, ro.Reason)
+	}
+	d.table()
+	return nil
+}
+
+// waveOf says in which wave of the current rollout device was (empty
+// when no rollout has started).
+func (d *demo) waveOf(device string) string {
+	ro := d.rolloutNow()
+	if ro == nil {
+		return ""
+	}
+	h := protocol.MemberHash(ro.ID, device)
+	for i, c := range ro.Cuts {
+		if h < c {
+			return fmt.Sprintf(", wave %d", i+1)
+		}
+	}
+	return ""
+}
+
+// waitRollout waits until the rollout reaches state.
+func (d *demo) waitRollout(ctx context.Context, state string) (*protocol.Rollout, error) {
+	deadline := time.Now().Add(d.timeout)
+	for {
+		if ro := d.rolloutNow(); ro != nil && ro.State == state {
+			return ro, nil
+		}
+		if time.Now().After(deadline) {
+			ro := d.rolloutNow()
+			if ro == nil {
+				return nil, fmt.Errorf("no rollout message on the broker after %s", d.timeout)
+			}
+			return nil, fmt.Errorf("the rollout %s is %s, not %s, after %s: %s", ro.ID, ro.State, state, d.timeout, ro.Reason)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }
 
 func helloReport(s *protocol.DeviceStatus) *protocol.AppReport {
@@ -673,36 +805,38 @@ func (d *demo) tableText() string {
 	return out.String()
 }
 
-// summary prints the phases and checks the end state: every device on 2.0.0
-// after rolling 3.0.0 back.
+// summary prints the phases and checks the end state: every device on
+// 2.0.0, and the broken 3.0.0 seen only by the devices of its first wave.
 func (d *demo) summary() bool {
 	for i, p := range d.phases {
-		perDev := p.sent / int64(len(d.agents))
 		verb := "committed on every device"
-		if len(p.rel.ldflags) > 0 {
-			verb = "rolled back on every device"
+		switch {
+		case len(p.rel.ldflags) > 0:
+			verb = "halted after wave 1"
+		case i > 0:
+			verb = "rolled out wave by wave"
 		}
-		fmt.Fprintf(d.out, "  %d. hello %s  %-27s in %-6s payload %s, broker sent %s per device\n",
-			i+1, p.rel.version, verb, round(p.took), humanBytes(p.published), humanBytes(perDev))
+		fmt.Fprintf(d.out, "  %d. hello %s  %-27s in %-6s payload %s, broker sent %s in all\n",
+			i+1, p.rel.version, verb, round(p.took), humanBytes(p.published), humanBytes(p.sent))
 	}
-	final := d.releases[1].version
+	final, bad := d.releases[1].version, d.releases[2].version
 	ok := true
-	var reasons []string
+	var touched []string
 	count := map[string]int{}
+	var reasons []string
 	for _, a := range d.agents {
-		var s *protocol.DeviceStatus
+		var app *protocol.AppReport
 		for _, dev := range d.view.Devices() {
 			if dev.Device == a.id {
-				s = &dev
+				app = helloReport(&dev)
 			}
-		}
-		var app *protocol.AppReport
-		if s != nil {
-			app = helloReport(s)
 		}
 		if app == nil || app.Version != final {
 			ok = false
 			continue
+		}
+		if d.sawVersion(a.id, bad) {
+			touched = append(touched, a.id)
 		}
 		if r := app.LastError; r != "" {
 			// The device directory stands in for a device's root, and the
@@ -715,8 +849,14 @@ func (d *demo) summary() bool {
 			count[r]++
 		}
 	}
+	ro := d.rolloutNow()
+	if ro == nil || ro.State != protocol.RolloutHalted || len(touched) == 0 || len(touched) > ro.Counts.Members {
+		ok = false
+	}
 	if ok {
-		fmt.Fprintf(d.out, "  Every device runs hello %s: hello %s failed its trial and was rolled back.\n", final, d.releases[2].version)
+		fmt.Fprintf(d.out, "  Every device runs hello %s. hello %s reached %d of %d devices (%s): the rollout halted itself after its first wave, and %d devices never downloaded a byte of it.\n",
+			final, bad, len(touched), len(d.agents), strings.Join(touched, ", "), len(d.agents)-len(touched))
+		fmt.Fprintf(d.out, "  The rollout says: %s\n", ro.Reason)
 	}
 	for _, r := range reasons {
 		fmt.Fprintf(d.out, "  Reason reported by %d of %d devices: %s\n", count[r], len(d.agents), r)
@@ -752,6 +892,10 @@ func (d *demo) cleanup(failed bool) {
 	}
 	if d.op != nil {
 		d.op.Disconnect(100)
+	}
+	if d.stopDriver != nil {
+		d.stopDriver()
+		<-d.driverDone
 	}
 	if d.broker != nil {
 		d.broker.Close()

@@ -85,9 +85,10 @@ func assertNothingLeft(t *testing.T, tmp string) {
 	}
 }
 
-// TestDemo runs the whole demo with two real agents: v1 and v2 converge,
-// v3 fails its health check and every device rolls back to v2; nothing is
-// left running or on disk.
+// TestDemo runs the whole demo with two real agents: 1.0.0 converges on a
+// plain publish, 2.0.0 through a staged rollout, and the broken 3.0.0
+// fails on the canary: the rollout halts and the other device never sees
+// it; nothing is left running or on disk.
 func TestDemo(t *testing.T) {
 	tmp := demoTmp(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
@@ -101,27 +102,38 @@ func TestDemo(t *testing.T) {
 	for _, want := range []string{
 		"[1/6]", "[2/6]", "[3/6]", "[4/6]", "[5/6]", "[6/6] Summary",
 		"all 2 devices: hello 1.0.0 committed",
+		"started rollout hello-2-",
 		"all 2 devices: hello 2.0.0 committed",
-		"all 2 devices: hello 3.0.0 rolled back to 2.0.0",
-		"Every device runs hello 2.0.0: hello 3.0.0 failed its trial and was rolled back.",
-		"Reason reported by 2 of 2 devices: hello failed its health check on trial",
+		"all 2 devices: the rollout of hello 3.0.0 halted, every device on 2.0.0",
+		"rollout halted: halted in wave 1: 1 of 1 devices failed",
+		"Every device runs hello 2.0.0. hello 3.0.0 reached 1 of 2 devices",
+		"1 devices never downloaded a byte of it",
+		"Reason reported by 1 of 2 devices: hello failed its health check on trial",
 		"Stopped 2 agents and the broker, removed ",
 	} {
 		if !strings.Contains(stdout, want) {
 			t.Errorf("output lacks %q", want)
 		}
 	}
-	// Each device's line in the rollback phase, and in the last table.
-	for _, id := range []string{"demo-01", "demo-02"} {
-		if !regexp.MustCompile(id + ` .*installed hello 3\.0\.0, its health check failed → rolled back to 2\.0\.0`).MatchString(stdout) {
-			t.Errorf("output lacks %s installing 3.0.0 and rolling back", id)
-		}
+	// One device in the rollback phase installed 3.0.0 and rolled back,
+	// the other never saw it.
+	canary := regexp.MustCompile(`(demo-0[12]) .*installed hello 3\.0\.0, its health check failed → rolled back to 2\.0\.0, wave 1`).FindStringSubmatch(stdout)
+	if canary == nil {
+		t.Fatalf("output lacks the canary installing 3.0.0 and rolling back")
+	}
+	other := "demo-01"
+	if canary[1] == other {
+		other = "demo-02"
+	}
+	if !regexp.MustCompile(other + ` .*never saw hello 3\.0\.0`).MatchString(stdout) {
+		t.Errorf("output does not say that %s never saw 3.0.0", other)
 	}
 	final := stdout[strings.LastIndex(stdout, "what `edgefleet status` shows now:"):]
-	for _, id := range []string{"demo-01", "demo-02"} {
-		if !regexp.MustCompile(`(?m)^\s+` + id + `\s+\S+\s+hello\s+2\.0\.0\s+rolled-back\s`).MatchString(final) {
-			t.Errorf("the last status table does not show %s on 2.0.0, rolled back:\n%s", id, final)
-		}
+	if !regexp.MustCompile(`(?m)^\s+` + canary[1] + `\s+\S+\s+hello\s+2\.0\.0\s+rolled-back\s`).MatchString(final) {
+		t.Errorf("the last status table does not show %s on 2.0.0, rolled back:\n%s", canary[1], final)
+	}
+	if !regexp.MustCompile(`(?m)^\s+` + other + `\s+\S+\s+hello\s+2\.0\.0\s+committed\s`).MatchString(final) {
+		t.Errorf("the last status table does not show %s on 2.0.0, committed:\n%s", other, final)
 	}
 	if !strings.Contains(final, "hello 2.0.0: 2") {
 		t.Errorf("the last summary line does not count both devices on 2.0.0:\n%s", final)
