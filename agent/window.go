@@ -165,6 +165,9 @@ func ParseWindow(s string) (Window, error) {
 	switch len(f) {
 	case 1:
 		times = f[0]
+		if !strings.Contains(times, ":") {
+			return bad("%q has no time range HH:MM-HH:MM", clip(times, 20))
+		}
 		for i := range w.Days {
 			w.Days[i] = true
 		}
