@@ -845,6 +845,9 @@ func (t *mqttTransport) evaluate(ctx context.Context, ap *mqttApp) {
 	}
 	if m.Sequence <= floor {
 		if ap.dl != nil && !ap.installing {
+			if ap.dl.rel.candidate && !rel.candidate {
+				t.logf("mqtt: %s: abandoning the download of %s: its rollout no longer offers it to this device", ap.cfg.Name, ap.dl.rel.m.Version)
+			}
 			t.abandon(ap)
 		}
 		return
