@@ -50,6 +50,13 @@ type Config struct {
 	Broker *BrokerConfig `yaml:"broker,omitempty"`
 	// Limits bounds what an install may cost this device.
 	Limits LimitsConfig `yaml:"limits,omitempty"`
+	// Labels describe this device (site: berlin, hw: rev2): reported in
+	// its status and matched by rollout selectors (SPEC.md §8.8). Keys
+	// [a-z0-9][a-z0-9._-]{0,31}, values [A-Za-z0-9._-]{0,63}, at most 16.
+	Labels protocol.Labels `yaml:"labels,omitempty"`
+	// Maintenance, when set, restricts installs of releases received over
+	// MQTT to its windows (window.go). Nil: install at once.
+	Maintenance *MaintenanceConfig `yaml:"maintenance,omitempty"`
 }
 
 // LimitsConfig bounds what an install may cost this device. Unknown keys
@@ -228,6 +235,14 @@ func (c *Config) Validate() error {
 	}
 	if m := c.Limits.MaxDecoderMemory; m != 0 && m < minDecoderMemory {
 		return bad("limits.max_decoder_memory %s is below %s; no xz stream decodes with less (the profiles use 1MiB to 4MiB)", m, hardware.Size(minDecoderMemory))
+	}
+	if err := c.Labels.Validate(); err != nil {
+		return bad("labels: %v (e.g. labels: {site: berlin, hw: rev2})", strings.TrimSuffix(err.Error(), ": "+protocol.ErrMalformed.Error()))
+	}
+	if c.Maintenance != nil {
+		if err := c.Maintenance.validate(); err != nil {
+			return bad("%v", err)
+		}
 	}
 	if c.Broker != nil {
 		if err := c.Broker.validate(c.DeviceID); err != nil {

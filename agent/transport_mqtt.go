@@ -135,6 +135,8 @@ type mqttRelease struct {
 	// remembered by (expiry, target and probe belong to the manifest; a
 	// renewed manifest for the same reproducible payload is a new try).
 	id string
+	// candidate: offered by a rollout (candidate topic), not the channel.
+	candidate bool
 }
 
 type mqttDownload struct {
@@ -177,6 +179,19 @@ type mqttApp struct {
 	// marker arrives.
 	pending        map[string]*mqttRelease
 	pendingDesired *mqttRelease
+	// The app's rollout on the device's channel (transport_rollout.go):
+	// its control message (nil: none) and its candidates by profile, with
+	// their sync-round counterparts.
+	rollout           *protocol.Rollout
+	candidates        map[string]*mqttRelease
+	pendingRollout    *protocol.Rollout
+	pendingCandidates map[string]*mqttRelease
+	rolloutLog        string // the last rollout situation logged
+	// waitOpens is when the maintenance window opens next while a
+	// complete download waits for it (zero otherwise); waitLogged the
+	// payload whose wait was logged (window.go).
+	waitOpens  time.Time
+	waitLogged string
 }
 
 type mqttEvent struct {
@@ -276,7 +291,7 @@ func newMQTTTransport(d *Daemon) (*mqttTransport, error) {
 	mqttStatsHook.Store(d.cfg.DeviceID, t.stats)
 	for i := range d.cfg.Apps {
 		c := &d.cfg.Apps[i]
-		t.apps[c.Name] = &mqttApp{cfg: c, channel: map[string]*mqttRelease{}, failed: map[string]string{}}
+		t.apps[c.Name] = &mqttApp{cfg: c, channel: map[string]*mqttRelease{}, candidates: map[string]*mqttRelease{}, failed: map[string]string{}}
 	}
 	tlsConf, err := mqttTLS(bc)
 	if err != nil {
@@ -439,6 +454,13 @@ func (t *mqttTransport) subscribeAll() {
 			subs[f] = 0
 			filters = append(filters, f)
 		}
+		// The app's rollout: control message and candidates (§8.8).
+		if fs, err := protocol.RolloutFilters(t.cfg.Broker.Channel, name); err == nil {
+			for _, f := range fs {
+				subs[f] = 0
+				filters = append(filters, f)
+			}
+		}
 	}
 	desired := protocol.TopicPrefix + "device/" + t.cfg.DeviceID + "/desired/+"
 	subs[desired] = 0
@@ -448,6 +470,7 @@ func (t *mqttTransport) subscribeAll() {
 	t.syncNonce, t.syncStart = nonce, time.Now()
 	for _, ap := range t.apps {
 		ap.pending, ap.pendingDesired = map[string]*mqttRelease{}, nil
+		ap.pendingRollout, ap.pendingCandidates = nil, map[string]*mqttRelease{}
 	}
 	// Unsubscribe first: a broker need not send the retained messages
 	// again for a subscription it already has (a resumed session).
@@ -491,6 +514,7 @@ func (t *mqttTransport) syncDone(ctx context.Context, complete bool) {
 		}
 		if complete {
 			ap.channel, ap.desired = ap.pending, ap.pendingDesired
+			ap.rollout, ap.candidates = ap.pendingRollout, ap.pendingCandidates
 		} else {
 			for k, v := range ap.pending {
 				ap.channel[k] = v
@@ -498,14 +522,25 @@ func (t *mqttTransport) syncDone(ctx context.Context, complete bool) {
 			if ap.pendingDesired != nil {
 				ap.desired = ap.pendingDesired
 			}
+			for k, v := range ap.pendingCandidates {
+				ap.candidates[k] = v
+			}
+			if ap.pendingRollout != nil {
+				ap.rollout = ap.pendingRollout
+			}
 		}
 		for _, rel := range ap.channel {
 			t.redelivered(ap, rel)
 		}
+		for _, rel := range ap.candidates {
+			t.redelivered(ap, rel)
+		}
+		t.logRollout(ap)
 		if ap.desired != nil {
 			t.redelivered(ap, ap.desired)
 		}
 		ap.pending, ap.pendingDesired = nil, nil
+		ap.pendingRollout, ap.pendingCandidates = nil, nil
 		t.evaluate(ctx, ap)
 	}
 }
@@ -608,6 +643,10 @@ func (t *mqttTransport) message(ctx context.Context, topic string, payload []byt
 			t.redelivered(ap, rel)
 		}
 		t.evaluate(ctx, ap)
+	case protocol.KindRollout:
+		t.rolloutMessage(ctx, tp, topic, payload)
+	case protocol.KindCandidate:
+		t.candidateMessage(ctx, tp, topic, payload)
 	case protocol.KindChunk:
 		t.chunk(ctx, tp, payload)
 	case protocol.KindSync:
@@ -648,38 +687,47 @@ func (t *mqttTransport) parseRelease(ap *mqttApp, topic string, payload []byte) 
 	return nil
 }
 
-// choose picks the release for ap: the device's desired one, else the
-// channel's for the configured profile, else the most specific published
-// profile this CPU runs.
+// choose picks the release for ap: the device's desired one, else from
+// the channel's releases (with a running rollout's candidates overlaid
+// when the device is a member: releases) the one for the configured
+// profile, else the most specific published profile this CPU runs.
 func (t *mqttTransport) choose(a *Agent, ap *mqttApp) (*mqttRelease, error) {
 	if ap.desired != nil {
 		return ap.desired, nil
 	}
-	if len(ap.channel) == 0 {
-		return nil, nil
+	rel, profile, err := t.pick(a, t.releases(ap))
+	if profile != "" {
+		ap.profile = profile
+	}
+	return rel, err
+}
+
+// pick chooses from the releases ch (profile → release): the configured
+// profile's, else the most specific profile this CPU runs. It returns
+// the profile picked.
+func (t *mqttTransport) pick(a *Agent, ch map[string]*mqttRelease) (*mqttRelease, string, error) {
+	if len(ch) == 0 {
+		return nil, "", nil
 	}
 	if t.cfg.Profile != "" {
-		ap.profile = t.cfg.Profile
-		return ap.channel[t.cfg.Profile], nil
+		return ch[t.cfg.Profile], t.cfg.Profile, nil
 	}
-	names := make([]string, 0, len(ap.channel))
-	for n := range ap.channel {
+	names := make([]string, 0, len(ch))
+	for n := range ch {
 		names = append(names, n)
 	}
 	sort.Strings(names)
 	best, err := hardware.BestProfile(a.CPU(), names, hardware.DefaultSet())
 	if err == nil {
-		ap.profile = best
-		return ap.channel[best], nil
+		return ch[best], best, nil
 	}
 	// Custom profile names: decide from the signed targets themselves.
 	for _, n := range names {
-		if a.CPU().CanRun(targetOf(ap.channel[n].m.Target)) == nil {
-			ap.profile = n
-			return ap.channel[n], nil
+		if a.CPU().CanRun(targetOf(ch[n].m.Target)) == nil {
+			return ch[n], n, nil
 		}
 	}
-	return nil, err
+	return nil, "", err
 }
 
 // behindNote says why this device does not work towards the newest
@@ -690,14 +738,15 @@ func (t *mqttTransport) choose(a *Agent, ap *mqttApp) (*mqttRelease, error) {
 // "" when the device is not behind (or follows a desired release, which
 // the operator chose for it).
 func (t *mqttTransport) behindNote(a *Agent, ap *mqttApp, rel *mqttRelease) string {
-	if ap.desired != nil || len(ap.channel) == 0 {
+	ch := t.releases(ap)
+	if ap.desired != nil || len(ch) == 0 {
 		return ""
 	}
 	if rel == nil && t.cfg.Profile == "" {
 		return "" // nothing runs here at all: choose says why
 	}
 	var newest, taken uint64
-	for _, r := range ap.channel {
+	for _, r := range ch {
 		newest = max(newest, r.m.Sequence)
 	}
 	if rel != nil {
@@ -710,13 +759,13 @@ func (t *mqttTransport) behindNote(a *Agent, ap *mqttApp, rel *mqttRelease) stri
 		return "" // already has it (a sideload, say), or cannot tell
 	}
 	var names []string
-	for n, r := range ap.channel {
+	for n, r := range ch {
 		if r.m.Sequence == newest {
 			names = append(names, n)
 		}
 	}
 	sort.Strings(names)
-	n0 := ap.channel[names[0]].m
+	n0 := ch[names[0]].m
 	head := fmt.Sprintf("%s %s (sequence %d) is published only for %s", n0.App, n0.Version, newest, strings.Join(names, ", "))
 	if t.cfg.Profile != "" {
 		keeps := "nothing is published for it"
@@ -730,7 +779,7 @@ func (t *mqttTransport) behindNote(a *Agent, ap *mqttApp, rel *mqttRelease) stri
 	// this CPU's architecture says the most.
 	var why error
 	for _, n := range names {
-		tg := targetOf(ap.channel[n].m.Target)
+		tg := targetOf(ch[n].m.Target)
 		err := a.CPU().CanRun(tg)
 		if err == nil {
 			return fmt.Sprintf("%s, which this CPU runs, but the most specific profile published for it is %s, whose newest is %s; publish %s %s for %s too, or retire the older %s release", head, ap.profile, keeps, n0.App, n0.Version, ap.profile, ap.profile)
@@ -769,6 +818,12 @@ func (t *mqttTransport) evaluate(ctx context.Context, ap *mqttApp) {
 		return
 	}
 	if rel == nil {
+		if ap.dl != nil && ap.dl.rel.candidate && !ap.installing {
+			// The rollout was paused, halted or aborted, or the device is
+			// no longer a member: no new start (SPEC.md §8.8).
+			t.logf("mqtt: %s: abandoning the download of %s: its rollout no longer offers it to this device", ap.cfg.Name, ap.dl.rel.m.Version)
+			t.abandon(ap)
+		}
 		return
 	}
 	m := rel.m
@@ -790,6 +845,9 @@ func (t *mqttTransport) evaluate(ctx context.Context, ap *mqttApp) {
 	}
 	if m.Sequence <= floor {
 		if ap.dl != nil && !ap.installing {
+			if ap.dl.rel.candidate && !rel.candidate {
+				t.logf("mqtt: %s: abandoning the download of %s: its rollout no longer offers it to this device", ap.cfg.Name, ap.dl.rel.m.Version)
+			}
 			t.abandon(ap)
 		}
 		return
@@ -1011,6 +1069,7 @@ func (t *mqttTransport) abandon(ap *mqttApp) {
 		a.saveDownload(ap.cfg.Name, nil)
 	}
 	ap.dl = nil
+	ap.waitOpens = time.Time{}
 }
 
 // fill keeps up to mqttWindow chunk subscriptions outstanding, or installs
@@ -1024,6 +1083,9 @@ func (t *mqttTransport) fill(ctx context.Context, ap *mqttApp) {
 		dl.complete = true // also when the last chunk was written but its record failed
 	}
 	if dl.complete {
+		if !t.windowOpen(ap) {
+			return // housekeeping installs when the maintenance window opens
+		}
 		t.install(ctx, ap)
 		return
 	}
@@ -1338,7 +1400,8 @@ func (t *mqttTransport) presenceBytes(online bool) []byte {
 // presence topic.
 func (t *mqttTransport) statusBytes() []byte {
 	s := &protocol.DeviceStatus{Schema: protocol.MQTTSchemaVersion, Device: t.cfg.DeviceID, Profile: t.cfg.Profile,
-		AgentVersion: clip(t.d.opts.Version, 200), Time: time.Now().UTC(), Online: true}
+		AgentVersion: clip(t.d.opts.Version, 200), Time: time.Now().UTC(), Online: true,
+		Channel: t.cfg.Broker.Channel, Labels: t.cfg.Labels}
 	a := t.agent()
 	if a != nil {
 		s.CPU = clip(a.CPU().String(), 200)
@@ -1368,7 +1431,12 @@ func (t *mqttTransport) statusBytes() []byte {
 			if ap.installing && st.Progress != nil {
 				r.Progress = &protocol.ProgressReport{Step: st.Progress.Step, Done: st.Progress.Done, Total: st.Progress.Total}
 			}
+			if !ap.installing && ap.dl.complete && !ap.waitOpens.IsZero() {
+				opens := ap.waitOpens.UTC()
+				r.WindowOpens = &opens
+			}
 		}
+		r.Rollout = t.rolloutReport(a, ap, st)
 		if !protocol.ValidApp(r.App) {
 			continue
 		}
