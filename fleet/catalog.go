@@ -229,7 +229,8 @@ func (c *Catalog) AddPending(m *protocol.Manifest, where string) {
 // CheckSequence refuses a build whose sequence the broker already holds
 // for a different build of the same app: the same sequence with a
 // different version (whatever the profile), or with the same profile and
-// a different payload (payloadSHA; empty means m.Payload.SHA256).
+// a different payload (payloadSHA; empty means m.Payload.SHA256), or a
+// rollout (running or over) of the same sequence with another version.
 // Different profiles of one build have different payloads and pass, and
 // so does the same build again (a re-publish). The error wraps
 // ErrSequenceConflict and says where the other build is and which
@@ -254,6 +255,14 @@ func (c *Catalog) CheckSequence(m *protocol.Manifest, payloadSHA string) error {
 		case o.Profile == m.Profile && o.Payload.SHA256 != payloadSHA:
 			clash = append(clash, fmt.Sprintf("%s holds a different %s %s build for %s with sequence %d (payload %.12s…, this one %.12s…)",
 				h.Where(), o.App, o.Version, o.Profile, o.Sequence, o.Payload.SHA256, payloadSHA))
+		}
+	}
+	// A rollout's record outlives its candidates (a label-selected
+	// rollout is never promoted): the devices it reached run its version.
+	for _, hr := range c.Rollouts {
+		if r := hr.Rollout; r != nil && r.App == m.App && r.Sequence == m.Sequence && r.Version != m.Version {
+			onBroker = true
+			clash = append(clash, fmt.Sprintf("rollout %s (%s, %s) gave %s %s sequence %d", r.ID, hr.Topic, r.State, r.App, r.Version, r.Sequence))
 		}
 	}
 	if len(clash) == 0 {

@@ -651,10 +651,20 @@ func (d *demo) stage(ctx context.Context, r *demoRelease) error {
 	}
 	d.phases = append(d.phases, demoPhase{rel: r, took: took, sent: d.broker.BytesSent() - sent0, published: r.payload})
 	if ro := d.rolloutNow(); ro != nil {
-		fmt.Fprintf(d.out, "  rollout %s: %s\n", ro.State, ro.Reason)
+		fmt.Fprintf(d.out, "  rollout %s: %s\n", ro.State, d.shortReason(ro.Reason))
 	}
 	d.table()
 	return nil
+}
+
+// shortReason drops what a rollout's reason quotes of the app's output and
+// the demo's device directories (they stand in for each device's root).
+func (d *demo) shortReason(r string) string {
+	r, _, _ = strings.Cut(r, "; last output:")
+	for _, a := range d.agents {
+		r = strings.ReplaceAll(r, a.dir, "")
+	}
+	return r
 }
 
 // waveOf says in which wave of the current rollout device was (empty
@@ -856,7 +866,7 @@ func (d *demo) summary() bool {
 	if ok {
 		fmt.Fprintf(d.out, "  Every device runs hello %s. hello %s reached %d of %d devices (%s): the rollout halted itself after its first wave, and %d devices never downloaded a byte of it.\n",
 			final, bad, len(touched), len(d.agents), strings.Join(touched, ", "), len(d.agents)-len(touched))
-		fmt.Fprintf(d.out, "  The rollout says: %s\n", ro.Reason)
+		fmt.Fprintf(d.out, "  The rollout says: %s\n", d.shortReason(ro.Reason))
 	}
 	for _, r := range reasons {
 		fmt.Fprintf(d.out, "  Reason reported by %d of %d devices: %s\n", count[r], len(d.agents), r)

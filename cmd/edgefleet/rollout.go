@@ -26,8 +26,9 @@ func init() {
 // rolloutSequenceCheck refuses a sequence the broker already holds for a
 // different build of the same app (a channel release, an assignment or
 // another rollout's candidate), before anything is published: the same
-// sequence for two builds would split the fleet silently.
-func rolloutSequenceCheck(manifests []*protocol.Manifest, retained map[string][]byte) error {
+// sequence for two builds would split the fleet silently. It also refuses
+// a sequence not newer than the channel's release.
+func rolloutSequenceCheck(channel string, manifests []*protocol.Manifest, retained map[string][]byte) error {
 	held := map[string][]byte{}
 	for t, b := range retained {
 		if tp, err := protocol.ParseTopic(t); err == nil && (tp.Kind == protocol.KindRelease || tp.Kind == protocol.KindDesired ||
@@ -37,6 +38,15 @@ func rolloutSequenceCheck(manifests []*protocol.Manifest, retained map[string][]
 	}
 	cat := fleet.NewCatalog(held, nil)
 	for _, m := range manifests {
+		// A candidate not newer than the channel's release would be
+		// refused by every device that runs the channel's (anti-rollback):
+		// the rollout would halt on refusals.
+		for _, h := range cat.Releases {
+			if h.Manifest != nil && h.App == m.App && h.Channel == channel && h.Manifest.Sequence >= m.Sequence {
+				return fmt.Errorf("not publishing anything: %s %s has sequence %d, not newer than %s %s (sequence %d) on %s: devices that run it would refuse the rollout (anti-rollback); re-pack with --sequence %d",
+					m.App, m.Version, m.Sequence, h.App, h.Manifest.Version, h.Manifest.Sequence, h.Where(), cat.NextSequence(m.App))
+			}
+		}
 		if err := cat.CheckSequence(m, m.Payload.SHA256); err != nil {
 			return fmt.Errorf("not publishing anything: %w", err)
 		}
@@ -201,7 +211,7 @@ func runRolloutStart(ctx context.Context, env *cliEnv, args []string) int {
 				old.ID, old.App, old.Version, old.Channel, old.State, old.Wave+1, len(old.Waves), old.ID)
 		}
 	}
-	if err := rolloutSequenceCheck(manifests, snap); err != nil {
+	if err := rolloutSequenceCheck(r.Channel, manifests, snap); err != nil {
 		return fail("%v", err)
 	}
 	// Selection from the devices' current statuses.
@@ -284,13 +294,21 @@ func runRolloutStart(ctx context.Context, env *cliEnv, args []string) int {
 	}
 	fmt.Fprintf(env.stdout, "started rollout %s: %s %s (sequence %d) on channel %s to %d selected devices\n", r.ID, r.App, r.Version, r.Sequence, r.Channel, len(selected))
 	fmt.Fprintf(env.stdout, "waves: %s\n", waveLine(r, sizes, len(selected)))
-	fmt.Fprintf(env.stdout, "next: wave 1 (%d devices) installs; the driver widens the cut %s after each wave completes, and halts if more than %s of %d+ reporting devices fail\n",
-		sizes[0], shortDur(*bake), pct(r.MaxFailures), r.MinExecuted)
+	fmt.Fprintf(env.stdout, "next: wave 1 (%s) installs; the driver widens the cut %s after each wave completes, and halts if more than %s of %d+ reporting devices fail\n",
+		nDevices(sizes[0]), shortDur(*bake), pct(r.MaxFailures), r.MinExecuted)
 	fmt.Fprintf(env.stdout, "follow it with: edgefleet rollout status %s --watch\n", r.ID)
 	if driver == nil || !driver.Online {
 		fmt.Fprintf(env.stderr, "edgefleet rollout start: WARNING: no rollout driver is online, so wave 1 will install but nothing advances or halts; run 'edgefleet broker' (it drives by default) or 'edgefleet rollout drive --broker ...'\n")
 	}
 	return 0
+}
+
+// nDevices is "1 device" or "n devices".
+func nDevices(n int) string {
+	if n == 1 {
+		return "1 device"
+	}
+	return fmt.Sprintf("%d devices", n)
 }
 
 func waitToken(ctx context.Context, t paho.Token) bool {
@@ -586,7 +604,7 @@ func nextStep(r *protocol.Rollout, sizes []int, now time.Time) string {
 	if r.Wave == len(r.Waves)-1 {
 		return fmt.Sprintf("promotion of %s to channel %s at %s after the %s bake", r.Version, r.Channel, at.Local().Format("15:04:05"), shortDur(time.Duration(r.BakeSeconds)*time.Second))
 	}
-	return fmt.Sprintf("next wave (%s, %d devices) at %s after the %s bake", r.Waves[r.Wave+1], sizes[r.Wave+1], at.Local().Format("15:04:05"), shortDur(time.Duration(r.BakeSeconds)*time.Second))
+	return fmt.Sprintf("next wave (%s, %s) at %s after the %s bake", r.Waves[r.Wave+1], nDevices(sizes[r.Wave+1]), at.Local().Format("15:04:05"), shortDur(time.Duration(r.BakeSeconds)*time.Second))
 }
 
 func runRolloutCommand(ctx context.Context, env *cliEnv, verb string, args []string) int {
