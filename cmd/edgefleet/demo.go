@@ -101,9 +101,9 @@ type demo struct {
 	stopDriver context.CancelFunc
 	driverDone chan struct{}
 	op         paho.Client
-	view   *fleet.FleetView
-	agents []*demoAgent
-	phases []demoPhase
+	view       *fleet.FleetView
+	agents     []*demoAgent
+	phases     []demoPhase
 
 	live   *liveArea // nil unless stdout is a terminal
 	stepNo int

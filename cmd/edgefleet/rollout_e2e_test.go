@@ -323,7 +323,7 @@ func rolloutStory(t *testing.T, f *rfleet) {
 	// goes silent mid-wave and one that never answers count as failed
 	// after the device timeout, which here stays under the threshold.
 	silent := "dev-00" // a berlin device
-	f.kill(silent) // never answers: known to the driver, gone before the start
+	f.kill(silent)     // never answers: known to the driver, gone before the start
 	v6 := f.bundle("6.0.0", 6, false)
 	f.cli(0, "rollout", "start", "--broker", url, "--pub", f.pubPath, "--channel", "stable", "--select", "site=berlin",
 		"--waves", "100%", "--max-failures", "30%", "--min-executed", "1", "--bake", "1s", "--device-timeout", "5s", v6)
