@@ -154,6 +154,9 @@ func (t *mqttTransport) rolloutReport(a *Agent, ap *mqttApp, st AppStatus) *prot
 	if why := t.rolloutFailure(a, ap, ro); why != "" {
 		return set(protocol.PhaseFailed, why)
 	}
+	if ro.State == protocol.RolloutAborted {
+		return nil // over for this device: nothing will come of it
+	}
 	if d := ap.desired; d != nil {
 		return set(protocol.PhaseSkipped, fmt.Sprintf("an assignment wins: %s %s (sequence %d) is assigned to this device on %s", d.m.App, d.m.Version, d.m.Sequence, d.topic))
 	}

@@ -29,7 +29,7 @@ import (
 // connection that remembers every version each device ever reported
 // (installed or as a download target).
 type rfleet struct {
-	t       *testing.T
+	t       testing.TB
 	url     string
 	dir     string
 	pubPath string
@@ -43,13 +43,13 @@ type rfleet struct {
 	touched map[string]map[string]bool // device → versions reported as installed or target
 }
 
-func newRFleet(t *testing.T, url string) *rfleet {
+func newRFleet(t testing.TB, url string) *rfleet {
 	t.Helper()
 	if runtime.GOOS != "linux" {
 		t.Skipf("SKIPPED: real agents supervise apps on Linux only (this is %s)", runtime.GOOS)
 	}
 	if testing.Short() {
-		t.Skip("SKIPPED (-short): 20 real agents per rollout test")
+		t.Skip("SKIPPED (-short): 20 real agents")
 	}
 	f := &rfleet{t: t, url: url, dir: t.TempDir(), agents: map[string]*exec.Cmd{}, touched: map[string]map[string]bool{}}
 	f.pubPath, f.priv = testkit.Keys(t, f.dir)
@@ -406,7 +406,7 @@ func (f *rfleet) retained() []string {
 
 // runInBackground runs an edgefleet command (broker, rollout drive) until
 // the test ends.
-func runInBackground(t *testing.T, args ...string) *testkit.Buffer {
+func runInBackground(t testing.TB, args ...string) *testkit.Buffer {
 	ctx, cancel := context.WithCancel(context.Background())
 	out := &testkit.Buffer{}
 	done := make(chan int, 1)
@@ -442,4 +442,61 @@ func TestRolloutStoryMosquitto(t *testing.T) {
 	})
 	runInBackground(t, "rollout", "drive", "--broker", url)
 	rolloutStory(t, newRFleet(t, url))
+}
+
+// BenchmarkRolloutWallTime compares, on one fleet of 20 real agents and
+// the embedded broker, the wall time of a plain publish converging (twice,
+// before and after) with a 4-wave rollout (1,25%,50%,100%) without bake
+// and with a 2 s bake: the overhead of a rollout should be its waves and
+// bakes, not the machinery. Run with -benchtime 1x (scripts/bench-rollout.sh).
+func BenchmarkRolloutWallTime(b *testing.B) {
+	port := testkit.FreePort(b)
+	runInBackground(b, "broker", "--listen", fmt.Sprintf("127.0.0.1:%d", port), "--data", b.TempDir())
+	f := newRFleet(b, fmt.Sprintf("tcp://127.0.0.1:%d", port))
+	f.startFleet()
+	seq := uint64(1)
+	converge := func(version string) time.Duration {
+		t0 := time.Now()
+		testkit.Eventually(b, "20 devices commit "+version, func() bool {
+			return f.view.Converged("hello", version, e2eDevices, stateCommitted)
+		})
+		return time.Since(t0)
+	}
+	publish := func() time.Duration {
+		seq++
+		v := fmt.Sprintf("%d.0.0", seq)
+		bundle := f.bundle(v, seq, false)
+		t0 := time.Now()
+		f.cli(0, "publish", "--broker", f.url, "--pub", f.pubPath, "--quiet", bundle)
+		converge(v)
+		return time.Since(t0)
+	}
+	rollout := func(bake string) time.Duration {
+		seq++
+		v := fmt.Sprintf("%d.0.0", seq)
+		bundle := f.bundle(v, seq, false)
+		t0 := time.Now()
+		f.cli(0, "rollout", "start", "--broker", f.url, "--pub", f.pubPath, "--channel", "stable", "--quiet",
+			"--waves", "1,25%,50%,100%", "--max-failures", "10%", "--min-executed", "1", "--bake", bake, "--device-timeout", "2m", bundle)
+		converge(v)
+		return time.Since(t0)
+	}
+	b.ResetTimer()
+	var pub, r0, r2 []time.Duration
+	for i := 0; i < b.N; i++ {
+		pub = append(pub, publish())
+		r0 = append(r0, rollout("0s"))
+		r2 = append(r2, rollout("2s"))
+		pub = append(pub, publish())
+	}
+	b.StopTimer()
+	med := func(d []time.Duration) float64 {
+		sort.Slice(d, func(i, j int) bool { return d[i] < d[j] })
+		return d[len(d)/2].Seconds()
+	}
+	b.ReportMetric(med(pub), "publish-s")
+	b.ReportMetric(med(r0), "rollout-bake0-s")
+	b.ReportMetric(med(r2), "rollout-bake2s-s")
+	b.ReportMetric(med(r0)/med(pub), "ratio-bake0")
+	b.ReportMetric((med(r2)-med(r0))/3, "bake-cost-per-wave-s")
 }
