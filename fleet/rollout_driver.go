@@ -171,7 +171,16 @@ type driver struct {
 	statuses   map[string][]byte  // device → latest raw status (seeds new engines)
 	online     map[string]bool    // device → presence
 	candidates map[string][]byte  // candidate topic → envelope
-	replaced   error
+	// released is the sequence of each channel release topic's envelope
+	// (0 when cleared): promotion never replaces a newer release.
+	released map[string]releaseHeld
+	replaced error
+}
+
+// releaseHeld is what a channel release topic holds.
+type releaseHeld struct {
+	version string
+	seq     uint64
 }
 
 type driven struct {
@@ -203,7 +212,7 @@ func driveOnce(ctx context.Context, o *DriverOptions, since time.Time) error {
 		return err
 	}
 	d := &driver{o: o, c: c, ctx: ctx, since: since, engines: map[string]*driven{}, statuses: map[string][]byte{},
-		online: map[string]bool{}, candidates: map[string][]byte{}}
+		online: map[string]bool{}, candidates: map[string][]byte{}, released: map[string]releaseHeld{}}
 	// Who drives now?
 	snap, err := Snapshot(ctx, c, []string{protocol.DriverTopic})
 	if err != nil {
@@ -228,7 +237,7 @@ func driveOnce(ctx context.Context, o *DriverOptions, since time.Time) error {
 		return fmt.Errorf("publish the driver presence: %w", err)
 	}
 	q := &driverQueue{signal: make(chan struct{}, 1)}
-	filters := append([]string{protocol.DriverTopic, protocol.AllRolloutsFilter}, protocol.DeviceFilters...)
+	filters := append([]string{protocol.DriverTopic, protocol.AllRolloutsFilter, protocol.AllReleasesFilter}, protocol.DeviceFilters...)
 	if err := Subscribe(ctx, c, filters, func(topic string, payload []byte) {
 		q.put(driverMsg{topic: topic, payload: payload})
 	}); err != nil {
@@ -316,6 +325,13 @@ func (d *driver) handle(topic string, payload []byte, now time.Time) {
 		d.online[t.Device] = p.Online
 		for _, dr := range d.engines {
 			dr.e.SetOnline(t.Device, p.Online)
+		}
+	case protocol.KindRelease:
+		delete(d.released, topic)
+		if env, err := protocol.ParseEnvelope(payload); err == nil {
+			if m, err := protocol.ParseManifest(env.Manifest); err == nil {
+				d.released[topic] = releaseHeld{m.Version, m.Sequence}
+			}
 		}
 	case protocol.KindCandidate:
 		if len(payload) == 0 {
@@ -459,6 +475,13 @@ func (d *driver) promote(dr *driven, now time.Time) error {
 		rt, err := protocol.ReleaseTopic(r.Channel, r.App, p)
 		if err != nil {
 			return err
+		}
+		if held := d.released[rt]; held.seq >= r.Sequence {
+			// Someone published a newer release meanwhile: it stays
+			// (the signature is the devices' to check; the sequence
+			// decides either way, as devices never go back).
+			d.o.Logf("rollout driver: %s: not promoting %s %s to %s: the channel already holds %s (sequence %d)", r.ID, r.App, r.Version, rt, held.version, held.seq)
+			continue
 		}
 		if err := wait(d.ctx, d.c.Publish(rt, 1, true, env), time.Minute); err != nil {
 			return fmt.Errorf("promote %s: publish %s: %w", r.ID, rt, err)

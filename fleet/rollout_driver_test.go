@@ -368,3 +368,41 @@ func TestDriverKilledResumes(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestDriverPromotionKeepsNewerRelease: a release published to the
+// channel while the rollout bakes is newer than the candidate; promotion
+// must not replace it (found by the wall-time benchmark: the channel went
+// back to the rollout's release and the fleet never took the newer one).
+func TestDriverPromotionKeepsNewerRelease(t *testing.T) {
+	b := startEmbedded(t, BrokerOptions{DataDir: t.TempDir()})
+	f := newSimFleet(t, b.URL(), 4)
+	f.answer(t)
+	w := watch(t, b.URL())
+	ready, _, _ := runDriverAsync(t, DriverOptions{Client: ClientOptions{Broker: b.URL()}})
+	<-ready
+	op := connect(t, b.URL(), "", "", "")
+	rel := makeBundle(t, t.TempDir(), "hello", "1.4.0", 7, 20_000)
+	startTestRollout(t, op, rel, "hello-7-0002", "100%", 3*time.Second, f.devs)
+	w.until(t, "the last wave bakes", 30*time.Second, func(r *protocol.Rollout, _ *protocol.DriverPresence) bool {
+		return r != nil && r.Counts.Done == 4 && r.State == protocol.RolloutRunning
+	})
+	newer := makeBundle(t, t.TempDir(), "hello", "1.5.0", 8, 20_000)
+	if _, err := PublishBundle(context.Background(), op, newer.path, PublishOptions{Keyring: newer.kr, Channel: "stable"}); err != nil {
+		t.Fatal(err)
+	}
+	w.until(t, "done", 30*time.Second, func(r *protocol.Rollout, _ *protocol.DriverPresence) bool {
+		return r != nil && r.State == protocol.RolloutDone
+	})
+	rt, _ := protocol.ReleaseTopic("stable", "hello", rel.m.Profile)
+	snap, err := Snapshot(context.Background(), op, []string{rt})
+	if err != nil {
+		t.Fatal(err)
+	}
+	env, err := protocol.ParseEnvelope(snap[rt])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m, err := protocol.ParseManifest(env.Manifest); err != nil || m.Sequence != 8 {
+		t.Fatalf("the channel holds %v (%v) after promotion, want the newer 1.5.0 (sequence 8)", m, err)
+	}
+}
