@@ -215,6 +215,10 @@ func (e *RolloutEngine) report(a *protocol.AppReport) (uint8, string, time.Time)
 			if reason == "" {
 				reason = "reported failed without saying why"
 			}
+			// The app's recent output, which the agent appends to a
+			// failed trial's reason, stays in the device's status: the
+			// rollout's line is for acting on.
+			reason, _, _ = strings.Cut(reason, "; last output:")
 			return repFailed, reason, time.Time{}
 		case protocol.PhaseSkipped:
 			return repSkipped, ro.Error, time.Time{}

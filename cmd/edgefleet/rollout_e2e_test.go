@@ -276,6 +276,9 @@ func rolloutStory(t *testing.T, f *rfleet) {
 	if !strings.Contains(r.Reason, "halted in wave 1") || !strings.Contains(r.Reason, "2 of 2") || !strings.Contains(r.Reason, "health") {
 		t.Errorf("halt reason %q does not say where, how many and why", r.Reason)
 	}
+	if strings.Contains(r.Reason, "last output") {
+		t.Errorf("halt reason %q quotes the app's output: it should be one line to act on", r.Reason)
+	}
 	time.Sleep(3 * time.Second) // let any wrongly started device show itself
 	if got := f.touchedBy("3.0.0"); len(got) != 2 {
 		t.Fatalf("devices that saw the bad release: %v, want only the 2 of wave 1", got)
