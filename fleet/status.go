@@ -324,6 +324,9 @@ func (v *FleetView) WriteTable(w io.Writer, now time.Time) {
 				prog = fmt.Sprintf("%s %d%%", p.Step, percent(p.Done, p.Total))
 			}
 			msg := a.LastError
+			if msg == "" && a.WindowOpens != nil {
+				msg = fmt.Sprintf("installs when its window opens %s (%s)", in(now, *a.WindowOpens), a.WindowOpens.UTC().Format("Mon 15:04 UTC"))
+			}
 			if msg == "" && a.Note != "" {
 				msg = "note: " + a.Note
 			}
@@ -418,6 +421,22 @@ func oneLine(s string, n int) string {
 		return s[:n-1] + "…"
 	}
 	return dash(s)
+}
+
+// in says how far in the future t is: "in 3h", "in 12m", "now".
+func in(now, t time.Time) string {
+	d := t.Sub(now).Round(time.Second)
+	switch {
+	case d <= 0:
+		return "now"
+	case d < time.Minute:
+		return fmt.Sprintf("in %ds", int(d.Seconds()))
+	case d < time.Hour:
+		return fmt.Sprintf("in %dm", int(d.Minutes()))
+	case d < 48*time.Hour:
+		return fmt.Sprintf("in %dh%02dm", int(d.Hours()), int(d.Minutes())%60)
+	}
+	return "on " + t.UTC().Format("2006-01-02")
 }
 
 func ago(now, t time.Time) string {

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/edgefleet/edgefleet/protocol"
 )
 
 // A device chooses its own progress numbers: done above total, negative
@@ -80,5 +82,27 @@ func TestStatusTableNeutralisesInvisibleCharacters(t *testing.T) {
 	}
 	if !strings.Contains(s, "1.0.0?") || !strings.Contains(s, "all good?here") {
 		t.Fatalf("the neutralised text is not shown as such:\n%s", s)
+	}
+}
+
+// TestStatusTableShowsWindow: a device whose download waits for its
+// maintenance window says in the table when it will install.
+func TestStatusTableShowsWindow(t *testing.T) {
+	now := time.Date(2026, 12, 1, 23, 0, 0, 0, time.UTC)
+	opens := time.Date(2026, 12, 2, 2, 0, 0, 0, time.UTC)
+	st := &protocol.DeviceStatus{Schema: 1, Device: "pi-1", Time: now, Online: true,
+		Apps: []protocol.AppReport{{App: "hello", Version: "1.0.0", State: "committed", Target: "1.1.0", WindowOpens: &opens}}}
+	b, err := st.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := NewFleetView()
+	if err := v.Update("edgefleet/v1/device/pi-1/status", b); err != nil {
+		t.Fatal(err)
+	}
+	var out strings.Builder
+	v.WriteTable(&out, now)
+	if !strings.Contains(out.String(), "installs when its window opens in 3h00m (Wed 02:00 UTC)") {
+		t.Fatalf("the table does not say when the window opens:\n%s", out.String())
 	}
 }

@@ -43,12 +43,12 @@ func rolloutSequenceCheck(channel string, manifests []*protocol.Manifest, retain
 		// the rollout would halt on refusals.
 		for _, h := range cat.Releases {
 			if h.Manifest != nil && h.App == m.App && h.Channel == channel && h.Manifest.Sequence >= m.Sequence {
-				return fmt.Errorf("not publishing anything: %s %s has sequence %d, not newer than %s %s (sequence %d) on %s: devices that run it would refuse the rollout (anti-rollback); re-pack with --sequence %d",
+				return fmt.Errorf("%s %s has sequence %d, not newer than %s %s (sequence %d) on %s: devices that run it would refuse the rollout (anti-rollback); re-pack with --sequence %d",
 					m.App, m.Version, m.Sequence, h.App, h.Manifest.Version, h.Manifest.Sequence, h.Where(), cat.NextSequence(m.App))
 			}
 		}
 		if err := cat.CheckSequence(m, m.Payload.SHA256); err != nil {
-			return fmt.Errorf("not publishing anything: %w", err)
+			return err
 		}
 		cat.AddPending(m, m.Profile+" bundle (in this rollout)")
 	}
@@ -137,7 +137,10 @@ func runRolloutStart(ctx context.Context, env *cliEnv, args []string) int {
 		return 2
 	}
 	fail := func(format string, a ...any) int {
-		fmt.Fprintf(env.stderr, "edgefleet rollout start: nothing published: "+format+"\n", a...)
+		// The protocol's sentinel ("...: malformed") says nothing more to
+		// an operator than the sentence before it.
+		msg := strings.TrimSuffix(fmt.Sprintf(format, a...), ": "+protocol.ErrMalformed.Error())
+		fmt.Fprintf(env.stderr, "edgefleet rollout start: nothing published: %s\n", msg)
 		return 1
 	}
 	r := &protocol.Rollout{Schema: protocol.MQTTSchemaVersion, Channel: *channel, State: protocol.RolloutRunning, MinExecuted: *minExec}
