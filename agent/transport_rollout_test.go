@@ -291,8 +291,9 @@ func TestRolloutWindow(t *testing.T) {
 	start := now.Add(2 * time.Hour).Truncate(time.Minute)
 	end := start.Add(time.Hour)
 	k := newKit(t)
-	v1 := k.bundle(spec{Version: "1.0.0", Sequence: 1})
-	v2 := k.bundle(spec{Version: "2.0.0", Sequence: 2})
+	v0 := k.bundle(spec{Version: "0.9.0", Sequence: 1})
+	v1 := k.bundle(spec{Version: "1.0.0", Sequence: 2})
+	v2 := k.bundle(spec{Version: "2.0.0", Sequence: 3})
 	b := startTestBroker(t, t.TempDir(), "127.0.0.1:0")
 	op := operator(t, b.URL())
 	view := fleetView(t, op)
@@ -303,13 +304,17 @@ func TestRolloutWindow(t *testing.T) {
 	}
 	dev, log := startMQTTDeviceLogged(t, cfg)
 	defer dev.stop()
+	// Nothing runs on the device yet: its first install interrupts no
+	// service and does not wait for the window.
+	publish(t, op, k, v0, "")
+	eventually(t, "the new device installs 0.9.0 at once, outside its window", func() bool { return installedIs(dev, "0.9.0", StateCommitted) })
 	publish(t, op, k, v1, "")
 	eventually(t, "the device downloads 1.0.0 and says when its window opens", func() bool {
 		a := deviceApp(view, "pi-window")
 		return a.Target == "1.0.0" && a.WindowOpens != nil && a.WindowOpens.Equal(start) && a.Progress != nil && a.Progress.Done == a.Progress.Total
 	})
 	time.Sleep(time.Second)
-	if a := deviceApp(view, "pi-window"); a.Version != "" || a.State != StateNone || strings.Count(log.String(), "installs when the maintenance window opens") != 1 {
+	if a := deviceApp(view, "pi-window"); a.Version != "0.9.0" || a.State != StateCommitted || strings.Count(log.String(), "installs when the maintenance window opens") != 1 {
 		t.Fatalf("outside its window the device installed (%+v) or did not log the wait once:\n%s", a, log)
 	}
 

@@ -11,7 +11,10 @@ package agent
 // tzdata), or a fixed offset such as "+02:00" or "UTC" is used.
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -340,6 +343,13 @@ func (t *mqttTransport) windowOpen(ap *mqttApp) bool {
 		ap.waitOpens = time.Time{}
 		return true
 	}
+	if t.nothingRuns(ap) {
+		// A device just set up runs nothing yet: its first install
+		// disturbs no service, and the field engineer who set it up
+		// sees it work before leaving.
+		ap.waitOpens = time.Time{}
+		return true
+	}
 	now := mqttClock()
 	next := s.NextOpen(now)
 	if !next.After(now) {
@@ -356,4 +366,20 @@ func (t *mqttTransport) windowOpen(ap *mqttApp) bool {
 			m.App, m.Version, next.In(s.Loc).Format("Mon 2006-01-02 15:04 MST"), next.UTC().Format("2006-01-02 15:04"), s)
 	}
 	return false
+}
+
+// nothingRuns reports whether app has never been installed by edgefleet
+// and has no executable at its path (no factory binary either): then
+// nothing runs that an install could interrupt.
+func (t *mqttTransport) nothingRuns(ap *mqttApp) bool {
+	a := t.agent()
+	if a == nil {
+		return false
+	}
+	r, err := a.load(ap.cfg.Name)
+	if err != nil || r.State != StateNone {
+		return false
+	}
+	_, err = os.Lstat(ap.cfg.Path)
+	return errors.Is(err, fs.ErrNotExist)
 }
