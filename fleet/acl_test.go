@@ -61,6 +61,24 @@ func aclMatrix(t *testing.T, url string) {
 		}
 	}
 
+	// A rollout: its candidate and control message (operators only).
+	if _, err := PublishBundle(ctx, op, r.path, PublishOptions{Keyring: r.kr, Channel: "stable", Candidate: true}); err != nil {
+		t.Fatalf("operator cannot publish a rollout candidate: %v", err)
+	}
+	now := time.Now().UTC()
+	ro := &protocol.Rollout{Schema: 1, ID: "hello-1-acl0", Channel: "stable", App: "hello", Version: "1.0.0", Sequence: 1,
+		Profiles: []string{r.m.Profile}, Waves: []protocol.Wave{{Percent: 100}}, MaxFailures: 0.1, State: protocol.RolloutRunning,
+		Cut: protocol.FullCut, Cuts: []uint64{protocol.FullCut}, WaveStarted: []time.Time{now}, Created: now, Updated: now}
+	ctrlRaw, err := ro.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctrlTopic, _ := protocol.RolloutTopic("stable", "hello")
+	candTopic, _ := protocol.CandidateTopic("stable", "hello", r.m.Profile)
+	if err := wait(ctx, op.Publish(ctrlTopic, 1, true, ctrlRaw), time.Minute); err != nil {
+		t.Fatalf("operator cannot publish a rollout: %v", err)
+	}
+
 	devA := connect(t, url, "dev-a", "dev-a-secret", "dev-a")
 	// Reads. Each subscription's retained messages arrive before the next
 	// SUBACK, so when the allowed ones arrived the forbidden would have too.
@@ -77,10 +95,11 @@ func aclMatrix(t *testing.T, url string) {
 	relTopic, _ := protocol.ReleaseTopic("stable", "hello", "linux-amd64")
 	chunk0, _ := protocol.ChunkTopic("hello", r.m.Payload.SHA256, 0)
 	ownDesired, _ := protocol.DesiredTopic("dev-a", "hello")
-	allowed := []string{relTopic, chunk0, ownDesired}
+	allowed := []string{relTopic, chunk0, ownDesired, ctrlTopic, candTopic}
 	done := make(chan struct{})
 	var once sync.Once
-	for _, f := range []string{relTopic, protocol.TopicPrefix + "chunks/#", protocol.TopicPrefix + "device/dev-a/desired/+"} {
+	rolloutFilters, _ := protocol.RolloutFilters("stable", "hello")
+	for _, f := range append([]string{relTopic, protocol.TopicPrefix + "chunks/#", protocol.TopicPrefix + "device/dev-a/desired/+"}, rolloutFilters...) {
 		if err := wait(ctx, devA.Subscribe(f, 0, func(c paho.Client, m paho.Message) {
 			handler(c, m)
 			mu.Lock()
@@ -112,7 +131,7 @@ func aclMatrix(t *testing.T, url string) {
 	statusB, _ := protocol.StatusTopic("dev-b")
 	statusA, _ := protocol.StatusTopic("dev-a")
 	otherRel, _ := protocol.ReleaseTopic("stable", "evil", "linux-amd64")
-	for _, topic := range []string{statusB, otherRel, relTopic, chunk0} {
+	for _, topic := range []string{statusB, otherRel, relTopic, chunk0, ctrlTopic, candTopic, protocol.DriverTopic} {
 		wait(ctx, devA.Publish(topic, 0, true, []byte(`{"schema":1}`)), time.Minute)
 	}
 	s := &protocol.DeviceStatus{Schema: 1, Device: "dev-a", Time: time.Now().UTC(), Online: true}
@@ -141,5 +160,16 @@ func aclMatrix(t *testing.T, url string) {
 	}
 	if len(snap[chunk0]) != int(r.m.Payload.ChunkLen(0)) {
 		t.Errorf("a device overwrote a chunk")
+	}
+	if string(snap[ctrlTopic]) != string(ctrlRaw) {
+		t.Errorf("a device overwrote the rollout's control message: %q", snap[ctrlTopic])
+	}
+	if e, err := protocol.ParseEnvelope(snap[candTopic]); err != nil {
+		t.Errorf("a device overwrote the rollout's candidate: %v", err)
+	} else if _, err := e.Open(r.kr); err != nil {
+		t.Errorf("the candidate no longer verifies: %v", err)
+	}
+	if _, ok := snap[protocol.DriverTopic]; ok {
+		t.Errorf("a device wrote the driver's presence")
 	}
 }
