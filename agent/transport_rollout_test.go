@@ -15,6 +15,7 @@ import (
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 	"github.com/edgefleet/edgefleet/fleet"
+	"github.com/edgefleet/edgefleet/internal/testkit"
 	"github.com/edgefleet/edgefleet/protocol"
 )
 
@@ -338,4 +339,39 @@ func TestRolloutWindow(t *testing.T) {
 		p := phaseOf(view, "pi-window")
 		return installedIs(dev, "2.0.0", StateCommitted) && p != nil && p.Phase == protocol.PhaseDone
 	})
+}
+
+// TestRolloutSkipped: members that cannot take part say why and are
+// counted neither way: one has an assignment (it wins over rollouts), the
+// other's CPU runs none of the candidates.
+func TestRolloutSkipped(t *testing.T) {
+	const rid = "hello-2-skipped"
+	k := newKit(t)
+	v1 := k.bundle(spec{Version: "1.0.0", Sequence: 1})
+	v2arm := k.bundle(spec{Version: "2.0.0", Sequence: 2, Target: testkit.Target{GOARCH: "arm64"}})
+	b := startTestBroker(t, t.TempDir(), "127.0.0.1:0")
+	op := operator(t, b.URL())
+	view := fleetView(t, op)
+	publish(t, op, k, v1, "")
+	publish(t, op, k, v1, "pi-assigned")
+	var devs []*mqttDevice
+	for _, id := range []string{"pi-assigned", "pi-amd64"} {
+		d := startMQTTDevice(t, mqttConfig(t, k, id, b.URL()))
+		defer d.stop()
+		devs = append(devs, d)
+		eventually(t, id+" commits 1.0.0", func() bool { return installedIs(d, "1.0.0", StateCommitted) })
+	}
+	m := publishCandidate(t, op, k, v2arm, nil)
+	publishRollout(t, op, testRollout(rid, m, protocol.FullCut, protocol.RolloutRunning, nil))
+	eventually(t, "both members report skipped with their reasons", func() bool {
+		a, o := phaseOf(view, "pi-assigned"), phaseOf(view, "pi-amd64")
+		return a != nil && a.Phase == protocol.PhaseSkipped && strings.Contains(a.Error, "assignment wins") &&
+			o != nil && o.Phase == protocol.PhaseSkipped && strings.Contains(o.Error, "linux-arm64")
+	})
+	for _, d := range devs {
+		if !installedIs(d, "1.0.0", StateCommitted) {
+			t.Errorf("a skipped member left 1.0.0")
+		}
+	}
+	t.Logf("skipped: %q / %q", phaseOf(view, "pi-assigned").Error, phaseOf(view, "pi-amd64").Error)
 }
