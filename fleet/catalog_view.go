@@ -118,10 +118,10 @@ func (c *Catalog) WriteTable(w io.Writer) {
 	}
 	fmt.Fprintln(tw, "CHANNEL\tAPP\tVERSION\tSEQ\tPROFILE\tPAYLOAD\tCHUNKS\tSIGNATURE")
 	for _, x := range r.Releases {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%d\t%s\n", x.Channel, x.App, x.Version, x.Sequence, x.Profile, size(x.PayloadSize), x.Chunks, sig(x.Signature))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%d\t%s\n", x.Channel, x.App, x.Version, x.Sequence, x.Profile, HumanBytes(x.PayloadSize), x.Chunks, sig(x.Signature))
 	}
 	for _, x := range r.Candidates {
-		fmt.Fprintf(tw, "%s (rollout)\t%s\t%s\t%d\t%s\t%s\t%d\t%s\n", x.Channel, x.App, x.Version, x.Sequence, x.Profile, size(x.PayloadSize), x.Chunks, sig(x.Signature))
+		fmt.Fprintf(tw, "%s (rollout)\t%s\t%s\t%d\t%s\t%s\t%d\t%s\n", x.Channel, x.App, x.Version, x.Sequence, x.Profile, HumanBytes(x.PayloadSize), x.Chunks, sig(x.Signature))
 	}
 	tw.Flush()
 	if len(r.Releases)+len(r.Candidates) == 0 {
@@ -143,7 +143,7 @@ func (c *Catalog) WriteTable(w io.Writer) {
 	} else {
 		fmt.Fprintln(tw, "DEVICE\tAPP\tVERSION\tSEQ\tPROFILE\tPAYLOAD\tCHUNKS\tSIGNATURE")
 		for _, x := range r.Assignments {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%d\t%s\n", x.Device, x.App, x.Version, x.Sequence, x.Profile, size(x.PayloadSize), x.Chunks, sig(x.Signature))
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%d\t%s\n", x.Device, x.App, x.Version, x.Sequence, x.Profile, HumanBytes(x.PayloadSize), x.Chunks, sig(x.Signature))
 		}
 		tw.Flush()
 	}
@@ -155,7 +155,8 @@ func (c *Catalog) WriteTable(w io.Writer) {
 	}
 }
 
-func size(n int64) string {
+// HumanBytes prints n as "1.2 MiB", "3.4 KiB" or "512 B".
+func HumanBytes(n int64) string {
 	switch {
 	case n >= 1<<20:
 		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))

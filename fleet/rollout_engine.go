@@ -305,7 +305,7 @@ func (e *RolloutEngine) place(d *rdev, now time.Time) {
 }
 
 func (e *RolloutEngine) timeoutReason(d *rdev) string {
-	t := shortDuration(time.Duration(e.r.DeviceTimeoutSeconds) * time.Second)
+	t := ShortDuration(time.Duration(e.r.DeviceTimeoutSeconds) * time.Second)
 	why := "no report within " + t
 	if d.rep == repWaiting {
 		why += " of its maintenance window opening"
@@ -609,8 +609,8 @@ func sharePercent(f float64) string {
 	return strings.TrimSuffix(strings.TrimSuffix(fmt.Sprintf("%.2f", f*100), "0"), ".0") + "%"
 }
 
-// shortDuration prints 30m, 1h30m, 45s, 1m30s.
-func shortDuration(d time.Duration) string {
+// ShortDuration prints 30m, 1h30m, 45s, 1m30s.
+func ShortDuration(d time.Duration) string {
 	s := d.String()
 	if strings.HasSuffix(s, "m0s") {
 		s = strings.TrimSuffix(s, "0s")

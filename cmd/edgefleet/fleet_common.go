@@ -45,12 +45,4 @@ func progressBar(w io.Writer, label string, done, total int64) {
 	fmt.Fprintf(w, "\r[%s%s] %3d%% %s %s/%s", strings.Repeat("#", n), strings.Repeat(".", width-n), pct, label, humanBytes(done), humanBytes(total))
 }
 
-func humanBytes(n int64) string {
-	switch {
-	case n >= 1<<20:
-		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
-	case n >= 1<<10:
-		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
-	}
-	return fmt.Sprintf("%d B", n)
-}
+func humanBytes(n int64) string { return fleet.HumanBytes(n) }

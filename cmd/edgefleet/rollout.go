@@ -298,7 +298,7 @@ func runRolloutStart(ctx context.Context, env *cliEnv, args []string) int {
 	fmt.Fprintf(env.stdout, "started rollout %s: %s %s (sequence %d) on channel %s to %d selected devices\n", r.ID, r.App, r.Version, r.Sequence, r.Channel, len(selected))
 	fmt.Fprintf(env.stdout, "waves: %s\n", waveLine(r, sizes, len(selected)))
 	fmt.Fprintf(env.stdout, "next: wave 1 (%s) installs; the driver widens the cut %s after each wave completes, and halts if more than %s of %d+ reporting devices fail\n",
-		nDevices(sizes[0]), shortDur(*bake), pct(r.MaxFailures), r.MinExecuted)
+		nDevices(sizes[0]), fleet.ShortDuration(*bake), pct(r.MaxFailures), r.MinExecuted)
 	fmt.Fprintf(env.stdout, "follow it with: edgefleet rollout status %s --watch\n", r.ID)
 	if driver == nil || !driver.Online {
 		fmt.Fprintf(env.stderr, "edgefleet rollout start: WARNING: no rollout driver is online, so wave 1 will install but nothing advances or halts; run 'edgefleet broker' (it drives by default) or 'edgefleet rollout drive --broker ...'\n")
@@ -358,17 +358,6 @@ func pct(f float64) string {
 	s := fmt.Sprintf("%.2f", f*100)
 	s = strings.TrimRight(strings.TrimRight(s, "0"), ".")
 	return s + "%"
-}
-
-func shortDur(d time.Duration) string {
-	s := d.String()
-	if strings.HasSuffix(s, "m0s") {
-		s = strings.TrimSuffix(s, "0s")
-	}
-	if strings.HasSuffix(s, "h0m") {
-		s = strings.TrimSuffix(s, "0m")
-	}
-	return s
 }
 
 // waveLine is "1 (1 device) ✓, 5% (1) ▶, 25% (5), 100% (20)".
@@ -552,7 +541,7 @@ func agoText(now, t time.Time) string {
 	if d < 0 {
 		d = 0
 	}
-	return shortDur(d) + " ago"
+	return fleet.ShortDuration(d) + " ago"
 }
 
 // writeRollout prints one rollout for an operator.
@@ -597,7 +586,7 @@ func nextStep(r *protocol.Rollout, sizes []int, now time.Time) string {
 	}
 	c := r.Counts
 	if c.Pending+c.Waiting > 0 {
-		return fmt.Sprintf("wave %d completes when its %d pending and %d waiting devices report (each counts as failed after %s)", r.Wave+1, c.Pending, c.Waiting, shortDur(time.Duration(r.DeviceTimeoutSeconds)*time.Second))
+		return fmt.Sprintf("wave %d completes when its %d pending and %d waiting devices report (each counts as failed after %s)", r.Wave+1, c.Pending, c.Waiting, fleet.ShortDuration(time.Duration(r.DeviceTimeoutSeconds)*time.Second))
 	}
 	at := r.BakeFrom
 	if r.Resumed.After(at) {
@@ -605,9 +594,9 @@ func nextStep(r *protocol.Rollout, sizes []int, now time.Time) string {
 	}
 	at = at.Add(time.Duration(r.BakeSeconds) * time.Second)
 	if r.Wave == len(r.Waves)-1 {
-		return fmt.Sprintf("promotion of %s to channel %s at %s after the %s bake", r.Version, r.Channel, at.Local().Format("15:04:05"), shortDur(time.Duration(r.BakeSeconds)*time.Second))
+		return fmt.Sprintf("promotion of %s to channel %s at %s after the %s bake", r.Version, r.Channel, at.Local().Format("15:04:05"), fleet.ShortDuration(time.Duration(r.BakeSeconds)*time.Second))
 	}
-	return fmt.Sprintf("next wave (%s, %s) at %s after the %s bake", r.Waves[r.Wave+1], nDevices(sizes[r.Wave+1]), at.Local().Format("15:04:05"), shortDur(time.Duration(r.BakeSeconds)*time.Second))
+	return fmt.Sprintf("next wave (%s, %s) at %s after the %s bake", r.Waves[r.Wave+1], nDevices(sizes[r.Wave+1]), at.Local().Format("15:04:05"), fleet.ShortDuration(time.Duration(r.BakeSeconds)*time.Second))
 }
 
 func runRolloutCommand(ctx context.Context, env *cliEnv, verb string, args []string) int {
