@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/url"
 	"regexp"
 	"strconv"
 	"strings"
@@ -265,18 +266,104 @@ type Envelope struct {
 	Schema    int    `json:"schema"`
 	Manifest  []byte `json:"manifest"`  // base64 in JSON
 	Signature string `json:"signature"` // minisign signature text
+	// Mirrors are base URLs of HTTP(S) mirrors that serve the release's
+	// chunks (SPEC.md §8.9), published by the operator (not signed: a
+	// device verifies every chunk against the signed manifest, so a mirror
+	// is untrusted). Optional; at most MaxMirrors, checked by CheckMirrors.
+	Mirrors []string `json:"mirrors,omitempty"`
+}
+
+const (
+	// MaxMirrors bounds the mirror URLs of an envelope (or an agent
+	// config).
+	MaxMirrors = 8
+	// MaxMirrorURL bounds the length of one mirror base URL.
+	MaxMirrorURL = 512
+)
+
+// CheckMirrors checks mirror base URLs (SPEC.md §8.9): at most MaxMirrors,
+// each at most MaxMirrorURL bytes, an absolute http:// or https:// URL with
+// a host, no user information, query or fragment, no control characters,
+// and no duplicates.
+func CheckMirrors(urls []string) error {
+	if len(urls) > MaxMirrors {
+		return fmt.Errorf("%d mirror URLs, at most %d allowed: %w", len(urls), MaxMirrors, ErrMalformed)
+	}
+	seen := map[string]bool{}
+	for _, s := range urls {
+		if err := CheckMirrorURL(s); err != nil {
+			return err
+		}
+		if seen[s] {
+			return fmt.Errorf("mirror URL %q is listed twice: %w", s, ErrMalformed)
+		}
+		seen[s] = true
+	}
+	return nil
+}
+
+// CheckMirrorURL checks one mirror base URL (see CheckMirrors).
+func CheckMirrorURL(s string) error {
+	bad := func(why string) error {
+		return fmt.Errorf("mirror URL %.80q %s; give a base URL such as https://cdn.example.com/edgefleet: %w", s, why, ErrMalformed)
+	}
+	if s == "" || len(s) > MaxMirrorURL {
+		return bad(fmt.Sprintf("is %d bytes, want 1..%d", len(s), MaxMirrorURL))
+	}
+	for _, r := range s {
+		if r <= ' ' || r == 0x7f || r > 0x7e {
+			return bad("has a space, a control or a non-ASCII character")
+		}
+	}
+	u, err := url.Parse(s)
+	if err != nil {
+		return bad("does not parse")
+	}
+	switch {
+	case u.Scheme != "http" && u.Scheme != "https":
+		return bad("is not http:// or https://")
+	case u.Host == "" || u.Hostname() == "":
+		return bad("has no host")
+	case u.User != nil:
+		return bad("has user information (mirrors are public and untrusted)")
+	case u.RawQuery != "" || u.ForceQuery || u.Fragment != "" || strings.Contains(s, "#"):
+		return bad("has a query or a fragment")
+	case u.Opaque != "":
+		return bad("is not hierarchical")
+	}
+	return nil
+}
+
+// MirrorChunkPath is the path of chunk i of a payload below a mirror's
+// base (SPEC.md §8.9): chunks/<app>/<payload sha256>/<i>.
+func MirrorChunkPath(app, payloadSHA string, i int) string {
+	return "chunks/" + app + "/" + payloadSHA + "/" + strconv.Itoa(i)
+}
+
+// MirrorChunkURL is the URL of chunk i of a payload on the mirror at base.
+func MirrorChunkURL(base, app, payloadSHA string, i int) string {
+	return strings.TrimRight(base, "/") + "/" + MirrorChunkPath(app, payloadSHA, i)
 }
 
 // MarshalEnvelope builds a release envelope. It checks sizes and that the
 // manifest parses, but not the signature (the publisher verified it).
 func MarshalEnvelope(rawManifest, sig []byte) ([]byte, error) {
+	return MarshalEnvelopeMirrors(rawManifest, sig, nil)
+}
+
+// MarshalEnvelopeMirrors is MarshalEnvelope with mirror base URLs
+// (SPEC.md §8.9), checked by CheckMirrors.
+func MarshalEnvelopeMirrors(rawManifest, sig []byte, mirrors []string) ([]byte, error) {
+	if err := CheckMirrors(mirrors); err != nil {
+		return nil, err
+	}
 	if len(rawManifest) > MaxManifestSize || len(sig) > MaxSignatureSize {
 		return nil, fmt.Errorf("manifest or signature too large for an envelope: %w", ErrTooLarge)
 	}
 	if _, err := ParseManifest(rawManifest); err != nil {
 		return nil, err
 	}
-	return json.Marshal(Envelope{Schema: MQTTSchemaVersion, Manifest: rawManifest, Signature: string(sig)})
+	return json.Marshal(Envelope{Schema: MQTTSchemaVersion, Manifest: rawManifest, Signature: string(sig), Mirrors: mirrors})
 }
 
 // ParseEnvelope decodes a release envelope strictly. An empty message means
@@ -301,6 +388,9 @@ func ParseEnvelope(b []byte) (*Envelope, error) {
 	}
 	if len(e.Signature) == 0 || len(e.Signature) > MaxSignatureSize {
 		return nil, fmt.Errorf("release envelope signature is %d bytes, want 1..%d: %w", len(e.Signature), MaxSignatureSize, ErrMalformed)
+	}
+	if err := CheckMirrors(e.Mirrors); err != nil {
+		return nil, fmt.Errorf("release envelope: %w", err)
 	}
 	return &e, nil
 }

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -312,6 +314,56 @@ func FuzzParseTopic(f *testing.F) {
 		}
 		if strings.ContainsAny(s, "+#\x00") {
 			t.Fatalf("wildcard topic %q parsed", s)
+		}
+	})
+}
+
+func TestEnvelopeMirrors(t *testing.T) {
+	raw, sig, _ := mqttTestRelease(t)
+	good := []string{"https://cdn.example.com/edgefleet", "http://10.0.0.1:8080/"}
+	b, err := MarshalEnvelopeMirrors(raw, sig, good)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := ParseEnvelope(b)
+	if err != nil || len(e.Mirrors) != 2 || e.Mirrors[0] != good[0] {
+		t.Fatalf("round trip: %v %+v", err, e)
+	}
+	if u := MirrorChunkURL(good[1], "app", "ab", 3); u != "http://10.0.0.1:8080/chunks/app/ab/3" {
+		t.Errorf("chunk URL %s", u)
+	}
+	nine := make([]string, 9)
+	for i := range nine {
+		nine[i] = fmt.Sprintf("https://m%d.example.com", i)
+	}
+	for _, bad := range [][]string{
+		{"ftp://x.example.com"}, {"file:///tmp"}, {"https://"}, {"https://u:p@x.example.com"},
+		{"https://x.example.com/?a=1"}, {"https://x.example.com/#f"}, {"https://x.example.com/a b"},
+		{"https://x.example.com/\n"}, {"/relative"}, {""}, {"https://" + strings.Repeat("a", MaxMirrorURL)},
+		{"https://x.example.com", "https://x.example.com"}, nine, {"mailto:a@b"}, {"https://x.example.com/é"},
+	} {
+		if _, err := MarshalEnvelopeMirrors(raw, sig, bad); !errors.Is(err, ErrMalformed) {
+			t.Errorf("%q: want ErrMalformed, got %v", bad, err)
+		}
+		env, _ := json.Marshal(Envelope{Schema: 1, Manifest: raw, Signature: string(sig), Mirrors: bad})
+		if _, err := ParseEnvelope(env); !errors.Is(err, ErrMalformed) {
+			t.Errorf("parse %q: want ErrMalformed, got %v", bad, err)
+		}
+	}
+}
+
+func FuzzCheckMirrors(f *testing.F) {
+	f.Add("https://cdn.example.com/edgefleet")
+	f.Add("http://127.0.0.1:8080/")
+	f.Add("https://u@x/")
+	f.Add("javascript:alert(1)")
+	f.Fuzz(func(t *testing.T, s string) {
+		if CheckMirrors([]string{s}) != nil {
+			return
+		}
+		u, err := url.Parse(MirrorChunkURL(s, "app", "00", 1))
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.User != nil || u.RawQuery != "" {
+			t.Fatalf("accepted %q gives chunk URL %v (%v)", s, u, err)
 		}
 	})
 }
