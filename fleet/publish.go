@@ -36,6 +36,15 @@ type PublishOptions struct {
 	// them (assign to several devices). The bundle is verified all the
 	// same. Default false.
 	EnvelopeOnly bool
+	// MirrorDir, when set, also writes every chunk as a content-addressed
+	// object under this directory (SPEC.md §8.9), before the envelope is
+	// published, for any static web server, CDN or S3 website to serve.
+	// Default "" (no export).
+	MirrorDir string
+	// Mirrors are the mirror base URLs listed in the envelope (SPEC.md
+	// §8.2, §8.9); devices fetch chunks there first and fall back to the
+	// broker's chunks. At most protocol.MaxMirrors. Default none.
+	Mirrors []string
 }
 
 // Validate checks the options and fills defaults.
@@ -55,6 +64,9 @@ func (o *PublishOptions) Validate() error {
 	if o.Device != "" && !protocol.ValidDeviceID(o.Device) {
 		return fmt.Errorf("publish: %v", protocol.CheckDeviceID(o.Device))
 	}
+	if err := protocol.CheckMirrors(o.Mirrors); err != nil {
+		return fmt.Errorf("publish: --mirror-url: %w", err)
+	}
 	if o.InFlight <= 0 {
 		o.InFlight = 16
 	}
@@ -70,6 +82,9 @@ type PublishResult struct {
 	Topic    string // release or desired topic of the envelope
 	Chunks   int
 	Bytes    int64 // payload bytes published as chunks
+	// MirrorWritten counts the chunk objects written to MirrorDir (those
+	// already there unchanged are not counted).
+	MirrorWritten int
 }
 
 // VerifyBundleFile opens the bundle at path, verifies the manifest
@@ -133,7 +148,7 @@ func PublishBundle(ctx context.Context, c paho.Client, path string, o PublishOpt
 	if err != nil {
 		return nil, err
 	}
-	env, err := protocol.MarshalEnvelope(b.RawManifest, b.RawSignature)
+	env, err := protocol.MarshalEnvelopeMirrors(b.RawManifest, b.RawSignature, o.Mirrors)
 	if err != nil {
 		return nil, err
 	}
@@ -166,6 +181,16 @@ func PublishBundle(ctx context.Context, c paho.Client, path string, o PublishOpt
 		ct, err := protocol.ChunkTopic(m.App, m.Payload.SHA256, i)
 		if err != nil {
 			return nil, err
+		}
+		if o.MirrorDir != "" {
+			// The payload reader verified this chunk against the signed hash.
+			w, err := writeMirrorChunk(o.MirrorDir, m.App, &m.Payload, i, buf)
+			if err != nil {
+				return nil, err
+			}
+			if w {
+				res.MirrorWritten++
+			}
 		}
 		if o.EnvelopeOnly {
 			continue

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"strings"
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
@@ -30,12 +31,15 @@ func runPublish(ctx context.Context, env *cliEnv, name string, args []string) in
 	fs.Var(&pubs, "pub", "trusted minisign public key file; repeat for several (required: bundles are verified before publishing)")
 	inFlight := fs.Int("in-flight", 16, "unacknowledged chunk publishes at most")
 	quiet := fs.Bool("quiet", false, "no progress bar")
+	mirrorDir := fs.String("mirror", "", "also write the chunks as content-addressed objects under this `DIR` (DIR/chunks/<app>/<sha256>/<i>, protocol/SPEC.md §8.9) for a static web server, CDN or S3 website; written before the release goes out")
+	var mirrorURLs stringsFlag
+	fs.Var(&mirrorURLs, "mirror-url", "base `URL` of a mirror serving the --mirror directory, listed in the release so devices fetch chunks there first (the broker's chunks stay the fallback); repeat for several, at most 8")
 	var channel, clear string
 	var force *bool
 	if name == "publish" {
 		fs.StringVar(&channel, "channel", "stable", "release channel")
 		fs.Usage = func() {
-			fmt.Fprintln(env.stderr, "usage: edgefleet publish --broker URL --pub KEY [--channel stable] BUNDLE...")
+			fmt.Fprintln(env.stderr, "usage: edgefleet publish --broker URL --pub KEY [--channel stable] [--mirror DIR] [--mirror-url URL...] BUNDLE...")
 			fmt.Fprintln(env.stderr, "A sequence the broker already holds for a different build of the app is refused.")
 			fs.PrintDefaults()
 		}
@@ -61,6 +65,9 @@ func runPublish(ctx context.Context, env *cliEnv, name string, args []string) in
 		return usage("name at least one --device")
 	}
 	devices = dedupe(devices)
+	if err := protocol.CheckMirrors(mirrorURLs); err != nil {
+		return usage("--mirror-url: %v", err)
+	}
 	for _, d := range devices {
 		if err := protocol.CheckDeviceID(d); err != nil {
 			return usage("--device: %v", err)
@@ -138,7 +145,7 @@ func runPublish(ctx context.Context, env *cliEnv, name string, args []string) in
 		}
 	}
 	for _, j := range jobs {
-		opts := fleet.PublishOptions{Keyring: kr, Channel: channel, Device: j.device, InFlight: *inFlight, EnvelopeOnly: j.chunksSent}
+		opts := fleet.PublishOptions{Keyring: kr, Channel: channel, Device: j.device, InFlight: *inFlight, EnvelopeOnly: j.chunksSent, MirrorDir: *mirrorDir, Mirrors: mirrorURLs}
 		if !*quiet && !j.chunksSent {
 			opts.Progress = func(done, total int64) { progressBar(env.stderr, j.path, done, total) }
 		}
@@ -156,6 +163,12 @@ func runPublish(ctx context.Context, env *cliEnv, name string, args []string) in
 		sent := fmt.Sprintf("%d chunks, %s", res.Chunks, humanBytes(res.Bytes))
 		if j.chunksSent {
 			sent = "chunks already sent"
+		}
+		if *mirrorDir != "" {
+			sent += fmt.Sprintf("; %d chunk objects written to %s", res.MirrorWritten, *mirrorDir)
+		}
+		if len(mirrorURLs) > 0 {
+			sent += fmt.Sprintf("; mirrors %s", strings.Join(mirrorURLs, ", "))
 		}
 		fmt.Fprintf(env.stdout, "published %s %s (sequence %d, %s) to %s: %s\n",
 			res.Manifest.App, res.Manifest.Version, res.Manifest.Sequence, res.Manifest.Profile, where, sent)
