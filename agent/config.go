@@ -57,6 +57,12 @@ type Config struct {
 	// Maintenance, when set, restricts installs of releases received over
 	// MQTT to its windows (window.go). Nil: install at once.
 	Maintenance *MaintenanceConfig `yaml:"maintenance,omitempty"`
+	// Mirrors are base URLs of HTTP(S) mirrors of release chunks
+	// (protocol/SPEC.md §8.9), tried after those a release lists and
+	// before the broker's chunks. Top level, not under broker: a mirror
+	// serves payloads whichever broker the device talks to. At most 8,
+	// http:// or https://. Default none.
+	Mirrors []string `yaml:"mirrors,omitempty"`
 }
 
 // LimitsConfig bounds what an install may cost this device. Unknown keys
@@ -188,6 +194,9 @@ func (c *Config) Validate() error {
 	// reset): assign only what changes, so a second run writes nothing.
 	if clean := filepath.Clean(c.DataDir); clean != c.DataDir {
 		c.DataDir = clean
+	}
+	if err := protocol.CheckMirrors(c.Mirrors); err != nil {
+		return bad("mirrors: %v", err)
 	}
 	if len(c.TrustedKeys) == 0 {
 		return bad("trusted_keys needs at least one minisign public key file")

@@ -1,0 +1,160 @@
+package agent
+
+// HTTP(S) mirrors of release chunks (protocol/SPEC.md §8.9). A mirror is
+// untrusted: every chunk is verified against the signed manifest before
+// it touches the disk, a response is read up to the chunk's signed length
+// + 1 byte (never more memory than one chunk), a request has a timeout and
+// a minimum progress (a trickle is abandoned), and redirects go only to
+// the same host or to https. Any failure sends the chunk to the next
+// mirror, then to the broker.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"sync/atomic"
+	"time"
+
+	"github.com/edgefleet/edgefleet/protocol"
+)
+
+// Mirror rules. Variables so that tests can shorten them.
+var (
+	// mirrorWorkers bounds the chunk requests in flight per download.
+	mirrorWorkers = 4
+	// mirrorTimeout bounds one chunk request, headers and body.
+	mirrorTimeout = 60 * time.Second
+	// mirrorProgressWindow and mirrorProgressMin: a response that
+	// delivers fewer than mirrorProgressMin bytes in any window is
+	// abandoned (a server that trickles one byte a second).
+	mirrorProgressWindow       = 10 * time.Second
+	mirrorProgressMin    int64 = 4 << 10
+	// mirrorMaxRedirects bounds the redirects followed per request.
+	mirrorMaxRedirects = 3
+)
+
+// errMirrorSlow: the response was slower than the minimum progress.
+var errMirrorSlow = errors.New("too slow")
+
+// httpMirror is one mirror base URL.
+type httpMirror struct {
+	base   string
+	client *http.Client
+}
+
+// newHTTPMirror returns the mirror at base (checked with
+// protocol.CheckMirrorURL by the caller).
+func newHTTPMirror(base string) *httpMirror {
+	tr := &http.Transport{
+		Proxy:                 http.ProxyFromEnvironment,
+		DialContext:           (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		ForceAttemptHTTP2:     true,
+		MaxIdleConnsPerHost:   mirrorWorkers,
+		IdleConnTimeout:       90 * time.Second,
+		TLSHandshakeTimeout:   10 * time.Second,
+		ResponseHeaderTimeout: 30 * time.Second,
+		DisableCompression:    true, // chunks are compressed already; and a gzip bomb is not our problem
+	}
+	return &httpMirror{base: base, client: &http.Client{Transport: tr, CheckRedirect: checkMirrorRedirect}}
+}
+
+// checkMirrorRedirect follows a redirect only to the same host (http or
+// https) or to https anywhere, at most mirrorMaxRedirects times; never
+// from https down to http.
+func checkMirrorRedirect(req *http.Request, via []*http.Request) error {
+	if len(via) > mirrorMaxRedirects {
+		return fmt.Errorf("more than %d redirects", mirrorMaxRedirects)
+	}
+	prev := via[len(via)-1].URL
+	switch {
+	case req.URL.Scheme == "https":
+		return nil
+	case prev.Scheme == "https":
+		return fmt.Errorf("redirect from https down to %s refused", req.URL.Redacted())
+	case req.URL.Scheme == "http" && req.URL.Host == via[0].URL.Host:
+		return nil
+	}
+	return fmt.Errorf("redirect to %s refused (only the same host or https)", req.URL.Redacted())
+}
+
+func (m *httpMirror) String() string { return "mirror " + m.base }
+
+// Fetch gets chunk i with one GET, reading at most its signed length + 1
+// byte, and verifies it.
+func (m *httpMirror) Fetch(ctx context.Context, app string, p *protocol.Payload, i int) ([]byte, error) {
+	if i < 0 || i >= len(p.Chunks) {
+		return nil, fmt.Errorf("chunk %d of %d: %w", i, len(p.Chunks), errChunkMissing)
+	}
+	ctx, cancel := context.WithTimeoutCause(ctx, mirrorTimeout, fmt.Errorf("no complete answer within %s: %w", mirrorTimeout, errMirrorSlow))
+	defer cancel()
+	ctx, stop := context.WithCancelCause(ctx)
+	defer stop(nil)
+	u := protocol.MirrorChunkURL(m.base, app, p.SHA256, i)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return nil, err
+	}
+	// The minimum progress: checked every window, from the request on
+	// (a server that never answers is slow too).
+	var got progress
+	var watch *time.Timer
+	var last int64 // read and written by the timer's goroutine only
+	check := func() {
+		n := got.load()
+		if n-last < mirrorProgressMin && n < p.ChunkLen(i) {
+			stop(fmt.Errorf("%d bytes in %s, less than the %d required: %w", n-last, mirrorProgressWindow, mirrorProgressMin, errMirrorSlow))
+			return
+		}
+		last = n
+		watch.Reset(mirrorProgressWindow)
+	}
+	watch = time.AfterFunc(mirrorProgressWindow, check)
+	defer watch.Stop()
+	resp, err := m.client.Do(req)
+	if err != nil {
+		return nil, m.fail(ctx, i, err)
+	}
+	defer resp.Body.Close()
+	switch {
+	case resp.StatusCode == http.StatusNotFound || resp.StatusCode == http.StatusGone:
+		return nil, fmt.Errorf("chunk %d: %s: %w", i, resp.Status, errChunkMissing)
+	case resp.StatusCode != http.StatusOK:
+		return nil, fmt.Errorf("chunk %d: %s", i, resp.Status)
+	}
+	want := p.ChunkLen(i)
+	if resp.ContentLength > want {
+		return nil, fmt.Errorf("chunk %d: %d bytes announced, the signed chunk has %d: %w", i, resp.ContentLength, want, errChunkCorrupt)
+	}
+	buf := make([]byte, want+1)
+	n, err := io.ReadFull(io.TeeReader(resp.Body, &got), buf)
+	switch {
+	case err == nil:
+		return nil, fmt.Errorf("chunk %d: more than the signed %d bytes: %w", i, want, errChunkCorrupt)
+	case errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF):
+		// the body ended: check it below
+	default:
+		return nil, m.fail(ctx, i, err)
+	}
+	if err := protocol.VerifyChunk(p, i, buf[:n]); err != nil {
+		return nil, fmt.Errorf("chunk %d: %v: %w", i, err, errChunkCorrupt)
+	}
+	return buf[:n:n], nil
+}
+
+// fail explains a transport error, with the progress rule's cause when
+// that is what cancelled it.
+func (m *httpMirror) fail(ctx context.Context, i int, err error) error {
+	if cause := context.Cause(ctx); cause != nil && errors.Is(cause, errMirrorSlow) {
+		return fmt.Errorf("chunk %d: %w", i, cause)
+	}
+	return fmt.Errorf("chunk %d: %w", i, err)
+}
+
+// progress counts bytes written to it (a TeeReader's side).
+type progress struct{ n atomic.Int64 }
+
+func (p *progress) Write(b []byte) (int, error) { p.n.Add(int64(len(b))); return len(b), nil }
+func (p *progress) load() int64                 { return p.n.Load() }
