@@ -43,6 +43,14 @@ type mqttDownload struct {
 	lastChunk   time.Time
 	complete    bool
 	stalls      int // consecutive stall checks without a chunk
+	// HTTP(S) mirrors (transport_mirror.go), tried in order before the
+	// broker; one that failed is skipped for the rest of the download.
+	mirrors   []*httpMirror
+	mirrorBad map[string]string // base URL → why it is not used any more
+	inflight  map[int]bool      // chunks being fetched from a mirror
+	gen       int               // bumped when fetches are cancelled: late results are ignored
+	fetchCtx  context.Context   // cancelled by pause and abandon
+	cancel    context.CancelFunc
 }
 
 // pause stops fetching dl's chunks (a hold); fill starts again.
@@ -56,6 +64,7 @@ func (t *mqttTransport) pause(dl *mqttDownload) {
 	}
 	clear(dl.outstanding)
 	clear(dl.bad)
+	dl.stopMirrors()
 }
 
 func (t *mqttTransport) openDownload(a *Agent, ap *mqttApp, rel *mqttRelease) (*mqttDownload, error) {
@@ -70,7 +79,8 @@ func (t *mqttTransport) openDownload(a *Agent, ap *mqttApp, rel *mqttRelease) (*
 		return nil, err
 	}
 	n := len(m.Payload.Chunks)
-	dl := &mqttDownload{rel: rel, path: path, have: make([]bool, n), outstanding: map[int]string{}, bad: map[int]int{}, lastChunk: time.Now()}
+	dl := &mqttDownload{rel: rel, path: path, have: make([]bool, n), outstanding: map[int]string{}, bad: map[int]int{}, lastChunk: time.Now(),
+		mirrors: t.mirrorsFor(rel), mirrorBad: map[string]string{}, inflight: map[int]bool{}}
 	if rec != nil && rec.SHA256 == m.Payload.SHA256 {
 		for i := 0; i < n; i++ {
 			if i/8 < len(rec.Have) && rec.Have[i/8]&(1<<(i%8)) != 0 {
@@ -129,6 +139,7 @@ func (t *mqttTransport) abandon(ap *mqttApp) {
 	if len(topics) > 0 {
 		t.client.Unsubscribe(topics...)
 	}
+	dl.stopMirrors()
 	if dl.f != nil {
 		dl.f.Close()
 	}
@@ -157,16 +168,24 @@ func (t *mqttTransport) fill(ctx context.Context, ap *mqttApp) {
 		t.install(ctx, ap)
 		return
 	}
+	mirror := dl.mirror()
 	subs := map[string]byte{}
 	for i := range dl.have {
-		if len(dl.outstanding) >= mqttWindow {
-			break
-		}
-		if dl.have[i] {
+		if dl.have[i] || dl.inflight[i] {
 			continue
 		}
 		if _, ok := dl.outstanding[i]; ok {
 			continue
+		}
+		if mirror != nil {
+			// While a mirror works, no chunk goes over MQTT.
+			if len(dl.inflight) < mirrorWorkers {
+				t.fetchMirror(ctx, ap, mirror, i)
+			}
+			continue
+		}
+		if len(dl.outstanding) >= mqttWindow {
+			break
 		}
 		tp, err := protocol.ChunkTopic(dl.rel.m.App, dl.rel.m.Payload.SHA256, i)
 		if err != nil {
@@ -217,13 +236,20 @@ func (t *mqttTransport) chunk(ctx context.Context, tp protocol.Topic, payload []
 	delete(dl.outstanding, tp.Index)
 	delete(dl.bad, tp.Index)
 	t.client.Unsubscribe(topic)
+	t.stored(ctx, ap, len(payload))
+}
+
+// stored: a verified chunk of n bytes was written and recorded (from the
+// broker or a mirror); fetch on.
+func (t *mqttTransport) stored(ctx context.Context, ap *mqttApp, n int) {
+	dl := ap.dl
 	dl.lastChunk = time.Now()
 	dl.stalls = 0
 	if ap.stallErr {
 		ap.lastErr, ap.stallErr = "", false // chunks flow again
 	}
 	t.stats.ChunksReceived.Add(1)
-	t.stats.ChunkBytes.Add(int64(len(payload)))
+	t.stats.ChunkBytes.Add(int64(n))
 	if dl.n == len(dl.have) {
 		dl.complete = true
 	}

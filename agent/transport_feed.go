@@ -369,6 +369,7 @@ func (t *mqttTransport) evaluate(ctx context.Context, ap *mqttApp) {
 		return
 	}
 	ap.dl = dl
+	ap.mirrorNote = ""
 	if ap.hold == nil {
 		ap.lastErr = ""
 	}

@@ -158,3 +158,127 @@ type progress struct{ n atomic.Int64 }
 
 func (p *progress) Write(b []byte) (int, error) { p.n.Add(int64(len(b))); return len(b), nil }
 func (p *progress) load() int64                 { return p.n.Load() }
+
+// mirrorsFor lists the mirrors of a release: those its envelope names,
+// then the agent config's, without duplicates. The http.Clients are kept
+// per base URL so connections are reused across downloads.
+func (t *mqttTransport) mirrorsFor(rel *mqttRelease) []*httpMirror {
+	var out []*httpMirror
+	seen := map[string]bool{}
+	for _, list := range [][]string{rel.env.Mirrors, t.cfg.Mirrors} {
+		for _, base := range list {
+			if seen[base] || protocol.CheckMirrorURL(base) != nil {
+				continue
+			}
+			seen[base] = true
+			if t.mirrors == nil {
+				t.mirrors = map[string]*httpMirror{}
+			}
+			m := t.mirrors[base]
+			if m == nil {
+				m = newHTTPMirror(base)
+				t.mirrors[base] = m
+			}
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// mirror is the mirror dl fetches from now: the first that has not
+// failed; nil when none is left (the broker serves the rest).
+func (dl *mqttDownload) mirror() *httpMirror {
+	for _, m := range dl.mirrors {
+		if _, bad := dl.mirrorBad[m.base]; !bad {
+			return m
+		}
+	}
+	return nil
+}
+
+// stopMirrors cancels dl's mirror requests; their late results are
+// ignored.
+func (dl *mqttDownload) stopMirrors() {
+	if dl.cancel != nil {
+		dl.cancel()
+		dl.cancel, dl.fetchCtx = nil, nil
+	}
+	dl.gen++
+	clear(dl.inflight)
+}
+
+// fetchMirror fetches chunk i of ap's download from m in the background;
+// the result comes back to the loop as a "mirror" event.
+func (t *mqttTransport) fetchMirror(ctx context.Context, ap *mqttApp, m *httpMirror, i int) {
+	dl := ap.dl
+	if dl.fetchCtx == nil {
+		dl.fetchCtx, dl.cancel = context.WithCancel(ctx)
+	}
+	dl.inflight[i] = true
+	fctx, gen, app, p := dl.fetchCtx, dl.gen, ap.cfg.Name, &dl.rel.m.Payload
+	go func() {
+		data, err := m.Fetch(fctx, app, p, i)
+		ev := mqttEvent{kind: "mirror", app: app, topic: p.SHA256, index: i, payload: data, err: err, source: m.base, gen: gen}
+		select {
+		case t.events <- ev: // never dropped: a lost result would stall the chunk
+		case <-ctx.Done():
+		}
+	}()
+}
+
+// mirrorResult takes a mirror's answer for one chunk: write it, or move
+// the chunk (and the rest of the download) to the next mirror or the
+// broker and say why in the status.
+func (t *mqttTransport) mirrorResult(ctx context.Context, ev mqttEvent) {
+	ap := t.apps[ev.app]
+	if ap == nil || ap.dl == nil || ap.dl.rel.m.Payload.SHA256 != ev.topic || ap.dl.gen != ev.gen {
+		return // cancelled, or a download no longer wanted
+	}
+	dl := ap.dl
+	delete(dl.inflight, ev.index)
+	if dl.have[ev.index] || ap.installing {
+		return
+	}
+	if ev.err != nil {
+		t.mirrorFailed(ap, ev.source, ev.index, ev.err)
+		t.fill(ctx, ap)
+		return
+	}
+	if err := t.checkChunkSpace(ap, len(ev.payload)); err != nil {
+		t.transient(ap, dl.rel.m, err, false)
+		return
+	}
+	if err := t.writeChunk(ap, ev.index, ev.payload); err != nil {
+		t.transient(ap, dl.rel.m, fmt.Errorf("cannot store chunk %d: %w", ev.index, err), false)
+		return
+	}
+	t.stats.MirrorChunks.Add(1)
+	t.stored(ctx, ap, len(ev.payload))
+}
+
+// mirrorFailed stops using a mirror for ap's download and notes why.
+func (t *mqttTransport) mirrorFailed(ap *mqttApp, base string, i int, err error) {
+	dl := ap.dl
+	var what string
+	switch {
+	case errors.Is(err, errChunkCorrupt):
+		what = fmt.Sprintf("served chunk %d with the wrong bytes", i)
+	case errors.Is(err, errChunkMissing):
+		what = fmt.Sprintf("does not have chunk %d", i)
+	case errors.Is(err, errMirrorSlow):
+		what = fmt.Sprintf("was too slow serving chunk %d", i)
+	default:
+		what = fmt.Sprintf("failed on chunk %d", i)
+	}
+	dl.mirrorBad[base] = what
+	next := "the broker"
+	if m := dl.mirror(); m != nil {
+		next = m.String()
+	}
+	ap.mirrorNote = fmt.Sprintf("mirror %s %s (%v); fetching it and the rest from %s", base, what, err, next)
+	if len(ap.mirrorNote) > 400 {
+		ap.mirrorNote = ap.mirrorNote[:400]
+	}
+	t.stats.MirrorFailures.Add(1)
+	t.logf("mqtt: %s %s: %s", dl.rel.m.App, dl.rel.m.Version, ap.mirrorNote)
+}

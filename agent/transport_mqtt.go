@@ -103,6 +103,8 @@ type MQTTStats struct {
 	ChunkBytes     atomic.Int64
 	Resumed        atomic.Int64 // chunks found already downloaded at start
 	Dropped        atomic.Int64 // malformed or unexpected messages
+	MirrorChunks   atomic.Int64 // chunks fetched from HTTP(S) mirrors (also in ChunksReceived)
+	MirrorFailures atomic.Int64 // mirrors given up on during a download
 }
 
 type mqttRelease struct {
@@ -147,14 +149,21 @@ type mqttApp struct {
 	// payload whose wait was logged (window.go).
 	waitOpens  time.Time
 	waitLogged string
+	// mirrorNote says why the last download left a mirror (status note).
+	mirrorNote string
 }
 
 type mqttEvent struct {
-	kind    string // "connected", "connfail", "lost", "msg", "installed"
-	topic   string
+	kind    string // "connected", "connfail", "lost", "msg", "installed", "mirror"
+	topic   string // "mirror": the payload sha256
 	payload []byte
 	app     string
 	err     error
+	// "mirror" (transport_mirror.go): the chunk, the mirror's base URL and
+	// the download's generation.
+	index  int
+	source string
+	gen    int
 }
 
 type mqttTransport struct {
@@ -166,6 +175,8 @@ type mqttTransport struct {
 	resync atomic.Bool
 	apps   map[string]*mqttApp
 	stats  *MQTTStats
+	// mirrors: one client per mirror base URL (connection reuse).
+	mirrors map[string]*httpMirror
 
 	lastStatus    string
 	lastPublished time.Time
@@ -392,6 +403,8 @@ func (t *mqttTransport) handle(ctx context.Context, ev mqttEvent) {
 		t.message(ctx, ev.topic, ev.payload)
 	case "installed":
 		t.installed(ctx, ev.app, ev.err)
+	case "mirror":
+		t.mirrorResult(ctx, ev)
 	}
 }
 

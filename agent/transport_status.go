@@ -4,6 +4,7 @@ package agent
 
 import (
 	"encoding/json"
+	"strings"
 	"time"
 
 	"github.com/edgefleet/edgefleet/protocol"
@@ -50,6 +51,9 @@ func (t *mqttTransport) statusBytes() []byte {
 		// Why the device stays behind the channel's newest release:
 		// information, never a failure.
 		r.Note = ap.behind
+		if ap.mirrorNote != "" {
+			r.Note = strings.TrimPrefix(r.Note+"; "+ap.mirrorNote, "; ")
+		}
 		if ap.dl != nil {
 			r.Target = ap.dl.rel.m.Version
 			r.Progress = &protocol.ProgressReport{Step: "download", Done: ap.dl.doneBytes(), Total: ap.dl.rel.m.Payload.Size}
