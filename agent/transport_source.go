@@ -73,6 +73,9 @@ func (s *mqttChunks) Fetch(ctx context.Context, app string, p *protocol.Payload,
 	case <-t.C:
 		return nil, fmt.Errorf("chunk %d: the broker sent nothing on %s within %s: %w", i, topic, s.wait, errChunkMissing)
 	case b := <-got:
+		if len(b) == 0 {
+			return nil, fmt.Errorf("chunk %d: the broker holds an empty (cleared) %s: %w", i, topic, errChunkMissing)
+		}
 		if err := protocol.VerifyChunk(p, i, b); err != nil {
 			return nil, fmt.Errorf("chunk %d from the broker: %v: %w", i, err, errChunkCorrupt)
 		}
