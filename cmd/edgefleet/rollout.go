@@ -127,6 +127,9 @@ func runRolloutStart(ctx context.Context, env *cliEnv, args []string) int {
 	timeout := fs.Duration("device-timeout", 30*time.Minute, "a member with no outcome this long after its wave started counts as failed (0: never)")
 	sel := fs.String("select", "", "label selector, e.g. site=berlin,hw=rev2 (default: every device on the channel)")
 	quiet := fs.Bool("quiet", false, "no progress bar")
+	mirrorDir := fs.String("mirror", "", "also write the chunks as content-addressed objects under this `DIR` for a static web server or CDN (as publish --mirror)")
+	var mirrorURLs stringsFlag
+	fs.Var(&mirrorURLs, "mirror-url", "base `URL` of a mirror serving the --mirror directory, listed in the candidates (kept when the driver promotes them); repeat for several, at most 8")
 	fs.Usage = func() { rolloutUsage(env.stderr); fs.PrintDefaults() }
 	bundles, err := parseArgs(fs, args)
 	if err != nil {
@@ -152,6 +155,9 @@ func runRolloutStart(ctx context.Context, env *cliEnv, args []string) int {
 	}
 	if r.MaxFailures, err = protocol.ParseShare(*maxFail); err != nil {
 		return fail("--max-failures: %v", err)
+	}
+	if err := protocol.CheckMirrors(mirrorURLs); err != nil {
+		return fail("--mirror-url: %v", err)
 	}
 	if *minExec < 0 || *minExec > 1_000_000 {
 		return fail("--min-executed %d: want 0 to 1000000 devices", *minExec)
@@ -277,7 +283,7 @@ func runRolloutStart(ctx context.Context, env *cliEnv, args []string) int {
 	// Publish: chunks and candidates first, the control message last, so
 	// a member never sees a rollout without its candidate.
 	for _, path := range bundles {
-		opts := fleet.PublishOptions{Keyring: kr, Channel: r.Channel, Candidate: true}
+		opts := fleet.PublishOptions{Keyring: kr, Channel: r.Channel, Candidate: true, MirrorDir: *mirrorDir, Mirrors: mirrorURLs}
 		if !*quiet {
 			opts.Progress = func(done, total int64) { progressBar(env.stderr, path, done, total) }
 		}

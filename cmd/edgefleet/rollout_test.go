@@ -123,10 +123,26 @@ func TestRolloutCLI(t *testing.T) {
 		}
 	}
 
-	// A good start (no driver online: a warning), on berlin only.
-	code, out, errs := runCLI(t, append(append([]string{}, base...), "--waves", "1,50%,100%", "--select", "site=berlin", good)...)
+	// A good start (no driver online: a warning), on berlin only, with
+	// its chunks exported to a mirror directory listed in the candidate.
+	mirror := t.TempDir()
+	code, out, errs := runCLI(t, append(append([]string{}, base...), "--waves", "1,50%,100%", "--select", "site=berlin",
+		"--mirror", mirror, "--mirror-url", "https://cdn.example.com/edgefleet", good)...)
 	if code != 0 || !strings.Contains(out, "to 4 selected devices") || !strings.Contains(errs, "no rollout driver is online") {
 		t.Fatalf("start: %d\n%s\n%s", code, out, errs)
+	}
+	objs, _ := filepath.Glob(filepath.Join(mirror, "chunks", "hello", "*", "*"))
+	if len(objs) == 0 {
+		t.Errorf("rollout start --mirror wrote no chunk objects under %s", mirror)
+	}
+	if c, err := fleet.Connect(context.Background(), fleet.ClientOptions{Broker: url}); err == nil {
+		ct, _ := protocol.CandidateTopic("stable", "hello", "linux-amd64")
+		snap, _ := fleet.Snapshot(context.Background(), c, []string{ct})
+		env, err := protocol.ParseEnvelope(snap[ct])
+		if err != nil || len(env.Mirrors) != 1 || env.Mirrors[0] != "https://cdn.example.com/edgefleet" {
+			t.Errorf("the candidate does not list the mirror: %+v %v", env, err)
+		}
+		c.Disconnect(100)
 	}
 	id := strings.Fields(strings.SplitN(out, "started rollout ", 2)[1])[0]
 	id = strings.TrimSuffix(id, ":")
