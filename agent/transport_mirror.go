@@ -13,11 +13,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
-	"net/http"
+	"net/url"
 	"sync/atomic"
 	"time"
 
+	"github.com/edgefleet/edgefleet/agent/internal/httpget"
 	"github.com/edgefleet/edgefleet/protocol"
 )
 
@@ -39,45 +39,70 @@ var (
 // errMirrorSlow: the response was slower than the minimum progress.
 var errMirrorSlow = errors.New("too slow")
 
-// httpMirror is one mirror base URL.
+// httpMirror is one mirror base URL. Requests go through httpget (one
+// GET per connection, no net/http: see that package for what it does not
+// support, proxies among them).
 type httpMirror struct {
-	base   string
-	client *http.Client
+	base string
+	opt  *httpget.Options
 }
 
 // newHTTPMirror returns the mirror at base (checked with
 // protocol.CheckMirrorURL by the caller).
 func newHTTPMirror(base string) *httpMirror {
-	tr := &http.Transport{
-		Proxy:                 http.ProxyFromEnvironment,
-		DialContext:           (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
-		ForceAttemptHTTP2:     true,
-		MaxIdleConnsPerHost:   mirrorWorkers,
-		IdleConnTimeout:       90 * time.Second,
-		TLSHandshakeTimeout:   10 * time.Second,
-		ResponseHeaderTimeout: 30 * time.Second,
-		DisableCompression:    true, // chunks are compressed already; and a gzip bomb is not our problem
-	}
-	return &httpMirror{base: base, client: &http.Client{Transport: tr, CheckRedirect: checkMirrorRedirect}}
+	return &httpMirror{base: base, opt: &httpget.Options{
+		DialTimeout:      10 * time.Second,
+		HandshakeTimeout: 10 * time.Second,
+		HeaderTimeout:    30 * time.Second,
+	}}
 }
 
-// checkMirrorRedirect follows a redirect only to the same host (http or
-// https) or to https anywhere, at most mirrorMaxRedirects times; never
+// checkMirrorRedirect follows a redirect from prev to next only to the
+// same host as first (http or https) or to https anywhere, at most
+// mirrorMaxRedirects times (n is this redirect's number, from 1); never
 // from https down to http.
-func checkMirrorRedirect(req *http.Request, via []*http.Request) error {
-	if len(via) > mirrorMaxRedirects {
+func checkMirrorRedirect(first, prev, next *url.URL, n int) error {
+	if n > mirrorMaxRedirects {
 		return fmt.Errorf("more than %d redirects", mirrorMaxRedirects)
 	}
-	prev := via[len(via)-1].URL
 	switch {
-	case req.URL.Scheme == "https":
+	case next.Scheme == "https":
 		return nil
 	case prev.Scheme == "https":
-		return fmt.Errorf("redirect from https down to %s refused", req.URL.Redacted())
-	case req.URL.Scheme == "http" && req.URL.Host == via[0].URL.Host:
+		return fmt.Errorf("redirect from https down to %s refused", next.Redacted())
+	case next.Scheme == "http" && next.Host == first.Host:
 		return nil
 	}
-	return fmt.Errorf("redirect to %s refused (only the same host or https)", req.URL.Redacted())
+	return fmt.Errorf("redirect to %s refused (only the same host or https)", next.Redacted())
+}
+
+// get GETs u, following redirects as checkMirrorRedirect allows.
+func (m *httpMirror) get(ctx context.Context, u string) (*httpget.Response, error) {
+	first, err := url.Parse(u)
+	if err != nil {
+		return nil, err
+	}
+	cur := first
+	for n := 1; ; n++ {
+		resp, err := httpget.Get(ctx, cur, m.opt)
+		if err != nil || !resp.IsRedirect() {
+			return resp, err
+		}
+		loc := resp.Location()
+		resp.Body.Close()
+		if loc == "" {
+			return nil, fmt.Errorf("GET %s: %s without a Location", cur.Redacted(), resp.Status)
+		}
+		next, err := cur.Parse(loc)
+		if err != nil {
+			return nil, fmt.Errorf("GET %s: %s to a Location that does not parse: %w", cur.Redacted(), resp.Status, err)
+		}
+		next.Fragment, next.RawFragment = "", ""
+		if err := checkMirrorRedirect(first, cur, next, n); err != nil {
+			return nil, fmt.Errorf("GET %s: %w", first.Redacted(), err)
+		}
+		cur = next
+	}
 }
 
 func (m *httpMirror) String() string { return "mirror " + m.base }
@@ -93,10 +118,6 @@ func (m *httpMirror) Fetch(ctx context.Context, app string, p *protocol.Payload,
 	ctx, stop := context.WithCancelCause(ctx)
 	defer stop(nil)
 	u := protocol.MirrorChunkURL(m.base, app, p.SHA256, i)
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
-	if err != nil {
-		return nil, err
-	}
 	// The minimum progress: checked every window, from the request on
 	// (a server that never answers is slow too).
 	var got progress
@@ -113,15 +134,15 @@ func (m *httpMirror) Fetch(ctx context.Context, app string, p *protocol.Payload,
 	}
 	watch = time.AfterFunc(mirrorProgressWindow, check)
 	defer watch.Stop()
-	resp, err := m.client.Do(req)
+	resp, err := m.get(ctx, u)
 	if err != nil {
 		return nil, m.fail(ctx, i, err)
 	}
 	defer resp.Body.Close()
 	switch {
-	case resp.StatusCode == http.StatusNotFound || resp.StatusCode == http.StatusGone:
+	case resp.StatusCode == 404 || resp.StatusCode == 410:
 		return nil, fmt.Errorf("chunk %d: %s: %w", i, resp.Status, errChunkMissing)
-	case resp.StatusCode != http.StatusOK:
+	case resp.StatusCode != 200:
 		return nil, fmt.Errorf("chunk %d: %s", i, resp.Status)
 	}
 	want := p.ChunkLen(i)
@@ -160,8 +181,7 @@ func (p *progress) Write(b []byte) (int, error) { p.n.Add(int64(len(b))); return
 func (p *progress) load() int64                 { return p.n.Load() }
 
 // mirrorsFor lists the mirrors of a release: those its envelope names,
-// then the agent config's, without duplicates. The http.Clients are kept
-// per base URL so connections are reused across downloads.
+// then the agent config's, without duplicates, kept per base URL.
 func (t *mqttTransport) mirrorsFor(rel *mqttRelease) []*httpMirror {
 	var out []*httpMirror
 	seen := map[string]bool{}
