@@ -10,6 +10,7 @@ package agent
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -54,6 +55,10 @@ func newHTTPMirror(base string) *httpMirror {
 		DialTimeout:      10 * time.Second,
 		HandshakeTimeout: 10 * time.Second,
 		HeaderTimeout:    30 * time.Second,
+		// One connection per chunk: resumed TLS sessions spare the
+		// device most of a full handshake's work for every chunk
+		// after the first.
+		TLS: &tls.Config{ClientSessionCache: tls.NewLRUClientSessionCache(2 * mirrorWorkers)},
 	}}
 }
 

@@ -129,6 +129,9 @@ func TestGetAgainstNetHTTP(t *testing.T) {
 func TestGetTLS(t *testing.T) {
 	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "tls %x sni=%s", r.TLS.Version, r.TLS.ServerName)
+		if r.TLS.DidResume {
+			io.WriteString(w, " resumed")
+		}
 	}))
 	defer srv.Close()
 	roots := x509.NewCertPool()
@@ -141,6 +144,18 @@ func TestGetTLS(t *testing.T) {
 	}
 	if got := readAll(t, r); got != fmt.Sprintf("tls %x sni=", tls.VersionTLS13) {
 		t.Errorf("got %q, want TLS 1.3 and no SNI for an IP address", got)
+	}
+	// A session cache in Options.TLS resumes the next connection's
+	// session (the one-request-per-connection cost on a device).
+	cached := &Options{TLS: &tls.Config{RootCAs: roots, ClientSessionCache: tls.NewLRUClientSessionCache(4)}}
+	for i, want := range []string{"", " resumed"} {
+		r, err := Get(context.Background(), u, cached)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := readAll(t, r); got != fmt.Sprintf("tls %x sni=%s", tls.VersionTLS13, want) {
+			t.Errorf("connection %d with a session cache: %q, want %q at the end", i+1, got, want)
+		}
 	}
 	_, err = Get(context.Background(), u, nil)
 	var unknown x509.UnknownAuthorityError
