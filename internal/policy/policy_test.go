@@ -80,8 +80,8 @@ func TestAgentDependencies(t *testing.T) {
 }
 
 // The agent's own code never imports net/http: mirror downloads go
-// through agent/internal/httpget, which saves about 512 KiB of the
-// linux-armv6 binary (8,781,986 -> 8,257,698 B) by not linking
+// through agent/internal/httpget, which saves about 0.5 MB of the
+// linux-armv6 binary (docs/BENCHMARKS.md, issue 9) by not linking
 // http.Transport and HTTP/2. net/http itself is still in the dependency
 // list, through paho.mqtt.golang -> gorilla/websocket (ws:// brokers),
 // where only its request writing and response reading are linked.
@@ -96,7 +96,7 @@ func TestAgentDoesNotImportNetHTTP(t *testing.T) {
 		}
 		for _, imp := range p.Imports {
 			if imp == "net/http" || strings.HasPrefix(imp, "net/http/") {
-				t.Errorf("%s imports %s: the device agent fetches over HTTP with agent/internal/httpget (net/http's client costs ~512 KiB on linux-armv6)", p.ImportPath, imp)
+				t.Errorf("%s imports %s: the device agent fetches over HTTP with agent/internal/httpget (net/http's client costs ~0.5 MB on linux-armv6)", p.ImportPath, imp)
 			}
 		}
 	}
