@@ -195,7 +195,7 @@ type mqttApp struct {
 }
 
 type mqttEvent struct {
-	kind    string // "connected", "connfail", "lost", "msg", "installed"
+	kind    string // "connected", "connfail", "lost", "msg", "installed", "published"
 	topic   string
 	payload []byte
 	app     string
@@ -211,6 +211,7 @@ type mqttTransport struct {
 	resync atomic.Bool
 	apps   map[string]*mqttApp
 	stats  *MQTTStats
+	conn   mqttConn // transport_conn.go
 
 	lastStatus    string
 	lastPublished time.Time
@@ -275,8 +276,8 @@ func (d *Daemon) startMQTT(ctx context.Context) {
 
 func newMQTTTransport(d *Daemon) (*mqttTransport, error) {
 	bc := d.cfg.Broker
-	if bc.URL == "" {
-		return nil, errors.New("broker.url is empty; set it to tcp://host:1883 or ssl://host:8883")
+	if len(bc.Servers()) == 0 {
+		return nil, errNoBroker
 	}
 	if bc.Channel == "" {
 		bc.Channel = "stable"
@@ -297,16 +298,17 @@ func newMQTTTransport(d *Daemon) (*mqttTransport, error) {
 	if err != nil {
 		return nil, err
 	}
-	if tlsConf != nil && strings.HasPrefix(bc.URL, "tcp://") {
-		// paho ignores the TLS settings for tcp://: the password and
-		// everything else would go in clear.
-		return nil, fmt.Errorf("broker.url %s is plain tcp:// but broker.ca/cert/key are set; use ssl://host:8883 for TLS", bc.URL)
+	for _, u := range bc.Servers() {
+		if tlsConf != nil && strings.HasPrefix(u, "tcp://") {
+			// paho ignores the TLS settings for tcp://: the password and
+			// everything else would go in clear.
+			return nil, fmt.Errorf("broker URL %s is plain tcp:// but broker.ca/cert/key are set; use ssl://host:8883 for TLS", redactURL(u))
+		}
 	}
 	t.statusTopic, _ = protocol.StatusTopic(d.cfg.DeviceID)
 	t.presenceTopic, _ = protocol.PresenceTopic(d.cfg.DeviceID)
 	t.syncTopic, _ = protocol.SyncTopic(d.cfg.DeviceID)
 	o := paho.NewClientOptions().
-		AddBroker(bc.URL).
 		SetClientID(d.cfg.DeviceID).
 		SetCleanSession(false).
 		SetStore(paho.NewMemoryStore()). // FileStore panics on a full disk
@@ -324,17 +326,13 @@ func newMQTTTransport(d *Daemon) (*mqttTransport, error) {
 		// 3.1 and the broker's reason (bad credentials) is replaced by
 		// "unacceptable protocol version".
 		SetProtocolVersion(4).
-		SetConnectionNotificationHandler(func(_ paho.Client, n paho.ConnectionNotification) {
-			if f, ok := n.(paho.ConnectionNotificationFailed); ok {
-				t.post(mqttEvent{kind: "connfail", err: f.Reason})
-			}
-		}).
 		SetOnConnectHandler(func(paho.Client) { t.post(mqttEvent{kind: "connected"}) }).
 		SetConnectionLostHandler(func(_ paho.Client, err error) { t.post(mqttEvent{kind: "lost", err: err}) }).
 		SetReconnectingHandler(func(_ paho.Client, o *paho.ClientOptions) {
 			// The will says offline, stamped with this connection's start.
 			o.SetBinaryWill(t.presenceTopic, t.presenceBytes(false), 1, true)
 		})
+	t.addBrokers(o) // transport_conn.go
 	if bc.Username != "" {
 		o.SetUsername(bc.Username).SetPassword(bc.Password)
 	}
@@ -370,7 +368,7 @@ func (t *mqttTransport) onMessage(_ paho.Client, m paho.Message) {
 func (t *mqttTransport) agent() *Agent { return t.d.agent() }
 
 func (t *mqttTransport) run(ctx context.Context) {
-	t.logf("mqtt: connecting to %s as %s (channel %s)", t.cfg.Broker.URL, t.cfg.DeviceID, t.cfg.Broker.Channel)
+	t.logf("mqtt: connecting to %s as %s (channel %s)", t.brokerList(), t.cfg.DeviceID, t.cfg.Broker.Channel)
 	t.client.Connect() // retries in the background (SetConnectRetry)
 	tick := time.NewTicker(mqttTick)
 	defer tick.Stop()
@@ -412,8 +410,8 @@ func (t *mqttTransport) handle(ctx context.Context, ev mqttEvent) {
 		t.subFailed.Store(false)
 		t.subLogged.Store(false)
 		t.dropLogged = false
-		t.logf("mqtt: connected to %s", t.cfg.Broker.URL)
-		t.client.Publish(t.presenceTopic, 1, true, t.presenceBytes(true))
+		t.logf("mqtt: connected to %s", t.onConnected())
+		t.confirm("presence", t.client.Publish(t.presenceTopic, 1, true, t.presenceBytes(true)))
 		t.refreshN = 0
 		t.refreshAt = time.Now().Add(refreshDelay(0))
 		t.subscribeAll()
@@ -422,21 +420,19 @@ func (t *mqttTransport) handle(ctx context.Context, ev mqttEvent) {
 	case "connfail":
 		// paho retries with backoff; say why, once per distinct reason
 		// (and again every mqttConnLogEvery while it lasts).
-		msg := fmt.Sprint(ev.err)
-		if msg != t.connErr || time.Since(t.connErrAt) > mqttConnLogEvery {
-			t.connErr, t.connErrAt = msg, time.Now()
-			t.logf("mqtt: cannot connect to %s as client id %q: %s; retrying (check broker.url, broker.ca/cert/key or broker.username/password, and that the broker accepts this device id as a client id)", t.cfg.Broker.URL, t.cfg.DeviceID, msg)
-		}
+		t.connFailed(ev.err) // transport_conn.go
 	case "lost":
 		if !t.connected {
 			return // one line per state change
 		}
 		t.connected = false
-		t.logf("mqtt: connection lost (%v); reconnecting", ev.err)
+		t.logf("mqtt: connection to %s lost (%v); reconnecting", t.conn.broker, ev.err)
 	case "msg":
 		t.message(ctx, ev.topic, ev.payload)
 	case "installed":
 		t.installed(ctx, ev.app, ev.err)
+	case "published":
+		t.published(ev.topic, ev.err) // transport_conn.go
 	}
 }
 
@@ -1468,7 +1464,7 @@ func (t *mqttTransport) publishStatus() {
 		return
 	}
 	t.lastStatus, t.lastPublished = string(key), time.Now()
-	t.client.Publish(t.statusTopic, 1, true, b)
+	t.confirm("status", t.client.Publish(t.statusTopic, 1, true, b))
 }
 
 // installParts installs a downloaded release through the daemon's
