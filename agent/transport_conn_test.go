@@ -6,6 +6,9 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/edgefleet/edgefleet/fleet"
 )
 
 // TestConfigBrokerURLs: broker.urls lists several brokers; broker.url
@@ -91,5 +94,83 @@ func TestBrokerOrderSpreads(t *testing.T) {
 func TestRedactURL(t *testing.T) {
 	if got := redactURL("tcp://user:secret@b:1883"); strings.Contains(got, "secret") || !strings.Contains(got, "b:1883") {
 		t.Fatalf("redactURL leaks or loses: %q", got)
+	}
+}
+
+// lastConnected is the broker named by the device's last "connected to"
+// log line.
+func lastConnected(log *syncBuffer) string {
+	s := log.String()
+	i := strings.LastIndex(s, "mqtt: connected to ")
+	if i < 0 {
+		return ""
+	}
+	line, _, _ := strings.Cut(s[i+len("mqtt: connected to "):], "\n")
+	url, _, _ := strings.Cut(line, " ")
+	return url
+}
+
+// TestMQTTBrokerFailover: three real brokers on loopback ports; agents
+// configured with all three spread over them and install a release. The
+// broker a device is on is closed; a new release published on the other
+// two reaches every device, the moved ones included, and their logs say
+// where they went.
+func TestMQTTBrokerFailover(t *testing.T) {
+	k := newKit(t)
+	var brokers []*fleet.Broker
+	var urls []string
+	var ops []paho.Client
+	for range 3 {
+		b := startTestBroker(t, t.TempDir(), "127.0.0.1:0")
+		brokers = append(brokers, b)
+		urls = append(urls, b.URL())
+		ops = append(ops, operator(t, b.URL()))
+	}
+	v1 := k.bundle(spec{Version: "1.0.0", Sequence: 1})
+	v2 := k.bundle(spec{Version: "2.0.0", Sequence: 2})
+	for _, op := range ops {
+		publish(t, op, k, v1, "")
+	}
+	type dev struct {
+		d   *mqttDevice
+		log *syncBuffer
+	}
+	var devs []dev
+	for i := range 6 {
+		cfg := mqttConfig(t, k, fmt.Sprintf("dev-fo-%d", i), urls[0])
+		cfg.Broker.URL, cfg.Broker.URLs = "", urls
+		if err := cfg.Validate(); err != nil {
+			t.Fatal(err)
+		}
+		d, log := startMQTTDeviceLogged(t, cfg)
+		defer d.stop()
+		devs = append(devs, dev{d, log})
+	}
+	on := map[string]int{}
+	for _, d := range devs {
+		eventually(t, d.d.id+" installs 1.0.0", func() bool { return installedIs(d.d, "1.0.0", StateCommitted) })
+		on[lastConnected(d.log)]++
+	}
+	t.Logf("devices per broker: %v", on)
+	// Close the broker the first device is on.
+	dead := lastConnected(devs[0].log)
+	k0 := slices.Index(urls, dead)
+	if k0 < 0 {
+		t.Fatalf("device 0 says it is connected to %q, not one of %v", dead, urls)
+	}
+	brokers[k0].Close()
+	for i, op := range ops {
+		if i != k0 {
+			publish(t, op, k, v2, "")
+		}
+	}
+	for _, d := range devs {
+		eventually(t, d.d.id+" installs 2.0.0 through a surviving broker", func() bool { return installedIs(d.d, "2.0.0", StateCommitted) })
+		if now := lastConnected(d.log); now == dead || !slices.Contains(urls, now) {
+			t.Errorf("%s says it is connected to %q after %s closed", d.d.id, now, dead)
+		}
+	}
+	if !strings.Contains(devs[0].log.String(), "connection to "+dead+" lost") {
+		t.Errorf("device 0's log does not say which broker it lost:\n%s", devs[0].log)
 	}
 }
