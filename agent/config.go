@@ -117,12 +117,12 @@ type BrokerConfig struct {
 	// in its own order (a shuffle seeded by its device id, see
 	// brokerOrder), so the devices of a failed node spread over the others.
 	URLs     []string `yaml:"urls,omitempty"`
-	Channel  string `yaml:"channel"`
-	CA       string `yaml:"ca,omitempty"`
-	Cert     string `yaml:"cert,omitempty"`
-	Key      string `yaml:"key,omitempty"`
-	Username string `yaml:"username,omitempty"`
-	Password string `yaml:"password,omitempty"`
+	Channel  string   `yaml:"channel"`
+	CA       string   `yaml:"ca,omitempty"`
+	Cert     string   `yaml:"cert,omitempty"`
+	Key      string   `yaml:"key,omitempty"`
+	Username string   `yaml:"username,omitempty"`
+	Password string   `yaml:"password,omitempty"`
 }
 
 // Duration is a time.Duration written in YAML as "10s".
