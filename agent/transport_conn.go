@@ -19,10 +19,16 @@ import (
 	paho "github.com/eclipse/paho.mqtt.golang"
 )
 
-// mqttConfirmTimeout is how long the broker has to acknowledge a retained
-// status or presence publish (QoS 1 PUBACK) before it is sent again. A
-// variable for tests.
-var mqttConfirmTimeout = 30 * time.Second
+// DefaultConfirmTimeout is how long the broker has to acknowledge a
+// retained status or presence publish (QoS 1 PUBACK) before it is sent
+// again.
+const DefaultConfirmTimeout = 30 * time.Second
+
+// mqttConfirmTimeout is DefaultConfirmTimeout; tests change it (atomic:
+// the transports read it while a test sets it).
+var mqttConfirmTimeout atomic.Int64
+
+func init() { mqttConfirmTimeout.Store(int64(DefaultConfirmTimeout)) }
 
 // mqttConn is the transport's connection bookkeeping.
 type mqttConn struct {
@@ -36,6 +42,9 @@ type mqttConn struct {
 	failLogged map[string]time.Time
 	// confirmLogged: an unconfirmed publish was logged on this connection.
 	confirmLogged bool
+	// presenceDue: the online presence was not confirmed; housekeeping
+	// sends it again (at most once a tick, never in a tight loop).
+	presenceDue bool
 }
 
 // brokerOrder is the order in which a device tries its brokers: a shuffle
@@ -120,6 +129,7 @@ func (t *mqttTransport) brokerList() string {
 func (t *mqttTransport) onConnected() string {
 	t.conn.broker = t.dialed()
 	t.conn.confirmLogged = false
+	t.conn.presenceDue = false // the connect publishes it
 	clear(t.conn.failLogged)
 	if len(t.conn.servers) > 1 {
 		return fmt.Sprintf("%s (of %d brokers)", t.conn.broker, len(t.conn.servers))
@@ -155,10 +165,11 @@ func (t *mqttTransport) connFailed(err error) {
 // "published" event when it failed or was not acknowledged within
 // mqttConfirmTimeout; the loop then sends it again (published).
 func (t *mqttTransport) confirm(what string, tok paho.Token) {
+	timeout := time.Duration(mqttConfirmTimeout.Load())
 	go func() {
 		var err error
-		if !tok.WaitTimeout(mqttConfirmTimeout) {
-			err = fmt.Errorf("not acknowledged by the broker within %s", mqttConfirmTimeout)
+		if !tok.WaitTimeout(timeout) {
+			err = fmt.Errorf("not acknowledged by the broker within %s", timeout)
 		} else if err = tok.Error(); err == nil {
 			return
 		}
@@ -166,9 +177,9 @@ func (t *mqttTransport) confirm(what string, tok paho.Token) {
 	}()
 }
 
-// published handles a publish that was not confirmed: the status is sent
-// again at the next housekeeping tick (with the state of that moment),
-// the presence at once. Logged once per connection.
+// published handles a publish that was not confirmed: the status (with
+// the state of that moment) and the presence are sent again at the next
+// housekeeping tick (resend). Logged once per connection.
 func (t *mqttTransport) published(what string, err error) {
 	if !t.connected {
 		return // the next connection publishes both anyway
@@ -181,6 +192,15 @@ func (t *mqttTransport) published(what string, err error) {
 	case "status":
 		t.lastStatus = "" // publishStatus sends it again
 	case "presence":
+		t.conn.presenceDue = true
+	}
+}
+
+// resend sends the online presence again when it was not confirmed
+// (housekeeping calls it; the status is resent by publishStatus).
+func (t *mqttTransport) resend() {
+	if t.connected && t.conn.presenceDue {
+		t.conn.presenceDue = false
 		t.confirm("presence", t.client.Publish(t.presenceTopic, 1, true, t.presenceBytes(true)))
 	}
 }

@@ -5,10 +5,13 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 	"github.com/edgefleet/edgefleet/fleet"
+	"github.com/edgefleet/edgefleet/protocol"
 )
 
 // TestConfigBrokerURLs: broker.urls lists several brokers; broker.url
@@ -172,5 +175,32 @@ func TestMQTTBrokerFailover(t *testing.T) {
 	}
 	if !strings.Contains(devs[0].log.String(), "connection to "+dead+" lost") {
 		t.Errorf("device 0's log does not say which broker it lost:\n%s", devs[0].log)
+	}
+}
+
+// TestMQTTStatusConfirmed: a retained status or presence publish that the
+// broker does not acknowledge within the confirm timeout is sent again,
+// and that is logged once per connection, not once per re-send. A real
+// broker, with a timeout shorter than its PUBACK takes.
+func TestMQTTStatusConfirmed(t *testing.T) {
+	mqttConfirmTimeout.Store(int64(time.Nanosecond))
+	t.Cleanup(func() { mqttConfirmTimeout.Store(int64(DefaultConfirmTimeout)) })
+	k := newKit(t)
+	b := startTestBroker(t, t.TempDir(), "127.0.0.1:0")
+	op := operator(t, b.URL())
+	var statuses atomic.Int64
+	topic, _ := protocol.StatusTopic("dev-confirm")
+	if tok := op.Subscribe(topic, 1, func(paho.Client, paho.Message) { statuses.Add(1) }); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("subscribe: %v", tok.Error())
+	}
+	dev, log := startMQTTDeviceLogged(t, mqttConfig(t, k, "dev-confirm", b.URL()))
+	defer dev.stop()
+	eventually(t, "an unconfirmed status is sent again (3 times or more)", func() bool { return statuses.Load() >= 3 })
+	mqttConfirmTimeout.Store(int64(DefaultConfirmTimeout))
+	if n := strings.Count(log.String(), "was not confirmed"); n != 1 {
+		t.Errorf("the unconfirmed publish was logged %d times on one connection, want once:\n%s", n, log)
+	}
+	if !strings.Contains(log.String(), "not acknowledged by the broker within") {
+		t.Errorf("the log does not say why:\n%s", log)
 	}
 }

@@ -1302,6 +1302,7 @@ func (t *mqttTransport) housekeeping(ctx context.Context) {
 		// a hold, the install of a complete download.
 		t.evaluate(ctx, ap)
 	}
+	t.resend() // transport_conn.go
 	t.publishStatus()
 }
 
