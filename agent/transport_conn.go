@@ -137,6 +137,15 @@ func (t *mqttTransport) onConnected() string {
 	return t.conn.broker
 }
 
+// statusBroker is the status's broker field: the connected broker when
+// the device has several ("" with one: nothing to tell).
+func (t *mqttTransport) statusBroker() string {
+	if len(t.conn.servers) < 2 {
+		return ""
+	}
+	return clip(t.conn.broker, 200)
+}
+
 // connFailed logs a failed connection attempt. paho retries with backoff
 // and, with several brokers, walks the list each time: each distinct
 // reason (a broker down, refused credentials) is logged once and again

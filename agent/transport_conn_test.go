@@ -162,16 +162,30 @@ func TestMQTTBrokerFailover(t *testing.T) {
 		t.Fatalf("device 0 says it is connected to %q, not one of %v", dead, urls)
 	}
 	brokers[k0].Close()
+	var views []*fleet.FleetView
 	for i, op := range ops {
 		if i != k0 {
 			publish(t, op, k, v2, "")
+			views = append(views, fleetView(t, op))
 		}
 	}
 	for _, d := range devs {
 		eventually(t, d.d.id+" installs 2.0.0 through a surviving broker", func() bool { return installedIs(d.d, "2.0.0", StateCommitted) })
-		if now := lastConnected(d.log); now == dead || !slices.Contains(urls, now) {
+		now := lastConnected(d.log)
+		if now == dead || !slices.Contains(urls, now) {
 			t.Errorf("%s says it is connected to %q after %s closed", d.d.id, now, dead)
 		}
+		// Its status, read through the broker it is on, names that broker.
+		eventually(t, d.d.id+"'s status names "+now, func() bool {
+			for _, v := range views {
+				for _, s := range v.Devices() {
+					if s.Device == d.d.id && s.Broker == now && len(s.Apps) == 1 && s.Apps[0].Version == "2.0.0" {
+						return true
+					}
+				}
+			}
+			return false
+		})
 	}
 	if !strings.Contains(devs[0].log.String(), "connection to "+dead+" lost") {
 		t.Errorf("device 0's log does not say which broker it lost:\n%s", devs[0].log)
