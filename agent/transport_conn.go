@@ -124,10 +124,14 @@ func (t *mqttTransport) brokerList() string {
 	return fmt.Sprintf("one of %d brokers (in this order: %s)", len(names), strings.Join(names, ", "))
 }
 
-// onConnected notes the broker of the new connection and returns it for
-// the log.
-func (t *mqttTransport) onConnected() string {
-	t.conn.broker = t.dialed()
+// onConnected notes the broker of the new connection (broker: the one
+// paho had dialled when it called the connect handler; "" when the loop
+// noticed the connection itself) and returns it for the log.
+func (t *mqttTransport) onConnected(broker string) string {
+	if broker == "" {
+		broker = t.dialed()
+	}
+	t.conn.broker = broker
 	t.conn.confirmLogged = false
 	t.conn.presenceDue = false // the connect publishes it
 	clear(t.conn.failLogged)

@@ -326,7 +326,7 @@ func newMQTTTransport(d *Daemon) (*mqttTransport, error) {
 		// 3.1 and the broker's reason (bad credentials) is replaced by
 		// "unacceptable protocol version".
 		SetProtocolVersion(4).
-		SetOnConnectHandler(func(paho.Client) { t.post(mqttEvent{kind: "connected"}) }).
+		SetOnConnectHandler(func(paho.Client) { t.post(mqttEvent{kind: "connected", topic: t.dialed()}) }).
 		SetConnectionLostHandler(func(_ paho.Client, err error) { t.post(mqttEvent{kind: "lost", err: err}) }).
 		SetReconnectingHandler(func(_ paho.Client, o *paho.ClientOptions) {
 			// The will says offline, stamped with this connection's start.
@@ -410,7 +410,7 @@ func (t *mqttTransport) handle(ctx context.Context, ev mqttEvent) {
 		t.subFailed.Store(false)
 		t.subLogged.Store(false)
 		t.dropLogged = false
-		t.logf("mqtt: connected to %s", t.onConnected())
+		t.logf("mqtt: connected to %s", t.onConnected(ev.topic))
 		t.confirm("presence", t.client.Publish(t.presenceTopic, 1, true, t.presenceBytes(true)))
 		t.refreshN = 0
 		t.refreshAt = time.Now().Add(refreshDelay(0))
