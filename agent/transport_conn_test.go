@@ -161,6 +161,7 @@ func TestMQTTBrokerFailover(t *testing.T) {
 	if k0 < 0 {
 		t.Fatalf("device 0 says it is connected to %q, not one of %v", dead, urls)
 	}
+	closed := time.Now()
 	brokers[k0].Close()
 	var views []*fleet.FleetView
 	for i, op := range ops {
@@ -187,6 +188,7 @@ func TestMQTTBrokerFailover(t *testing.T) {
 			return false
 		})
 	}
+	t.Logf("all %d devices on 2.0.0 %s after %s closed (%d were on it)", len(devs), time.Since(closed).Round(time.Millisecond), dead, on[dead])
 	if !strings.Contains(devs[0].log.String(), "connection to "+dead+" lost") {
 		t.Errorf("device 0's log does not say which broker it lost:\n%s", devs[0].log)
 	}
