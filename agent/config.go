@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -107,15 +109,26 @@ type HealthConfig struct {
 	MaxRestarts int `yaml:"max_restarts"`
 }
 
+// MaxBrokerURLs is the most brokers broker.urls may list.
+const MaxBrokerURLs = 16
+
 // BrokerConfig is the MQTT connection (used from issue 4 on).
 type BrokerConfig struct {
-	URL      string `yaml:"url"`
-	Channel  string `yaml:"channel"`
-	CA       string `yaml:"ca,omitempty"`
-	Cert     string `yaml:"cert,omitempty"`
-	Key      string `yaml:"key,omitempty"`
-	Username string `yaml:"username,omitempty"`
-	Password string `yaml:"password,omitempty"`
+	// URL is the one broker: tcp://host:1883 or ssl://host:8883. Set URL
+	// or URLs, not both.
+	URL string `yaml:"url,omitempty"`
+	// URLs are several brokers (the nodes of a cluster, or standbys), at
+	// most MaxBrokerURLs, all plain or all encrypted. The agent connects
+	// to one and moves to the next when it fails; each device walks them
+	// in its own order (a shuffle seeded by its device id, see
+	// brokerOrder), so the devices of a failed node spread over the others.
+	URLs     []string `yaml:"urls,omitempty"`
+	Channel  string   `yaml:"channel"`
+	CA       string   `yaml:"ca,omitempty"`
+	Cert     string   `yaml:"cert,omitempty"`
+	Key      string   `yaml:"key,omitempty"`
+	Username string   `yaml:"username,omitempty"`
+	Password string   `yaml:"password,omitempty"`
 }
 
 // Duration is a time.Duration written in YAML as "10s".
@@ -265,17 +278,35 @@ func (c *Config) Validate() error {
 // reported by `edgefleet-agent run` at once instead of as a silent retry
 // loop in the log. It fills the channel default ("stable").
 func (b *BrokerConfig) validate(deviceID string) error {
-	scheme, _, ok := strings.Cut(b.URL, "://")
-	if b.URL == "" || !ok {
-		return fmt.Errorf("broker.url %q: want tcp://host:1883 or ssl://host:8883", b.URL)
+	switch {
+	case b.URL != "" && len(b.URLs) > 0:
+		return fmt.Errorf("broker.url and broker.urls are both set; list every broker under broker.urls (broker.url is the shorthand for one)")
+	case b.URL == "" && len(b.URLs) == 0:
+		return fmt.Errorf("broker.url is missing: want tcp://host:1883 or ssl://host:8883 (or broker.urls: [tcp://a:1883, tcp://b:1883] for several brokers)")
+	case len(b.URLs) > MaxBrokerURLs:
+		return fmt.Errorf("broker.urls lists %d brokers; at most %d", len(b.URLs), MaxBrokerURLs)
 	}
-	tls := false
-	switch scheme {
-	case "tcp", "mqtt", "ws":
-	case "ssl", "tls", "mqtts", "wss":
-		tls = true
-	default:
-		return fmt.Errorf("broker.url %q: scheme %q is not one of tcp, mqtt, ssl, tls, mqtts, ws, wss", b.URL, scheme)
+	key := "broker.url"
+	if len(b.URLs) > 0 {
+		key = "broker.urls"
+	}
+	tls, seen := false, map[string]bool{}
+	for i, u := range b.Servers() {
+		enc, err := checkBrokerURL(u)
+		if len(b.URLs) > 0 {
+			key = fmt.Sprintf("broker.urls[%d]", i)
+		}
+		if err != nil {
+			return fmt.Errorf("%s %w", key, err)
+		}
+		if seen[u] {
+			return fmt.Errorf("%s: %s is listed twice", key, u)
+		}
+		seen[u] = true
+		if i > 0 && enc != tls {
+			return fmt.Errorf("broker.urls mixes encrypted (ssl://, tls://, mqtts://, wss://) and plain URLs; the same credentials would go in clear to some brokers: make them all one kind")
+		}
+		tls = enc
 	}
 	if b.Channel == "" {
 		b.Channel = "stable"
@@ -290,12 +321,53 @@ func (b *BrokerConfig) validate(deviceID string) error {
 		return fmt.Errorf("broker.cert and broker.key go together: a client certificate needs its key")
 	}
 	if !tls && (b.CA != "" || b.Cert != "") {
+		if len(b.URLs) > 0 {
+			return fmt.Errorf("broker.urls are not encrypted but broker.ca/cert/key are set; use ssl://host:8883 URLs for TLS")
+		}
 		return fmt.Errorf("broker.url %s is not encrypted but broker.ca/cert/key are set; use ssl://host:8883 for TLS", b.URL)
 	}
 	if b.Password != "" && b.Username == "" {
 		return fmt.Errorf("broker.password is set without broker.username")
 	}
 	return nil
+}
+
+// Servers returns the configured broker URLs: broker.urls, or broker.url
+// alone.
+func (b *BrokerConfig) Servers() []string {
+	if len(b.URLs) > 0 {
+		return b.URLs
+	}
+	if b.URL == "" {
+		return nil
+	}
+	return []string{b.URL}
+}
+
+// checkBrokerURL checks one broker URL and says whether it is encrypted.
+// The error starts with the URL quoted.
+func checkBrokerURL(raw string) (encrypted bool, err error) {
+	scheme, _, ok := strings.Cut(raw, "://")
+	if raw == "" || !ok {
+		return false, fmt.Errorf("%q: want tcp://host:1883 or ssl://host:8883", raw)
+	}
+	switch scheme {
+	case "tcp", "mqtt", "ws":
+	case "ssl", "tls", "mqtts", "wss":
+		encrypted = true
+	default:
+		return false, fmt.Errorf("%q: scheme %q is not one of tcp, mqtt, ssl, tls, mqtts, ws, wss", raw, scheme)
+	}
+	u, err := url.Parse(raw)
+	if err != nil || u.Hostname() == "" {
+		return false, fmt.Errorf("%q: no host; want %s://host:port", raw, scheme)
+	}
+	if p := u.Port(); p != "" {
+		if n, err := strconv.Atoi(p); err != nil || n < 1 || n > 65535 {
+			return false, fmt.Errorf("%q: port %q is not a number from 1 to 65535", raw, p)
+		}
+	}
+	return encrypted, nil
 }
 
 // App returns the configuration of the named app.

@@ -60,9 +60,16 @@ var (
 	// ErrNoSpace: not enough free storage, before or while staging.
 	ErrNoSpace = errors.New("not enough storage")
 
-	// ErrProbe: the new binary failed its probe (crash, signal, timeout,
-	// wrong output).
+	// ErrProbe: the new binary failed its probe (crash, signal, wrong
+	// output). Fatal for the release.
 	ErrProbe = errors.New("new binary failed its probe")
+
+	// ErrProbeTimeout: the probe did not finish within its timeout. On a
+	// loaded device (a download, a fleet of apps, a slow SD card) a good
+	// binary can be that slow, so this is transient: the install is tried
+	// again with the transport's backoff. A probe that runs and answers
+	// wrongly stays ErrProbe.
+	ErrProbeTimeout = errors.New("probe timed out")
 
 	// ErrBusy: another install or rollback of the app is in progress, or
 	// the app is on trial. Transient: retry later.

@@ -563,7 +563,9 @@ func runProbe(ctx context.Context, path string, p *protocol.Probe) error {
 		tail = "; stderr: " + clip(tail, 300)
 	}
 	if ctx.Err() == context.DeadlineExceeded {
-		return fmt.Errorf("probe `%s` did not finish within %s%s: %w", cmdline, time.Duration(p.Timeout), tail, ErrProbe)
+		// Transient (ErrProbeTimeout, not ErrProbe): a loaded device may be
+		// slower than the packer's machine; the release is tried again.
+		return fmt.Errorf("probe `%s` did not finish within %s (the device may be busy; trying again later)%s: %w", cmdline, time.Duration(p.Timeout), tail, ErrProbeTimeout)
 	}
 	if err != nil {
 		var ee *exec.ExitError

@@ -271,10 +271,6 @@ func TestRefusals(t *testing.T) {
 			bundle: func(k *kit) []byte {
 				return k.bundleBytes(spec{Version: "1.1.0", Sequence: 6, Extra: "-X main.crash=1", Probe: &protocol.Probe{Args: []string{"--serve"}, Timeout: protocol.Duration(10 * time.Second)}})
 			}},
-		{name: "probe timeout", is: ErrProbe, says: []string{"did not finish within 300ms"},
-			bundle: func(k *kit) []byte {
-				return k.bundleBytes(spec{Version: "1.1.0", Sequence: 6, Probe: &protocol.Probe{Args: []string{"--serve"}, Timeout: protocol.Duration(300 * time.Millisecond)}})
-			}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -317,5 +313,47 @@ func TestRefusals(t *testing.T) {
 			assertNoLeftovers(t, k)
 			t.Logf("refused: %v", err)
 		})
+	}
+}
+
+// TestProbeTimeoutIsTransient: a real probe that sleeps past its timeout
+// (hello --version while HELLO_SLOW_FILE exists) is not a verdict on the
+// binary: the error is ErrProbeTimeout, not ErrProbe, not Fatal, and
+// nothing changed; the same bundle installs once the probe is fast again.
+// A probe that answers wrongly stays fatal (TestRefusals).
+func TestProbeTimeoutIsTransient(t *testing.T) {
+	slow := filepath.Join(t.TempDir(), "slow")
+	if err := os.WriteFile(slow, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	k := newKit(t)
+	a := k.open(Options{})
+	k.install(a, k.bundle(spec{Version: "1.0.0", Sequence: 5}))
+	if err := a.Commit("hello"); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("HELLO_SLOW_FILE", slow) // the probe inherits the agent's environment
+	b := k.bundleBytes(spec{Version: "1.1.0", Sequence: 6, Probe: &protocol.Probe{Args: []string{"--version"}, Expect: "1.1.0", Timeout: protocol.Duration(300 * time.Millisecond)}})
+	before := k.snap(a)
+	_, err := a.Install(context.Background(), bytes.NewReader(b), nil)
+	if err == nil {
+		t.Fatal("installed although the probe could not finish")
+	}
+	if !errors.Is(err, ErrProbeTimeout) || errors.Is(err, ErrProbe) || Fatal(err) {
+		t.Fatalf("err = %v; want ErrProbeTimeout, transient (not ErrProbe, not Fatal)", err)
+	}
+	if !strings.Contains(err.Error(), "did not finish within 300ms") {
+		t.Errorf("err %q does not say what timed out", err)
+	}
+	if after := k.snap(a); after != before {
+		t.Fatalf("a probe timeout changed things:\nbefore %+v\nafter  %+v", before, after)
+	}
+	assertNoLeftovers(t, k)
+	os.Remove(slow)
+	if _, err := a.Install(context.Background(), bytes.NewReader(b), nil); err != nil {
+		t.Fatalf("the same release after the device calmed down: %v", err)
+	}
+	if got := runVersion(t, k.appPath); got != "1.1.0" {
+		t.Fatalf("app prints %q, want 1.1.0", got)
 	}
 }

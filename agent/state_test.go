@@ -215,10 +215,14 @@ func FuzzDecodeRecord(f *testing.F) {
 func FuzzParseConfig(f *testing.F) {
 	f.Add([]byte("device_id: d\ndata_dir: /d\ntrusted_keys: [/k]\napps:\n  - name: a\n    path: /a\n    health: {window: 2s}\n"))
 	f.Add([]byte("broker: {url: tcp://x:1883}\n"))
+	f.Add([]byte("device_id: d\ndata_dir: /d\ntrusted_keys: [/k]\nbroker: {urls: [tcp://a:1883, 'tcp://b:1883']}\n"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		cfg, err := ParseConfig(b)
 		if err == nil && (cfg.DataDir == "" || len(cfg.TrustedKeys) == 0) {
 			t.Fatalf("accepted an incomplete config")
+		}
+		if err == nil && cfg.Broker != nil && (len(cfg.Broker.Servers()) == 0 || len(cfg.Broker.Servers()) > MaxBrokerURLs) {
+			t.Fatalf("accepted a broker section with %d URLs", len(cfg.Broker.Servers()))
 		}
 	})
 }

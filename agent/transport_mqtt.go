@@ -154,8 +154,8 @@ type mqttApp struct {
 }
 
 type mqttEvent struct {
-	kind    string // "connected", "connfail", "lost", "msg", "installed", "mirror"
-	topic   string // "mirror": the payload sha256
+	kind    string // "connected", "connfail", "lost", "msg", "installed", "mirror", "published"
+	topic   string // "mirror": the payload sha256; "published": the topic
 	payload []byte
 	app     string
 	err     error
@@ -177,6 +177,7 @@ type mqttTransport struct {
 	stats  *MQTTStats
 	// mirrors: one client per mirror base URL (connection reuse).
 	mirrors map[string]*httpMirror
+	conn    mqttConn // transport_conn.go
 
 	lastStatus    string
 	lastPublished time.Time
@@ -241,8 +242,8 @@ func (d *Daemon) startMQTT(ctx context.Context) {
 
 func newMQTTTransport(d *Daemon) (*mqttTransport, error) {
 	bc := d.cfg.Broker
-	if bc.URL == "" {
-		return nil, errors.New("broker.url is empty; set it to tcp://host:1883 or ssl://host:8883")
+	if len(bc.Servers()) == 0 {
+		return nil, errNoBroker
 	}
 	if bc.Channel == "" {
 		bc.Channel = "stable"
@@ -263,16 +264,17 @@ func newMQTTTransport(d *Daemon) (*mqttTransport, error) {
 	if err != nil {
 		return nil, err
 	}
-	if tlsConf != nil && strings.HasPrefix(bc.URL, "tcp://") {
-		// paho ignores the TLS settings for tcp://: the password and
-		// everything else would go in clear.
-		return nil, fmt.Errorf("broker.url %s is plain tcp:// but broker.ca/cert/key are set; use ssl://host:8883 for TLS", bc.URL)
+	for _, u := range bc.Servers() {
+		if tlsConf != nil && strings.HasPrefix(u, "tcp://") {
+			// paho ignores the TLS settings for tcp://: the password and
+			// everything else would go in clear.
+			return nil, fmt.Errorf("broker URL %s is plain tcp:// but broker.ca/cert/key are set; use ssl://host:8883 for TLS", redactURL(u))
+		}
 	}
 	t.statusTopic, _ = protocol.StatusTopic(d.cfg.DeviceID)
 	t.presenceTopic, _ = protocol.PresenceTopic(d.cfg.DeviceID)
 	t.syncTopic, _ = protocol.SyncTopic(d.cfg.DeviceID)
 	o := paho.NewClientOptions().
-		AddBroker(bc.URL).
 		SetClientID(d.cfg.DeviceID).
 		SetCleanSession(false).
 		SetStore(paho.NewMemoryStore()). // FileStore panics on a full disk
@@ -290,17 +292,13 @@ func newMQTTTransport(d *Daemon) (*mqttTransport, error) {
 		// 3.1 and the broker's reason (bad credentials) is replaced by
 		// "unacceptable protocol version".
 		SetProtocolVersion(4).
-		SetConnectionNotificationHandler(func(_ paho.Client, n paho.ConnectionNotification) {
-			if f, ok := n.(paho.ConnectionNotificationFailed); ok {
-				t.post(mqttEvent{kind: "connfail", err: f.Reason})
-			}
-		}).
-		SetOnConnectHandler(func(paho.Client) { t.post(mqttEvent{kind: "connected"}) }).
+		SetOnConnectHandler(func(paho.Client) { t.post(mqttEvent{kind: "connected", topic: t.dialed()}) }).
 		SetConnectionLostHandler(func(_ paho.Client, err error) { t.post(mqttEvent{kind: "lost", err: err}) }).
 		SetReconnectingHandler(func(_ paho.Client, o *paho.ClientOptions) {
 			// The will says offline, stamped with this connection's start.
 			o.SetBinaryWill(t.presenceTopic, t.presenceBytes(false), 1, true)
 		})
+	t.addBrokers(o) // transport_conn.go
 	if bc.Username != "" {
 		o.SetUsername(bc.Username).SetPassword(bc.Password)
 	}
@@ -336,7 +334,7 @@ func (t *mqttTransport) onMessage(_ paho.Client, m paho.Message) {
 func (t *mqttTransport) agent() *Agent { return t.d.agent() }
 
 func (t *mqttTransport) run(ctx context.Context) {
-	t.logf("mqtt: connecting to %s as %s (channel %s)", t.cfg.Broker.URL, t.cfg.DeviceID, t.cfg.Broker.Channel)
+	t.logf("mqtt: connecting to %s as %s (channel %s)", t.brokerList(), t.cfg.DeviceID, t.cfg.Broker.Channel)
 	t.client.Connect() // retries in the background (SetConnectRetry)
 	tick := time.NewTicker(mqttTick)
 	defer tick.Stop()
@@ -378,8 +376,8 @@ func (t *mqttTransport) handle(ctx context.Context, ev mqttEvent) {
 		t.subFailed.Store(false)
 		t.subLogged.Store(false)
 		t.dropLogged = false
-		t.logf("mqtt: connected to %s", t.cfg.Broker.URL)
-		t.client.Publish(t.presenceTopic, 1, true, t.presenceBytes(true))
+		t.logf("mqtt: connected to %s", t.onConnected(ev.topic))
+		t.confirm("presence", t.client.Publish(t.presenceTopic, 1, true, t.presenceBytes(true)))
 		t.refreshN = 0
 		t.refreshAt = time.Now().Add(refreshDelay(0))
 		t.subscribeAll()
@@ -388,23 +386,21 @@ func (t *mqttTransport) handle(ctx context.Context, ev mqttEvent) {
 	case "connfail":
 		// paho retries with backoff; say why, once per distinct reason
 		// (and again every mqttConnLogEvery while it lasts).
-		msg := fmt.Sprint(ev.err)
-		if msg != t.connErr || time.Since(t.connErrAt) > mqttConnLogEvery {
-			t.connErr, t.connErrAt = msg, time.Now()
-			t.logf("mqtt: cannot connect to %s as client id %q: %s; retrying (check broker.url, broker.ca/cert/key or broker.username/password, and that the broker accepts this device id as a client id)", t.cfg.Broker.URL, t.cfg.DeviceID, msg)
-		}
+		t.connFailed(ev.err) // transport_conn.go
 	case "lost":
 		if !t.connected {
 			return // one line per state change
 		}
 		t.connected = false
-		t.logf("mqtt: connection lost (%v); reconnecting", ev.err)
+		t.logf("mqtt: connection to %s lost (%v); reconnecting", t.conn.broker, ev.err)
 	case "msg":
 		t.message(ctx, ev.topic, ev.payload)
 	case "installed":
 		t.installed(ctx, ev.app, ev.err)
 	case "mirror":
 		t.mirrorResult(ctx, ev)
+	case "published":
+		t.published(ev.topic, ev.err) // transport_conn.go
 	}
 }
 
@@ -566,6 +562,7 @@ func (t *mqttTransport) housekeeping(ctx context.Context) {
 		// a hold, the install of a complete download.
 		t.evaluate(ctx, ap)
 	}
+	t.resend() // transport_conn.go
 	t.publishStatus()
 }
 

@@ -27,7 +27,7 @@ func (t *mqttTransport) presenceBytes(online bool) []byte {
 func (t *mqttTransport) statusBytes() []byte {
 	s := &protocol.DeviceStatus{Schema: protocol.MQTTSchemaVersion, Device: t.cfg.DeviceID, Profile: t.cfg.Profile,
 		AgentVersion: clip(t.d.opts.Version, 200), Time: time.Now().UTC(), Online: true,
-		Channel: t.cfg.Broker.Channel, Labels: t.cfg.Labels}
+		Channel: t.cfg.Broker.Channel, Labels: t.cfg.Labels, Broker: t.statusBroker()}
 	a := t.agent()
 	if a != nil {
 		s.CPU = clip(a.CPU().String(), 200)
@@ -97,5 +97,5 @@ func (t *mqttTransport) publishStatus() {
 		return
 	}
 	t.lastStatus, t.lastPublished = string(key), time.Now()
-	t.client.Publish(t.statusTopic, 1, true, b)
+	t.confirm("status", t.client.Publish(t.statusTopic, 1, true, b))
 }

@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"strings"
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
@@ -18,6 +17,8 @@ import (
 // ClientOptions says how an operator command connects to the broker.
 type ClientOptions struct {
 	// Broker is the URL: tcp://host:1883 or ssl://host:8883. Required.
+	// Several, separated by commas, are tried in order and the first that
+	// accepts the connection is used (at most MaxBrokers).
 	Broker string
 	// Username and Password authenticate against a users file.
 	Username, Password string
@@ -26,7 +27,7 @@ type ClientOptions struct {
 	CA, Cert, Key string
 	// ClientID defaults to "edgefleet-op-<random>".
 	ClientID string
-	// ConnectTimeout defaults to 10s.
+	// ConnectTimeout defaults to 10s, per broker tried.
 	ConnectTimeout time.Duration
 	// WillTopic and WillPayload, when set, are the connection's last will
 	// (retained, QoS 1): the rollout driver's presence says it is gone.
@@ -38,19 +39,11 @@ type ClientOptions struct {
 
 // Validate checks the options and fills defaults.
 func (o *ClientOptions) Validate() error {
-	if o.Broker == "" {
-		return errors.New("no broker given: use --broker tcp://host:1883")
-	}
-	if !strings.HasPrefix(o.Broker, "tcp://") && !strings.HasPrefix(o.Broker, "ssl://") && !strings.HasPrefix(o.Broker, "tls://") {
-		return fmt.Errorf("broker URL %q: want tcp://host:port or ssl://host:port", o.Broker)
-	}
 	if (o.Cert == "") != (o.Key == "") {
 		return errors.New("a client certificate needs both --cert and --key")
 	}
-	if strings.HasPrefix(o.Broker, "tcp://") && (o.CA != "" || o.Cert != "") {
-		// paho ignores TLS settings for tcp://: the connection (and any
-		// password) would go in clear.
-		return fmt.Errorf("broker URL %s is plain tcp:// but --ca/--cert are set; use ssl://host:8883 for TLS", o.Broker)
+	if err := o.checkBrokers(); err != nil { // client_failover.go
+		return err
 	}
 	if o.ClientID == "" {
 		var b [6]byte
@@ -102,7 +95,6 @@ func Connect(ctx context.Context, o ClientOptions) (paho.Client, error) {
 		return nil, err
 	}
 	po := paho.NewClientOptions().
-		AddBroker(o.Broker).
 		SetClientID(o.ClientID).
 		SetCleanSession(true).
 		SetAutoReconnect(false).
@@ -112,6 +104,12 @@ func Connect(ctx context.Context, o ClientOptions) (paho.Client, error) {
 		SetKeepAlive(30 * time.Second).
 		SetWriteTimeout(30 * time.Second).
 		SetMaxResumePubInFlight(64)
+	brokers := o.Brokers()
+	for _, b := range brokers {
+		po.AddBroker(b) // paho tries them in order and keeps the first that accepts
+	}
+	attempts := &brokerAttempts{}
+	po.SetConnectionNotificationHandler(attempts.handler)
 	if o.Username != "" {
 		po.SetUsername(o.Username).SetPassword(o.Password)
 	}
@@ -125,7 +123,10 @@ func Connect(ctx context.Context, o ClientOptions) (paho.Client, error) {
 		po.SetConnectionLostHandler(func(_ paho.Client, err error) { o.OnConnectionLost(err) })
 	}
 	c := paho.NewClient(po)
-	if err := wait(ctx, c.Connect(), o.ConnectTimeout); err != nil {
+	if err := wait(ctx, c.Connect(), o.ConnectTimeout*time.Duration(len(brokers))); err != nil {
+		if len(brokers) > 1 {
+			return nil, fmt.Errorf("cannot connect to any of %d brokers (%s) (are they running, and are the credentials right?): %w", len(brokers), attempts, err)
+		}
 		return nil, fmt.Errorf("cannot connect to the broker at %s (is it running, and are the credentials right?): %w", o.Broker, err)
 	}
 	return c, nil

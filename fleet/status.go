@@ -22,7 +22,9 @@ import (
 // A device's state comes from its status, its liveness from its presence
 // message when it has one (agents before presence existed said offline
 // in the status itself); its last contact is the later of the two
-// messages' times.
+// messages' times. A device whose last contact is older than
+// DefaultStaleAfter (three status heartbeats) is offline whatever its
+// presence says: its last will may have died with a broker node.
 type FleetView struct {
 	mu       sync.Mutex
 	devices  map[string]*protocol.DeviceStatus
@@ -36,6 +38,11 @@ type FleetView struct {
 	// whose labels match it.
 	sel protocol.Selector
 	gen int
+	// staleAfter: a last contact older than this shows the device offline
+	// (0: DefaultStaleAfter, negative: off); now replaces time.Now for
+	// tests (liveness.go).
+	staleAfter time.Duration
+	now        func() time.Time
 }
 
 // NewFleetView returns an empty view.
@@ -163,8 +170,9 @@ func (v *FleetView) Generation() int {
 }
 
 // Devices returns a copy of the statuses, sorted by device id, with
-// Online from the device's presence message when it has one and Time its
-// last contact (the later of its status and presence times).
+// Online from the device's presence message when it has one (false when
+// the last contact is older than the stale limit, see SetStaleAfter) and
+// Time its last contact (the later of its status and presence times).
 func (v *FleetView) Devices() []protocol.DeviceStatus {
 	v.mu.Lock()
 	defer v.mu.Unlock()
@@ -174,11 +182,9 @@ func (v *FleetView) Devices() []protocol.DeviceStatus {
 			continue
 		}
 		d := *s
-		if p := v.presence[id]; p != nil {
-			d.Online = p.Online
-			if p.Time.After(d.Time) {
-				d.Time = p.Time
-			}
+		d.Online, d.Time = v.liveness(id, d.Online, d.Time)
+		if _, silent := v.stale(d.Time); silent {
+			d.Online = false
 		}
 		out = append(out, d)
 	}
@@ -303,10 +309,13 @@ func (v *FleetView) WriteTable(w io.Writer, now time.Time) {
 		fmt.Fprintln(tw, "DEVICE\tPROFILE\tAPP\tVERSION\tSTATE\tPROGRESS\tLAST SEEN\tERROR")
 	}
 	assigned := v.Assigned()
+	silent := v.Silent()
 	for _, d := range devs {
 		seen := "offline " + ago(now, d.Time)
 		if d.Online {
 			seen = ago(now, d.Time)
+		} else if _, ok := silent[d.Device]; ok {
+			seen = noContact(now.Sub(d.Time))
 		}
 		apps := d.Apps
 		// An app assigned to the device that it does not report yet.

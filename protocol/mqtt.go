@@ -416,7 +416,11 @@ type DeviceStatus struct {
 	Channel string `json:"channel,omitempty"`
 	// Labels are the device's configured labels (rollout selectors and
 	// status --select match them).
-	Labels Labels      `json:"labels,omitempty"`
+	Labels Labels `json:"labels,omitempty"`
+	// Broker is the broker the device published this status through
+	// (scheme://host:port, no credentials), when it knows several
+	// (broker.urls): which node of a cluster it is on.
+	Broker string      `json:"broker,omitempty"`
 	Time   time.Time   `json:"time"`
 	Online bool        `json:"online"`
 	Apps   []AppReport `json:"apps"`
@@ -467,8 +471,8 @@ func (s *DeviceStatus) Validate() error {
 	if s.Profile != "" && !ValidProfileName(s.Profile) {
 		return bad("profile %q is not valid", clip(s.Profile))
 	}
-	if len(s.CPU) > maxStringLen || len(s.AgentVersion) > maxStringLen {
-		return bad("cpu or agent_version longer than %d", maxStringLen)
+	if len(s.CPU) > maxStringLen || len(s.AgentVersion) > maxStringLen || len(s.Broker) > maxStringLen {
+		return bad("cpu, agent_version or broker longer than %d", maxStringLen)
 	}
 	if s.Channel != "" && !ValidChannel(s.Channel) {
 		return bad("channel %q is not valid", clip(s.Channel))
@@ -571,7 +575,7 @@ func ParseStatus(b []byte) (*DeviceStatus, error) {
 // invalid UTF-8 become '?'. The text never grows, so the limits still
 // hold.
 func (s *DeviceStatus) cleanText() {
-	s.CPU, s.AgentVersion = cleanText(s.CPU), cleanText(s.AgentVersion)
+	s.CPU, s.AgentVersion, s.Broker = cleanText(s.CPU), cleanText(s.AgentVersion), cleanText(s.Broker)
 	for i := range s.Apps {
 		a := &s.Apps[i]
 		a.Version, a.State, a.Target, a.LastError, a.Note = cleanText(a.Version), cleanText(a.State), cleanText(a.Target), cleanText(a.LastError), cleanText(a.Note)

@@ -14,10 +14,12 @@ import (
 // brokerFlags are the connection flags shared by the fleet commands.
 type brokerFlags struct {
 	url, username, password, ca, cert, key string
+	urlSet                                 bool // --broker was given (the default is replaced, then added to)
 }
 
 func (b *brokerFlags) register(fs *flag.FlagSet) {
-	fs.StringVar(&b.url, "broker", "tcp://127.0.0.1:1883", "broker URL (tcp://host:port or ssl://host:port)")
+	b.url = "tcp://127.0.0.1:1883"
+	fs.Var(brokerURLs{b}, "broker", "broker URL (tcp://host:port or ssl://host:port); several, comma-separated or the flag repeated, are tried in order and the first that answers is used")
 	fs.StringVar(&b.username, "username", "", "broker user name")
 	fs.StringVar(&b.password, "password", "", "broker password (default $EDGEFLEET_BROKER_PASSWORD)")
 	fs.StringVar(&b.ca, "ca", "", "CA certificate (PEM) that signed the broker's certificate")
@@ -31,6 +33,30 @@ func (b *brokerFlags) connect(ctx context.Context, env *cliEnv) (paho.Client, er
 		pass = env.getenv("EDGEFLEET_BROKER_PASSWORD")
 	}
 	return fleet.Connect(ctx, fleet.ClientOptions{Broker: b.url, Username: b.username, Password: pass, CA: b.ca, Cert: b.cert, Key: b.key})
+}
+
+// brokerURLs is the --broker flag: the first use replaces the default,
+// each further use adds URLs (kept comma-separated, as
+// fleet.ClientOptions.Broker takes them).
+type brokerURLs struct{ b *brokerFlags }
+
+func (f brokerURLs) String() string {
+	if f.b == nil {
+		return ""
+	}
+	return f.b.url
+}
+
+func (f brokerURLs) Set(v string) error {
+	if strings.TrimSpace(v) == "" {
+		return fmt.Errorf("empty broker URL; want tcp://host:port or ssl://host:port")
+	}
+	if !f.b.urlSet {
+		f.b.url, f.b.urlSet = v, true
+		return nil
+	}
+	f.b.url += "," + v
+	return nil
 }
 
 // progressBar draws "[#####.....]  45% label 1.2 MiB/2.6 MiB" on one line.

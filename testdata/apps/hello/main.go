@@ -10,6 +10,8 @@
 //	HELLO_CRASH=1        --serve exits 3 right after it starts
 //	HELLO_HEALTH_FAIL=1  --health exits 1
 //	HELLO_HEALTH_FILE=p  --health exits 1 when the file p exists
+//	HELLO_SLOW_FILE=p    --version waits while the file p exists (at most
+//	                     a minute): a probe slower than its timeout
 //
 // The failure switches can also be baked in at build time with
 // -X main.crash=1 or -X main.healthFail=1, for releases that are broken
@@ -21,6 +23,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 )
 
 var version = "dev"
@@ -38,6 +41,13 @@ func main() {
 	}
 	switch mode {
 	case "--version", "-version", "version":
+		if f := os.Getenv("HELLO_SLOW_FILE"); f != "" {
+			for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+				if _, err := os.Stat(f); err != nil {
+					break
+				}
+			}
+		}
 		fmt.Println(version)
 	case "--serve", "serve":
 		os.Exit(serve())
