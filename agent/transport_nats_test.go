@@ -111,6 +111,7 @@ func (f *natsFleet) describe(ids []string) string {
 		a := deviceApp(f.view, id)
 		fmt.Fprintf(&b, "\n  %s: version %q state %q note %q last_error %q", id, a.Version, a.State, a.Note, a.LastError)
 	}
+	fmt.Fprintf(&b, "\nretained messages stream, as each node sees it:\n%s", f.c.RetainedReport())
 	return b.String()
 }
 

@@ -306,3 +306,76 @@ func (c *NATSCluster) MetaLeader(n *NATSNode) (string, error) {
 	}
 	return jsz.Meta.Leader, nil
 }
+
+// RetainedReport describes, as each running node sees it, the JetStream
+// stream holding MQTT retained messages ($MQTT_rmsgs): its leader, its
+// message count and its consumers (each node feeds its in-memory retained
+// index from one such consumer) with their leaders and delivered sequence.
+// For logs when a test fails; errors are part of the text.
+func (c *NATSCluster) RetainedReport() string {
+	var b strings.Builder
+	cl := http.Client{Timeout: 2 * time.Second}
+	for _, n := range c.Nodes {
+		if !n.Running() {
+			fmt.Fprintf(&b, "%s: down\n", n.Name)
+			continue
+		}
+		resp, err := cl.Get(fmt.Sprintf("http://127.0.0.1:%d/jsz?accounts=true&streams=true&consumers=true&config=true", n.HTTPPort))
+		if err != nil {
+			fmt.Fprintf(&b, "%s: /jsz: %v\n", n.Name, err)
+			continue
+		}
+		var jsz struct {
+			Meta *struct {
+				Leader string `json:"leader"`
+			} `json:"meta_cluster"`
+			Accounts []struct {
+				Streams []struct {
+					Name    string `json:"name"`
+					Cluster struct {
+						Leader string `json:"leader"`
+					} `json:"cluster"`
+					State struct {
+						Msgs uint64 `json:"messages"`
+						Last uint64 `json:"last_seq"`
+					} `json:"state"`
+					Consumers []struct {
+						Name    string `json:"name"`
+						Cluster struct {
+							Leader string `json:"leader"`
+						} `json:"cluster"`
+						Delivered struct {
+							StreamSeq uint64 `json:"stream_seq"`
+						} `json:"delivered"`
+						Config struct {
+							DeliverSubject string `json:"deliver_subject"`
+						} `json:"config"`
+					} `json:"consumer_detail"`
+				} `json:"stream_detail"`
+			} `json:"account_details"`
+		}
+		err = json.NewDecoder(io.LimitReader(resp.Body, 8<<20)).Decode(&jsz)
+		resp.Body.Close()
+		if err != nil {
+			fmt.Fprintf(&b, "%s: /jsz: %v\n", n.Name, err)
+			continue
+		}
+		leader := ""
+		if jsz.Meta != nil {
+			leader = jsz.Meta.Leader
+		}
+		fmt.Fprintf(&b, "%s: meta leader %q\n", n.Name, leader)
+		for _, a := range jsz.Accounts {
+			for _, s := range a.Streams {
+				if s.Name != "$MQTT_rmsgs" {
+					continue
+				}
+				fmt.Fprintf(&b, "  stream %s: leader %q, %d messages, last seq %d\n", s.Name, s.Cluster.Leader, s.State.Msgs, s.State.Last)
+				for _, co := range s.Consumers {
+					fmt.Fprintf(&b, "    consumer %s: leader %q, delivered up to seq %d, to %s\n", co.Name, co.Cluster.Leader, co.Delivered.StreamSeq, co.Config.DeliverSubject)
+				}
+			}
+		}
+	}
+	return b.String()
+}
