@@ -126,7 +126,7 @@ func TestNATSClusterSteadyState(t *testing.T) {
 		path := f.k.bundle(spec{Version: v.version, Sequence: v.seq})
 		start := time.Now()
 		publish(t, f.op, f.k, path, "")
-		at, missing := f.waitCommitted(f.all(), v.version, start, 90*time.Second)
+		at, missing := f.waitCommitted(f.all(), v.version, start, 60*time.Second)
 		if len(missing) > 0 {
 			t.Fatalf("%v never committed %s (others: %s):%s", missing, v.version, spread(at), f.describe(missing))
 		}
@@ -146,7 +146,7 @@ func TestNATSClusterPublishWhileNodeDown(t *testing.T) {
 	v1 := f.k.bundle(spec{Version: "1.0.0", Sequence: 1})
 	start := time.Now()
 	publish(t, f.op, f.k, v1, "")
-	at, missing := f.waitCommitted(f.all(), "1.0.0", start, 90*time.Second)
+	at, missing := f.waitCommitted(f.all(), "1.0.0", start, 60*time.Second)
 	if len(missing) > 0 {
 		t.Fatalf("%v never committed 1.0.0 with every node up:%s", missing, f.describe(missing))
 	}
@@ -157,7 +157,7 @@ func TestNATSClusterPublishWhileNodeDown(t *testing.T) {
 	start = time.Now()
 	publish(t, f.op, f.k, v2, "")
 	live := append(append([]string{}, f.byNode[0]...), f.byNode[1]...)
-	at, missing = f.waitCommitted(live, "2.0.0", start, 90*time.Second)
+	at, missing = f.waitCommitted(live, "2.0.0", start, 60*time.Second)
 	if len(missing) > 0 {
 		t.Fatalf("with node n3 down, devices of the live nodes %v never committed 2.0.0 (others: %s):%s", missing, spread(at), f.describe(missing))
 	}
@@ -170,7 +170,7 @@ func TestNATSClusterPublishWhileNodeDown(t *testing.T) {
 
 	f.c.Restart(2)
 	restarted := time.Now()
-	at, missing = f.waitCommitted(f.byNode[2], "2.0.0", restarted, 90*time.Second)
+	at, missing = f.waitCommitted(f.byNode[2], "2.0.0", restarted, 60*time.Second)
 	if len(missing) > 0 {
 		t.Fatalf("after node n3 restarted, its devices %v had not committed 2.0.0 %.0fs later (others: %s):%s",
 			missing, time.Since(restarted).Seconds(), spread(at), f.describe(missing))
@@ -199,7 +199,7 @@ func TestNATSClusterNodeKilledMidDelivery(t *testing.T) {
 	}
 	killed := time.Now()
 	live := append(append([]string{}, f.byNode[0]...), f.byNode[2]...)
-	at, missing := f.waitCommitted(live, "1.0.0", start, 90*time.Second)
+	at, missing := f.waitCommitted(live, "1.0.0", start, 60*time.Second)
 	if len(missing) > 0 {
 		t.Fatalf("with node n2 killed mid-delivery, devices of the live nodes %v never committed 1.0.0 (others: %s):%s", missing, spread(at), f.describe(missing))
 	}
@@ -207,7 +207,7 @@ func TestNATSClusterNodeKilledMidDelivery(t *testing.T) {
 
 	f.c.Restart(1)
 	restarted := time.Now()
-	at, missing = f.waitCommitted(f.byNode[1], "1.0.0", restarted, 90*time.Second)
+	at, missing = f.waitCommitted(f.byNode[1], "1.0.0", restarted, 60*time.Second)
 	if len(missing) > 0 {
 		t.Fatalf("after node n2 restarted, its devices %v had not committed 1.0.0 %.0fs later (others: %s):%s",
 			missing, time.Since(restarted).Seconds(), spread(at), f.describe(missing))
