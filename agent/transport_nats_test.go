@@ -115,6 +115,23 @@ func (f *natsFleet) describe(ids []string) string {
 	return b.String()
 }
 
+// healthyAfter reports, once, how long after start node i first said it
+// was healthy (or that it did not within a minute).
+func (f *natsFleet) healthyAfter(i int, start time.Time) <-chan string {
+	ch := make(chan string, 1)
+	go func() {
+		for time.Since(start) < time.Minute {
+			if ok, _ := f.c.Healthy(i); ok {
+				ch <- fmt.Sprintf("%.1fs later", time.Since(start).Seconds())
+				return
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		ch <- "not within a minute"
+	}()
+	return ch
+}
+
 // TestNATSClusterSteadyState: devices spread over the three nodes converge
 // on a release and then on the next one, published on node 0.
 func TestNATSClusterSteadyState(t *testing.T) {
@@ -170,7 +187,9 @@ func TestNATSClusterPublishWhileNodeDown(t *testing.T) {
 
 	f.c.Restart(2)
 	restarted := time.Now()
+	healthy := f.healthyAfter(2, restarted)
 	at, missing = f.waitCommitted(f.byNode[2], "2.0.0", restarted, 60*time.Second)
+	t.Logf("node n3 restarted: it accepted MQTT clients at once and reported itself healthy (/healthz) %s", <-healthy)
 	if len(missing) > 0 {
 		t.Fatalf("after node n3 restarted, its devices %v had not committed 2.0.0 %.0fs later (others: %s):%s",
 			missing, time.Since(restarted).Seconds(), spread(at), f.describe(missing))
@@ -207,7 +226,9 @@ func TestNATSClusterNodeKilledMidDelivery(t *testing.T) {
 
 	f.c.Restart(1)
 	restarted := time.Now()
+	healthy := f.healthyAfter(1, restarted)
 	at, missing = f.waitCommitted(f.byNode[1], "1.0.0", restarted, 60*time.Second)
+	t.Logf("node n2 restarted: it accepted MQTT clients at once and reported itself healthy (/healthz) %s", <-healthy)
 	if len(missing) > 0 {
 		t.Fatalf("after node n2 restarted, its devices %v had not committed 1.0.0 %.0fs later (others: %s):%s",
 			missing, time.Since(restarted).Seconds(), spread(at), f.describe(missing))

@@ -379,3 +379,7 @@ func (c *NATSCluster) RetainedReport() string {
 	}
 	return b.String()
 }
+
+// Healthy says whether node i answers /healthz with 200 and knows the
+// JetStream meta leader, and if not, why.
+func (c *NATSCluster) Healthy(i int) (bool, string) { return c.healthy(c.Nodes[i]) }
