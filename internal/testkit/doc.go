@@ -3,7 +3,9 @@
 // throwaway PKI made with crypto/x509, TEST-ONLY release keys and signed
 // bundles made with protocol functions only (never the packer, whose output
 // the agent tests must check independently), a test device's agent.yaml,
-// a real Mosquitto on a free loopback port, and a polling helper.
+// a real Mosquitto on a free loopback port, a real 3-node nats-server
+// cluster (JetStream + MQTT) with SIGKILL and restart of one node, and a
+// polling helper.
 //
 // It is test support only: it is imported by _test.go files and never by
 // non-test code, so no production binary links it (internal/policy
@@ -17,7 +19,7 @@
 //     written under the caller's temporary directories.
 //   - Built binaries live in one temporary directory per process; call
 //     Main from a TestMain to remove it when the tests end.
-//   - When a tool a test needs is missing (go, mosquitto) it skips the test
+//   - When a tool a test needs is missing (go, mosquitto, nats-server) it skips the test
 //     loudly, saying what is missing and that scripts/test.sh installs it.
 //   - Waits are bounded only to stop a hung test; nothing here asserts on
 //     speed.
