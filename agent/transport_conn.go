@@ -45,6 +45,9 @@ type mqttConn struct {
 	// presenceDue: the online presence was not confirmed; housekeeping
 	// sends it again (at most once a tick, never in a tight loop).
 	presenceDue bool
+	// sw moves the device off a broker that does not deliver
+	// (transport_switch.go).
+	sw brokerSwitch
 }
 
 // brokerOrder is the order in which a device tries its brokers: a shuffle
@@ -85,6 +88,9 @@ func (t *mqttTransport) addBrokers(o *paho.ClientOptions) {
 		o.AddBroker(s)
 	}
 	several := len(t.conn.servers) > 1
+	if several {
+		o.SetCustomOpenConnectionFn(t.dialBroker)
+	}
 	o.SetConnectionNotificationHandler(func(_ paho.Client, n paho.ConnectionNotification) {
 		switch n := n.(type) {
 		case paho.ConnectionNotificationBroker:

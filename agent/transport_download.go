@@ -318,6 +318,13 @@ func (t *mqttTransport) stalled(ap *mqttApp) {
 	if ap.lastErr == "" || ap.stallErr {
 		ap.lastErr, ap.stallErr = msg, true
 	}
+	// With other brokers configured, leave this one: a cluster node can
+	// serve a stale retained set that never holds these chunks. The
+	// reconnect subscribes to the outstanding chunks again.
+	if t.switchBroker(fmt.Sprintf("%s %s: chunks stalled for %s", m.App, m.Version, waited)) {
+		dl.lastChunk = time.Now()
+		return
+	}
 	t.resubscribeChunks(dl)
 }
 
