@@ -218,7 +218,7 @@ func StartBroker(opts BrokerOptions) (*Broker, error) {
 	caps.MaximumMessageExpiryInterval = 0 // retained releases never expire by age
 	srv := mqtt.New(&mqtt.Options{
 		Capabilities: caps,
-		Logger:       slog.New(slog.NewTextHandler(logfWriter(opts.Logf), &slog.HandlerOptions{Level: slog.LevelWarn})),
+		Logger:       slog.New(slog.NewTextHandler(logfWriter(opts.Logf), &slog.HandlerOptions{Level: slog.LevelWarn, ReplaceAttr: brokerLogAttr})),
 		// Larger buffers move 128 KiB chunks in fewer syscalls.
 		ClientNetWriteBufferSize: 64 << 10,
 		ClientNetReadBufferSize:  64 << 10,
