@@ -76,6 +76,10 @@ type BrokerOptions struct {
 // DefaultMaxPacketSize is BrokerOptions.MaxPacketSize's default.
 const DefaultMaxPacketSize = 1<<20 + 64<<10
 
+// chunkWriteTimeout bounds the write of one retained chunk: a client that
+// reads nothing for that long is disconnected (it reconnects and asks again).
+const chunkWriteTimeout = 60 * time.Second
+
 // DefaultConnectTimeout is BrokerOptions.ConnectTimeout's default.
 const DefaultConnectTimeout = 10 * time.Second
 
@@ -134,11 +138,12 @@ func (o *BrokerOptions) authenticated() bool { return o.Users != "" || o.ClientC
 
 // Broker is a running embedded broker.
 type Broker struct {
-	srv   *mqtt.Server
-	addr  string
-	opts  BrokerOptions
-	auth  *authHook
-	close sync.Once
+	srv    *mqtt.Server
+	chunks *chunkDelivery
+	addr   string
+	opts   BrokerOptions
+	auth   *authHook
+	close  sync.Once
 	// internalAddr is the loopback listener of the broker's own clients
 	// (the rollout driver), which log in with internalUser and the
 	// auth hook's internalSecret, whatever the users file or TLS say.
@@ -226,6 +231,10 @@ func StartBroker(opts BrokerOptions) (*Broker, error) {
 	if err := srv.AddHook(auth, nil); err != nil {
 		return nil, err
 	}
+	chunks := &chunkDelivery{srv: srv, writeTimeout: chunkWriteTimeout}
+	if err := srv.AddHook(chunks, nil); err != nil {
+		return nil, err
+	}
 	store := &retainedStore{Hook: new(bolt.Hook)}
 	if err := srv.AddHook(store, &bolt.Options{
 		Path:    filepath.Join(opts.DataDir, "broker.db"),
@@ -247,7 +256,7 @@ func StartBroker(opts BrokerOptions) (*Broker, error) {
 		srv.Close()
 		return nil, err
 	}
-	return &Broker{srv: srv, addr: tcp.Address(), opts: opts, auth: auth, internalAddr: internal.Address(), started: time.Now()}, nil
+	return &Broker{srv: srv, chunks: chunks, addr: tcp.Address(), opts: opts, auth: auth, internalAddr: internal.Address(), started: time.Now()}, nil
 }
 
 // connectDeadline closes a connection that has not sent its CONNECT within
