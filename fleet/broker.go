@@ -25,7 +25,6 @@ import (
 	"github.com/edgefleet/edgefleet/protocol"
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/hooks/storage/bolt"
-	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/mochi-mqtt/server/v2/packets"
 	"go.etcd.io/bbolt"
 	"golang.org/x/crypto/bcrypt"
@@ -242,13 +241,13 @@ func StartBroker(opts BrokerOptions) (*Broker, error) {
 	}); err != nil {
 		return nil, fmt.Errorf("broker: open %s (is another broker using this --data?): %w", filepath.Join(opts.DataDir, "broker.db"), err)
 	}
-	tcp := listeners.NewTCP(listeners.Config{ID: "tcp", Address: opts.Listen, TLSConfig: tlsConf})
-	if err := srv.AddListener(connectDeadline{TCP: tcp, d: opts.ConnectTimeout}); err != nil {
+	tcp := &tcpListener{id: "tcp", address: opts.Listen, tlsConf: tlsConf, connectTimeout: opts.ConnectTimeout, logf: opts.Logf}
+	if err := srv.AddListener(tcp); err != nil {
 		srv.Close()
 		return nil, fmt.Errorf("broker: listen on %s: %w", opts.Listen, err)
 	}
-	internal := listeners.NewTCP(listeners.Config{ID: internalListenerID, Address: "127.0.0.1:0"})
-	if err := srv.AddListener(connectDeadline{TCP: internal, d: opts.ConnectTimeout}); err != nil {
+	internal := &tcpListener{id: internalListenerID, address: "127.0.0.1:0", connectTimeout: opts.ConnectTimeout, logf: opts.Logf}
+	if err := srv.AddListener(internal); err != nil {
 		srv.Close()
 		return nil, fmt.Errorf("broker: internal listener on 127.0.0.1: %w", err)
 	}
@@ -257,28 +256,6 @@ func StartBroker(opts BrokerOptions) (*Broker, error) {
 		return nil, err
 	}
 	return &Broker{srv: srv, chunks: chunks, addr: tcp.Address(), opts: opts, auth: auth, internalAddr: internal.Address(), started: time.Now()}, nil
-}
-
-// connectDeadline closes a connection that has not sent its CONNECT within
-// d of being accepted: mochi reads the CONNECT (and, with TLS, does the
-// handshake) without any deadline, so a socket that sends nothing stayed
-// open forever. mochi replaces the deadline with the keepalive's once it
-// has read the CONNECT.
-type connectDeadline struct {
-	*listeners.TCP
-	d time.Duration
-}
-
-func (l connectDeadline) Serve(establish listeners.EstablishFn) {
-	l.TCP.Serve(func(id string, c net.Conn) error {
-		// The connection itself, not a wrapper: the auth hook looks for
-		// *tls.Conn.
-		if err := c.SetDeadline(time.Now().Add(l.d)); err != nil {
-			c.Close()
-			return fmt.Errorf("set the CONNECT deadline for %s: %w", c.RemoteAddr(), err)
-		}
-		return establish(id, c)
-	})
 }
 
 // Addr is the listening address (host:port), useful with port 0.
