@@ -223,9 +223,14 @@ func StartBroker(opts BrokerOptions) (*Broker, error) {
 	srv := mqtt.New(&mqtt.Options{
 		Capabilities: caps,
 		Logger:       slog.New(slog.NewTextHandler(logfWriter(opts.Logf), &slog.HandlerOptions{Level: slog.LevelWarn, ReplaceAttr: brokerLogAttr})),
-		// Larger buffers move 128 KiB chunks in fewer syscalls.
+		// The write threshold: queued packets are gathered up to this
+		// much before a write (a buffer made only while packets queue).
 		ClientNetWriteBufferSize: 64 << 10,
-		ClientNetReadBufferSize:  64 << 10,
+		// The read buffer is allocated for every client for as long as
+		// it is connected (64 KiB was 640 MiB of address space for
+		// 10,000 devices that send only small packets); a chunk an
+		// operator publishes is read past the buffer in one go anyway.
+		ClientNetReadBufferSize: 4 << 10,
 	})
 	if err := srv.AddHook(auth, nil); err != nil {
 		return nil, err
