@@ -25,7 +25,6 @@ import (
 	"github.com/edgefleet/edgefleet/protocol"
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/hooks/storage/bolt"
-	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/mochi-mqtt/server/v2/packets"
 	"go.etcd.io/bbolt"
 	"golang.org/x/crypto/bcrypt"
@@ -75,6 +74,10 @@ type BrokerOptions struct {
 
 // DefaultMaxPacketSize is BrokerOptions.MaxPacketSize's default.
 const DefaultMaxPacketSize = 1<<20 + 64<<10
+
+// chunkWriteTimeout bounds the write of one retained chunk: a client that
+// reads nothing for that long is disconnected (it reconnects and asks again).
+const chunkWriteTimeout = 60 * time.Second
 
 // DefaultConnectTimeout is BrokerOptions.ConnectTimeout's default.
 const DefaultConnectTimeout = 10 * time.Second
@@ -134,11 +137,12 @@ func (o *BrokerOptions) authenticated() bool { return o.Users != "" || o.ClientC
 
 // Broker is a running embedded broker.
 type Broker struct {
-	srv   *mqtt.Server
-	addr  string
-	opts  BrokerOptions
-	auth  *authHook
-	close sync.Once
+	srv    *mqtt.Server
+	chunks *chunkDelivery
+	addr   string
+	opts   BrokerOptions
+	auth   *authHook
+	close  sync.Once
 	// internalAddr is the loopback listener of the broker's own clients
 	// (the rollout driver), which log in with internalUser and the
 	// auth hook's internalSecret, whatever the users file or TLS say.
@@ -218,12 +222,21 @@ func StartBroker(opts BrokerOptions) (*Broker, error) {
 	caps.MaximumMessageExpiryInterval = 0 // retained releases never expire by age
 	srv := mqtt.New(&mqtt.Options{
 		Capabilities: caps,
-		Logger:       slog.New(slog.NewTextHandler(logfWriter(opts.Logf), &slog.HandlerOptions{Level: slog.LevelWarn})),
-		// Larger buffers move 128 KiB chunks in fewer syscalls.
+		Logger:       slog.New(slog.NewTextHandler(logfWriter(opts.Logf), &slog.HandlerOptions{Level: slog.LevelWarn, ReplaceAttr: brokerLogAttr})),
+		// The write threshold: queued packets are gathered up to this
+		// much before a write (a buffer made only while packets queue).
 		ClientNetWriteBufferSize: 64 << 10,
-		ClientNetReadBufferSize:  64 << 10,
+		// The read buffer is allocated for every client for as long as
+		// it is connected (64 KiB was 640 MiB of address space for
+		// 10,000 devices that send only small packets); a chunk an
+		// operator publishes is read past the buffer in one go anyway.
+		ClientNetReadBufferSize: 4 << 10,
 	})
 	if err := srv.AddHook(auth, nil); err != nil {
+		return nil, err
+	}
+	chunks := &chunkDelivery{srv: srv, writeTimeout: chunkWriteTimeout}
+	if err := srv.AddHook(chunks, nil); err != nil {
 		return nil, err
 	}
 	store := &retainedStore{Hook: new(bolt.Hook)}
@@ -233,13 +246,13 @@ func StartBroker(opts BrokerOptions) (*Broker, error) {
 	}); err != nil {
 		return nil, fmt.Errorf("broker: open %s (is another broker using this --data?): %w", filepath.Join(opts.DataDir, "broker.db"), err)
 	}
-	tcp := listeners.NewTCP(listeners.Config{ID: "tcp", Address: opts.Listen, TLSConfig: tlsConf})
-	if err := srv.AddListener(connectDeadline{TCP: tcp, d: opts.ConnectTimeout}); err != nil {
+	tcp := &tcpListener{id: "tcp", address: opts.Listen, tlsConf: tlsConf, connectTimeout: opts.ConnectTimeout, logf: opts.Logf}
+	if err := srv.AddListener(tcp); err != nil {
 		srv.Close()
 		return nil, fmt.Errorf("broker: listen on %s: %w", opts.Listen, err)
 	}
-	internal := listeners.NewTCP(listeners.Config{ID: internalListenerID, Address: "127.0.0.1:0"})
-	if err := srv.AddListener(connectDeadline{TCP: internal, d: opts.ConnectTimeout}); err != nil {
+	internal := &tcpListener{id: internalListenerID, address: "127.0.0.1:0", connectTimeout: opts.ConnectTimeout, logf: opts.Logf}
+	if err := srv.AddListener(internal); err != nil {
 		srv.Close()
 		return nil, fmt.Errorf("broker: internal listener on 127.0.0.1: %w", err)
 	}
@@ -247,29 +260,7 @@ func StartBroker(opts BrokerOptions) (*Broker, error) {
 		srv.Close()
 		return nil, err
 	}
-	return &Broker{srv: srv, addr: tcp.Address(), opts: opts, auth: auth, internalAddr: internal.Address(), started: time.Now()}, nil
-}
-
-// connectDeadline closes a connection that has not sent its CONNECT within
-// d of being accepted: mochi reads the CONNECT (and, with TLS, does the
-// handshake) without any deadline, so a socket that sends nothing stayed
-// open forever. mochi replaces the deadline with the keepalive's once it
-// has read the CONNECT.
-type connectDeadline struct {
-	*listeners.TCP
-	d time.Duration
-}
-
-func (l connectDeadline) Serve(establish listeners.EstablishFn) {
-	l.TCP.Serve(func(id string, c net.Conn) error {
-		// The connection itself, not a wrapper: the auth hook looks for
-		// *tls.Conn.
-		if err := c.SetDeadline(time.Now().Add(l.d)); err != nil {
-			c.Close()
-			return fmt.Errorf("set the CONNECT deadline for %s: %w", c.RemoteAddr(), err)
-		}
-		return establish(id, c)
-	})
+	return &Broker{srv: srv, chunks: chunks, addr: tcp.Address(), opts: opts, auth: auth, internalAddr: internal.Address(), started: time.Now()}, nil
 }
 
 // Addr is the listening address (host:port), useful with port 0.

@@ -52,6 +52,13 @@ func runBroker(ctx context.Context, env *cliEnv, args []string) int {
 		o.MaxPacketSize = uint32(s)
 	}
 	o.Logf = func(format string, a ...any) { fmt.Fprintf(env.stderr, format+"\n", a...) }
+	// One file descriptor per client: raise the soft limit to the hard
+	// one and say what it is, so the ceiling on devices is known.
+	if soft, hard, err := fleet.RaiseFileLimit(); err != nil {
+		fmt.Fprintf(env.stderr, "edgefleet broker: %v; serving at most about %d clients\n", err, max(int(soft)-15, 0))
+	} else if soft > 0 {
+		fmt.Fprintf(env.stderr, "edgefleet broker: open-file limit %d (hard %d): room for about %d clients; raise the hard limit (ulimit -Hn, LimitNOFILE=) for more\n", soft, hard, max(int(soft)-15, 0))
+	}
 	b, err := fleet.StartBroker(o)
 	if err != nil {
 		fmt.Fprintf(env.stderr, "edgefleet broker: %v\n", err)
