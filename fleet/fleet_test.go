@@ -265,3 +265,38 @@ func TestStatusViewMalformedCountsTopics(t *testing.T) {
 		t.Fatalf("summary after a good message: %+v", s)
 	}
 }
+
+// TestPublishRepublishesLostChunk: a chunk the broker acknowledged but no
+// longer holds when it is read back (here another client clears it right
+// after the last acknowledgement, as a NATS cluster that loses a retained
+// message while it elects a leader does) is published again before the
+// envelope; the envelope then goes out and every chunk is held.
+func TestPublishRepublishesLostChunk(t *testing.T) {
+	b := startEmbedded(t, BrokerOptions{DataDir: t.TempDir()})
+	r := makeBundle(t, t.TempDir(), "hello", "1.0.0", 1, 200_000)
+	op := connect(t, b.URL(), "", "", "")
+	other := connect(t, b.URL(), "", "", "")
+	lost, _ := protocol.ChunkTopic("hello", r.m.Payload.SHA256, 2)
+	res, err := PublishBundle(context.Background(), op, r.path, PublishOptions{Keyring: r.kr, Channel: "stable", InFlight: 1,
+		Progress: func(done, total int64) {
+			if done == total {
+				if err := wait(context.Background(), other.Publish(lost, 1, true, []byte{}), time.Minute); err != nil {
+					t.Errorf("clear %s: %v", lost, err)
+				}
+			}
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Republished != 1 {
+		t.Errorf("republished %d chunks, want 1 (chunk 2)", res.Republished)
+	}
+	filter, _ := protocol.ChunksFilter("hello", r.m.Payload.SHA256)
+	snap, err := Snapshot(context.Background(), op, []string{filter})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(snap) != len(r.m.Payload.Chunks) || len(snap[lost]) == 0 {
+		t.Fatalf("after publish the broker holds %d of %d chunks (chunk 2: %d bytes)", len(snap), len(r.m.Payload.Chunks), len(snap[lost]))
+	}
+}

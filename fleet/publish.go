@@ -36,6 +36,12 @@ type PublishOptions struct {
 	// them (assign to several devices). The bundle is verified all the
 	// same. Default false.
 	EnvelopeOnly bool
+	// SkipReadBack skips reading the chunks back from the broker before
+	// the envelope goes out. Default false: every chunk is read back and
+	// one the broker acknowledged but does not hold is published again
+	// (a broker can lose an acknowledged retained message), at the cost
+	// of receiving the payload once.
+	SkipReadBack bool
 	// MirrorDir, when set, also writes every chunk as a content-addressed
 	// object under this directory (SPEC.md §8.9), before the envelope is
 	// published, for any static web server, CDN or S3 website to serve.
@@ -82,6 +88,9 @@ type PublishResult struct {
 	Topic    string // release or desired topic of the envelope
 	Chunks   int
 	Bytes    int64 // payload bytes published as chunks
+	// Republished counts chunks the broker acknowledged but did not hold
+	// when they were read back, and that were published again.
+	Republished int
 	// MirrorWritten counts the chunk objects written to MirrorDir (those
 	// already there unchanged are not counted).
 	MirrorWritten int
@@ -211,6 +220,11 @@ func PublishBundle(ctx context.Context, c paho.Client, path string, o PublishOpt
 	}
 	for _, p := range queue {
 		if err := settle(p); err != nil {
+			return nil, err
+		}
+	}
+	if !o.EnvelopeOnly && !o.SkipReadBack {
+		if err := confirmChunks(ctx, c, path, m, o.Keyring, res); err != nil {
 			return nil, err
 		}
 	}

@@ -55,16 +55,26 @@ func Subscribe(ctx context.Context, c paho.Client, filters []string, fn func(top
 		return fmt.Errorf("subscribe %s: %w", marker, err)
 	}
 	defer c.Unsubscribe(marker)
-	if err := wait(ctx, c.Publish(marker, 1, false, []byte("sync")), time.Minute); err != nil {
-		return fmt.Errorf("publish %s: %w", marker, err)
-	}
-	select {
-	case <-done:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-time.After(time.Minute):
-		return fmt.Errorf("the broker did not echo the sync marker within a minute; is the operator allowed to read and write %s#?", syncTopicPrefix)
+	// QoS 0, sent again every 2 s until it comes back: a QoS 1 publish
+	// goes through NATS's JetStream, which under load drops the whole
+	// connection when it does not acknowledge in time; a lost QoS 0
+	// marker only costs a resend (any copy ends the wait).
+	giveUp := time.After(time.Minute)
+	resend := time.NewTicker(2 * time.Second)
+	defer resend.Stop()
+	for {
+		if err := wait(ctx, c.Publish(marker, 0, false, []byte("sync")), time.Minute); err != nil {
+			return fmt.Errorf("publish %s: %w", marker, err)
+		}
+		select {
+		case <-done:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-giveUp:
+			return fmt.Errorf("the broker did not echo the sync marker within a minute; is the operator allowed to read and write %s#?", syncTopicPrefix)
+		case <-resend.C:
+		}
 	}
 }
 
