@@ -1,13 +1,10 @@
 package main
 
 import (
-	"bytes"
-	"crypto/rand"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/edgefleet/edgefleet/fleet"
 	"github.com/edgefleet/edgefleet/protocol"
@@ -23,20 +20,7 @@ func TestCLIBrokerFailover(t *testing.T) {
 	pubText, _ := pub.MarshalText()
 	pubPath := filepath.Join(dir, "release.pub")
 	os.WriteFile(pubPath, pubText, 0o644)
-	exe := make([]byte, 20_000)
-	rand.Read(exe)
-	p, _ := protocol.DescribePayload(bytes.NewReader(exe), protocol.EncodingNone, protocol.MinChunkSize)
-	m := &protocol.Manifest{Schema: 1, App: "hello", Version: "1.0.0", Sequence: 1, Created: time.Now().UTC(), Profile: "linux-amd64",
-		Target:  protocol.Target{GOOS: "linux", GOARCH: "amd64", GOAMD64: "v1", ELF: protocol.ELF{Class: 64, Machine: "EM_X86_64", Endian: "little"}},
-		Payload: p, Executable: protocol.Executable{Size: p.Size, SHA256: p.SHA256}}
-	raw, sig, err := protocol.SignManifest(m, priv)
-	if err != nil {
-		t.Fatal(err)
-	}
-	bundle := filepath.Join(dir, "hello_1.0.0_linux-amd64.efb")
-	if err := protocol.WriteBundleFile(bundle, raw, sig, bytes.NewReader(exe), int64(len(exe)), m.Created); err != nil {
-		t.Fatal(err)
-	}
+	bundle := rolloutBundle(t, dir, priv, "1.0.0", 1, "linux-amd64")
 	gone, err := fleet.StartBroker(fleet.BrokerOptions{Listen: "127.0.0.1:0", DataDir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
