@@ -76,6 +76,13 @@ func (l *tcpListener) Serve(establish listeners.EstablishFn) {
 			continue
 		}
 		backoff = 5 * time.Millisecond
+		l.mu.Lock()
+		closed := l.closed
+		l.mu.Unlock()
+		if closed {
+			c.Close() // accepted as the listener closed
+			return
+		}
 		go func() {
 			// The connection itself, not a wrapper: the auth hook looks
 			// for *tls.Conn.
@@ -119,8 +126,11 @@ func (l *tcpListener) Close(closeClients listeners.CloseFn) {
 	}
 	l.closed = true
 	l.mu.Unlock()
-	closeClients(l.id)
+	// The listener first: a client whose connection closeClients ends
+	// reconnects at once, and must find nobody listening (it would
+	// otherwise get a session on a broker that is closing).
 	if l.ln != nil {
 		l.ln.Close()
 	}
+	closeClients(l.id)
 }
