@@ -117,9 +117,13 @@ func TestUPXLzmaOnArm64CaughtByProbe(t *testing.T) {
 		t.Logf("%s is not upx 3.94; --best --lzma on arm64 gave: %v", strings.SplitN(string(ver), "\n", 2)[0], err)
 		return
 	}
-	if !errors.Is(err, ErrProbe) || !strings.Contains(err.Error(), "illegal instruction") || !strings.Contains(err.Error(), "UPX") {
-		t.Fatalf("err = %v, want ErrProbe naming the illegal instruction in the UPX stub", err)
+	// How the broken stub dies depends on the binary it packs (SIGILL in
+	// the stub, or the loader giving up with exit 127 since the sample
+	// app grew): what matters is that the probe catches it.
+	if !errors.Is(err, ErrProbe) {
+		t.Fatalf("err = %v, want ErrProbe: UPX 3.94's arm64 LZMA output must not pass the probe", err)
 	}
+	t.Logf("caught by the probe: %v", err)
 	if d := stepDetail(res[0], "upx"); d == "" || strings.Contains(stepDetail(res[0], "probe"), "cached") {
 		t.Errorf("upx step %q, probe %q", d, stepDetail(res[0], "probe"))
 	}
