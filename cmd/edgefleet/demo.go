@@ -156,7 +156,7 @@ func (d *demo) run(ctx context.Context) (code int) {
 	defer func() {
 		d.cleanup(d.failed)
 		if code == 0 {
-			fmt.Fprintf(d.out, "\nDone in %s. To do this with your own program and devices: edgefleet keygen, pack, broker, publish, status (README.md walks through them).\n", round(time.Since(start)))
+			fmt.Fprintf(d.out, "\nDone in %s. To do this with your own program and devices: edgefleet keygen, pack, broker, publish or rollout start, status (README.md walks through them).\n", round(time.Since(start)))
 		}
 	}()
 	if runtime.GOOS != "linux" {
