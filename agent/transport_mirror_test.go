@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -35,24 +34,8 @@ func publishMirrored(t testing.TB, c paho.Client, k *kit, path, dir string, mirr
 // bundlePayload is the manifest and encoded payload of the bundle at path.
 func bundlePayload(t testing.TB, k *kit, path string) (*protocol.Manifest, []byte) {
 	t.Helper()
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	b, err := protocol.OpenBundle(f, protocol.NewKeyring(k.pub))
-	if err != nil {
-		t.Fatal(err)
-	}
-	r, err := b.Payload()
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := io.ReadAll(r)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b.Manifest, p
+	m, chunks := bundleChunks(t, k, path)
+	return m, bytes.Join(chunks, nil)
 }
 
 // TestMirrorNginxConverges: devices fetch every chunk from a real nginx

@@ -20,7 +20,7 @@ func shortRetries(t *testing.T) {
 }
 
 // bundleChunks opens a bundle and returns its manifest and chunks.
-func bundleChunks(t *testing.T, k *kit, path string) (*protocol.Manifest, [][]byte) {
+func bundleChunks(t testing.TB, k *kit, path string) (*protocol.Manifest, [][]byte) {
 	t.Helper()
 	f, err := os.Open(path)
 	if err != nil {

@@ -514,18 +514,10 @@ func (s *DeviceStatus) Marshal() ([]byte, error) {
 	s.cleanText()
 	s.clampProgress()
 	for i := range s.Apps {
-		if e := s.Apps[i].LastError; len(e) > MaxLastError {
-			// Cut on a character boundary: a cut rune would be sent as
-			// U+FFFD, 3 bytes, and could push the text over the limit.
-			n := MaxLastError - 3
-			for n > 0 && !utf8.RuneStart(e[n]) {
-				n--
-			}
-			s.Apps[i].LastError = e[:n] + "..."
-		}
-		if e := s.Apps[i].Note; len(e) > MaxLastError {
-			s.Apps[i].Note = clipText(e, MaxLastError)
-		}
+		// Cut on a character boundary (clipText): a cut rune would be sent
+		// as U+FFFD, 3 bytes, and could push the text over the limit.
+		s.Apps[i].LastError = clipText(s.Apps[i].LastError, MaxLastError)
+		s.Apps[i].Note = clipText(s.Apps[i].Note, MaxLastError)
 		if r := s.Apps[i].Rollout; r != nil {
 			r.Error = clipText(r.Error, MaxLastError)
 		}

@@ -1,13 +1,11 @@
 package main
 
 import (
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/edgefleet/edgefleet/fleet"
-	"github.com/edgefleet/edgefleet/protocol"
+	"github.com/edgefleet/edgefleet/internal/testkit"
 )
 
 // TestCLIBrokerFailover: --broker takes several URLs, comma-separated or
@@ -16,10 +14,7 @@ import (
 // its reason.
 func TestCLIBrokerFailover(t *testing.T) {
 	dir := t.TempDir()
-	pub, priv, _ := protocol.GenerateKey()
-	pubText, _ := pub.MarshalText()
-	pubPath := filepath.Join(dir, "release.pub")
-	os.WriteFile(pubPath, pubText, 0o644)
+	pubPath, priv := testkit.Keys(t, dir)
 	bundle := rolloutBundle(t, dir, priv, "1.0.0", 1, "linux-amd64")
 	gone, err := fleet.StartBroker(fleet.BrokerOptions{Listen: "127.0.0.1:0", DataDir: t.TempDir()})
 	if err != nil {

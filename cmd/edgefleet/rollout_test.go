@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/rand"
 	"fmt"
-	"os"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -13,6 +12,7 @@ import (
 	"time"
 
 	"github.com/edgefleet/edgefleet/fleet"
+	"github.com/edgefleet/edgefleet/internal/testkit"
 	"github.com/edgefleet/edgefleet/protocol"
 )
 
@@ -61,10 +61,7 @@ func retainedTopics(t *testing.T, url string) []string {
 
 func TestRolloutCLI(t *testing.T) {
 	dir := t.TempDir()
-	pub, priv, _ := protocol.GenerateKey()
-	pubText, _ := pub.MarshalText()
-	pubPath := filepath.Join(dir, "release.pub")
-	os.WriteFile(pubPath, pubText, 0o644)
+	pubPath, priv := testkit.Keys(t, dir)
 	good := rolloutBundle(t, dir, priv, "1.4.0", 7, "linux-amd64")
 
 	b, err := fleet.StartBroker(fleet.BrokerOptions{Listen: "127.0.0.1:0", DataDir: t.TempDir()})
