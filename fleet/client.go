@@ -129,6 +129,9 @@ func Connect(ctx context.Context, o ClientOptions) (paho.Client, error) {
 		}
 		return nil, fmt.Errorf("cannot connect to the broker at %s (is it running, and are the credentials right?): %w", o.Broker, err)
 	}
+	attempts.mu.Lock()
+	connectedTo.Store(c, attempts.trying)
+	attempts.mu.Unlock()
 	return c, nil
 }
 

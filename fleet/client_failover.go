@@ -1,6 +1,8 @@
 package fleet
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"net/url"
 	"strings"
@@ -61,9 +63,17 @@ func (o *ClientOptions) checkBrokers() error {
 type brokerAttempts struct {
 	mu     sync.Mutex
 	failed []string
+	trying string // the broker paho tried last: the one in use once connected
 }
 
 func (a *brokerAttempts) handler(_ paho.Client, n paho.ConnectionNotification) {
+	if b, ok := n.(paho.ConnectionNotificationBroker); ok && b.Broker != nil {
+		u := *b.Broker
+		u.User = nil
+		a.mu.Lock()
+		a.trying = u.String()
+		a.mu.Unlock()
+	}
 	if f, ok := n.(paho.ConnectionNotificationBrokerFailed); ok {
 		u := *f.Broker
 		u.User = nil
@@ -77,4 +87,83 @@ func (a *brokerAttempts) String() string {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return strings.Join(a.failed, "; ")
+}
+
+// connectedTo remembers which of its brokers each operator connection
+// accepted (paho does not say), for PublishFailover.
+var connectedTo sync.Map // paho.Client → string
+
+// ConnectedBroker returns the URL (without credentials) of the broker c,
+// made by Connect, is connected to; "" when unknown.
+func ConnectedBroker(c paho.Client) string {
+	v, _ := connectedTo.Load(c)
+	s, _ := v.(string)
+	return s
+}
+
+// brokerTrouble reports whether err, returned while using c, is the
+// broker's fault rather than the bundle's: the connection dropped, or the
+// broker lost chunks it had acknowledged.
+func brokerTrouble(c paho.Client, err error) bool {
+	return errors.Is(err, ErrChunksLost) || !c.IsConnectionOpen()
+}
+
+// PublishFailover publishes the bundle at path like PublishBundle on *c.
+// When that fails through the broker's fault (the connection dropped, or
+// the broker did not keep the chunks it acknowledged) and co lists other
+// brokers, it connects to the next one (the failed broker tried last) and
+// publishes again; retained publishes are idempotent, so a release is
+// never half on one broker and whole on another. *c becomes the new
+// connection; onSwitch, when set, hears each move. A bundle's own fault
+// (a bad signature, a changed file) is returned at once.
+func PublishFailover(ctx context.Context, c *paho.Client, co ClientOptions, path string, po PublishOptions, onSwitch func(from string, why error)) (*PublishResult, error) {
+	brokers := co.Brokers()
+	var errs []string
+	for attempt := 0; ; attempt++ {
+		res, err := PublishBundle(ctx, *c, path, po)
+		if err == nil || ctx.Err() != nil || !brokerTrouble(*c, err) {
+			return res, err
+		}
+		from := ConnectedBroker(*c)
+		errs = append(errs, fmt.Sprintf("%s: %v", from, err))
+		if attempt+1 >= len(brokers) {
+			if len(brokers) > 1 {
+				return nil, fmt.Errorf("publish %s failed on each of %d brokers: %s", path, len(brokers), strings.Join(errs, "; "))
+			}
+			return nil, err
+		}
+		if onSwitch != nil {
+			onSwitch(from, err)
+		}
+		(*c).Disconnect(0)
+		connectedTo.Delete(*c)
+		next := co
+		next.Broker = strings.Join(rotateAfter(brokers, from), ",")
+		nc, cerr := Connect(ctx, next)
+		if cerr != nil {
+			return nil, fmt.Errorf("publish %s: %s; then: %w", path, strings.Join(errs, "; "), cerr)
+		}
+		*c = nc
+	}
+}
+
+// rotateAfter returns list starting after failed, with failed last (list
+// unchanged when failed is not in it).
+func rotateAfter(list []string, failed string) []string {
+	for i, b := range list {
+		if stripUser(b) == failed {
+			out := append(append([]string{}, list[i+1:]...), list[:i]...)
+			return append(out, b)
+		}
+	}
+	return list
+}
+
+func stripUser(s string) string {
+	u, err := url.Parse(s)
+	if err != nil {
+		return s
+	}
+	u.User = nil
+	return u.String()
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -19,6 +20,10 @@ import (
 // confirmRounds bounds how often PublishBundle re-sends chunks that a
 // broker acknowledged but does not hold.
 const confirmRounds = 3
+
+// ErrChunksLost is returned (wrapped) by PublishBundle when the broker
+// acknowledged chunks it then did not hold after confirmRounds tries.
+var ErrChunksLost = errors.New("the broker does not keep the published chunks")
 
 // confirmChunks reads the release's chunks back from the broker (hashing
 // each as it arrives: memory stays one chunk) and publishes again those
@@ -57,8 +62,8 @@ func confirmChunks(ctx context.Context, c paho.Client, path string, m *protocol.
 			return nil
 		}
 		if round == confirmRounds {
-			return fmt.Errorf("the broker acknowledged chunks %s of %s %s but does not hold them after %d tries; the release envelope was not published (check the broker's retained-message storage, e.g. a cluster that lost a node; then publish again)",
-				list(bad), m.App, m.Version, confirmRounds)
+			return fmt.Errorf("%w: it acknowledged chunks %s of %s %s but does not hold them after %d tries; the release envelope was not published (check the broker's retained-message storage, e.g. a cluster that lost a node; then publish again)",
+				ErrChunksLost, list(bad), m.App, m.Version, confirmRounds)
 		}
 		if err := republish(ctx, c, path, m, kr, bad, res); err != nil {
 			return err

@@ -28,11 +28,24 @@ func (b *brokerFlags) register(fs *flag.FlagSet) {
 }
 
 func (b *brokerFlags) connect(ctx context.Context, env *cliEnv) (paho.Client, error) {
+	return fleet.Connect(ctx, b.options(env))
+}
+
+// options are the flags as fleet.ClientOptions.
+func (b *brokerFlags) options(env *cliEnv) fleet.ClientOptions {
 	pass := b.password
 	if pass == "" && env.getenv != nil {
 		pass = env.getenv("EDGEFLEET_BROKER_PASSWORD")
 	}
-	return fleet.Connect(ctx, fleet.ClientOptions{Broker: b.url, Username: b.username, Password: pass, CA: b.ca, Cert: b.cert, Key: b.key})
+	return fleet.ClientOptions{Broker: b.url, Username: b.username, Password: pass, CA: b.ca, Cert: b.cert, Key: b.key}
+}
+
+// publish publishes one bundle, moving to the next --broker when the one
+// in use fails under it (fleet.PublishFailover); *c follows the move.
+func (b *brokerFlags) publish(ctx context.Context, env *cliEnv, cmd string, c *paho.Client, path string, o fleet.PublishOptions) (*fleet.PublishResult, error) {
+	return fleet.PublishFailover(ctx, c, b.options(env), path, o, func(from string, why error) {
+		fmt.Fprintf(env.stderr, "\nedgefleet %s: broker %s failed while publishing %s (%v); publishing again through the next broker\n", cmd, from, path, why)
+	})
 }
 
 // brokerURLs is the --broker flag: the first use replaces the default,

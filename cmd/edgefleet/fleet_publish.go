@@ -91,7 +91,7 @@ func runPublish(ctx context.Context, env *cliEnv, name string, args []string) in
 	if err != nil {
 		return fail("%v", err)
 	}
-	defer c.Disconnect(250)
+	defer func() { c.Disconnect(250) }() // c changes when a broker fails
 	if clear != "" {
 		return runClear(ctx, env, c, devices, clear)
 	}
@@ -149,7 +149,7 @@ func runPublish(ctx context.Context, env *cliEnv, name string, args []string) in
 		if !*quiet && !j.chunksSent {
 			opts.Progress = func(done, total int64) { progressBar(env.stderr, j.path, done, total) }
 		}
-		res, err := fleet.PublishBundle(ctx, c, j.path, opts)
+		res, err := bf.publish(ctx, env, name, &c, j.path, opts)
 		if !*quiet && !j.chunksSent {
 			fmt.Fprintln(env.stderr)
 		}

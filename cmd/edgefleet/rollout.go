@@ -207,7 +207,7 @@ func runRolloutStart(ctx context.Context, env *cliEnv, args []string) int {
 	if err != nil {
 		return fail("%v", err)
 	}
-	defer c.Disconnect(250)
+	defer func() { c.Disconnect(250) }() // c changes when a broker fails
 	ctrl, _ := protocol.RolloutTopic(r.Channel, r.App)
 	snap, err := fleet.Snapshot(ctx, c, []string{protocol.StatusFilter, protocol.AllRolloutsFilter, protocol.DriverTopic,
 		protocol.AllReleasesFilter, protocol.AllDesiredFilter})
@@ -287,7 +287,7 @@ func runRolloutStart(ctx context.Context, env *cliEnv, args []string) int {
 		if !*quiet {
 			opts.Progress = func(done, total int64) { progressBar(env.stderr, path, done, total) }
 		}
-		res, err := fleet.PublishBundle(ctx, c, path, opts)
+		res, err := bf.publish(ctx, env, "rollout start", &c, path, opts)
 		if !*quiet {
 			fmt.Fprintln(env.stderr)
 		}
