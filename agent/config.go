@@ -65,6 +65,11 @@ type Config struct {
 	// serves payloads whichever broker the device talks to. At most 8,
 	// http:// or https://. Default none.
 	Mirrors []string `yaml:"mirrors,omitempty"`
+	// MirrorCA is a PEM file of CA certificates trusted for https
+	// mirrors in addition to the system roots (a mirror with a private
+	// CA). A chunk is verified against its signed hash either way: TLS
+	// keeps what a device fetches private, not genuine. Default none.
+	MirrorCA string `yaml:"mirror_ca,omitempty"`
 }
 
 // LimitsConfig bounds what an install may cost this device. Unknown keys
@@ -210,6 +215,11 @@ func (c *Config) Validate() error {
 	}
 	if err := protocol.CheckMirrors(c.Mirrors); err != nil {
 		return bad("mirrors: %v", err)
+	}
+	if c.MirrorCA != "" {
+		if _, err := mirrorRoots(c.MirrorCA); err != nil {
+			return bad("mirror_ca: %v", err)
+		}
 	}
 	if len(c.TrustedKeys) == 0 {
 		return bad("trusted_keys needs at least one minisign public key file")

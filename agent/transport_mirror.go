@@ -11,10 +11,12 @@ package agent
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
 	"net/url"
+	"os"
 	"sync/atomic"
 	"time"
 
@@ -48,9 +50,26 @@ type httpMirror struct {
 	opt  *httpget.Options
 }
 
+// mirrorRoots is the system roots plus the CA certificates in the PEM
+// file path (config mirror_ca).
+func mirrorRoots(path string) (*x509.CertPool, error) {
+	pem, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	pool, err := x509.SystemCertPool()
+	if err != nil || pool == nil {
+		pool = x509.NewCertPool()
+	}
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("%s holds no PEM certificate", path)
+	}
+	return pool, nil
+}
+
 // newHTTPMirror returns the mirror at base (checked with
-// protocol.CheckMirrorURL by the caller).
-func newHTTPMirror(base string) *httpMirror {
+// protocol.CheckMirrorURL by the caller); roots nil means the system's.
+func newHTTPMirror(base string, roots *x509.CertPool) *httpMirror {
 	return &httpMirror{base: base, opt: &httpget.Options{
 		DialTimeout:      10 * time.Second,
 		HandshakeTimeout: 10 * time.Second,
@@ -59,7 +78,7 @@ func newHTTPMirror(base string) *httpMirror {
 		// device the certificate chain verification for every chunk
 		// after the first (TLS 1.3 resumption still runs the key
 		// exchange).
-		TLS: &tls.Config{ClientSessionCache: tls.NewLRUClientSessionCache(2 * mirrorWorkers)},
+		TLS: &tls.Config{RootCAs: roots, ClientSessionCache: tls.NewLRUClientSessionCache(2 * mirrorWorkers)},
 	}}
 }
 
@@ -199,10 +218,18 @@ func (t *mqttTransport) mirrorsFor(rel *mqttRelease) []*httpMirror {
 			seen[base] = true
 			if t.mirrors == nil {
 				t.mirrors = map[string]*httpMirror{}
+				if t.cfg.MirrorCA != "" {
+					// Checked by Config.Validate; a file gone since then
+					// leaves the system roots, and the reason in the log.
+					var err error
+					if t.mirrorRoots, err = mirrorRoots(t.cfg.MirrorCA); err != nil {
+						t.logf("mirror_ca: %v; https mirrors are checked against the system roots only", err)
+					}
+				}
 			}
 			m := t.mirrors[base]
 			if m == nil {
-				m = newHTTPMirror(base)
+				m = newHTTPMirror(base, t.mirrorRoots)
 				t.mirrors[base] = m
 			}
 			out = append(out, m)

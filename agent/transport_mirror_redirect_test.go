@@ -53,7 +53,7 @@ func TestMirrorRedirectPolicy(t *testing.T) {
 		{"https down to http", secure.URL + "/to?u=" + plain.URL + "/hop/0", "refused: from https down to"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			m := newHTTPMirror(plain.URL)
+			m := newHTTPMirror(plain.URL, nil)
 			m.opt.TLS = &tls.Config{RootCAs: roots}
 			resp, err := m.get(context.Background(), tc.url)
 			if want, ok := strings.CutPrefix(tc.want, "refused: "); ok {

@@ -261,7 +261,7 @@ func TestChunkSourceConformance(t *testing.T) {
 			file := func(i int) string {
 				return filepath.Join(dir, filepath.FromSlash(protocol.MirrorChunkPath(m.App, p.SHA256, i)))
 			}
-			return source{src: newHTTPMirror(base),
+			return source{src: newHTTPMirror(base, nil),
 				corrupt: func(i int) {
 					b, _ := os.ReadFile(file(i))
 					b[len(b)/2] ^= 1

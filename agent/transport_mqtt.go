@@ -177,6 +177,9 @@ type mqttTransport struct {
 	stats  *MQTTStats
 	// mirrors: one client per mirror base URL (connection reuse).
 	mirrors map[string]*httpMirror
+	// mirrorRoots verifies https mirrors: the system roots plus
+	// cfg.MirrorCA; nil (the system roots) without one.
+	mirrorRoots *x509.CertPool
 	conn    mqttConn // transport_conn.go
 
 	lastStatus    string

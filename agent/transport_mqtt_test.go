@@ -331,10 +331,17 @@ func TestMQTTIncompatibleRefused(t *testing.T) {
 // process group is killed at cleanup.
 func realAgent(t testing.TB, bin string, k *kit, id, url, failpoint string) (*exec.Cmd, *syncBuffer, string) {
 	t.Helper()
+	return realAgentWith(t, bin, k, id, url, failpoint, "")
+}
+
+// realAgentWith is realAgent with extra lines of agent.yaml.
+func realAgentWith(t testing.TB, bin string, k *kit, id, url, failpoint, extra string) (*exec.Cmd, *syncBuffer, string) {
+	t.Helper()
 	cfg := mqttConfig(t, k, id, url)
 	cfgPath := filepath.Join(filepath.Dir(cfg.DataDir), "agent.yaml")
 	yaml := fmt.Sprintf("device_id: %s\ndata_dir: %s\ntrusted_keys: [%s]\napps:\n  - name: hello\n    path: %s\n    args: [\"--serve\"]\n    health:\n      window: 1s\nbroker:\n  url: %s\n  channel: stable\n",
 		cfg.DeviceID, cfg.DataDir, cfg.TrustedKeys[0], cfg.Apps[0].Path, url)
+	yaml += extra
 	if err := os.WriteFile(cfgPath, []byte(yaml), 0o644); err != nil {
 		t.Fatal(err)
 	}

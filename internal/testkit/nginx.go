@@ -31,7 +31,24 @@ func NginxPath(t testing.TB, what string) string {
 // when the test failed. AccessLog is the path of its access log.
 func StartNginx(t testing.TB, bin, root string) (baseURL, accessLog string) {
 	t.Helper()
+	return startNginx(t, bin, root, nil)
+}
+
+// StartNginxTLS is StartNginx serving https with the server certificate
+// cert (a CA's Server pair); the base URL is "https://127.0.0.1:port".
+func StartNginxTLS(t testing.TB, bin, root string, cert Pair) (baseURL, accessLog string) {
+	t.Helper()
+	return startNginx(t, bin, root, &cert)
+}
+
+func startNginx(t testing.TB, bin, root string, cert *Pair) (baseURL, accessLog string) {
+	t.Helper()
 	dir := t.TempDir()
+	listen, scheme := "", "http"
+	if cert != nil {
+		listen = fmt.Sprintf(" ssl;\n\t\tssl_certificate %s;\n\t\tssl_certificate_key %s", cert.Cert, cert.Key)
+		scheme = "https"
+	}
 	port := FreePort(t)
 	accessLog = filepath.Join(dir, "access.log")
 	conf := fmt.Sprintf(`daemon off;
@@ -49,12 +66,12 @@ http {
 	scgi_temp_path %[1]s/scgi;
 	default_type application/octet-stream;
 	server {
-		listen 127.0.0.1:%[3]d;
+		listen 127.0.0.1:%[3]d%[5]s;
 		root %[4]s;
 		location / { try_files $uri =404; }
 	}
 }
-`, dir, accessLog, port, root)
+`, dir, accessLog, port, root, listen)
 	cf := filepath.Join(dir, "nginx.conf")
 	if err := os.WriteFile(cf, []byte(conf), 0o600); err != nil {
 		t.Fatal(err)
@@ -79,7 +96,7 @@ http {
 		c, err := net.Dial("tcp", addr)
 		if err == nil {
 			c.Close()
-			return "http://" + addr, accessLog
+			return scheme + "://" + addr, accessLog
 		}
 		if time.Now().After(deadline) {
 			b, _ := os.ReadFile(filepath.Join(dir, "error.log"))
