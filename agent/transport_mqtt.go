@@ -180,7 +180,7 @@ type mqttTransport struct {
 	// mirrorRoots verifies https mirrors: the system roots plus
 	// cfg.MirrorCA; nil (the system roots) without one.
 	mirrorRoots *x509.CertPool
-	conn    mqttConn // transport_conn.go
+	conn        mqttConn // transport_conn.go
 
 	lastStatus    string
 	lastPublished time.Time
