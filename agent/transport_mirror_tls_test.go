@@ -11,14 +11,14 @@ import (
 	"github.com/edgefleet/edgefleet/internal/testkit"
 )
 
-// TestMirrorHTTPSResumesAfterKill: a real agent fetches a release from an
+// mirrorHTTPSResumesAfterKill: a real agent fetches a release from an
 // https mirror (a real nginx with a certificate from a private CA, trusted
 // through mirror_ca); it is SIGKILLed right after recording its first
 // chunk, and the restarted agent fetches exactly the other chunks from the
 // mirror (none again, none over MQTT), then commits. A device without
 // mirror_ca refuses the mirror's certificate, says so in its status, and
 // installs from the broker.
-func TestMirrorHTTPSResumesAfterKill(t *testing.T) {
+func mirrorHTTPSResumesAfterKill(t *testing.T, url string) {
 	bin := testkit.NginxPath(t, "the https mirror resume test")
 	k := newKit(t)
 	v1 := k.bundle(spec{Version: "1.0.0", Sequence: 1})
@@ -29,8 +29,7 @@ func TestMirrorHTTPSResumesAfterKill(t *testing.T) {
 	ca := testkit.NewCA(t, "", "mirror")
 	mdir := t.TempDir()
 	base, accessLog := testkit.StartNginxTLS(t, bin, mdir, ca.Server("nginx"))
-	br := startTestBroker(t, t.TempDir(), "127.0.0.1:0")
-	op := operator(t, br.URL())
+	op := operator(t, url)
 	view := fleetView(t, op)
 	served := func() int {
 		b, _ := os.ReadFile(accessLog)
@@ -39,7 +38,7 @@ func TestMirrorHTTPSResumesAfterKill(t *testing.T) {
 
 	// The device without mirror_ca first: the mirror fails it, the broker
 	// serves it.
-	plain := startMQTTDevice(t, mqttConfig(t, k, "no-mirror-ca", br.URL()))
+	plain := startMQTTDevice(t, mqttConfig(t, k, "no-mirror-ca", url))
 	defer plain.stop()
 	eventually(t, "the device is online", func() bool { return plain.stats() != nil && plain.a != nil })
 	publishMirrored(t, op, k, v1, mdir, []string{base + "/"})
@@ -63,7 +62,7 @@ func TestMirrorHTTPSResumesAfterKill(t *testing.T) {
 	}
 
 	agentBin := goBuild(t, "cmd/edgefleet-agent", native.Env(), "-s -w -X main.version=0.0.1-test")
-	cmd, out, cfgPath := realAgentWith(t, agentBin, k, "mirror-resume", br.URL(), "mqtt-after-chunk", "mirror_ca: "+ca.File+"\n")
+	cmd, out, cfgPath := realAgentWith(t, agentBin, k, "mirror-resume", url, "mqtt-after-chunk", "mirror_ca: "+ca.File+"\n")
 	err := cmd.Wait()
 	ws, _ := cmd.ProcessState.Sys().(syscall.WaitStatus)
 	if err == nil || !ws.Signaled() || ws.Signal() != syscall.SIGKILL {

@@ -206,15 +206,6 @@ func chunkCount(t testing.TB, k *kit, path string) int {
 	return len(b.Manifest.Payload.Chunks)
 }
 
-func TestMQTTFleetConvergesEmbedded(t *testing.T) {
-	b := startTestBroker(t, t.TempDir(), "127.0.0.1:0")
-	convergeFleet(t, b.URL(), 3)
-}
-
-func TestMQTTFleetConvergesMosquitto(t *testing.T) {
-	convergeFleet(t, startPlainMosquitto(t), 2)
-}
-
 // startPlainMosquitto runs mosquitto on a free loopback port, anonymous
 // (the ACL matrix is tested in package fleet).
 func startPlainMosquitto(t testing.TB) string {
@@ -402,15 +393,14 @@ func TestMQTTFiftyAgents(t *testing.T) {
 	eventually(t, "50 devices commit 1.0.0", func() bool { return view.Converged("hello", "1.0.0", 50, StateCommitted) })
 }
 
-// TestMQTTRealAgentKilledMidDownloadResumes runs the real edgefleet-agent
+// realAgentKilledMidDownloadResumes runs the real edgefleet-agent
 // binary: the first run dies (SIGKILL failpoint) right after recording its
 // first chunk; the second run resumes and fetches only the rest.
-func TestMQTTRealAgentKilledMidDownloadResumes(t *testing.T) {
+func realAgentKilledMidDownloadResumes(t *testing.T, url string) {
 	k := newKit(t)
 	v1 := k.bundle(spec{Version: "1.0.0", Sequence: 1})
 	n := chunkCount(t, k, v1)
-	b := startTestBroker(t, t.TempDir(), "127.0.0.1:0")
-	op := operator(t, b.URL())
+	op := operator(t, url)
 	view := fleetView(t, op)
 	publish(t, op, k, v1, "")
 	bin := goBuild(t, "cmd/edgefleet-agent", native.Env(), "-s -w -X main.version=0.0.1-test")
@@ -422,7 +412,7 @@ func TestMQTTRealAgentKilledMidDownloadResumes(t *testing.T) {
 		if i == 0 {
 			fp = "mqtt-after-chunk"
 		}
-		cmd, out, cfgPath := realAgent(t, bin, k, id, b.URL(), fp)
+		cmd, out, cfgPath := realAgent(t, bin, k, id, url, fp)
 		if i == 0 {
 			err := cmd.Wait()
 			ws, _ := cmd.ProcessState.Sys().(syscall.WaitStatus)

@@ -311,15 +311,3 @@ func TestNATSClusterNodeKilledMidDelivery(t *testing.T) {
 	}
 	t.Logf("node n%d killed mid-delivery: every device committed 1.0.0: %s after the publish; the killed node's devices %.1fs after the kill at the latest", victim+1, spread(at), last.Seconds())
 }
-
-// TestMQTTFleetConvergesNATS: the fleet test that runs against the
-// embedded broker and Mosquitto (convergeFleet: two releases, then a
-// crashing one rolled back, and the anti-rollback floor) against a node
-// of the NATS cluster.
-func TestMQTTFleetConvergesNATS(t *testing.T) {
-	if testing.Short() {
-		t.Skip("-short: 3-node NATS cluster")
-	}
-	c := testkit.StartNATSCluster(t, testkit.NATSServerPath(t, "the NATS fleet test"), testkit.NATSClusterOptions{})
-	convergeFleet(t, c.Nodes[1].MQTTURL(), 2)
-}

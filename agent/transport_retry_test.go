@@ -106,15 +106,6 @@ func corruptChunkRepublished(t *testing.T, url string) {
 	})
 }
 
-func TestMQTTCorruptChunkRepublishedEmbedded(t *testing.T) {
-	b := startTestBroker(t, t.TempDir(), "127.0.0.1:0")
-	corruptChunkRepublished(t, b.URL())
-}
-
-func TestMQTTCorruptChunkRepublishedMosquitto(t *testing.T) {
-	corruptChunkRepublished(t, startPlainMosquitto(t))
-}
-
 // TestMQTTCorruptChunkFixedRetriedAfterBackoff: the operator fixes only
 // the chunk (no new release message); the device finds it on its next
 // attempt after the backoff.

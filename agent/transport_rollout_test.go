@@ -104,12 +104,12 @@ func phaseOf(view *fleet.FleetView, id string) *protocol.RolloutReport {
 	return deviceApp(view, id).Rollout
 }
 
-// TestRolloutMembersOnly: a member (inside the cut, labels matching the
+// rolloutMembersOnly: a member (inside the cut, labels matching the
 // selector) takes the candidate and reports done; a device outside the
 // cut and one excluded by its labels stay on the channel's release,
 // fetch nothing, and report no rollout. Every status carries the
 // device's channel and labels.
-func TestRolloutMembersOnly(t *testing.T) {
+func rolloutMembersOnly(t *testing.T, url string) {
 	const rid = "hello-2-members"
 	cut := protocol.FullCut / 2
 	in := deviceID(t, rid, "pi-in", func(h uint64) bool { return h < cut })
@@ -119,13 +119,12 @@ func TestRolloutMembersOnly(t *testing.T) {
 	k := newKit(t)
 	v1 := k.bundle(spec{Version: "1.0.0", Sequence: 1})
 	v2 := k.bundle(spec{Version: "2.0.0", Sequence: 2})
-	b := startTestBroker(t, t.TempDir(), "127.0.0.1:0")
-	op := operator(t, b.URL())
+	op := operator(t, url)
 	view := fleetView(t, op)
 	publish(t, op, k, v1, "")
 	devs := map[string]*mqttDevice{}
 	for id, site := range map[string]string{in: "berlin", out: "berlin", other: "paris"} {
-		cfg := mqttConfig(t, k, id, b.URL())
+		cfg := mqttConfig(t, k, id, url)
 		cfg.Labels = protocol.Labels{"site": site, "hw": "rev2"}
 		devs[id] = startMQTTDevice(t, cfg)
 		defer devs[id].stop()
