@@ -30,7 +30,11 @@ func BenchmarkMQTTFleetBrokers(b *testing.B) {
 	if v, err := strconv.Atoi(os.Getenv("EDGEFLEET_BENCH_AGENTS")); err == nil && v > 0 {
 		n = v
 	}
-	for _, broker := range []string{"embedded", "mosquitto"} {
+	brokers := []string{"embedded", "mosquitto"}
+	if v := os.Getenv("EDGEFLEET_BENCH_BROKERS"); v != "" {
+		brokers = strings.Fields(v)
+	}
+	for _, broker := range brokers {
 		b.Run(fmt.Sprintf("broker=%s/agents=%d", broker, n), func(b *testing.B) {
 			for i := 0; i < b.N; i++ {
 				benchFleetOn(b, broker, n)
@@ -73,6 +77,8 @@ func benchFleetOn(b *testing.B, broker string, n int) {
 	for i, pid := range pids {
 		cpu0[i], idle[i] = procCPU(pid), vmRSS(pid)
 	}
+	// All in: each agent and the app it supervises (its process group).
+	b.ReportMetric(float64(groupRSS(pids))/float64(n)/1024, "device-idle-MiB")
 	start := time.Now()
 	b.StartTimer()
 	publish(b, op, k, rel, "")
@@ -129,6 +135,39 @@ func stockFloor(b *testing.B, k *kit, bundle string) float64 {
 		total += cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
 	}
 	return total.Seconds()
+}
+
+// groupRSS sums the resident memory (KiB) of every process whose process
+// group is one of pgids.
+func groupRSS(pgids []int) int64 {
+	want := map[int]bool{}
+	for _, p := range pgids {
+		want[p] = true
+	}
+	ents, _ := os.ReadDir("/proc")
+	var sum int64
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			continue
+		}
+		s := string(raw)
+		i := strings.LastIndexByte(s, ')')
+		if i < 0 {
+			continue
+		}
+		f := strings.Fields(s[i+1:]) // state ppid pgrp ...
+		if len(f) > 2 {
+			if g, _ := strconv.Atoi(f[2]); want[g] {
+				sum += vmRSS(pid)
+			}
+		}
+	}
+	return sum
 }
 
 // procCPU is a process's utime+stime in seconds (/proc/PID/stat).
