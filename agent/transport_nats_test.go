@@ -81,33 +81,38 @@ func (f *natsFleet) on(i int) []string {
 	return ids
 }
 
-// publish publishes through the operator's node, and through the next
-// live node when that fails: NATS closes a client whose pipelined QoS 1
-// publish JetStream did not acknowledge in time, and a node whose
-// retained index went stale after another node died does not hold the
-// chunks it acknowledged (PublishBundle reads them back and refuses to
-// publish the envelope then). Publishing is idempotent. The status view
-// moves with the operator.
+// publish publishes with fleet.PublishFailover, as the operator tools
+// do: through the operator's node, and through the next live one when
+// that fails (NATS closes a client whose pipelined QoS 1 publish
+// JetStream did not acknowledge in time, and a node whose retained index
+// went stale after another node died does not hold the chunks it
+// acknowledged). The status view moves with the operator.
 func (f *natsFleet) publish(t *testing.T, path string) {
 	t.Helper()
-	node := f.opNode
-	for try := 1; ; try++ {
-		_, err := fleet.PublishBundle(context.Background(), f.op, path, fleet.PublishOptions{Keyring: protocol.NewKeyring(f.k.pub), Channel: "stable"})
-		if err == nil {
-			return
+	var urls []string
+	for i := range f.c.Nodes {
+		if n := (f.opNode + i) % len(f.c.Nodes); !f.down[n] {
+			urls = append(urls, f.c.Nodes[n].MQTTURL())
 		}
-		if try == 4 {
-			t.Fatalf("publish failed 4 times: %v", err)
+	}
+	moved := false
+	_, err := fleet.PublishFailover(context.Background(), &f.op, fleet.ClientOptions{Broker: strings.Join(urls, ",")}, path,
+		fleet.PublishOptions{Keyring: protocol.NewKeyring(f.k.pub), Channel: "stable"},
+		func(from string, why error) {
+			moved = true
+			t.Logf("publish through %s failed (%v); the operator moves to the next node", from, why)
+		})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if moved {
+		op := f.op
+		t.Cleanup(func() { op.Disconnect(100) })
+		for i, n := range f.c.Nodes {
+			if n.MQTTURL() == fleet.ConnectedBroker(op) {
+				f.opNode = i
+			}
 		}
-		if f.down == nil || !f.down[(node+1)%len(f.c.Nodes)] {
-			node = (node + 1) % len(f.c.Nodes)
-		} else {
-			node = (node + 2) % len(f.c.Nodes)
-		}
-		t.Logf("publish on node n%d failed (%v); publishing again through node n%d", f.opNode+1, err, node+1)
-		f.op.Disconnect(100)
-		f.opNode = node
-		f.op = operator(t, f.c.Nodes[node].MQTTURL())
 		f.view = fleetView(t, f.op)
 	}
 }
