@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
 )
 
 // NATSServerVersion is the nats-server scripts/test.sh installs into
@@ -230,6 +232,39 @@ func (c *NATSCluster) WaitReady() {
 			}
 			time.Sleep(100 * time.Millisecond)
 		}
+	}
+	for _, n := range c.Nodes {
+		if n.Running() {
+			c.waitMQTTSession(n)
+		}
+	}
+}
+
+// waitMQTTSession waits until node n completes a real MQTT CONNECT: a
+// healthy node can still close a new MQTT client (EOF) while its MQTT
+// layer sets up its JetStream streams, more often on a loaded machine.
+func (c *NATSCluster) waitMQTTSession(n *NATSNode) {
+	c.t.Helper()
+	deadline := time.Now().Add(Hang)
+	for try := 0; ; try++ {
+		cl := paho.NewClient(paho.NewClientOptions().AddBroker(n.MQTTURL()).
+			SetClientID(fmt.Sprintf("testkit-ready-%d", try)).SetCleanSession(true).
+			SetAutoReconnect(false).SetConnectTimeout(5 * time.Second).SetProtocolVersion(4))
+		tok := cl.Connect()
+		if tok.WaitTimeout(10*time.Second) && tok.Error() == nil {
+			cl.Disconnect(0)
+			return
+		}
+		// A CONNACK that refuses an anonymous client (bad credentials, not
+		// authorised: a cluster with users) also shows the layer works.
+		if rc := tok.(*paho.ConnectToken).ReturnCode(); rc == 4 || rc == 5 {
+			return
+		}
+		c.checkAlive(n)
+		if time.Now().After(deadline) {
+			c.t.Fatalf("nats-server %s never completed an MQTT CONNECT: %v\n%s", n.Name, tok.Error(), n.Log)
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
 }
 
