@@ -173,7 +173,7 @@ function row(r) {
   const seen = el("td", "seen");
   seen.textContent = (off ? "offline " : "") + ago(r.seen);
   tr.append(seen);
-  tr.append(cell((a) => text("div", message(a), CLIP, "err")));
+  tr.append(cell((a) => text("div", message(a), CLIP), "err"));
   return tr;
 }
 
