@@ -159,7 +159,7 @@ function row(r) {
   link.textContent = visible(r.id);
   tr.append(el("td", "", link));
   tr.append(text("td", labelText(r.status.labels), 80, "labels"));
-  tr.append(text("td", [r.status.profile, r.status.cpu].filter(Boolean).join(" · "), 60));
+  tr.append(text("td", [r.status.profile, r.status.cpu].filter(Boolean).join(" · "), 60, "wrap"));
   tr.append(cell((a) => text("div", a.app, 40)));
   tr.append(cell((a) => {
     let v = a.version || "-";
@@ -370,7 +370,7 @@ function rollouts() {
   };
   $("releases").tBodies[0].replaceChildren(...c.releases.map((x) => rel(x)), ...c.candidates.map((x) => rel(Object.assign({ cand: true }, x))));
   const as = c.assignments.slice(0, 500);
-  $("assignments").tBodies[0].replaceChildren(...as.map((x) => rel(x, true)));
+  $("assignments").tBodies[0].replaceChildren(...(as.length ? as.map((x) => rel(x, true)) : [el("tr", "", el("td", "muted", "none"))]));
   if (c.assignments.length > as.length) $("assignments").tBodies[0].append(el("tr", "", el("td", "muted", (c.assignments.length - as.length) + " more")));
   $("cat-malformed").replaceChildren(...(c.malformed.length ? c.malformed.map((m) => el("li", "", text("code", m.topic || "(topic)", 120), ": ", text("span", m.error, CLIP))) : [el("li", "muted", "none")]));
 }
@@ -509,6 +509,16 @@ function chart(box) {
     fl.push(`${xa},${y(p.failed)}`, `${xb},${y(p.failed)}`);
   });
   s.append(svg("polyline", { points: fl.join(" "), class: "failline" }));
+  // Where each rollout's waves started.
+  for (const r of S.catalog.rollouts || []) {
+    (r.waves || []).forEach((w, i) => {
+      if (!w.started || Date.parse(w.started) < t0) return;
+      const xw = x(w.started);
+      const line = svg("line", { x1: xw, x2: xw, y1: T, y2: H - B, class: "wave" });
+      line.append(svg("title", {}, visible(r.app + " " + r.version + " wave " + (i + 1) + " (" + w.spec + ") started " + clock(w.started))));
+      s.append(line, svg("text", { x: xw + 3, y: T + 10, class: "wavelabel" }, visible(r.version + " w" + (i + 1))));
+    });
+  }
   s.append(svg("text", { x: L, y: H - 6 }, clock(pts[0].t)), svg("text", { x: W - R, y: H - 6, "text-anchor": "end" }, "now"));
   const legend = el("div", "legend");
   keys.forEach((k, ki) => {
