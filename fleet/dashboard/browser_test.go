@@ -53,7 +53,9 @@ func startLive(t testing.TB, o Options) *liveDashboard {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := srv.Resync(func() error { return fleet.Subscribe(ctx, feed, Filters, func(topic string, p []byte) { srv.Update(topic, p) }) }); err != nil {
+	if err := srv.Resync(func() error {
+		return fleet.Subscribe(ctx, feed, Filters, func(topic string, p []byte) { srv.Update(topic, p) })
+	}); err != nil {
 		t.Fatal(err)
 	}
 	srv.SetConnection(b.URL(), true, nil)
