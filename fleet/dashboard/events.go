@@ -6,6 +6,7 @@ import (
 	"context"
 	"embed"
 	"fmt"
+	"io"
 	"net/http"
 	"strings"
 	"time"
@@ -51,14 +52,30 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 	h.Set("Cache-Control", "no-store")
 	h.Set("X-Accel-Buffering", "no")
 	rc := http.NewResponseController(w)
-	send := func(b []byte) bool {
+	// Compressed when the browser takes it: a snapshot of 10,000 devices
+	// is 4 MiB of JSON and about 5 % of that gzipped. Each event is
+	// flushed whole (a sync flush), so the page gets it at once.
+	var out io.Writer = w
+	var gz *gzip.Writer
+	if strings.Contains(r.Header.Get("Accept-Encoding"), "gzip") {
+		h.Set("Content-Encoding", "gzip")
+		h.Set("Vary", "Accept-Encoding")
+		gz, _ = gzip.NewWriterLevel(w, gzip.BestSpeed)
+		defer gz.Close()
+		out = gz
+	}
+	write := func(format string, a ...any) bool {
 		rc.SetWriteDeadline(time.Now().Add(30 * time.Second))
-		if _, err := fmt.Fprintf(w, "data: %s\n\n", b); err != nil {
+		if _, err := fmt.Fprintf(out, format, a...); err != nil {
+			return false
+		}
+		if gz != nil && gz.Flush() != nil {
 			return false
 		}
 		fl.Flush()
 		return true
 	}
+	send := func(b []byte) bool { return write("data: %s\n\n", b) }
 	if !send(snap) {
 		return
 	}
@@ -75,11 +92,9 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 				return
 			}
 		case <-keep.C:
-			rc.SetWriteDeadline(time.Now().Add(30 * time.Second))
-			if _, err := fmt.Fprint(w, ": keep-alive\n\n"); err != nil {
+			if !write(": keep-alive\n\n") {
 				return
 			}
-			fl.Flush()
 		}
 	}
 }

@@ -19,6 +19,7 @@ const S = {
   limit: PAGE,
   rendered: new Map(), // id → tr currently in the table
   first: true,
+  snapshots: 0,
 };
 
 // ---- text: the only way device text enters the page ----
@@ -231,7 +232,9 @@ function render() {
   if (rt.page === "device" && devChanged) device();
   if (rt.page === "rollouts") rollouts();
   charts();
-  if (S.first) {
+  if (S.first && S.snapshots > 0) {
+    // The first render of the whole fleet (tests and the benchmark wait
+    // for it).
     S.first = false;
     window.edgefleetFirstRender = performance.now();
     document.body.dataset.rendered = String(S.rendered.size);
@@ -552,6 +555,7 @@ function show() {
 function apply(m) {
   if (m.now) S.skew = Date.parse(m.now) - Date.now();
   if (m.type === "snapshot") {
+    S.snapshots++;
     S.devices = new Map(m.devices.map((r) => [r.id, r]));
     S.ids = m.devices.map((r) => r.id);
     S.timeline = m.timeline || [];
