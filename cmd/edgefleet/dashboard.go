@@ -59,12 +59,24 @@ func runDashboard(ctx context.Context, env *cliEnv, args []string) int {
 		}
 		o.Keyring = kr
 	}
+	pass := bf.password
+	if pass == "" && env.getenv != nil {
+		pass = env.getenv("EDGEFLEET_BROKER_PASSWORD")
+	}
+	copts := fleet.ClientOptions{Broker: bf.url, Username: bf.username, Password: pass, CA: bf.ca, Cert: bf.cert, Key: bf.key}
+	return serveDashboard(ctx, env, o, copts)
+}
+
+// serveDashboard runs a dashboard on the broker copts connects to, until
+// ctx ends, reconnecting when the broker goes away (`edgefleet dashboard`,
+// and `edgefleet broker --dashboard`).
+func serveDashboard(ctx context.Context, env *cliEnv, o dashboard.Options, copts fleet.ClientOptions) int {
 	if !o.ReadOnly {
 		// The CLI's own path: a connection of its own per action (an
 		// action's read-back subscribes and unsubscribes the rollout
 		// filter, which must not touch the dashboard's subscription).
 		o.Act = func(ctx context.Context, verb, ref, user string) (*protocol.Rollout, error) {
-			c, err := bf.connect(ctx, env)
+			c, err := fleet.Connect(ctx, copts)
 			if err != nil {
 				return nil, err
 			}
@@ -79,11 +91,6 @@ func runDashboard(ctx context.Context, env *cliEnv, args []string) int {
 		fmt.Fprintf(env.stderr, "edgefleet dashboard: %v\n", err)
 		return 2
 	}
-	pass := bf.password
-	if pass == "" && env.getenv != nil {
-		pass = env.getenv("EDGEFLEET_BROKER_PASSWORD")
-	}
-	copts := fleet.ClientOptions{Broker: bf.url, Username: bf.username, Password: pass, CA: bf.ca, Cert: bf.cert, Key: bf.key}
 	feed := &dashboardFeed{srv: srv, logf: logf}
 	c, lost, err := feed.connect(ctx, copts)
 	if err != nil {
@@ -97,7 +104,7 @@ func runDashboard(ctx context.Context, env *cliEnv, args []string) int {
 			if o.ReadOnly {
 				mode = "read-only"
 			}
-			logf("serving the fleet of %s on %s (%s)", bf.url, url, mode)
+			logf("serving the fleet of %s on %s (%s)", copts.Broker, url, mode)
 			fmt.Fprintln(env.stdout, url)
 		})
 	}()
@@ -112,7 +119,7 @@ func runDashboard(ctx context.Context, env *cliEnv, args []string) int {
 			}
 			return 0
 		case err := <-lost:
-			srv.SetConnection(bf.url, false, err)
+			srv.SetConnection(copts.Broker, false, err)
 			logf("lost the broker connection (%v); reconnecting", err)
 			for {
 				select {
@@ -126,7 +133,7 @@ func runDashboard(ctx context.Context, env *cliEnv, args []string) int {
 					backoff = time.Second
 					break
 				}
-				srv.SetConnection(bf.url, false, err)
+				srv.SetConnection(copts.Broker, false, err)
 				backoff = min(2*backoff, 30*time.Second)
 			}
 		}

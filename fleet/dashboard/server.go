@@ -458,11 +458,11 @@ func (s *Server) action(w http.ResponseWriter, r *http.Request) {
 	defer cancel()
 	ro, err := s.opts.Act(ctx, verb, req.Rollout, user)
 	if err != nil {
-		s.opts.Logf("dashboard: %s %s by %s: %v", verb, req.Rollout, user, err)
+		s.opts.Logf("%s %s by %s: %v", verb, req.Rollout, user, err)
 		http.Error(w, err.Error(), http.StatusConflict)
 		return
 	}
-	s.opts.Logf("dashboard: %s %s by %s: %s", verb, ro.ID, user, ro.State)
+	s.opts.Logf("%s %s by %s: %s", verb, ro.ID, user, ro.State)
 	writeJSON(w, map[string]string{"id": ro.ID, "state": ro.State, "reason": ro.Reason})
 }
 
