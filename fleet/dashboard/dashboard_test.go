@@ -2,10 +2,13 @@ package dashboard
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"regexp"
 	"strings"
 	"sync/atomic"
@@ -13,6 +16,7 @@ import (
 	"time"
 
 	"github.com/edgefleet/edgefleet/fleet"
+	"github.com/edgefleet/edgefleet/internal/testkit"
 	"github.com/edgefleet/edgefleet/protocol"
 	"golang.org/x/crypto/bcrypt"
 )
@@ -329,4 +333,69 @@ func FuzzUpdate(f *testing.F) {
 			t.Fatalf("invalid JSON after %q %q", topic, payload)
 		}
 	})
+}
+
+// On a network address the dashboard serves HTTPS only, to operators who
+// log in; their name is who acts.
+func TestHTTPSWithLoginsOnANetworkAddress(t *testing.T) {
+	ca := testkit.NewCA(t, t.TempDir(), "dashboard test CA")
+	pair := ca.Server("dashboard")
+	hash, _ := bcrypt.GenerateFromPassword([]byte("secret"), bcrypt.MinCost)
+	var who atomic.Value
+	s, err := New(Options{Listen: "0.0.0.0:0", TLSCert: pair.Cert, TLSKey: pair.Key,
+		Users: map[string]fleet.User{"alice": {Name: "alice", PasswordHash: string(hash), Role: fleet.RoleOperator}},
+		Act: func(ctx context.Context, verb, ref, user string) (*protocol.Rollout, error) {
+			who.Store(user)
+			return &protocol.Rollout{ID: ref, State: protocol.RolloutPaused}, nil
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	urls := make(chan string, 1)
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx, func(u string) { urls <- u }) }()
+	defer func() { cancel(); <-done }()
+	u := <-urls
+	if !strings.HasPrefix(u, "https://") {
+		t.Fatalf("served %s, want https", u)
+	}
+	port := u[strings.LastIndexByte(u, ':')+1 : len(u)-1]
+	pool := x509.NewCertPool()
+	pem, _ := os.ReadFile(ca.File)
+	pool.AppendCertsFromPEM(pem)
+	cl := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	base := "https://127.0.0.1:" + port
+	// Plain HTTP to the TLS listener never gets the page.
+	if res, err := http.Get("http://127.0.0.1:" + port + "/"); err == nil {
+		res.Body.Close()
+		if res.StatusCode == 200 {
+			t.Fatal("the dashboard answered plain HTTP on a network address")
+		}
+	}
+	req := func(method, path, user string, hdr map[string]string) *http.Response {
+		r, _ := http.NewRequest(method, base+path, strings.NewReader(`{"rollout":"hello-2-abcd"}`))
+		if user != "" {
+			r.SetBasicAuth(user, "secret")
+		}
+		for k, v := range hdr {
+			r.Header.Set(k, v)
+		}
+		res, err := cl.Do(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, res.Body)
+		res.Body.Close()
+		return res
+	}
+	if res := req("GET", "/", "", nil); res.StatusCode != http.StatusUnauthorized || !strings.Contains(res.Header.Get("WWW-Authenticate"), "Basic") {
+		t.Fatalf("no login: %d %v, want 401 asking for basic auth", res.StatusCode, res.Header)
+	}
+	if res := req("GET", "/", "alice", nil); res.StatusCode != 200 || res.Header.Get("Strict-Transport-Security") == "" {
+		t.Fatalf("alice: %d, HSTS %q", res.StatusCode, res.Header.Get("Strict-Transport-Security"))
+	}
+	if res := req("POST", "/api/rollouts/pause", "alice", map[string]string{"X-CSRF-Token": s.CSRFToken(), "Origin": base}); res.StatusCode != 200 || who.Load() != "alice" {
+		t.Fatalf("pause by alice: %d, acted as %v", res.StatusCode, who.Load())
+	}
 }
