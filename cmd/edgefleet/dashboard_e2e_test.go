@@ -79,6 +79,9 @@ func screenshot(t *testing.T, ctx context.Context, name string) {
 // the page act as the CLI does; an action without the CSRF token is
 // refused.
 func TestDashboardE2E(t *testing.T) {
+	if testing.Short() {
+		t.Skip("SKIPPED (-short): real agents and a real Chromium")
+	}
 	ctx := testkit.Browser(t, "the dashboard end-to-end test", 1440, 1000)
 	port := testkit.FreePort(t)
 	runInBackground(t, "broker", "--listen", fmt.Sprintf("127.0.0.1:%d", port), "--data", t.TempDir())

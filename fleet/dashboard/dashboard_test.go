@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -397,5 +398,33 @@ func TestHTTPSWithLoginsOnANetworkAddress(t *testing.T) {
 	}
 	if res := req("POST", "/api/rollouts/pause", "alice", map[string]string{"X-CSRF-Token": s.CSRFToken(), "Origin": base}); res.StatusCode != 200 || who.Load() != "alice" {
 		t.Fatalf("pause by alice: %d, acted as %v", res.StatusCode, who.Load())
+	}
+}
+
+// A page that does not read its events is dropped, not buffered for: it
+// reconnects and gets a fresh snapshot.
+func TestSlowPageIsDropped(t *testing.T) {
+	s, _ := New(Options{Tick: 10 * time.Millisecond})
+	slow := &client{ch: make(chan []byte, 1), gone: make(chan struct{})}
+	s.mu.Lock()
+	s.subs[slow] = true
+	s.mu.Unlock()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go s.pushLoop(ctx)
+	for i := 0; i < 10; i++ {
+		s.Update(statusTopic("d"), status("d", protocol.AppReport{App: "hello", Version: fmt.Sprintf("1.0.%d", i)}))
+		time.Sleep(30 * time.Millisecond)
+	}
+	select {
+	case <-slow.gone:
+	case <-time.After(10 * time.Second):
+		t.Fatal("a page that reads nothing was not dropped")
+	}
+	s.mu.Lock()
+	n := len(s.subs)
+	s.mu.Unlock()
+	if n != 0 {
+		t.Fatalf("%d pages still registered", n)
 	}
 }
