@@ -156,7 +156,7 @@ func (s *Server) delta(now time.Time, resample bool) ([]byte, bool) {
 	if len(st.dirty) == 0 && !st.catalogDirty && point == nil {
 		return nil, sampled
 	}
-	var b strings.Builder
+	var b bytes.Buffer
 	b.WriteString(`{"type":"delta","now":`)
 	writeJSONTo(&b, now.UTC())
 	b.WriteString(`,"devices":[`)
@@ -193,7 +193,7 @@ func (s *Server) delta(now time.Time, resample bool) ([]byte, bool) {
 	writeJSONTo(&b, st.malformedList())
 	fmt.Fprintf(&b, `,"dropped":%d}`, len(st.malformed))
 	clear(st.dirty)
-	return []byte(b.String()), sampled
+	return b.Bytes(), sampled
 }
 
 // asset serves an embedded file, gzipped when the browser takes it.

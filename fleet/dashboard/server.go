@@ -1,6 +1,7 @@
 package dashboard
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -375,7 +376,7 @@ func (s *Server) session(w http.ResponseWriter, r *http.Request) {
 // snapshot is the whole view: what a page gets first. Called with s.mu
 // held.
 func (s *Server) snapshot(now time.Time) []byte {
-	var b strings.Builder
+	var b bytes.Buffer
 	b.WriteString(`{"type":"snapshot","now":`)
 	writeJSONTo(&b, now.UTC())
 	b.WriteString(`,"stale_after_ms":`)
@@ -396,7 +397,7 @@ func (s *Server) snapshot(now time.Time) []byte {
 	fmt.Fprintf(&b, `,"dropped":%d,"connection":`, len(s.st.malformed))
 	writeJSONTo(&b, s.conn)
 	b.WriteString("}")
-	return []byte(b.String())
+	return b.Bytes()
 }
 
 func (s *Server) stateJSON(w http.ResponseWriter, r *http.Request) {
@@ -494,7 +495,7 @@ func writeJSON(w http.ResponseWriter, v any) {
 	json.NewEncoder(w).Encode(v)
 }
 
-func writeJSONTo(b *strings.Builder, v any) {
+func writeJSONTo(b *bytes.Buffer, v any) {
 	out, err := json.Marshal(v)
 	if err != nil {
 		b.WriteString("null")
