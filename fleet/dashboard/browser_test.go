@@ -177,6 +177,27 @@ func TestBrowserHostileStatusRendersInert(t *testing.T) {
 	if n := eval[float64](t, ctx, `document.querySelectorAll('#dev-history tbody tr').length`); n < 1 {
 		t.Errorf("the device page shows no history")
 	}
+	// Read-only (this dashboard has no way to act): a rollout shows no
+	// buttons, and the header says so.
+	now := time.Now().UTC()
+	ro := &protocol.Rollout{Schema: protocol.MQTTSchemaVersion, ID: "hello-2-abcd", Channel: "stable", App: "hello", Version: "2.0.0", Sequence: 2,
+		Profiles: []string{"rpi3"}, Waves: []protocol.Wave{{Count: 1}, {Percent: 100}}, MaxFailures: 0.1, MinExecuted: 1, State: protocol.RolloutRunning,
+		Cut: 1000, Cuts: []uint64{1000}, WaveStarted: []time.Time{now}, Created: now, Updated: now, Revision: 1,
+		Counts: protocol.RolloutCounts{Selected: 2, Members: 1, Pending: 1}, Reason: "wave 1 of 2 started: 1 of 2 selected devices"}
+	msg, err := ro.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rt, _ := protocol.RolloutTopic("stable", "hello")
+	l.publish(t, rt, msg)
+	run(t, ctx, "open the rollouts page", chromedp.Navigate(l.url+"#/rollouts"))
+	poll(t, ctx, "the rollout card", `!!document.querySelector('#rollouts article[data-id="hello-2-abcd"]')`)
+	if n := eval[float64](t, ctx, `document.querySelectorAll('#rollouts button').length`); n != 0 {
+		t.Errorf("a read-only dashboard shows %v action buttons", n)
+	}
+	if who := eval[string](t, ctx, `document.querySelector('#who').textContent`); !strings.Contains(who, "read-only") {
+		t.Errorf("the header of a read-only dashboard says %q", who)
+	}
 	if dir := os.Getenv("EDGEFLEET_DASHBOARD_SHOTS"); dir != "" {
 		shot, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
 		if err == nil {
