@@ -11,6 +11,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"regexp"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -352,6 +353,9 @@ func TestHTTPSWithLoginsOnANetworkAddress(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if !slices.Contains(s.opts.AllowedHosts, "localhost") {
+		t.Errorf("allowed hosts %v lack the certificate's DNS name", s.opts.AllowedHosts)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	urls := make(chan string, 1)
 	done := make(chan error, 1)
@@ -389,6 +393,19 @@ func TestHTTPSWithLoginsOnANetworkAddress(t *testing.T) {
 		io.Copy(io.Discard, res.Body)
 		res.Body.Close()
 		return res
+	}
+	// The certificate's name is a host the dashboard serves; another is not.
+	for host, want := range map[string]int{"localhost:" + port: 401, "evil.example:" + port: http.StatusMisdirectedRequest} {
+		r, _ := http.NewRequest("GET", base+"/", nil)
+		r.Host = host
+		res, err := cl.Do(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res.Body.Close()
+		if res.StatusCode != want {
+			t.Errorf("Host %s: %d, want %d", host, res.StatusCode, want)
+		}
 	}
 	if res := req("GET", "/", "", nil); res.StatusCode != http.StatusUnauthorized || !strings.Contains(res.Header.Get("WWW-Authenticate"), "Basic") {
 		t.Fatalf("no login: %d %v, want 401 asking for basic auth", res.StatusCode, res.Header)

@@ -7,6 +7,7 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -48,8 +49,8 @@ type Options struct {
 	// releases page.
 	Keyring *protocol.Keyring
 	// AllowedHosts are extra Host header values accepted (a name the
-	// dashboard is reached by, behind a proxy); the listen address and
-	// localhost names always are.
+	// dashboard is reached by, behind a proxy); the listen address,
+	// localhost names and the TLS certificate's DNS names always are.
 	AllowedHosts []string
 	// Tick is how often changes are pushed to pages, at most. Default
 	// 500ms.
@@ -160,6 +161,17 @@ func New(o Options) (*Server, error) {
 	}
 	s := &Server{opts: o, csrf: hex.EncodeToString(b[:]), subs: map[*client]bool{}, authCache: map[[32]byte]string{}, started: time.Now()}
 	s.st = newState(&s.opts)
+	if o.TLSCert != "" {
+		// The names the certificate is for are names the dashboard is
+		// reached by.
+		pair, err := tls.LoadX509KeyPair(o.TLSCert, o.TLSKey)
+		if err != nil {
+			return nil, fmt.Errorf("dashboard TLS certificate: %w", err)
+		}
+		if leaf, err := x509.ParseCertificate(pair.Certificate[0]); err == nil {
+			s.opts.AllowedHosts = append(s.opts.AllowedHosts, leaf.DNSNames...)
+		}
+	}
 	if len(o.Users) > 0 {
 		h, err := bcrypt.GenerateFromPassword(b[:16], bcrypt.DefaultCost)
 		if err != nil {
