@@ -6,6 +6,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -16,6 +17,7 @@ import (
 	"time"
 
 	"github.com/chromedp/chromedp"
+	"github.com/edgefleet/edgefleet/fleet"
 	"github.com/edgefleet/edgefleet/internal/testkit"
 	"github.com/edgefleet/edgefleet/protocol"
 )
@@ -198,4 +200,76 @@ func (f *rfleet) retainedCandidates() int {
 		}
 	}
 	return n
+}
+
+// TestDashboardReconnects: the broker goes away and comes back; the
+// dashboard says so, reconnects by itself and reads the fleet again.
+func TestDashboardReconnects(t *testing.T) {
+	port := testkit.FreePort(t)
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	url := "tcp://" + addr
+	data := t.TempDir()
+	startBroker := func() (stop func()) {
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan int, 1)
+		out := &testkit.Buffer{}
+		go func() {
+			done <- run(ctx, &cliEnv{stdin: strings.NewReader(""), stdout: out, stderr: out, getenv: func(string) string { return "" }},
+				[]string{"broker", "--listen", addr, "--data", data, "--rollout-driver=false"})
+		}()
+		testkit.Eventually(t, "the broker listens", func() bool { return strings.Contains(out.String(), url) })
+		return func() { cancel(); <-done }
+	}
+	stop := startBroker()
+	publish := func(id, version string) {
+		t.Helper()
+		c, err := fleet.Connect(context.Background(), fleet.ClientOptions{Broker: url})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Disconnect(100)
+		s := &protocol.DeviceStatus{Schema: protocol.MQTTSchemaVersion, Device: id, Time: time.Now().UTC(), Online: true,
+			Apps: []protocol.AppReport{{App: "hello", Version: version, State: stateCommitted}}}
+		b, _ := s.Marshal()
+		topic, _ := protocol.StatusTopic(id)
+		if tok := c.Publish(topic, 1, true, b); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+			t.Fatal(tok.Error())
+		}
+	}
+	publish("dev-a", "1.0.0")
+	dport := testkit.FreePort(t)
+	page := fmt.Sprintf("http://127.0.0.1:%d/", dport)
+	out := runInBackground(t, "dashboard", "--broker", url, "--listen", fmt.Sprintf("127.0.0.1:%d", dport), "--read-only")
+	type state struct {
+		Devices []struct {
+			ID     string
+			Status protocol.DeviceStatus
+		}
+		Connection struct{ Connected bool }
+	}
+	get := func() (s state) {
+		res, err := http.Get(page + "api/state")
+		if err != nil {
+			return s
+		}
+		defer res.Body.Close()
+		json.NewDecoder(res.Body).Decode(&s)
+		return s
+	}
+	testkit.Eventually(t, "the dashboard shows dev-a", func() bool { s := get(); return len(s.Devices) == 1 && s.Connection.Connected })
+	stop()
+	testkit.Eventually(t, "the dashboard says the broker is gone", func() bool { return !get().Connection.Connected })
+	if s := get(); len(s.Devices) != 1 {
+		t.Errorf("the dashboard forgot the fleet while the broker was away: %+v", s.Devices)
+	}
+	stop = startBroker()
+	defer stop()
+	publish("dev-b", "2.0.0")
+	testkit.Eventually(t, "the dashboard reconnects and shows dev-a and dev-b", func() bool {
+		s := get()
+		return s.Connection.Connected && len(s.Devices) == 2
+	})
+	if !strings.Contains(out.String(), "reconnected to the broker") || !strings.Contains(out.String(), "lost the broker connection") {
+		t.Errorf("the dashboard did not say it lost and regained the broker:\n%s", out)
+	}
 }
