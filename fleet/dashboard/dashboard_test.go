@@ -445,3 +445,17 @@ func TestSlowPageIsDropped(t *testing.T) {
 		t.Fatalf("%d pages still registered", n)
 	}
 }
+
+// A flood of malformed messages on distinct topics is counted, not
+// remembered without bound.
+func TestMalformedFloodIsBounded(t *testing.T) {
+	s, _ := New(Options{})
+	for i := 0; i < maxMalformedKept+50; i++ {
+		s.Update(statusTopic(fmt.Sprintf("bad-%d", i)), []byte("garbage"))
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.st.malformed) != maxMalformedKept || s.st.dropped() != maxMalformedKept+50 {
+		t.Fatalf("kept %d, counted %d; want %d kept and every one counted", len(s.st.malformed), s.st.dropped(), maxMalformedKept)
+	}
+}

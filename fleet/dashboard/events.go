@@ -156,6 +156,12 @@ func (s *Server) delta(now time.Time, resample bool) ([]byte, bool) {
 	if len(st.dirty) == 0 && !st.catalogDirty && point == nil {
 		return nil, sampled
 	}
+	if len(s.subs) == 0 {
+		// Nobody to tell: rows are rebuilt lazily, and the next page
+		// gets a snapshot (which rebuilds the catalog if it changed).
+		clear(st.dirty)
+		return nil, sampled
+	}
 	var b bytes.Buffer
 	b.WriteString(`{"type":"delta","now":`)
 	writeJSONTo(&b, now.UTC())
@@ -191,7 +197,7 @@ func (s *Server) delta(now time.Time, resample bool) ([]byte, bool) {
 	}
 	b.WriteString(`,"malformed":`)
 	writeJSONTo(&b, st.malformedList())
-	fmt.Fprintf(&b, `,"dropped":%d}`, len(st.malformed))
+	fmt.Fprintf(&b, `,"dropped":%d}`, st.dropped())
 	clear(st.dirty)
 	return b.Bytes(), sampled
 }

@@ -406,7 +406,7 @@ func (s *Server) snapshot(now time.Time) []byte {
 	writeJSONTo(&b, s.st.timeline)
 	b.WriteString(`,"malformed":`)
 	writeJSONTo(&b, s.st.malformedList())
-	fmt.Fprintf(&b, `,"dropped":%d,"connection":`, len(s.st.malformed))
+	fmt.Fprintf(&b, `,"dropped":%d,"connection":`, s.st.dropped())
 	writeJSONTo(&b, s.conn)
 	b.WriteString("}")
 	return b.Bytes()

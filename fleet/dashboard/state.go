@@ -19,8 +19,12 @@ var Filters = append(append([]string{}, protocol.DeviceFilters...),
 	protocol.AllDesiredFilter, protocol.AllReleasesFilter, protocol.AllRolloutsFilter, protocol.DriverTopic)
 
 // maxMalformedShown bounds the malformed messages listed (the count stays
-// exact).
-const maxMalformedShown = 50
+// exact); maxMalformedKept bounds the topics remembered as malformed (more
+// are only counted, so a flood of garbage topics cannot grow memory).
+const (
+	maxMalformedShown = 50
+	maxMalformedKept  = 10_000
+)
 
 // device is what the dashboard knows of one device. Only devices with a
 // status are shown; presence and assignments may arrive first.
@@ -134,7 +138,10 @@ type state struct {
 	// malformed maps a device topic whose latest message was malformed to
 	// why (a set: a redelivered message counts once).
 	malformed map[string]string
-	epoch     int
+	// malformedMore counts malformed messages on topics beyond
+	// maxMalformedKept.
+	malformedMore int
+	epoch         int
 
 	dirty        map[string]bool // devices changed since the last push
 	catalogDirty bool
@@ -171,7 +178,7 @@ func (s *state) update(topic string, payload []byte, now time.Time) error {
 	}
 	t, err := protocol.ParseTopic(topic)
 	if err != nil {
-		s.malformed[protocol.CleanText(topic)] = err.Error()
+		s.drop(topic, err)
 		return fmt.Errorf("dropped message: %w", err)
 	}
 	switch t.Kind {
@@ -190,7 +197,7 @@ func (s *state) update(topic string, payload []byte, now time.Time) error {
 			}
 		}
 		if err != nil {
-			s.malformed[topic] = err.Error()
+			s.drop(topic, err)
 			return fmt.Errorf("dropped status: %w", err)
 		}
 		delete(s.malformed, topic)
@@ -214,7 +221,7 @@ func (s *state) update(topic string, payload []byte, now time.Time) error {
 			}
 		}
 		if err != nil {
-			s.malformed[topic] = err.Error()
+			s.drop(topic, err)
 			return fmt.Errorf("dropped presence: %w", err)
 		}
 		delete(s.malformed, topic)
@@ -259,6 +266,22 @@ func (s *state) updateDesired(t protocol.Topic, topic string, payload []byte) er
 	s.touch(t.Device)
 	return nil
 }
+
+// drop records a malformed message on topic.
+func (s *state) drop(topic string, err error) {
+	if _, known := s.malformed[topic]; !known && len(s.malformed) >= maxMalformedKept {
+		s.malformedMore++
+		return
+	}
+	msg := err.Error()
+	if len(msg) > 300 {
+		msg = msg[:300] + "…"
+	}
+	s.malformed[topic] = msg
+}
+
+// dropped counts the malformed messages the view ignores.
+func (s *state) dropped() int { return len(s.malformed) + s.malformedMore }
 
 func (s *state) setRetained(topic string, payload []byte) {
 	if len(payload) == 0 {
