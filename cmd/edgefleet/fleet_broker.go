@@ -5,10 +5,12 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"io"
 	"strings"
 	"time"
 
 	"github.com/edgefleet/edgefleet/fleet"
+	"github.com/edgefleet/edgefleet/fleet/dashboard"
 	"github.com/edgefleet/edgefleet/hardware"
 )
 
@@ -33,6 +35,7 @@ func runBroker(ctx context.Context, env *cliEnv, args []string) int {
 	fs.DurationVar(&o.ConnectTimeout, "connect-timeout", fleet.DefaultConnectTimeout, "close a new connection that has not completed its TLS handshake and CONNECT within this time")
 	fs.IntVar(&o.MaxConcurrentLogins, "max-logins", 0, "password checks (bcrypt) run at once; more wait up to --connect-timeout (default: half the CPUs, at least 1)")
 	driver := fs.Bool("rollout-driver", true, "drive staged rollouts inside the broker (false when `edgefleet rollout drive` runs elsewhere)")
+	dash := fs.String("dashboard", "", "also serve the fleet dashboard on this loopback `ADDR` (e.g. 127.0.0.1:8080; 'edgefleet dashboard' for HTTPS, logins, read-only)")
 	fs.Usage = func() {
 		fmt.Fprintln(env.stderr, "usage: edgefleet broker --data DIR [--listen ADDR] [--tls-cert F --tls-key F [--client-ca F]] [--users F] [--acl F]")
 		fs.PrintDefaults()
@@ -42,6 +45,13 @@ func runBroker(ctx context.Context, env *cliEnv, args []string) int {
 			fs.Usage()
 		}
 		return 2
+	}
+	if *dash != "" {
+		do := dashboard.Options{Listen: *dash}
+		if err := do.Validate(); err != nil {
+			fmt.Fprintf(env.stderr, "edgefleet broker: --dashboard %s: the dashboard inside the broker serves loopback only (%v); to serve a network run 'edgefleet dashboard --tls-cert F --tls-key F --users F' next to the broker\n", *dash, err)
+			return 2
+		}
 	}
 	if *maxPacket != "" {
 		s, err := hardware.ParseSize(*maxPacket)
@@ -83,9 +93,23 @@ func runBroker(ctx context.Context, env *cliEnv, args []string) int {
 	} else {
 		close(driverDone)
 	}
+	dashDone := make(chan struct{})
+	if *dash != "" {
+		go func() {
+			defer close(dashDone)
+			denv := *env
+			denv.stdout = io.Discard // the broker's stdout is its URL; the dashboard's is on stderr
+			if serveDashboard(dctx, &denv, dashboard.Options{Listen: *dash}, b.InternalClient()) != 0 && dctx.Err() == nil {
+				fmt.Fprintln(env.stderr, "edgefleet broker: the dashboard stopped")
+			}
+		}()
+	} else {
+		close(dashDone)
+	}
 	<-ctx.Done()
 	stopDriver()
 	<-driverDone
+	<-dashDone
 	b.Close()
 	fmt.Fprintln(env.stderr, "edgefleet broker: stopped")
 	return 0

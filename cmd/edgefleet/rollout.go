@@ -638,6 +638,16 @@ func runRolloutCommand(ctx context.Context, env *cliEnv, verb string, args []str
 // operator's message, so the change holds; if the rollout halted or
 // finished meanwhile, that is said.
 func rolloutCommand(ctx context.Context, c paho.Client, verb, ref string) (*protocol.Rollout, error) {
+	user := os.Getenv("USER")
+	if user == "" {
+		user = "an operator"
+	}
+	return rolloutCommandBy(ctx, c, verb, ref, user)
+}
+
+// rolloutCommandBy is rolloutCommand for a named operator (the dashboard
+// names its logged-in user); user appears in the rollout's reason.
+func rolloutCommandBy(ctx context.Context, c paho.Client, verb, ref, user string) (*protocol.Rollout, error) {
 	set, err := readRollouts(ctx, c)
 	if err != nil {
 		return nil, err
@@ -658,10 +668,6 @@ func rolloutCommand(ctx context.Context, c paho.Client, verb, ref string) (*prot
 		return nil, fmt.Errorf("rollout %s is %s already; nothing to %s", r.ID, r.State, verb)
 	case verb == "resume" && r.State != protocol.RolloutPaused:
 		return nil, fmt.Errorf("rollout %s is %s, not paused", r.ID, r.State)
-	}
-	user := os.Getenv("USER")
-	if user == "" {
-		user = "an operator"
 	}
 	r.State, r.Driver, r.Updated = want, "", now
 	r.Revision++

@@ -68,6 +68,8 @@ func TestAgentDependencies(t *testing.T) {
 		"github.com/mochi-mqtt/server",
 		"go/types", "go/parser",
 		"github.com/rogpeppe/go-internal",
+		"github.com/chromedp/chromedp", "github.com/chromedp/cdproto", // the dashboard's browser tests
+		"net/http/httptest",
 		"github.com/edgefleet/edgefleet/internal/testkit", "github.com/edgefleet/edgefleet/internal/emutest",
 	}
 	for _, p := range pkgs {
