@@ -140,9 +140,19 @@ func aclMatrix(t *testing.T, url string) {
 		t.Fatalf("device cannot publish its own status: %v", err)
 	}
 
-	snap, err := Snapshot(ctx, op, []string{protocol.TopicPrefix + "#"})
-	if err != nil {
-		t.Fatal(err)
+	// A NATS cluster stores retained messages in JetStream after it
+	// acknowledges them, so a read right after the acknowledgement can
+	// miss it on a loaded machine: read again for a while.
+	var snap map[string][]byte
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		var err error
+		if snap, err = Snapshot(ctx, op, []string{protocol.TopicPrefix + "#"}); err != nil {
+			t.Fatal(err)
+		}
+		if string(snap[statusA]) == string(raw) || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
 	if string(snap[statusA]) != string(raw) {
 		t.Errorf("dev-a's own status was not stored: %q", snap[statusA])
