@@ -142,6 +142,9 @@ func atEOF(name string, r io.Reader) error {
 	if n > 0 {
 		return fmt.Errorf("bsdiff: %s stream holds data past the end of the result: %w", name, protocol.ErrMalformed)
 	}
+	if errors.Is(err, io.ErrUnexpectedEOF) {
+		return fmt.Errorf("bsdiff: %s stream ends early: %w", name, protocol.ErrTruncated)
+	}
 	if err != io.EOF {
 		return fmt.Errorf("bsdiff: %s stream does not end cleanly: %v: %w", name, err, protocol.ErrMalformed)
 	}
