@@ -84,6 +84,7 @@ const (
 	KindChunk   TopicKind = "chunk"   // edgefleet/v1/chunks/<app>/<payload sha256>/<index>
 	KindDesired TopicKind = "desired" // edgefleet/v1/device/<id>/desired/<app>
 	KindStatus  TopicKind = "status"  // edgefleet/v1/device/<id>/status
+	KindDelta   TopicKind = "delta"   // edgefleet/v1/delta/<app>/<result sha256>/<base sha256>
 )
 
 // Topic is a parsed edgefleet topic. Only the fields of its Kind are set.
@@ -93,7 +94,8 @@ type Topic struct {
 	App     string
 	Profile string
 	Device  string
-	SHA256  string // payload sha256 (chunks)
+	SHA256  string // payload sha256 (chunks); result executable sha256 (deltas)
+	Base    string // base executable sha256 (deltas)
 	Index   int    // chunk index
 }
 
@@ -119,6 +121,8 @@ func (t Topic) String() string {
 		return TopicPrefix + "rollout/" + t.Channel + "/" + t.App + "/" + t.Profile + "/manifest"
 	case KindDriver:
 		return DriverTopic
+	case KindDelta:
+		return TopicPrefix + "delta/" + t.App + "/" + t.SHA256 + "/" + t.Base
 	}
 	return ""
 }
@@ -249,6 +253,11 @@ func ParseTopic(s string) (Topic, error) {
 	case len(p) == 5 && p[0] == "rollout" && p[4] == "manifest":
 		t = Topic{Kind: KindCandidate, Channel: p[1], App: p[2], Profile: p[3]}
 		if !ValidChannel(t.Channel) || !ValidApp(t.App) || !ValidProfileName(t.Profile) {
+			return bad()
+		}
+	case len(p) == 4 && p[0] == "delta":
+		t = Topic{Kind: KindDelta, App: p[1], SHA256: p[2], Base: p[3]}
+		if _, err := DeltaTopic(t.App, t.SHA256, t.Base); err != nil {
 			return bad()
 		}
 	case len(p) == 1 && p[0] == "driver":
