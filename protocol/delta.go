@@ -158,3 +158,13 @@ func DeltasFilter(app, resultSHA string) (string, error) {
 
 // AllDeltasFilter matches every retained delta envelope.
 const AllDeltasFilter = TopicPrefix + "delta/+/+/+"
+
+// DeltasFromFilter matches every delta of app whose base is the
+// executable baseSHA: what a device running that executable subscribes to
+// (SPEC.md §8.10).
+func DeltasFromFilter(app, baseSHA string) (string, error) {
+	if _, err := DeltaTopic(app, strings.Repeat("0", 64), baseSHA); err != nil {
+		return "", err
+	}
+	return TopicPrefix + "delta/" + app + "/+/" + baseSHA, nil
+}

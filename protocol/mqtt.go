@@ -456,7 +456,18 @@ type AppReport struct {
 	// Rollout is set while the device is a member of a rollout of this
 	// app (SPEC.md §8.8): its phase in it.
 	Rollout *RolloutReport `json:"rollout,omitempty"`
+	// Delta says how the last release reached the device (SPEC.md
+	// §8.10): "used" (the delta was applied) or "fallback: <reason>" (the
+	// full release was fetched instead); empty when no delta was offered.
+	// At most MaxDeltaNote bytes.
+	Delta string `json:"delta,omitempty"`
 }
+
+// MaxDeltaNote bounds a status's apps[].delta (bytes).
+const MaxDeltaNote = 256
+
+// DeltaUsed is apps[].delta of a device that applied a delta.
+const DeltaUsed = "used"
 
 // ProgressReport is where an install stands: step ("download", "verify",
 // "stage", ...) and done/total units of that step.
@@ -502,6 +513,9 @@ func (s *DeviceStatus) Validate() error {
 		if len(a.LastError) > MaxLastError || len(a.Note) > MaxLastError {
 			return bad("app %s: last_error or note longer than %d", a.App, MaxLastError)
 		}
+		if len(a.Delta) > MaxDeltaNote || (a.Delta != "" && a.Delta != DeltaUsed && !strings.HasPrefix(a.Delta, "fallback: ")) {
+			return bad("app %s: delta must be %q or \"fallback: <reason>\" of at most %d bytes", a.App, DeltaUsed, MaxDeltaNote)
+		}
 		if a.Rollout != nil {
 			if err := a.Rollout.validate(); err != nil {
 				return bad("app %s: %v", a.App, err)
@@ -527,6 +541,7 @@ func (s *DeviceStatus) Marshal() ([]byte, error) {
 		// as U+FFFD, 3 bytes, and could push the text over the limit.
 		s.Apps[i].LastError = clipText(s.Apps[i].LastError, MaxLastError)
 		s.Apps[i].Note = clipText(s.Apps[i].Note, MaxLastError)
+		s.Apps[i].Delta = clipText(s.Apps[i].Delta, MaxDeltaNote)
 		if r := s.Apps[i].Rollout; r != nil {
 			r.Error = clipText(r.Error, MaxLastError)
 		}
@@ -580,6 +595,7 @@ func (s *DeviceStatus) cleanText() {
 	for i := range s.Apps {
 		a := &s.Apps[i]
 		a.Version, a.State, a.Target, a.LastError, a.Note = cleanText(a.Version), cleanText(a.State), cleanText(a.Target), cleanText(a.LastError), cleanText(a.Note)
+		a.Delta = cleanText(a.Delta)
 		if a.Progress != nil {
 			a.Progress.Step = cleanText(a.Progress.Step)
 		}

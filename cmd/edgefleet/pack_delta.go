@@ -4,9 +4,12 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"path/filepath"
+	"strings"
 
 	"github.com/edgefleet/edgefleet/hardware"
 	"github.com/edgefleet/edgefleet/packer"
+	"github.com/edgefleet/edgefleet/protocol"
 )
 
 // deltaFlags are pack's delta options (issue 10), kept apart from pack.go.
@@ -53,4 +56,34 @@ func orUnknownVersion(v string) string {
 		return "an earlier build"
 	}
 	return v
+}
+
+// withDeltas returns the bundles with, for each full bundle
+// <name>.efb, the delta bundles pack wrote beside it
+// (<name>.from-<version>.efb), deltas first: a device that finds a
+// release may look for its delta at once (SPEC.md §8.10).
+func withDeltas(paths []string) []string {
+	seen := map[string]bool{}
+	var deltas, full []string
+	add := func(p string) {
+		if seen[p] {
+			return
+		}
+		seen[p] = true
+		if strings.Contains(filepath.Base(p), ".from-") {
+			deltas = append(deltas, p)
+		} else {
+			full = append(full, p)
+		}
+	}
+	for _, p := range paths {
+		add(p)
+		if !strings.Contains(filepath.Base(p), ".from-") {
+			more, _ := filepath.Glob(strings.TrimSuffix(p, protocol.BundleExt) + ".from-*" + protocol.BundleExt)
+			for _, d := range more {
+				add(d)
+			}
+		}
+	}
+	return append(deltas, full...)
 }
