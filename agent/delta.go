@@ -28,6 +28,11 @@ import (
 // (SPEC.md §8.10).
 var ErrDelta = errors.New("the delta could not be applied; the full release is needed")
 
+// DeltaFailpoint fires when a delta's result is half written into the
+// staging file (see FailpointEnv). It is not in Failpoints, whose
+// points every full install passes.
+const DeltaFailpoint = "delta-mid"
+
 // bzip2LevelBytes is what one bzip2 decoder allocates per block-size level.
 const bzip2LevelBytes = 400_000
 
@@ -65,7 +70,7 @@ func (p *progressWriter) Write(b []byte) (int, error) {
 	}
 	if p.crash && !p.half && p.done >= p.total/2 {
 		p.half = true
-		failpoint("stage-mid")
+		failpoint(DeltaFailpoint)
 	}
 	return n, err
 }
