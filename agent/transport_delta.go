@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"syscall"
 
 	"github.com/edgefleet/edgefleet/hardware"
@@ -165,6 +166,7 @@ func (t *mqttTransport) giveUpDelta(ap *mqttApp, m *protocol.Manifest, why strin
 	if ap.deltaGiveUp == nil {
 		ap.deltaGiveUp = map[string]string{}
 	}
+	why = strings.TrimPrefix(why, ErrDelta.Error()+": ")
 	ap.deltaGiveUp[m.Payload.SHA256] = why
 	ap.deltaNote = clip("fallback: "+why, protocol.MaxDeltaNote)
 	t.stats.DeltaFallbacks.Add(1)

@@ -31,7 +31,7 @@ func ApplyDelta(ctx context.Context, m *protocol.Manifest, base io.ReaderAt, bas
 	}
 	d := m.Delta
 	if baseSize != d.BaseSize {
-		return Result{}, fmt.Errorf("the delta to %s %s applies to a %d-byte executable (%s, version %s); the installed one is %d bytes: %w",
+		return Result{}, fmt.Errorf("the delta to %s %s applies to a %d-byte executable (%s, version %s); the installed one is %d bytes (modified, or another build): %w",
 			m.App, m.Version, d.BaseSize, d.BaseSHA256[:12], orUnknown(d.BaseVersion), baseSize, ErrBaseMismatch)
 	}
 	h := sha256.New()
