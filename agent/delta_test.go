@@ -6,12 +6,14 @@ import (
 	"errors"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/minio/selfupdate"
 
+	"github.com/edgefleet/edgefleet/internal/emutest"
 	differ "github.com/edgefleet/edgefleet/packer/bsdiff"
 	"github.com/edgefleet/edgefleet/protocol"
 	"github.com/edgefleet/edgefleet/protocol/bsdiff"
@@ -236,4 +238,44 @@ func TestDeltaLevelLimit(t *testing.T) {
 		t.Fatalf("got %v", err)
 	}
 	_ = bsdiff.Magic
+}
+
+// TestEmulatedDeltaApply: the agent cross-built for ARMv6, as a Raspberry
+// Pi Zero (arm1176 under qemu-user), applies a delta to its armv6 app and
+// ends with the full release's executable.
+func TestEmulatedDeltaApply(t *testing.T) {
+	if testing.Short() {
+		t.Skip("SKIP: emulation is slow; not in -short")
+	}
+	if _, err := exec.LookPath("qemu-arm"); err != nil {
+		t.Skip("SKIP: qemu-arm not found; install qemu-user and qemu-user-binfmt (scripts/test.sh does)")
+	}
+	if why := emutest.EnsureARMBinfmt(); why != "" {
+		t.Skipf("SKIP: %s; the probe of an ARM binary needs it (scripts/test.sh runs as root)", why)
+	}
+	agentBin := buildTestAgent(t, target{GOARCH: "arm", GOARM: "6"})
+	v6 := target{GOARCH: "arm", GOARM: "6"}
+	k := newKit(t)
+	v1 := k.bundle(spec{Version: "1.0.0", Sequence: 1, Target: v6, Profile: "linux-armv6"})
+	v2 := k.bundle(spec{Version: "1.1.0", Sequence: 2, Target: v6, Profile: "linux-armv6"})
+	if ok, out := emulated(t, k, agentBin, "arm1176", "install", v1); !ok {
+		t.Fatal(out)
+	}
+	if ok, out := emulated(t, k, agentBin, "arm1176", "commit", "hello"); !ok {
+		t.Fatal(out)
+	}
+	d := deltaBundle(t, k, v1, v2, nil, 0)
+	if ok, out := emulated(t, k, agentBin, "arm1176", "install", d); !ok {
+		t.Fatalf("the delta on arm1176: %s", out)
+	}
+	_, want := bundleExe(t, k, v2)
+	got, _ := os.ReadFile(k.appPath)
+	if !bytes.Equal(got, want) {
+		t.Fatal("the delta applied on arm1176 differs from the full release's executable")
+	}
+	cmd := exec.Command(k.appPath, "--version")
+	cmd.Env = append(os.Environ(), "QEMU_CPU=arm1176")
+	if b, err := cmd.Output(); err != nil || strings.TrimSpace(string(b)) != "1.1.0" {
+		t.Fatalf("hello after the delta: %q %v", b, err)
+	}
 }
