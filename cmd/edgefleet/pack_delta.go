@@ -87,3 +87,14 @@ func withDeltas(paths []string) []string {
 	}
 	return append(deltas, full...)
 }
+
+// countDeltaTopics counts the delta topics (SPEC.md §8.10) among topics.
+func countDeltaTopics(topics []string) int {
+	n := 0
+	for _, t := range topics {
+		if strings.HasPrefix(t, protocol.TopicPrefix+"delta/") {
+			n++
+		}
+	}
+	return n
+}
