@@ -67,7 +67,7 @@ func deltaBundle(t testing.TB, k *kit, base, full string, patch []byte, entries 
 	m.Payload = pl
 	bm, _ := bundleExe(t, k, base)
 	m.Delta = &protocol.Delta{Format: protocol.DeltaFormatBSDiff40, BaseSize: int64(len(old)), BaseSHA256: bm.Executable.SHA256, BaseVersion: bm.Version,
-		FullPayloadSHA256: fm.Payload.SHA256, ControlEntries: entries, MaxBzip2Level: 9}
+		FullPayloadSHA256: fm.Payload.SHA256, ControlEntries: entries, MaxBzip2Level: 5}
 	raw, sig, err := protocol.SignManifest(&m, k.priv)
 	if err != nil {
 		t.Fatal(err)
@@ -232,7 +232,7 @@ func TestDeltaLevelLimit(t *testing.T) {
 	if got := a.deltaLevelLimit(); got != 9 {
 		t.Fatalf("64 MiB allows level %d, want 9", got)
 	}
-	m := &protocol.Manifest{App: "hello", Version: "1.0.0", Delta: &protocol.Delta{MaxBzip2Level: 9}}
+	m := &protocol.Manifest{App: "hello", Version: "1.0.0", Delta: &protocol.Delta{MaxBzip2Level: 5}}
 	a.decoderLimit = 4 << 20
 	if err := a.checkDeltaMemory(m); !errors.Is(err, ErrDelta) {
 		t.Fatalf("got %v", err)

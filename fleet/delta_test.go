@@ -26,7 +26,7 @@ func makeDelta(t *testing.T, dir string, base, full testRelease) testRelease {
 	m := *full.m
 	m.Payload = pl
 	m.Delta = &protocol.Delta{Format: protocol.DeltaFormatBSDiff40, BaseSize: base.m.Executable.Size, BaseSHA256: base.m.Executable.SHA256,
-		BaseVersion: base.m.Version, FullPayloadSHA256: full.m.Payload.SHA256, ControlEntries: st.ControlEntries, MaxBzip2Level: 9}
+		BaseVersion: base.m.Version, FullPayloadSHA256: full.m.Payload.SHA256, ControlEntries: st.ControlEntries, MaxBzip2Level: 5}
 	path := filepath.Join(dir, "delta_"+base.m.Version+"_"+full.m.Version+".efb")
 	writeFile(t, path, testkit.Sign(t, &m, patch, testKey.priv))
 	return testRelease{path: path, kr: full.kr, payload: patch, m: &m}

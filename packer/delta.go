@@ -202,7 +202,7 @@ func (p *pack) makeDelta(j *job, b deltaBase, kr *protocol.Keyring, newExe []byt
 	sum := sha256.Sum256(old)
 	m.Delta = &protocol.Delta{
 		Format: protocol.DeltaFormatBSDiff40, BaseSize: int64(len(old)), BaseSHA256: hex.EncodeToString(sum[:]),
-		BaseVersion: b.m.Version, FullPayloadSHA256: full.Payload.SHA256, ControlEntries: st.ControlEntries, MaxBzip2Level: 9,
+		BaseVersion: b.m.Version, FullPayloadSHA256: full.Payload.SHA256, ControlEntries: st.ControlEntries, MaxBzip2Level: bsdiff.Options{}.MaxLevel(),
 	}
 	if m.Delta.BaseSHA256 != b.m.Executable.SHA256 {
 		return fmt.Errorf("decoded base does not match its signed sha256")

@@ -16,8 +16,21 @@ type Options struct {
 	// zero means 1.
 	ControlLevel int
 	// DataLevel is the bzip2 level of the diff and extra streams; zero
-	// means 9 (the level bsdiff uses; about 3.6 MB of decoder per stream).
+	// means DefaultDataLevel.
 	DataLevel int
+}
+
+// DefaultDataLevel is the bzip2 level of the diff and extra streams: 5
+// (500 KB blocks). Measured on the 8 MB agent, a small change gives the
+// same patch as level 9 (bsdiff's) while the device's decoders allocate
+// 4.4 MiB instead of 7.4 MiB; level 1 costs 12 % more bytes.
+const DefaultDataLevel = 5
+
+// MaxLevel is the highest bzip2 level the streams of a patch made with o
+// declare (the delta manifest's max_bzip2_level).
+func (o Options) MaxLevel() int {
+	o = o.withDefaults()
+	return max(o.ControlLevel, o.DataLevel)
 }
 
 func (o Options) withDefaults() Options {
@@ -25,7 +38,7 @@ func (o Options) withDefaults() Options {
 		o.ControlLevel = 1
 	}
 	if o.DataLevel <= 0 {
-		o.DataLevel = 9
+		o.DataLevel = DefaultDataLevel
 	}
 	return o
 }

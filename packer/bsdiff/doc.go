@@ -14,4 +14,7 @@
 //   - Input is trusted (the operator's own builds); sizes above 2^31-1
 //     bytes are refused.
 //   - Output is deterministic: the same inputs give byte-identical patches.
+//   - Device memory: the diff and extra streams use bzip2 level 5 by
+//     default (DefaultDataLevel), so a device's three decoders need about
+//     4.4 MiB; the level is signed in the delta manifest.
 package bsdiff
