@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/edgefleet/edgefleet/fleet"
@@ -137,4 +138,40 @@ func TestMQTTCorruptDeltaChunk(t *testing.T) {
 	eventually(t, "the status says why the full release was taken", func() bool {
 		return strings.Contains(deltaNote(view, "dev-c"), "fallback: chunk 0 of the delta from the broker does not match the signed hash 3 times")
 	})
+}
+
+// TestMQTTRealAgentKilledMidDeltaApply: the real edgefleet-agent binary,
+// on v1, dies (SIGKILL failpoint) half way through applying the delta to
+// v2 it received over MQTT; restarted, it recovers to a complete v1,
+// takes the delta again and commits v2.
+func TestMQTTRealAgentKilledMidDeltaApply(t *testing.T) {
+	k := newKit(t)
+	v1 := k.bundle(spec{Version: "1.0.0", Sequence: 1})
+	v2 := k.bundle(spec{Version: "1.1.0", Sequence: 2})
+	d12 := deltaBundle(t, k, v1, v2, nil, 0)
+	b := startTestBroker(t, t.TempDir(), "127.0.0.1:0")
+	op := operator(t, b.URL())
+	view := fleetView(t, op)
+	publish(t, op, k, v1, "")
+	bin := goBuild(t, "cmd/edgefleet-agent", native.Env(), "-s -w -X main.version=0.0.1-test")
+	cmd, out, cfgPath := realAgent(t, bin, k, "real-d", b.URL(), DeltaFailpoint)
+	killAtCleanup(t, cmd, out, "real-d (armed)")
+	eventually(t, "the armed agent commits 1.0.0 (a full release passes no delta failpoint)", func() bool {
+		return view.Converged("hello", "1.0.0", 1, StateCommitted)
+	})
+	publish(t, op, k, d12, "")
+	publish(t, op, k, v2, "")
+	err := cmd.Wait()
+	ws, _ := cmd.ProcessState.Sys().(syscall.WaitStatus)
+	if err == nil || !ws.Signaled() || ws.Signal() != syscall.SIGKILL {
+		t.Fatalf("the armed agent did not die at %s: %v\n%s", DeltaFailpoint, err, out)
+	}
+	if !strings.Contains(out.String(), "as a delta from 1.0.0") {
+		t.Fatalf("the agent did not take the delta before it died:\n%s", out)
+	}
+	syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) // its app
+	cmd2, out2 := startRealAgent(t, bin, cfgPath, "")
+	killAtCleanup(t, cmd2, out2, "real-d")
+	eventually(t, "the restarted agent commits 1.1.0", func() bool { return view.Converged("hello", "1.1.0", 1, StateCommitted) })
+	eventually(t, "by the delta", func() bool { return deltaNote(view, "real-d") == protocol.DeltaUsed })
 }
