@@ -2,6 +2,8 @@ package agent
 
 import (
 	"context"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"strings"
 	"syscall"
@@ -174,4 +176,32 @@ func TestMQTTRealAgentKilledMidDeltaApply(t *testing.T) {
 	killAtCleanup(t, cmd2, out2, "real-d")
 	eventually(t, "the restarted agent commits 1.1.0", func() bool { return view.Converged("hello", "1.1.0", 1, StateCommitted) })
 	eventually(t, "by the delta", func() bool { return deltaNote(view, "real-d") == protocol.DeltaUsed })
+}
+
+// TestMirrorServesDelta: the delta's chunks, exported by publish --mirror
+// and listed in its envelope, come from the HTTP mirror like any chunks.
+func TestMirrorServesDelta(t *testing.T) {
+	k := newKit(t)
+	v1 := k.bundle(spec{Version: "1.0.0", Sequence: 1})
+	v2 := k.bundle(spec{Version: "1.1.0", Sequence: 2})
+	d12 := deltaBundle(t, k, v1, v2, nil, 0)
+	mdir := t.TempDir()
+	srv := httptest.NewServer(http.FileServer(http.Dir(mdir)))
+	defer srv.Close()
+	b := startTestBroker(t, t.TempDir(), "127.0.0.1:0")
+	op := operator(t, b.URL())
+	view := fleetView(t, op)
+	publish(t, op, k, v1, "")
+	dev := startMQTTDevice(t, mqttConfig(t, k, "dev-m", b.URL()))
+	defer dev.stop()
+	eventually(t, "commits 1.0.0", func() bool { return installedIs(dev, "1.0.0", StateCommitted) })
+	before := dev.stats().MirrorChunks.Load()
+	publishMirrored(t, op, k, d12, mdir, []string{srv.URL})
+	publishMirrored(t, op, k, v2, mdir, []string{srv.URL})
+	eventually(t, "commits 1.1.0 by the delta", func() bool {
+		return installedIs(dev, "1.1.0", StateCommitted) && deltaNote(view, "dev-m") == protocol.DeltaUsed
+	})
+	if got := dev.stats().MirrorChunks.Load() - before; got != 1 {
+		t.Errorf("%d chunks from the mirror for 1.1.0; want the delta's one chunk", got)
+	}
 }
