@@ -20,6 +20,7 @@ import (
 	"github.com/edgefleet/edgefleet/hardware"
 	"github.com/edgefleet/edgefleet/protocol"
 	"github.com/edgefleet/edgefleet/protocol/bsdiff"
+	"golang.org/x/sys/unix"
 )
 
 // ErrDelta: a delta release could not be used on this device (its base is
@@ -102,11 +103,10 @@ func (a *Agent) stageDelta(ctx context.Context, app *AppConfig, m *protocol.Mani
 	// The patch: every chunk already verified against the signed hashes;
 	// spooled to an unlinked file so the applier can read its three
 	// streams at their offsets, and a crash leaves nothing behind.
-	spool, err := os.CreateTemp(filepath.Dir(f.Name()), ".delta-*")
+	spool, err := openSpool(filepath.Dir(f.Name()))
 	if err != nil {
 		return fmt.Errorf("create the delta spool: %w", err)
 	}
-	os.Remove(spool.Name())
 	defer spool.Close()
 	n, err := io.CopyBuffer(spool, io.LimitReader(payload, m.Payload.Size+1), make([]byte, 32<<10))
 	if err != nil {
@@ -147,4 +147,20 @@ func (a *Agent) deltaFailed(app *AppConfig, m *protocol.Manifest, cause error) {
 	}); err != nil {
 		a.opts.Logf("record the failed delta of %s: %v", m, err)
 	}
+}
+
+// openSpool opens an anonymous file in dir: O_TMPFILE where the kernel and
+// filesystem have it (nothing ever has a name, so a crash leaves nothing),
+// else a named temporary file removed at once.
+func openSpool(dir string) (*os.File, error) {
+	fd, err := unix.Open(dir, unix.O_RDWR|unix.O_TMPFILE|unix.O_CLOEXEC, 0o600)
+	if err == nil {
+		return os.NewFile(uintptr(fd), filepath.Join(dir, "(delta spool)")), nil
+	}
+	f, err := os.CreateTemp(dir, ".delta-*")
+	if err != nil {
+		return nil, err
+	}
+	os.Remove(f.Name())
+	return f, nil
 }
