@@ -292,6 +292,30 @@ func BenchmarkDelta(b *testing.B) {
 			}
 		}
 	}
+	// A real change from this repository's history: commit 637c2e4
+	// (agent: HTTP(S) mirrors, +176/-8 lines of agent code), built from
+	// its parent and from itself.
+	realCommit := ""
+	if out, err := exec.Command("git", "-C", root, "rev-parse", "--verify", "637c2e4^{commit}").Output(); err == nil {
+		realCommit = strings.TrimSpace(string(out))
+		for i, rev := range []string{realCommit + "^", realCommit} {
+			dir := filepath.Join(work, fmt.Sprintf("commit-%d", i))
+			os.MkdirAll(dir, 0o755)
+			arch := exec.Command("sh", "-c", fmt.Sprintf("git -C %q archive %s | tar -x -C %q", root, rev, dir))
+			if o, err := arch.CombinedOutput(); err != nil {
+				b.Fatalf("git archive %s: %v\n%s", rev, err, o)
+			}
+			for arch, env := range arches {
+				out := filepath.Join(work, fmt.Sprintf("agent-%s-commit%d", arch, i))
+				build(b, dir, "cmd/edgefleet-agent", out, env)
+				v := "commit-base"
+				if i == 1 {
+					v = "commit"
+				}
+				bins["agent/"+arch+"/"+v] = out
+			}
+		}
+	}
 	// Wire bytes and the packer's cost.
 	self, _ := os.Executable()
 	var rows []string
@@ -303,8 +327,15 @@ func BenchmarkDelta(b *testing.B) {
 	}
 	sort.Strings(keys)
 	for _, key := range keys {
-		for _, v := range []string{"small", "large"} {
+		for _, v := range []string{"small", "large", "commit"} {
 			oldP, newP := bins[key+"/base"], bins[key+"/"+v]
+			if v == "commit" {
+				if bins[key+"/commit"] == "" {
+					continue
+				}
+				oldP, newP = bins[key+"/commit-base"], bins[key+"/commit"]
+				v = "637c2e4 (+176/-8 lines, real)"
+			}
 			patchP := newP + ".bsdiff"
 			d := runChild(b, self, nil, "diff", oldP, newP, "", patchP)
 			pi, _ := os.Stat(patchP)
