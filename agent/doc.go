@@ -60,6 +60,16 @@
 // streams the packer wrote (both equal); a signed stream declaring more than
 // its manifest is a protocol-level gap (DecodePayload does not refuse it).
 //
+// A delta release (delta.go, transport_delta.go; SPEC.md §8.10) is applied
+// the same way: the verified patch is spooled to an unlinked file, the
+// installed executable is read at the offsets the patch names, the result
+// is written sequentially into the staging file through fixed buffers,
+// plus three bzip2 decoders whose signed block-size level is checked
+// against the same decoder limit (about 4.4 MiB at the packer's level 5).
+// A delta that cannot be used (another base, a refused patch, a result
+// that does not match) wraps ErrDelta, changes nothing, and the MQTT
+// transport fetches the full release instead.
+//
 // # Promises about untrusted input
 //
 // Nothing from a bundle is trusted before its manifest signature verified

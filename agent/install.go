@@ -160,7 +160,9 @@ func (a *Agent) run(ctx context.Context, m *protocol.Manifest, payload io.Reader
 	if staged != "" {
 		removeStaged(staged)
 	}
-	if !dry && !errors.Is(err, ErrBusy) {
+	if !dry && errors.Is(err, ErrDelta) {
+		a.deltaFailed(app, m, err)
+	} else if !dry && !errors.Is(err, ErrBusy) {
 		a.refused(app, m, err)
 	}
 	return nil, err
@@ -437,9 +439,12 @@ func (a *Agent) checkSequence(r *record, m *protocol.Manifest) error {
 // buffer, fsyncs it, and on any failure (including a full disk) leaves the
 // file for the caller to remove.
 func (a *Agent) stage(ctx context.Context, app *AppConfig, m *protocol.Manifest, payload io.Reader, path string, progress func(Progress), dry bool) error {
-	exe, err := protocol.DecodePayload(payload, m)
-	if err != nil {
-		return err
+	var exe io.Reader
+	var err error
+	if !m.IsDelta() {
+		if exe, err = protocol.DecodePayload(payload, m); err != nil {
+			return err
+		}
 	}
 	var f *os.File
 	if dry {
@@ -464,6 +469,12 @@ func (a *Agent) stage(ctx context.Context, app *AppConfig, m *protocol.Manifest,
 			return
 		}
 		a.setProgress(p, progress)
+	}
+	if m.IsDelta() {
+		if err := a.stageDelta(ctx, app, m, payload, f, report, dry); err != nil {
+			return err
+		}
+		return syncStaged(f, m, dry)
 	}
 	buf := make([]byte, stageBufSize)
 	var done, lastReport int64
@@ -500,6 +511,11 @@ func (a *Agent) stage(ctx context.Context, app *AppConfig, m *protocol.Manifest,
 		}
 	}
 	report(done)
+	return syncStaged(f, m, dry)
+}
+
+// syncStaged fsyncs and closes the staged file.
+func syncStaged(f *os.File, m *protocol.Manifest, dry bool) error {
 	if !dry {
 		failpoint("stage-before-sync")
 	}

@@ -33,7 +33,10 @@ type dlRecord struct {
 }
 
 type mqttDownload struct {
-	rel         *mqttRelease
+	rel *mqttRelease
+	// full is the full release a delta download (rel) stands for; nil
+	// when rel is the full release (transport_delta.go).
+	full        *mqttRelease
 	path        string
 	f           *os.File
 	have        []bool
@@ -218,7 +221,10 @@ func (t *mqttTransport) chunk(ctx context.Context, tp protocol.Topic, payload []
 	if err := protocol.VerifyChunk(p, tp.Index, payload); err != nil {
 		t.stats.ChunksBad.Add(1)
 		dl.bad[tp.Index]++
-		if n := dl.bad[tp.Index]; n >= mqttChunkTries {
+		if n := dl.bad[tp.Index]; n >= mqttChunkTries && dl.full != nil {
+			t.deltaFallback(ctx, ap, fmt.Errorf("chunk %d of the delta from the broker does not match the signed hash %d times", tp.Index, n))
+			return
+		} else if n >= mqttChunkTries {
 			t.transient(ap, dl.rel.m, fmt.Errorf("chunk %d from the broker does not match the signed hash %d times: the broker's copy is corrupt; republish the release", tp.Index, n), true)
 			return
 		}

@@ -42,6 +42,11 @@ func (t *mqttTransport) subscribeAll() {
 			}
 		}
 	}
+	// The deltas from each app's installed executable (§8.10).
+	a := t.agent()
+	for _, ap := range t.apps {
+		filters = append(filters, t.deltaSubscriptions(a, ap, subs)...)
+	}
 	desired := protocol.TopicPrefix + "device/" + t.cfg.DeviceID + "/desired/+"
 	subs[desired] = 0
 	filters = append(filters, desired)
@@ -95,7 +100,14 @@ func (t *mqttTransport) syncDone(ctx context.Context, complete bool) {
 		if complete {
 			ap.channel, ap.desired = ap.pending, ap.pendingDesired
 			ap.rollout, ap.candidates = ap.pendingRollout, ap.pendingCandidates
+			ap.deltas = ap.pendingDeltas
 		} else {
+			if ap.deltas == nil {
+				ap.deltas = map[string]*mqttRelease{}
+			}
+			for k, v := range ap.pendingDeltas {
+				ap.deltas[k] = v
+			}
 			for k, v := range ap.pending {
 				ap.channel[k] = v
 			}
@@ -121,6 +133,7 @@ func (t *mqttTransport) syncDone(ctx context.Context, complete bool) {
 		}
 		ap.pending, ap.pendingDesired = nil, nil
 		ap.pendingRollout, ap.pendingCandidates = nil, nil
+		ap.pendingDeltas = nil
 		t.evaluate(ctx, ap)
 	}
 }
@@ -335,8 +348,12 @@ func (t *mqttTransport) evaluate(ctx context.Context, ap *mqttApp) {
 		}
 		return
 	}
-	if ap.dl != nil && ap.dl.rel.m.Payload.SHA256 == sha {
-		ap.dl.rel = rel
+	if ap.dl != nil && ap.dl.forSHA() == sha {
+		if ap.dl.full != nil {
+			ap.dl.full = rel
+		} else {
+			ap.dl.rel = rel
+		}
 		t.fill(ctx, ap)
 		return
 	}
@@ -360,6 +377,18 @@ func (t *mqttTransport) evaluate(ctx context.Context, ap *mqttApp) {
 		t.refuse(a, ap, rel, err)
 		return
 	}
+	if t.syncNonce == "" && t.connected && t.baseChanged(a, ap) {
+		// The installed executable changed since the delta filter was
+		// subscribed (an install, a rollback): read again, then decide.
+		t.subscribeAll()
+		return
+	}
+	full := rel
+	if d := t.deltaFor(a, ap, rel); d != nil {
+		rel = d
+	} else if ap.deltaGiveUp[m.Payload.SHA256] == "" {
+		ap.deltaNote = ""
+	}
 	dl, err := t.openDownload(a, ap, rel)
 	if err != nil {
 		if !errors.Is(err, ErrNoSpace) {
@@ -368,12 +397,17 @@ func (t *mqttTransport) evaluate(ctx context.Context, ap *mqttApp) {
 		t.transient(ap, m, err, false)
 		return
 	}
+	how := ""
+	if rel != full {
+		dl.full = full
+		how = describeDelta(rel.m, m)
+	}
 	ap.dl = dl
 	ap.mirrorNote = ""
 	if ap.hold == nil {
 		ap.lastErr = ""
 	}
-	t.logf("mqtt: %s: fetching %s (sequence %d, %d chunks, %d already here)", ap.cfg.Name, m.Version, m.Sequence, len(m.Payload.Chunks), dl.n)
+	t.logf("mqtt: %s: fetching %s (sequence %d, %d chunks, %d already here)%s", ap.cfg.Name, m.Version, m.Sequence, len(rel.m.Payload.Chunks), dl.n, how)
 	t.fill(ctx, ap)
 }
 
@@ -398,7 +432,7 @@ func (t *mqttTransport) fatal(ap *mqttApp, rel *mqttRelease, err error) {
 	if ap.hold != nil && ap.hold.sha == m.Payload.SHA256 {
 		ap.hold = nil
 	}
-	if ap.dl != nil && ap.dl.rel.m.Payload.SHA256 == m.Payload.SHA256 {
+	if ap.dl != nil && ap.dl.forSHA() == m.Payload.SHA256 {
 		t.abandon(ap)
 	}
 	t.logf("mqtt: %s", ap.lastErr)

@@ -35,7 +35,14 @@ func (t *mqttTransport) installed(ctx context.Context, app string, err error) {
 	if ap.dl == nil {
 		return
 	}
+	if t.deltaInstalled(ctx, ap, err) {
+		return // fell back to the full release
+	}
 	m := ap.dl.rel.m
+	rel := ap.dl.rel
+	if ap.dl.full != nil {
+		rel = ap.dl.full
+	}
 	switch {
 	case err == nil:
 		t.logf("mqtt: %s %s installed, on trial", m.App, m.Version)
@@ -54,14 +61,14 @@ func (t *mqttTransport) installed(ctx context.Context, app string, err error) {
 		// itself; fetch everything once more, then give up.
 		h := ap.holdFor(m.Payload.SHA256)
 		if h.refetches++; h.refetches > 1 {
-			t.fatal(ap, ap.dl.rel, fmt.Errorf("the downloaded payload does not verify although each of its chunks did, twice: the release's manifest is inconsistent or this device's storage corrupts data (%w)", err))
+			t.fatal(ap, rel, fmt.Errorf("the downloaded payload does not verify although each of its chunks did, twice: the release's manifest is inconsistent or this device's storage corrupts data (%w)", err))
 			break
 		}
 		t.logf("mqtt: %s %s: the downloaded payload does not verify (%v); fetching it again", m.App, m.Version, err)
 		t.abandon(ap)
 		t.evaluate(ctx, ap)
 	case Fatal(err):
-		t.fatal(ap, ap.dl.rel, err) // the pipeline recorded the refusal in the app's history
+		t.fatal(ap, rel, err) // the pipeline recorded the refusal in the app's history
 	default:
 		t.transient(ap, m, err, false) // storage full, I/O, state database…
 	}

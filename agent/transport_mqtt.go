@@ -105,6 +105,8 @@ type MQTTStats struct {
 	Dropped        atomic.Int64 // malformed or unexpected messages
 	MirrorChunks   atomic.Int64 // chunks fetched from HTTP(S) mirrors (also in ChunksReceived)
 	MirrorFailures atomic.Int64 // mirrors given up on during a download
+	DeltasUsed     atomic.Int64 // releases installed from a delta
+	DeltaFallbacks atomic.Int64 // deltas given up for the full release
 }
 
 type mqttRelease struct {
@@ -151,6 +153,19 @@ type mqttApp struct {
 	waitLogged string
 	// mirrorNote says why the last download left a mirror (status note).
 	mirrorNote string
+	// Deltas (transport_delta.go): the installed executable's sha256 the
+	// delta filter was subscribed with, the filter, the verified deltas
+	// from it by result executable sha256 (and their sync-round
+	// counterpart), the releases whose delta was given up (full payload
+	// sha256 → why), the status's apps[].delta, and the hash of an
+	// executable not installed by edgefleet.
+	base          string
+	deltaFilter   string
+	deltas        map[string]*mqttRelease
+	pendingDeltas map[string]*mqttRelease
+	deltaGiveUp   map[string]string
+	deltaNote     string
+	baseFile      *baseCache
 }
 
 type mqttEvent struct {
@@ -495,6 +510,8 @@ func (t *mqttTransport) message(ctx context.Context, topic string, payload []byt
 		t.candidateMessage(ctx, tp, topic, payload)
 	case protocol.KindChunk:
 		t.chunk(ctx, tp, payload)
+	case protocol.KindDelta:
+		t.deltaMessage(ctx, tp, topic, payload)
 	case protocol.KindSync:
 		if tp.Device == t.cfg.DeviceID && t.syncNonce != "" && string(payload) == t.syncNonce {
 			t.syncDone(ctx, true)

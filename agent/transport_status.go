@@ -66,6 +66,7 @@ func (t *mqttTransport) statusBytes() []byte {
 			}
 		}
 		r.Rollout = t.rolloutReport(a, ap, st)
+		r.Delta = ap.deltaNote
 		if !protocol.ValidApp(r.App) {
 			continue
 		}

@@ -112,7 +112,14 @@ func VerifyBundleFile(path string, kr *protocol.Keyring, now time.Time) (*protoc
 	if err := b.Manifest.CheckExpiry(now); err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
-	exe, err := b.Executable()
+	var exe io.Reader
+	if b.Manifest.IsDelta() {
+		// A delta's payload is a patch: every chunk and its hash are
+		// checked; the result is checked where it is applied.
+		exe, err = b.Payload()
+	} else {
+		exe, err = b.Executable()
+	}
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
@@ -147,6 +154,11 @@ func PublishBundle(ctx context.Context, c paho.Client, path string, o PublishOpt
 	m := b.Manifest
 	var topic string
 	switch {
+	case m.IsDelta():
+		// Deltas are addressed by result and base (SPEC.md §8.10),
+		// whatever the channel or device: they serve every channel that
+		// publishes the release.
+		topic, err = protocol.DeltaTopic(m.App, m.Executable.SHA256, m.Delta.BaseSHA256)
 	case o.Candidate:
 		topic, err = protocol.CandidateTopic(o.Channel, m.App, m.Profile)
 	case o.Channel != "":

@@ -22,7 +22,7 @@ type RetireResult struct {
 }
 
 // Retire removes the retained envelopes of app at version on every channel,
-// profile and device (an empty retained message clears a topic), and the
+// profile and device, and the deltas that lead to that version (an empty retained message clears a topic), and the
 // chunk topics of their payloads that no remaining retained envelope
 // references.
 //
@@ -39,7 +39,8 @@ func Retire(ctx context.Context, c paho.Client, app, version string, logf func(s
 	if logf == nil {
 		logf = func(string, ...any) {}
 	}
-	snap, err := Snapshot(ctx, c, []string{protocol.AllReleasesFilter, protocol.AllDesiredFilter})
+	// Deltas (SPEC.md §8.10) are retired with the release they lead to.
+	snap, err := Snapshot(ctx, c, []string{protocol.AllReleasesFilter, protocol.AllDesiredFilter, protocol.AllDeltasFilter})
 	if err != nil {
 		return nil, err
 	}

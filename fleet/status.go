@@ -206,6 +206,11 @@ type Summary struct {
 	Versions map[string]map[string]int `json:"versions"`
 	// Dropped counts status topics whose latest message was malformed.
 	Dropped int `json:"dropped"`
+	// DeltaUsed counts app instances whose last release came as a delta
+	// (apps[].delta "used"); DeltaFallback those that fell back to the
+	// full release (SPEC.md §8.10).
+	DeltaUsed     int `json:"delta_used"`
+	DeltaFallback int `json:"delta_fallback"`
 }
 
 // Summary computes the summary line's numbers.
@@ -227,6 +232,12 @@ func (v *FleetView) Summary() Summary {
 				ver = "none"
 			}
 			s.Versions[a.App][ver]++
+			switch {
+			case a.Delta == protocol.DeltaUsed:
+				s.DeltaUsed++
+			case strings.HasPrefix(a.Delta, "fallback"):
+				s.DeltaFallback++
+			}
 			switch {
 			case a.State == "rolled-back":
 				s.RolledBack++
@@ -363,6 +374,12 @@ func (s Summary) String() string {
 	fmt.Fprintf(&b, "%d devices, %d offline, %d failed", s.Devices, s.Offline, s.Failed)
 	if s.RolledBack > 0 {
 		fmt.Fprintf(&b, ", %d rolled back", s.RolledBack)
+	}
+	if s.DeltaUsed+s.DeltaFallback > 0 {
+		fmt.Fprintf(&b, ", %d took a delta", s.DeltaUsed)
+		if s.DeltaFallback > 0 {
+			fmt.Fprintf(&b, " (%d fell back to the full release)", s.DeltaFallback)
+		}
 	}
 	apps := make([]string, 0, len(s.Versions))
 	for a := range s.Versions {

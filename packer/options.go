@@ -56,6 +56,17 @@ type Options struct {
 	Profiles []hardware.Profile
 	// OutDir receives the bundles. Required; created if missing.
 	OutDir string
+	// DeltaFrom lists earlier releases to make delta bundles from: bundle
+	// files (.efb) or directories holding them (not searched recursively).
+	// For each profile, a delta is made from every full bundle of the same
+	// app and profile with a lower sequence, signed with Key, and written
+	// beside the full bundle as <app>_<version>_<profile>.from-<base
+	// version>.efb — only when it is clearly smaller than the full payload
+	// (DeltaMaxShare). UPX profiles get none. Default: no deltas.
+	DeltaFrom []string
+	// DeltaMaxShare is the largest delta kept, as a share of the full
+	// payload. Default 0.5.
+	DeltaMaxShare float64
 	// VersionVar is the variable -X sets, "<import path>.<name>".
 	// Default: DefaultVersionVar ("main.version").
 	VersionVar string
@@ -185,6 +196,17 @@ func (o *Options) Validate() error {
 	}
 	if i := strings.LastIndex(o.VersionVar, "."); i <= 0 || i == len(o.VersionVar)-1 {
 		return bad("version variable %q must look like main.version or example.com/pkg/buildinfo.Version", o.VersionVar)
+	}
+	if o.DeltaMaxShare == 0 {
+		o.DeltaMaxShare = 0.5
+	}
+	if o.DeltaMaxShare < 0 || o.DeltaMaxShare > 1 {
+		return bad("delta max share %v outside (0, 1]", o.DeltaMaxShare)
+	}
+	for _, d := range o.DeltaFrom {
+		if _, err := os.Stat(d); err != nil {
+			return bad("--delta-from %s: %v; give earlier bundles (.efb) or a directory holding them", d, err)
+		}
 	}
 	if o.Jobs <= 0 {
 		o.Jobs = runtime.GOMAXPROCS(0)

@@ -72,6 +72,8 @@ type Result struct {
 	// executable.
 	Biggest *SizeReport  `json:"biggest,omitempty"`
 	Steps   []StepReport `json:"steps"`
+	// Deltas are the delta bundles made (or not) from Options.DeltaFrom.
+	Deltas []DeltaResult `json:"deltas,omitempty"`
 	// Err is the failure of this profile, nil when it packed.
 	Err error `json:"-"`
 }
@@ -125,6 +127,10 @@ type pack struct {
 	aborted atomic.Bool
 
 	mu sync.Mutex // serializes Progress
+
+	basesOnce sync.Once
+	bases     []deltaBase // full bundles found in Options.DeltaFrom
+	basesErr  error
 }
 
 // job is one profile's way through the pipeline.
@@ -391,6 +397,8 @@ func (j *job) detail(step string) string {
 		return fmt.Sprintf("%d chunks of %s", len(j.pl.Chunks), hardware.Size(j.pl.ChunkSize))
 	case "write":
 		return r.Bundle
+	case "delta":
+		return deltaSummary(r.Deltas)
 	}
 	return ""
 }

@@ -38,6 +38,7 @@ var pipeline = []step{
 	{name: "hash", doc: "payload size, sha256 and per-chunk sha256 for the manifest", run: stepHash},
 	{name: "sign", final: true, doc: "build the manifest and sign its exact bytes (minisign, ed25519)", run: stepSign},
 	{name: "write", final: true, doc: "write <app>_<version>_<profile>.efb atomically into the output directory", run: stepWrite},
+	{name: "delta", final: true, doc: "bsdiff the unpacked executable against each earlier release of the same app and profile (--delta-from); keep a signed delta bundle when clearly smaller than the full payload", run: stepDelta},
 }
 
 func stepResolve(ctx context.Context, p *pack, _ *job) (string, error) {

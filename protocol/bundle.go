@@ -232,6 +232,8 @@ func DecodePayload(payload io.Reader, m *Manifest) (io.Reader, error) {
 			return nil, fmt.Errorf("payload is not a valid xz stream: %v: %w", err, ErrPayloadMismatch)
 		}
 		r = xr
+	case EncodingBSDiff:
+		return nil, fmt.Errorf("the payload of %s is a delta from the executable %s: it decodes only against that base (protocol/bsdiff), not on its own: %w", m, short(m.Delta.BaseSHA256), ErrMalformed)
 	default:
 		return nil, fmt.Errorf("payload encoding %q: %w", m.Payload.Encoding, ErrMalformed)
 	}

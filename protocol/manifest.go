@@ -66,6 +66,10 @@ type Manifest struct {
 	// MinFreeStorage is the reserve (bytes) a device must keep free after
 	// installing.
 	MinFreeStorage int64 `json:"min_free_storage"`
+	// Delta, set only with payload encoding bsdiff, makes this the manifest
+	// of a delta: the payload is a patch from Delta's base executable to
+	// Executable (SPEC.md §8.10).
+	Delta *Delta `json:"delta,omitempty"`
 }
 
 // Target is what the executable needs from the device. GOARM/GOAMD64/GOMIPS
@@ -259,6 +263,8 @@ func (m *Manifest) Validate() error {
 		if p.XZDictSize <= 0 || p.XZDictSize > MaxXZDictSize {
 			return large("xz dictionary size %d outside 1..%d", p.XZDictSize, MaxXZDictSize)
 		}
+	case EncodingBSDiff:
+		// checked by validateDelta below
 	case EncodingNone:
 		if p.XZDictSize != 0 {
 			return bad("xz_dict_size set on an unencoded payload")
@@ -267,7 +273,7 @@ func (m *Manifest) Validate() error {
 			return bad("payload encoding none but payload and executable differ")
 		}
 	default:
-		return bad("payload encoding %q, want xz or none", clip(p.Encoding))
+		return bad("payload encoding %q, want xz, none or bsdiff", clip(p.Encoding))
 	}
 	if p.Size <= 0 || p.Size > MaxPayloadSize {
 		return large("payload size %d outside 1..%d", p.Size, MaxPayloadSize)
@@ -308,7 +314,7 @@ func (m *Manifest) Validate() error {
 	if m.MinFreeStorage < 0 || m.MinFreeStorage > 1<<40 {
 		return large("min_free_storage %d out of range", m.MinFreeStorage)
 	}
-	return nil
+	return m.validateDelta()
 }
 
 // CheckExpiry returns ErrExpired when the manifest has an expiry before now.

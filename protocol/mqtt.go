@@ -84,6 +84,7 @@ const (
 	KindChunk   TopicKind = "chunk"   // edgefleet/v1/chunks/<app>/<payload sha256>/<index>
 	KindDesired TopicKind = "desired" // edgefleet/v1/device/<id>/desired/<app>
 	KindStatus  TopicKind = "status"  // edgefleet/v1/device/<id>/status
+	KindDelta   TopicKind = "delta"   // edgefleet/v1/delta/<app>/<result sha256>/<base sha256>
 )
 
 // Topic is a parsed edgefleet topic. Only the fields of its Kind are set.
@@ -93,7 +94,8 @@ type Topic struct {
 	App     string
 	Profile string
 	Device  string
-	SHA256  string // payload sha256 (chunks)
+	SHA256  string // payload sha256 (chunks); result executable sha256 (deltas)
+	Base    string // base executable sha256 (deltas)
 	Index   int    // chunk index
 }
 
@@ -119,6 +121,8 @@ func (t Topic) String() string {
 		return TopicPrefix + "rollout/" + t.Channel + "/" + t.App + "/" + t.Profile + "/manifest"
 	case KindDriver:
 		return DriverTopic
+	case KindDelta:
+		return TopicPrefix + "delta/" + t.App + "/" + t.SHA256 + "/" + t.Base
 	}
 	return ""
 }
@@ -249,6 +253,11 @@ func ParseTopic(s string) (Topic, error) {
 	case len(p) == 5 && p[0] == "rollout" && p[4] == "manifest":
 		t = Topic{Kind: KindCandidate, Channel: p[1], App: p[2], Profile: p[3]}
 		if !ValidChannel(t.Channel) || !ValidApp(t.App) || !ValidProfileName(t.Profile) {
+			return bad()
+		}
+	case len(p) == 4 && p[0] == "delta":
+		t = Topic{Kind: KindDelta, App: p[1], SHA256: p[2], Base: p[3]}
+		if _, err := DeltaTopic(t.App, t.SHA256, t.Base); err != nil {
 			return bad()
 		}
 	case len(p) == 1 && p[0] == "driver":
@@ -447,7 +456,18 @@ type AppReport struct {
 	// Rollout is set while the device is a member of a rollout of this
 	// app (SPEC.md §8.8): its phase in it.
 	Rollout *RolloutReport `json:"rollout,omitempty"`
+	// Delta says how the last release reached the device (SPEC.md
+	// §8.10): "used" (the delta was applied) or "fallback: <reason>" (the
+	// full release was fetched instead); empty when no delta was offered.
+	// At most MaxDeltaNote bytes.
+	Delta string `json:"delta,omitempty"`
 }
+
+// MaxDeltaNote bounds a status's apps[].delta (bytes).
+const MaxDeltaNote = 256
+
+// DeltaUsed is apps[].delta of a device that applied a delta.
+const DeltaUsed = "used"
 
 // ProgressReport is where an install stands: step ("download", "verify",
 // "stage", ...) and done/total units of that step.
@@ -493,6 +513,9 @@ func (s *DeviceStatus) Validate() error {
 		if len(a.LastError) > MaxLastError || len(a.Note) > MaxLastError {
 			return bad("app %s: last_error or note longer than %d", a.App, MaxLastError)
 		}
+		if len(a.Delta) > MaxDeltaNote || (a.Delta != "" && a.Delta != DeltaUsed && !strings.HasPrefix(a.Delta, "fallback: ")) {
+			return bad("app %s: delta must be %q or \"fallback: <reason>\" of at most %d bytes", a.App, DeltaUsed, MaxDeltaNote)
+		}
 		if a.Rollout != nil {
 			if err := a.Rollout.validate(); err != nil {
 				return bad("app %s: %v", a.App, err)
@@ -518,6 +541,7 @@ func (s *DeviceStatus) Marshal() ([]byte, error) {
 		// as U+FFFD, 3 bytes, and could push the text over the limit.
 		s.Apps[i].LastError = clipText(s.Apps[i].LastError, MaxLastError)
 		s.Apps[i].Note = clipText(s.Apps[i].Note, MaxLastError)
+		s.Apps[i].Delta = clipText(s.Apps[i].Delta, MaxDeltaNote)
 		if r := s.Apps[i].Rollout; r != nil {
 			r.Error = clipText(r.Error, MaxLastError)
 		}
@@ -571,6 +595,7 @@ func (s *DeviceStatus) cleanText() {
 	for i := range s.Apps {
 		a := &s.Apps[i]
 		a.Version, a.State, a.Target, a.LastError, a.Note = cleanText(a.Version), cleanText(a.State), cleanText(a.Target), cleanText(a.LastError), cleanText(a.Note)
+		a.Delta = cleanText(a.Delta)
 		if a.Progress != nil {
 			a.Progress.Step = cleanText(a.Progress.Step)
 		}

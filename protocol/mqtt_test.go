@@ -301,6 +301,7 @@ func FuzzParseTopic(f *testing.F) {
 		"edgefleet/v1/device/pi-1/desired/hello",
 		"edgefleet/v1/device/pi-1/status",
 		"edgefleet/v1/device/+/status",
+		"edgefleet/v1/delta/hello/" + strings.Repeat("ab", 32) + "/" + strings.Repeat("cd", 32),
 	} {
 		f.Add(s)
 	}

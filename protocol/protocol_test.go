@@ -244,6 +244,10 @@ func FuzzParseManifest(f *testing.F) {
 	f.Add(bytes.Replace(b.RawManifest, []byte(`"sequence": 7,`), []byte(`"sequence": 7, "sequence": 9,`), 1))
 	f.Add(bytes.Replace(b.RawManifest, []byte(`"sequence": 7,`), []byte(`"sequence": 7, "Sequence": 9,`), 1))
 	f.Add(bytes.Replace(b.RawManifest, []byte(`"schema": 1,`), []byte(`"Schema": 1,`), 1))
+	if _, d := deltaPair(f); d != nil {
+		raw, _ := d.Marshal()
+		f.Add(raw)
+	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		m, err := ParseManifest(data)
 		if err == nil {

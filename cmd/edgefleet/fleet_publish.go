@@ -99,14 +99,22 @@ func runPublish(ctx context.Context, env *cliEnv, name string, args []string) in
 	if err != nil {
 		return fail("%v", err)
 	}
+	bundles := fs.Args()
+	if name == "publish" {
+		// A release's deltas (pack --delta-from) go with it, first.
+		bundles = withDeltas(bundles)
+	}
 	// Verify every bundle, and check every sequence, before anything is
 	// published, so a bad one in a batch does not leave half a release on
 	// the broker.
 	var ms []*protocol.Manifest
-	for _, path := range fs.Args() {
+	for _, path := range bundles {
 		m, err := fleet.VerifyBundleFile(path, kr, time.Now())
 		if err != nil {
 			return fail("not publishing anything: %v", err)
+		}
+		if m.IsDelta() && name != "publish" {
+			return fail("not assigning anything: %s is a delta; assign the full bundle (its deltas are published with edgefleet publish)", path)
 		}
 		ms = append(ms, m)
 	}
@@ -118,10 +126,13 @@ func runPublish(ctx context.Context, env *cliEnv, name string, args []string) in
 		fmt.Fprintf(env.stderr, "edgefleet %s: warning: %d retained release or rollout messages on the broker are malformed and were not checked against (edgefleet releases lists them)\n", name, n)
 	}
 	for i, m := range ms {
-		if err := cat.CheckSequence(m, m.Payload.SHA256); err != nil {
-			return fail("not publishing anything: %s: %v", fs.Arg(i), err)
+		if m.IsDelta() {
+			continue // a delta carries its release's sequence; the release is checked
 		}
-		cat.AddPending(m, fs.Arg(i)+" (in this batch)")
+		if err := cat.CheckSequence(m, m.Payload.SHA256); err != nil {
+			return fail("not publishing anything: %s: %v", bundles[i], err)
+		}
+		cat.AddPending(m, bundles[i]+" (in this batch)")
 	}
 
 	type job struct {
@@ -130,11 +141,11 @@ func runPublish(ctx context.Context, env *cliEnv, name string, args []string) in
 	}
 	var jobs []job
 	if name == "publish" {
-		for _, path := range fs.Args() {
+		for _, path := range bundles {
 			jobs = append(jobs, job{path: path})
 		}
 	} else {
-		plan, code := planAssign(ctx, env, c, devices, fs.Args(), ms, *force)
+		plan, code := planAssign(ctx, env, c, devices, bundles, ms, *force)
 		if code != 0 {
 			return code
 		}
@@ -169,6 +180,10 @@ func runPublish(ctx context.Context, env *cliEnv, name string, args []string) in
 		}
 		if len(mirrorURLs) > 0 {
 			sent += fmt.Sprintf("; mirrors %s", strings.Join(mirrorURLs, ", "))
+		}
+		if d := res.Manifest.Delta; d != nil {
+			fmt.Fprintf(env.stdout, "published the delta from %s to %s %s (%s): %s\n", orUnknownVersion(d.BaseVersion), res.Manifest.App, res.Manifest.Version, res.Manifest.Profile, sent)
+			continue
 		}
 		fmt.Fprintf(env.stdout, "published %s %s (sequence %d, %s) to %s: %s\n",
 			res.Manifest.App, res.Manifest.Version, res.Manifest.Sequence, res.Manifest.Profile, where, sent)

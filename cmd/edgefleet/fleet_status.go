@@ -119,8 +119,12 @@ func runRetire(ctx context.Context, env *cliEnv, args []string) int {
 	for _, t := range res.Cleared {
 		fmt.Fprintf(env.stdout, "cleared %s\n", t)
 	}
-	fmt.Fprintf(env.stdout, "retired %s %s: %d release topics, %d chunks removed, %d payloads kept (shared with other releases)\n",
-		fs.Arg(0), fs.Arg(1), len(res.Cleared), res.ChunksCleared, res.SharedPayloads)
+	topics := fmt.Sprintf("%d release topics", len(res.Cleared))
+	if n := countDeltaTopics(res.Cleared); n > 0 {
+		topics = fmt.Sprintf("%d release topics and %d deltas", len(res.Cleared)-n, n)
+	}
+	fmt.Fprintf(env.stdout, "retired %s %s: %s, %d chunks removed, %d payloads kept (shared with other releases)\n",
+		fs.Arg(0), fs.Arg(1), topics, res.ChunksCleared, res.SharedPayloads)
 	if len(res.Cleared) == 0 {
 		fmt.Fprintf(env.stderr, "edgefleet retire: no retained release of %s %s found\n", fs.Arg(0), fs.Arg(1))
 		return 1

@@ -41,6 +41,8 @@ func runPack(ctx context.Context, env *cliEnv, args []string) int {
 	noCache := fs.Bool("no-cache", false, "neither read nor write the pack cache ($EDGEFLEET_CACHE, default <user cache dir>/edgefleet/pack) of xz payloads, upx outputs and passed probes")
 	asJSON := fs.Bool("json", false, "print the results as JSON")
 	out := fs.String("o", "", "output directory for the bundles (required)")
+	var deltas deltaFlags
+	deltas.register(fs)
 	fs.Usage = func() {
 		fmt.Fprintln(env.stderr, "usage: edgefleet pack --key K --version V --sequence N --profile P [--profile P...] -o DIR PKG")
 		fs.PrintDefaults()
@@ -89,6 +91,7 @@ func runPack(ctx context.Context, env *cliEnv, args []string) int {
 		NoProbe: *noProbe, Encoding: *encoding, Jobs: *jobs, MeasureUnstripped: *unstripped,
 		NoCache: *noCache, CacheDir: env.getenv("EDGEFLEET_CACHE"),
 	}
+	deltas.apply(&o)
 	if *timestamp != "" {
 		t, err := parseTime(*timestamp)
 		if err != nil {
@@ -124,6 +127,7 @@ func runPack(ctx context.Context, env *cliEnv, args []string) int {
 		printPackJSON(env.stdout, results, err)
 	} else {
 		printPackTable(env.stdout, results)
+		printDeltaLines(env.stdout, results, len(o.DeltaFrom) > 0)
 	}
 	if err != nil {
 		fmt.Fprintf(env.stderr, "edgefleet pack: failed:\n%v\n", err)

@@ -16,7 +16,7 @@ func folderBuilds(dir string) *fleet.Catalog {
 	cat := fleet.NewCatalog(nil, nil)
 	paths, _ := filepath.Glob(filepath.Join(dir, "*.efb"))
 	for _, p := range paths {
-		if _, _, m, err := readManifestUnverified(p); err == nil {
+		if _, _, m, err := readManifestUnverified(p); err == nil && !m.IsDelta() {
 			cat.AddPending(m, p+" (before this pack)")
 		}
 	}

@@ -35,7 +35,15 @@ func verifyBundle(path string, kr *protocol.Keyring, now time.Time) (*protocol.B
 	if err != nil {
 		return nil, err
 	}
-	exe, err := b.Executable()
+	var exe io.Reader
+	if b.Manifest.IsDelta() {
+		// A delta's payload is a patch: every chunk is checked here; the
+		// result is checked against the executable hash where it is
+		// applied (a device, or the packer's own round trip).
+		exe, err = b.Payload()
+	} else {
+		exe, err = b.Executable()
+	}
 	if err != nil {
 		return b, err
 	}
@@ -225,6 +233,10 @@ func printManifest(w io.Writer, in inspectJSON) {
 	}
 	row("payload", "%s, %s (%d bytes), %d chunks of %s", enc, hardware.Size(p.Size), p.Size, len(p.Chunks), hardware.Size(p.ChunkSize))
 	row("payload sha256", "%s", p.SHA256)
+	if d := m.Delta; d != nil {
+		row("delta", "%s from %s (%d bytes, sha256 %s); applies only to that executable", d.Format, orUnknownVersion(d.BaseVersion), d.BaseSize, d.BaseSHA256)
+		row("full release", "payload sha256 %s", d.FullPayloadSHA256)
+	}
 	row("executable", "%s (%d bytes)", hardware.Size(m.Executable.Size), m.Executable.Size)
 	row("executable sha256", "%s", m.Executable.SHA256)
 	if m.Probe != nil {
@@ -242,6 +254,8 @@ func printManifest(w io.Writer, in inspectJSON) {
 	switch {
 	case !s.Checked:
 		row("verification", "not checked: pass --pub KEY to verify the signature and payload")
+	case s.Verified && m.Delta != nil:
+		row("verification", "OK: signature, every chunk and the patch hash (the result is checked when applied to its base)")
 	case s.Verified:
 		row("verification", "OK: signature, every chunk, payload and executable hashes")
 	default:
