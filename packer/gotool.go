@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"go/ast"
 	"go/parser"
@@ -82,6 +83,10 @@ func (p *pack) cgoPackages(ctx context.Context, j *job) ([]string, error) {
 	return out, nil
 }
 
+// errVarMissing marks a checkVersionVar error for a variable that is not
+// declared at all (rather than declared in a way -X cannot set).
+var errVarMissing = errors.New("")
+
 // checkVersionVar refuses unless name (e.g. "version") is a package-level
 // string var in gp, declared so that -X can set it: `var version string`,
 // `var version = "dev"` or `var version string = "dev"`.
@@ -124,8 +129,8 @@ func checkVersionVar(gp goPackage, fullName, name string) error {
 			}
 		}
 	}
-	return fmt.Errorf("package %s (%s) has no package-level variable %q, so go build -X %s=... would be silently ignored; declare `var %s = \"dev\"` or point --version-var at the right variable: %w",
-		gp.ImportPath, gp.Dir, name, fullName, name, ErrVersionVar)
+	return fmt.Errorf("package %s (%s) has no package-level variable %q, so go build -X %s=... would be silently ignored; declare `var %s = \"dev\"`, point --version-var at the right variable, or pass --version-var '' to pack without stamping: %w%w",
+		gp.ImportPath, gp.Dir, name, fullName, name, ErrVersionVar, errVarMissing)
 }
 
 func checkVarSpec(vs *ast.ValueSpec, i int, fullName, name, pos string) error {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/edgefleet/edgefleet/hardware"
 	"github.com/edgefleet/edgefleet/packer"
+	"github.com/edgefleet/edgefleet/protocol"
 )
 
 func init() {
@@ -30,7 +31,11 @@ func runPack(ctx context.Context, env *cliEnv, args []string) int {
 	fs.Var(&profiles, "profile", "device profile or board name; repeat for several (required)")
 	profilesFile := fs.String("profiles", "", "YAML file with custom profiles; without --profile, all of its profiles are packed")
 	app := fs.String("app", "", "app name (default: the package's directory name)")
-	versionVar := fs.String("version-var", packer.DefaultVersionVar, "package-level string variable that -X sets to the version")
+	versionVar := fs.String("version-var", packer.DefaultVersionVar, "package-level string variable that -X sets to the version; '' packs without stamping (default main.version when the program declares it, else nothing is stamped, with a note)")
+	probeArgs := fs.String("probe-args", "", "probe: arguments the device runs the new binary with before the swap, space-separated (default: --version, else -h; see --probe-expect)")
+	probeExpect := fs.String("probe-expect", "", "probe: regular expression the output must match (default with --probe-args: none, exit status 0 is enough)")
+	probeStayUp := fs.Duration("probe-stay-up", 0, "probe: the binary must still be running after this long (a server), e.g. 500ms")
+	probeTimeout := fs.Duration("probe-timeout", packer.DefaultProbeTimeout, "probe: how long the device lets it take")
 	upx := fs.String("upx", "", "upx program (default: upx on PATH)")
 	expires := fs.String("expires", "", "expiry: a duration from now (720h) or an RFC 3339 time; devices refuse the release after it")
 	timestamp := fs.String("timestamp", "", "manifest time: 'now', an RFC 3339 time or Unix seconds (default: $SOURCE_DATE_EPOCH, else 1970-01-01 for reproducible bundles)")
@@ -48,72 +53,120 @@ func runPack(ctx context.Context, env *cliEnv, args []string) int {
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	usage := func(format string, a ...any) int {
-		fmt.Fprintf(env.stderr, "edgefleet pack: "+format+"\n", a...)
-		fs.Usage()
-		return 2
-	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	// Every problem in one run: collect, then print them all.
+	var problems []string
+	usageErr := false // else only files that could not be read: exit 1
+	problem := func(format string, a ...any) { problems = append(problems, fmt.Sprintf(format, a...)); usageErr = true }
+	failure := func(format string, a ...any) { problems = append(problems, fmt.Sprintf(format, a...)) }
 	if fs.NArg() != 1 {
-		return usage("give exactly one package to pack (got %d)", fs.NArg())
+		problem("give exactly one package to pack, e.g. ./cmd/myapp (got %d: %s)", fs.NArg(), strings.Join(fs.Args(), " "))
 	}
-	if *keyPath == "" || *version == "" || *sequence == 0 || *out == "" {
-		return usage("--key, --version, --sequence and -o are required")
+	var missing []string
+	for _, m := range []struct {
+		flag  string
+		unset bool
+	}{{"--key", *keyPath == ""}, {"--version", *version == ""}, {"--sequence", *sequence == 0}, {"-o", *out == ""}} {
+		if m.unset {
+			missing = append(missing, m.flag)
+		}
+	}
+	if len(missing) > 0 {
+		problem("missing %s (required)", strings.Join(missing, ", "))
 	}
 	if len(profiles) == 0 && *profilesFile == "" {
-		return usage("name at least one --profile (see `edgefleet profiles`) or give --profiles FILE")
+		problem("name at least one --profile (see `edgefleet profiles`) or give --profiles FILE")
+	}
+	if v := packer.NormalizeVersion(*version); v != *version {
+		fmt.Fprintf(env.stderr, "edgefleet pack: note: version %s taken as %s (manifests carry the semantic version without the v)\n", *version, v)
+		*version = v
 	}
 
-	set := hardware.DefaultSet()
+	hwSet := hardware.DefaultSet()
 	var chosen []hardware.Profile
 	if *profilesFile != "" {
-		custom, err := set.LoadProfilesFile(*profilesFile)
+		custom, err := hwSet.LoadProfilesFile(*profilesFile)
 		if err != nil {
-			fmt.Fprintf(env.stderr, "edgefleet pack: %v\n", err)
-			return 1
+			failure("%v", err)
 		}
 		if len(profiles) == 0 {
 			chosen = custom
 		}
 	}
 	for _, name := range profiles {
-		p, err := set.Lookup(name)
+		p, err := hwSet.Lookup(name)
 		if err != nil {
-			return usage("%v", err)
+			problem("%v", err)
+			continue
 		}
 		chosen = append(chosen, p)
+	}
+	var probe *protocol.Probe
+	if set["probe-args"] || set["probe-expect"] || set["probe-stay-up"] || set["probe-timeout"] {
+		args := strings.Fields(*probeArgs)
+		if !set["probe-args"] {
+			args = []string{"--version"}
+		}
+		probe = &protocol.Probe{Args: args, Match: *probeExpect, StayUp: protocol.Duration(*probeStayUp), Timeout: protocol.Duration(*probeTimeout)}
+		if *noProbe {
+			problem("--no-probe and --probe-* contradict each other: drop one")
+		}
+	}
+	noStamp := set["version-var"] && *versionVar == ""
+	if !set["version-var"] {
+		*versionVar = "" // the default, and then optional
 	}
 
 	o := packer.Options{
 		Package: fs.Arg(0), App: *app, Version: *version, Sequence: *sequence,
-		Profiles: chosen, OutDir: *out, VersionVar: *versionVar, UPX: *upx,
+		Profiles: chosen, OutDir: *out, VersionVar: *versionVar, NoStamp: noStamp, UPX: *upx, Probe: probe,
 		NoProbe: *noProbe, Encoding: *encoding, Jobs: *jobs, MeasureUnstripped: *unstripped,
 		NoCache: *noCache, CacheDir: env.getenv("EDGEFLEET_CACHE"),
 	}
 	if *timestamp != "" {
 		t, err := parseTime(*timestamp)
 		if err != nil {
-			return usage("--timestamp: %v", err)
+			problem("--timestamp: %v", err)
 		}
 		o.Created = t
 	}
 	if *expires != "" {
 		t, err := parseExpiry(*expires, env)
 		if err != nil {
-			return usage("--expires: %v", err)
+			problem("--expires: %v", err)
+		} else {
+			o.Expires = &t
 		}
-		o.Expires = &t
 	}
 	if o.UPX == "" {
 		o.UPX = env.getenv("EDGEFLEET_UPX")
 	}
-	key, err := loadSecretKey(env, *keyPath)
-	if err != nil {
-		fmt.Fprintf(env.stderr, "edgefleet pack: %v\n", err)
-		return 1
+	if *keyPath != "" {
+		key, err := loadSecretKey(env, *keyPath)
+		if err != nil {
+			failure("%v", err)
+		}
+		o.Key = key
 	}
-	o.Key = key
 	if err := o.Validate(); err != nil {
-		return usage("%v", err)
+		for _, e := range strings.Split(err.Error(), "\n") {
+			// What the checks above already said, they said with flag names.
+			if !hasAnyPrefix(e, "no package", "no version", "sequence must", "no signing key", "no profiles", "no output directory") {
+				problem("%s", strings.TrimSuffix(e, ": "+packer.ErrOptions.Error()))
+			}
+		}
+	}
+	if len(problems) > 0 {
+		fmt.Fprintf(env.stderr, "edgefleet pack: %d problem(s):\n", len(problems))
+		for _, p := range problems {
+			fmt.Fprintf(env.stderr, "  - %s\n", p)
+		}
+		if !usageErr {
+			return 1
+		}
+		fmt.Fprintln(env.stderr, "Run 'edgefleet pack -h' for the flags.")
+		return 2
 	}
 	o.Progress = progressPrinter(env.stderr)
 
@@ -264,4 +317,13 @@ func parseExpiry(s string, env *cliEnv) (time.Time, error) {
 		return time.Time{}, fmt.Errorf("%q is neither a duration like 720h nor an RFC 3339 time", s)
 	}
 	return t, nil
+}
+
+func hasAnyPrefix(s string, prefixes ...string) bool {
+	for _, p := range prefixes {
+		if strings.HasPrefix(s, p) {
+			return true
+		}
+	}
+	return false
 }

@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -196,7 +195,11 @@ func printManifest(w io.Writer, in inspectJSON) {
 		}
 	}
 	row("target", "%s, ELF%d %s %s-endian", t, m.Target.ELF.Class, m.Target.ELF.Machine, m.Target.ELF.Endian)
-	row("created", "%s", m.Created.UTC().Format(time.RFC3339))
+	if m.Created.Unix() == 0 {
+		row("created", "reproducible: no timestamp (set SOURCE_DATE_EPOCH or --timestamp to record one)")
+	} else {
+		row("created", "%s", m.Created.UTC().Format(time.RFC3339))
+	}
 	if m.Expires != nil {
 		row("expires", "%s", m.Expires.UTC().Format(time.RFC3339))
 	} else {
@@ -228,11 +231,7 @@ func printManifest(w io.Writer, in inspectJSON) {
 	row("executable", "%s (%d bytes)", hardware.Size(m.Executable.Size), m.Executable.Size)
 	row("executable sha256", "%s", m.Executable.SHA256)
 	if m.Probe != nil {
-		probe := strings.Join(m.Probe.Args, " ")
-		if m.Probe.Expect != "" {
-			probe += fmt.Sprintf(" must print %q", m.Probe.Expect)
-		}
-		row("probe", "%s within %s", probe, time.Duration(m.Probe.Timeout))
+		row("probe", "%s within %s", m.Probe.Describe(), time.Duration(m.Probe.Timeout))
 	} else {
 		row("probe", "none")
 	}
