@@ -90,7 +90,7 @@ type step struct {
 	// soft steps let the profile go on after they fail, so one pack
 	// reports every problem; afterFailure steps still run then.
 	soft, afterFailure bool
-	run   func(ctx context.Context, p *pack, j *job) (skip string, err error)
+	run                func(ctx context.Context, p *pack, j *job) (skip string, err error)
 }
 
 // StepInfo describes a pipeline step.

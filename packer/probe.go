@@ -249,7 +249,7 @@ func (p *pack) autoProbe(ctx context.Context, j *job, qemu, where string) (*prot
 		switch {
 		case out == v:
 			return DefaultProbe(v), "", nil
-		case regexp.MustCompile("(?m)"+VersionMatch(v)).MatchString(out):
+		case regexp.MustCompile("(?m)" + VersionMatch(v)).MatchString(out):
 			return &protocol.Probe{Args: []string{"--version"}, Match: VersionMatch(v), Timeout: timeout},
 				fmt.Sprintf("--version prints %q: the probe checks it contains %s", clip(out, 60), v), nil
 		}
