@@ -12,6 +12,7 @@ import (
 	"io"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -292,4 +293,36 @@ func sizeString(n int64) string {
 		return fmt.Sprintf("%.1fKiB", float64(n)/(1<<10))
 	}
 	return fmt.Sprintf("%dB", n)
+}
+
+// pseudoVersion matches the tail of a Go pseudo-version
+// (v0.0.0-20200101000000-abcdef123456, v1.2.4-0.2020...).
+var pseudoVersion = regexp.MustCompile(`[-.]\d{14}-[0-9a-f]{12}(\+incompatible)?$`)
+
+// ModuleVersion is the version of the module that provides pkg, as go
+// list (and later `go version -m` on the binary) reports it, without the
+// v: "0.1.5" for a program packed by import path from a module that
+// requires it at v0.1.5. It is "" for the main module (go list knows no
+// version for it) or a pseudo-version (not a release). dir is where go
+// runs; a directory path pkg runs from inside it.
+func ModuleVersion(ctx context.Context, goCmd, dir, pkg string) (string, error) {
+	if goCmd == "" {
+		goCmd = "go"
+	}
+	if isDirPath(pkg) {
+		dir, pkg = pkg, "."
+	}
+	cmd := exec.CommandContext(ctx, goCmd, "list", "-f", "{{with .Module}}{{.Version}}{{end}}", "--", pkg)
+	cmd.Dir = dir
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return "", fmt.Errorf("go list %s: %v: %s", pkg, err, strings.TrimSpace(stderr.String()))
+	}
+	v := strings.TrimSpace(string(out))
+	if v == "" || pseudoVersion.MatchString(v) {
+		return "", nil
+	}
+	return NormalizeVersion(v), nil
 }

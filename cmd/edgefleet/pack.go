@@ -25,10 +25,12 @@ func runPack(ctx context.Context, env *cliEnv, args []string) int {
 	fs := flag.NewFlagSet("pack", flag.ContinueOnError)
 	fs.SetOutput(env.stderr)
 	var profiles stringsFlag
+	configPath := fs.String("config", "", "pack configuration file (default: "+packConfigName+" in the current directory, else beside the package; format in docs/pack-config.md); flags override it")
 	keyPath := fs.String("key", "", "minisign secret key that signs the manifests (required)")
-	version := fs.String("version", "", "semantic version to stamp and sign, e.g. 1.2.3 (required)")
+	version := fs.String("version", "", "semantic version to stamp and sign, e.g. 1.2.3 or v1.2.3 (required, unless the package comes from a required module with a release version)")
 	sequence := fs.Uint64("sequence", 0, "release sequence number, at least 1; devices refuse a lower one (required)")
 	fs.Var(&profiles, "profile", "device profile or board name; repeat for several (required)")
+	budget := fs.String("budget", "", "maximum executable size for every profile, e.g. 8MiB (default: each profile's max_binary_size)")
 	profilesFile := fs.String("profiles", "", "YAML file with custom profiles; without --profile, all of its profiles are packed")
 	app := fs.String("app", "", "app name (default: the package's directory name)")
 	versionVar := fs.String("version-var", packer.DefaultVersionVar, "package-level string variable that -X sets to the version; '' packs without stamping (default main.version when the program declares it, else nothing is stamped, with a note)")
@@ -36,7 +38,7 @@ func runPack(ctx context.Context, env *cliEnv, args []string) int {
 	probeExpect := fs.String("probe-expect", "", "probe: regular expression the output must match (default with --probe-args: none, exit status 0 is enough)")
 	probeStayUp := fs.Duration("probe-stay-up", 0, "probe: the binary must still be running after this long (a server), e.g. 500ms")
 	probeTimeout := fs.Duration("probe-timeout", packer.DefaultProbeTimeout, "probe: how long the device lets it take")
-	upx := fs.String("upx", "", "upx program (default: upx on PATH)")
+	upx := fs.String("upx", "", "compress with this upx program for every profile, also those that do not turn UPX on (default: upx on PATH, for the profiles that ask)")
 	expires := fs.String("expires", "", "expiry: a duration from now (720h) or an RFC 3339 time; devices refuse the release after it")
 	timestamp := fs.String("timestamp", "", "manifest time: 'now', an RFC 3339 time or Unix seconds (default: $SOURCE_DATE_EPOCH, else 1970-01-01 for reproducible bundles)")
 	noProbe := fs.Bool("no-probe", false, "no probe: neither in the manifest nor under emulation")
@@ -60,8 +62,85 @@ func runPack(ctx context.Context, env *cliEnv, args []string) int {
 	usageErr := false // else only files that could not be read: exit 1
 	problem := func(format string, a ...any) { problems = append(problems, fmt.Sprintf(format, a...)); usageErr = true }
 	failure := func(format string, a ...any) { problems = append(problems, fmt.Sprintf(format, a...)) }
-	if fs.NArg() != 1 {
-		problem("give exactly one package to pack, e.g. ./cmd/myapp (got %d: %s)", fs.NArg(), strings.Join(fs.Args(), " "))
+	note := func(format string, a ...any) { fmt.Fprintf(env.stderr, "edgefleet pack: note: "+format+"\n", a...) }
+
+	pkg := fs.Arg(0)
+	var cfg *packConfig
+	var probe *protocol.Probe
+	if path := findPackConfig(*configPath, pkg); path != "" {
+		c, err := loadPackConfig(path)
+		if err != nil {
+			// The rest would only repeat what the file should have said.
+			fmt.Fprintf(env.stderr, "edgefleet pack: %v\n", err)
+			return 1
+		} else {
+			cfg = c
+			note("using %s (flags override it)", path)
+		}
+	}
+	var seqFromVersion bool
+	if cfg != nil {
+		str := func(flagName string, v *string, from string) {
+			if !set[flagName] && from != "" {
+				*v = from
+			}
+		}
+		str("key", keyPath, cfg.path(cfg.Key))
+		str("o", out, cfg.path(cfg.Output))
+		str("app", app, cfg.App)
+		str("profiles", profilesFile, cfg.path(cfg.ProfilesFile))
+		str("upx", upx, cfg.UPXProgram)
+		str("encoding", encoding, cfg.Encoding)
+		str("expires", expires, cfg.Expires)
+		if !set["budget"] && cfg.Budget > 0 {
+			*budget = cfg.Budget.String()
+		}
+		if !set["version-var"] && cfg.VersionVar != nil {
+			*versionVar = *cfg.VersionVar
+			set["version-var"] = true
+		}
+		if !set["sequence"] && cfg.Sequence != "" {
+			if cfg.Sequence == "version" {
+				seqFromVersion = true
+			} else if n, err := strconv.ParseUint(cfg.Sequence, 10, 64); err == nil {
+				*sequence = n
+			} else {
+				problem("%s: sequence: %q: want a number or \"version\"", packConfigName, cfg.Sequence)
+			}
+		}
+		if !set["no-probe"] && !set["probe-args"] && !set["probe-expect"] && !set["probe-stay-up"] && cfg.Probe != nil {
+			if cfg.Probe.None {
+				*noProbe = true
+			} else {
+				probe = cfg.Probe.probe()
+				if probe.Timeout == 0 {
+					probe.Timeout = protocol.Duration(*probeTimeout)
+				}
+			}
+		}
+		if fs.NArg() == 0 {
+			pkg = cfg.pkg()
+		}
+	}
+	if fs.NArg() > 1 || pkg == "" {
+		problem("give exactly one package to pack, e.g. ./cmd/myapp, or write %s (docs/pack-config.md) (got %d: %s)", packConfigName, fs.NArg(), strings.Join(fs.Args(), " "))
+	}
+	if *version == "" && pkg != "" {
+		// A program packed by import path from a module that requires
+		// it: its release version is what `go version -m` will show.
+		if v, err := packer.ModuleVersion(ctx, "", ".", pkg); err == nil && v != "" {
+			*version = v
+			note("version %s from the module that provides %s (go list; --version overrides it)", v, pkg)
+		}
+	}
+	if seqFromVersion && *version != "" {
+		n, err := sequenceFromVersion(packer.NormalizeVersion(*version))
+		if err != nil {
+			problem("%v", err)
+		} else {
+			*sequence = n
+			note("sequence %d from version %s (sequence: version)", n, packer.NormalizeVersion(*version))
+		}
 	}
 	var missing []string
 	for _, m := range []struct {
@@ -75,8 +154,8 @@ func runPack(ctx context.Context, env *cliEnv, args []string) int {
 	if len(missing) > 0 {
 		problem("missing %s (required)", strings.Join(missing, ", "))
 	}
-	if len(profiles) == 0 && *profilesFile == "" {
-		problem("name at least one --profile (see `edgefleet profiles`) or give --profiles FILE")
+	if len(profiles) == 0 && *profilesFile == "" && (cfg == nil || len(cfg.Profiles) == 0) {
+		problem("name at least one --profile (see `edgefleet profiles`), give --profiles FILE, or list profiles: in %s", packConfigName)
 	}
 	if v := packer.NormalizeVersion(*version); v != *version {
 		fmt.Fprintf(env.stderr, "edgefleet pack: note: version %s taken as %s (manifests carry the semantic version without the v)\n", *version, v)
@@ -102,7 +181,33 @@ func runPack(ctx context.Context, env *cliEnv, args []string) int {
 		}
 		chosen = append(chosen, p)
 	}
-	var probe *protocol.Probe
+	if cfg != nil && len(profiles) == 0 && !set["profiles"] && len(cfg.Profiles) > 0 {
+		ps, bad := cfg.profiles(hwSet)
+		for _, b := range bad {
+			problem("%s", b)
+		}
+		chosen = ps
+	}
+	if *budget != "" {
+		b, err := hardware.ParseSize(*budget)
+		if err != nil || b <= 0 {
+			problem("budget %q: want a size like 8MiB", *budget)
+		}
+		for i := range chosen {
+			chosen[i].MaxBinarySize = b
+		}
+	}
+	upxOn := set["upx"] || cfg != nil && cfg.UPX != nil && *cfg.UPX
+	for i := range chosen {
+		switch {
+		case upxOn && !chosen[i].UPX:
+			chosen[i].UPX = true
+			note("%s: UPX turned on as asked (the profile leaves it off)", chosen[i].Name)
+		case cfg != nil && cfg.UPX != nil && !*cfg.UPX && !set["upx"] && chosen[i].UPX:
+			chosen[i].UPX = false
+			note("%s: UPX turned off (upx: false in %s)", chosen[i].Name, packConfigName)
+		}
+	}
 	if set["probe-args"] || set["probe-expect"] || set["probe-stay-up"] || set["probe-timeout"] {
 		args := strings.Fields(*probeArgs)
 		if !set["probe-args"] {
@@ -119,7 +224,7 @@ func runPack(ctx context.Context, env *cliEnv, args []string) int {
 	}
 
 	o := packer.Options{
-		Package: fs.Arg(0), App: *app, Version: *version, Sequence: *sequence,
+		Package: pkg, App: *app, Version: *version, Sequence: *sequence,
 		Profiles: chosen, OutDir: *out, VersionVar: *versionVar, NoStamp: noStamp, UPX: *upx, Probe: probe,
 		NoProbe: *noProbe, Encoding: *encoding, Jobs: *jobs, MeasureUnstripped: *unstripped,
 		NoCache: *noCache, CacheDir: env.getenv("EDGEFLEET_CACHE"),
