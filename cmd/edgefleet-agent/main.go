@@ -39,6 +39,7 @@ import (
 
 	"github.com/edgefleet/edgefleet/agent"
 	"github.com/edgefleet/edgefleet/hardware"
+	"github.com/edgefleet/edgefleet/internal/cliflag"
 )
 
 // version is set at build time: -ldflags "-X main.version=1.2.0".
@@ -128,16 +129,42 @@ func flags(e *env, name, argsUsage string) (*flag.FlagSet, *string) {
 	fs.Usage = func() {
 		fmt.Fprintf(e.stderr, "usage: edgefleet-agent %s [flags] %s\n", name, argsUsage)
 		fs.PrintDefaults()
+		if ex := examples[name]; ex != "" {
+			fmt.Fprintf(e.stderr, "\nExample:\n  %s\n", strings.ReplaceAll(ex, "\n", "\n  "))
+		}
 	}
 	return fs, cfg
 }
 
+// examples is what `edgefleet-agent CMD -h` ends with.
+var examples = map[string]string{
+	"run":      "edgefleet-agent run --config /etc/edgefleet/agent.yaml",
+	"sideload": "edgefleet-agent sideload /media/usb/sensor_1.4.0_*.efb   # picks the bundle for this device",
+	"check":    "edgefleet-agent check /media/usb/*.efb --config /etc/edgefleet/agent.yaml",
+	"status":   "edgefleet-agent status --json",
+	"rollback": "edgefleet-agent rollback sensor --reason 'readings stuck at 0'",
+	"facts":    "edgefleet-agent facts --config /etc/edgefleet/agent.yaml",
+	"reset":    "edgefleet-agent reset --config /etc/edgefleet/agent.yaml",
+	"version":  "edgefleet-agent version",
+}
+
+// parse is the one way every agent command parses its command line:
+// flags may come after the arguments (`check B.efb --config C`), "--" ends
+// them. nargs is the number of arguments wanted; -1: at least one.
 func parse(e *env, fs *flag.FlagSet, args []string, nargs int) bool {
-	if err := fs.Parse(args); err != nil {
+	if err := cliflag.Parse(fs, args); err != nil {
 		return false
 	}
-	if fs.NArg() != nargs {
-		fmt.Fprintf(e.stderr, "edgefleet-agent %s: want %d argument(s), got %d\n", fs.Name(), nargs, fs.NArg())
+	if nargs >= 0 && fs.NArg() != nargs || nargs < 0 && fs.NArg() == 0 {
+		want := fmt.Sprint(nargs)
+		if nargs < 0 {
+			want = "at least 1"
+		}
+		got := fmt.Sprint(fs.NArg())
+		if fs.NArg() > 0 {
+			got += ": " + strings.Join(fs.Args(), " ")
+		}
+		fmt.Fprintf(e.stderr, "edgefleet-agent %s: want %s argument(s), got %s\n\n", fs.Name(), want, got)
 		fs.Usage()
 		return false
 	}
@@ -565,11 +592,11 @@ func cmdRollback(ctx context.Context, e *env, args []string) int {
 }
 
 func cmdFacts(_ context.Context, e *env, args []string) int {
-	fs := flag.NewFlagSet("facts", flag.ContinueOnError)
-	fs.SetOutput(e.stderr)
-	cfgPath := fs.String("config", "", "agent configuration file (adds storage facts for data_dir and the apps' directories)")
+	fs, cfgPath := flags(e, "facts", "")
+	fs.Lookup("config").DefValue, *cfgPath = "", ""
+	fs.Lookup("config").Usage = "agent configuration file (adds storage facts for data_dir and the apps' directories)"
 	asJSON := fs.Bool("json", false, "print JSON")
-	if err := fs.Parse(args); err != nil || fs.NArg() != 0 {
+	if !parse(e, fs, args, 0) {
 		return 2
 	}
 	paths := []string{"/"}

@@ -100,3 +100,25 @@ func TestDottedDeviceIDRefusedAtConfigLoad(t *testing.T) {
 		t.Fatalf("device_id pi-17: exit %d\n%s", code, se)
 	}
 }
+
+// Every command's -h ends with an example, and flags may follow the
+// arguments.
+func TestHelpExamplesAndFlagsAnywhere(t *testing.T) {
+	for name := range commands {
+		if name == "version" {
+			continue
+		}
+		_, se, _ := runIn(name, "-h")
+		if !strings.Contains(se, "Example:\n  edgefleet-agent "+name) {
+			t.Errorf("%s -h has no example:\n%s", name, se)
+		}
+	}
+	_, se, code := runIn("status", "extra", "--config", "/nonexistent/agent.yaml")
+	if code != 2 || !strings.Contains(se, "want 0 argument(s), got 1: extra") {
+		t.Errorf("status extra --config: exit %d: %s", code, se)
+	}
+	_, se, code = runIn("status", "--json", "--config", "/nonexistent/agent.yaml")
+	if code != 1 || !strings.Contains(se, "/nonexistent/agent.yaml") {
+		t.Errorf("flags in any order: exit %d: %s", code, se)
+	}
+}

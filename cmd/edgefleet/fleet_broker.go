@@ -39,7 +39,7 @@ func runBroker(ctx context.Context, env *cliEnv, args []string) int {
 		fmt.Fprintln(env.stderr, "usage: edgefleet broker --data DIR [--listen ADDR] [--tls-cert F --tls-key F [--client-ca F]] [--users F] [--acl F]")
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil || fs.NArg() != 0 {
+	if err := parseFlags(fs, args); err != nil || fs.NArg() != 0 {
 		if err == nil {
 			fs.Usage()
 		}
@@ -101,9 +101,8 @@ func runPasswd(_ context.Context, env *cliEnv, args []string) int {
 	fs.Usage = func() {
 		fmt.Fprintln(env.stderr, "usage: edgefleet passwd [--role operator|device] [--add USERS.yaml] NAME   (password from $EDGEFLEET_BROKER_PASSWORD or one line on stdin)")
 		fs.PrintDefaults()
-		fmt.Fprintln(env.stderr, "\nExample:\n  EDGEFLEET_BROKER_PASSWORD=s3cret edgefleet passwd --role operator --add users.yaml alice\n  edgefleet passwd pi-0042 < pw.txt > users.yaml   # a whole users file (docs/broker-files.md)")
 	}
-	if err := fs.Parse(args); err != nil || fs.NArg() != 1 {
+	if err := parseFlags(fs, args); err != nil || fs.NArg() != 1 {
 		if err == nil {
 			fs.Usage()
 		}

@@ -53,7 +53,7 @@ func runPublish(ctx context.Context, env *cliEnv, name string, args []string) in
 			fs.PrintDefaults()
 		}
 	}
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return 2
 	}
 	usage := func(format string, a ...any) int {
@@ -80,8 +80,10 @@ func runPublish(ctx context.Context, env *cliEnv, name string, args []string) in
 		if !protocol.ValidApp(clear) {
 			return usage("--clear %q is not an app name", clear)
 		}
-	} else if fs.NArg() == 0 || len(pubs) == 0 {
-		return usage("give --pub and at least one bundle")
+	} else if m := missingFlags(fs, "pub"); m != "" {
+		return usage("%s: bundles are verified before they are published", m)
+	} else if fs.NArg() == 0 {
+		return usage("give at least one bundle")
 	}
 	fail := func(format string, a ...any) int {
 		fmt.Fprintf(env.stderr, "edgefleet %s: "+format+"\n", append([]any{name}, a...)...)

@@ -28,7 +28,7 @@ func runStatus(ctx context.Context, env *cliEnv, args []string) int {
 		fmt.Fprintln(env.stderr, "usage: edgefleet status --broker URL [--select k=v,...] [--json] [--watch]")
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil || fs.NArg() != 0 {
+	if err := parseFlags(fs, args); err != nil || fs.NArg() != 0 {
 		if err == nil {
 			fs.Usage()
 		}
@@ -99,7 +99,7 @@ func runRetire(ctx context.Context, env *cliEnv, args []string) int {
 		fmt.Fprintln(env.stderr, "usage: edgefleet retire --broker URL APP VERSION")
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil || fs.NArg() != 2 {
+	if err := parseFlags(fs, args); err != nil || fs.NArg() != 2 {
 		if err == nil {
 			fs.Usage()
 		}

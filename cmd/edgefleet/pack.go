@@ -52,7 +52,7 @@ func runPack(ctx context.Context, env *cliEnv, args []string) int {
 		fmt.Fprintln(env.stderr, "usage: edgefleet pack --key K --version V --sequence N --profile P [--profile P...] -o DIR PKG")
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return 2
 	}
 	set := map[string]bool{}

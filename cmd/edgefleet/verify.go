@@ -53,12 +53,14 @@ func runVerify(_ context.Context, env *cliEnv, args []string) int {
 		fmt.Fprintln(env.stderr, "usage: edgefleet verify --pub KEY [--pub KEY...] BUNDLE...")
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return 2
 	}
-	if len(pubs) == 0 || fs.NArg() == 0 {
-		fs.Usage()
-		return 2
+	if m := missingFlags(fs, "pub"); m != "" {
+		return usageError(fs, "%s: the bundles are verified against trusted public keys", m)
+	}
+	if fs.NArg() == 0 {
+		return usageError(fs, "give at least one bundle")
 	}
 	kr, err := protocol.LoadKeyring(pubs...)
 	if err != nil {
@@ -138,12 +140,11 @@ func runInspect(_ context.Context, env *cliEnv, args []string) int {
 		fmt.Fprintln(env.stderr, "usage: edgefleet inspect [--json] [--pub KEY...] BUNDLE")
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return 2
 	}
 	if fs.NArg() != 1 {
-		fs.Usage()
-		return 2
+		return usageError(fs, "give exactly one bundle (got %d)", fs.NArg())
 	}
 	path := fs.Arg(0)
 	raw, rawSig, m, err := readManifestUnverified(path)
