@@ -39,6 +39,7 @@ import (
 
 	"github.com/edgefleet/edgefleet/agent"
 	"github.com/edgefleet/edgefleet/hardware"
+	"github.com/edgefleet/edgefleet/internal/buildversion"
 	"github.com/edgefleet/edgefleet/internal/cliflag"
 )
 
@@ -71,7 +72,7 @@ func init() {
 		"rollback": {"go back to an app's previous binary", cmdRollback},
 		"facts":    {"what this device is: CPU level and features, storage, memory", cmdFacts},
 		"reset":    {"move a corrupt state database aside and start afresh (binaries and the anti-rollback floor are kept)", cmdReset},
-		"version":  {"print the agent's version", cmdVersion},
+		"version":  {"print the agent's version, module, VCS revision and Go version", cmdVersion},
 	}
 }
 
@@ -95,7 +96,10 @@ func runMain(ctx context.Context, e *env, args []string) int {
 		return 0
 	}
 	if args[0] == "--version" || args[0] == "-version" {
-		return cmdVersion(ctx, e, nil)
+		// The version alone: what the default probe of a release of the
+		// agent itself expects.
+		fmt.Fprintln(e.stdout, buildversion.Read(version).Version)
+		return 0
 	}
 	c, ok := commands[args[0]]
 	if !ok {
@@ -219,8 +223,26 @@ func openDirect(e *env, cfg *agent.Config) (*agent.Agent, bool) {
 	return a, true
 }
 
-func cmdVersion(_ context.Context, e *env, _ []string) int {
-	fmt.Fprintln(e.stdout, version)
+func cmdVersion(_ context.Context, e *env, args []string) int {
+	fs := flag.NewFlagSet("version", flag.ContinueOnError)
+	fs.SetOutput(e.stderr)
+	asJSON := fs.Bool("json", false, "print JSON")
+	fs.Usage = func() {
+		fmt.Fprintln(e.stderr, "usage: edgefleet-agent version [--json]   (the version, module, VCS revision and Go version of this binary)")
+		fs.PrintDefaults()
+		fmt.Fprintf(e.stderr, "\nExample:\n  %s\n", examples["version"])
+	}
+	if !parse(e, fs, args, 0) {
+		return 2
+	}
+	i := buildversion.Read(version)
+	if *asJSON {
+		enc := json.NewEncoder(e.stdout)
+		enc.SetIndent("", "  ")
+		enc.Encode(i)
+		return 0
+	}
+	fmt.Fprint(e.stdout, i)
 	return 0
 }
 
@@ -244,7 +266,7 @@ func cmdRun(ctx context.Context, e *env, args []string) int {
 		opts.StateError = err
 	}
 	opts.Logf = logf
-	opts.Version = version
+	opts.Version = buildversion.Read(version).Version
 	opts.EchoOutput = *echo
 	if failOnTrial != "" {
 		opts.SelfTrialHook = func() error {

@@ -105,9 +105,6 @@ func TestDottedDeviceIDRefusedAtConfigLoad(t *testing.T) {
 // arguments.
 func TestHelpExamplesAndFlagsAnywhere(t *testing.T) {
 	for name := range commands {
-		if name == "version" {
-			continue
-		}
 		_, se, _ := runIn(name, "-h")
 		if !strings.Contains(se, "Example:\n  edgefleet-agent "+name) {
 			t.Errorf("%s -h has no example:\n%s", name, se)
