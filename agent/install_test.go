@@ -387,3 +387,25 @@ func TestProbeStayUpAndMatch(t *testing.T) {
 		t.Fatalf("output matching the probe's pattern was refused: %v", err)
 	}
 }
+
+// A rollback asked for by hand on a first install refuses and changes
+// nothing: the app stays on trial, its record and binary untouched.
+func TestRollbackByHandOfFirstInstallChangesNothing(t *testing.T) {
+	k := newKit(t)
+	a := k.open(Options{})
+	k.install(a, k.bundle(spec{Version: "1.0.0", Sequence: 1}))
+	before := k.snap(a)
+	if err := a.CanRollback("hello"); !errors.Is(err, ErrNoPrevious) {
+		t.Fatalf("CanRollback: %v, want ErrNoPrevious", err)
+	}
+	err := a.RollbackByHand("hello", "by hand")
+	if !errors.Is(err, ErrNoPrevious) || !strings.Contains(err.Error(), "nothing was changed") || !strings.Contains(err.Error(), "first version installed") {
+		t.Fatalf("rollback by hand of a first install: %v", err)
+	}
+	if after := k.snap(a); after != before {
+		t.Fatalf("a refused rollback changed things:\nbefore %+v\nafter  %+v", before, after)
+	}
+	if st := appStatus(t, a, "hello"); st.State != StateTrial {
+		t.Fatalf("state %s, want still on trial", st.State)
+	}
+}

@@ -604,7 +604,7 @@ func cmdRollback(ctx context.Context, e *env, args []string) int {
 			}
 		}
 	}
-	if err := a.Rollback(app, *reason); err != nil {
+	if err := a.RollbackByHand(app, *reason); err != nil {
 		fmt.Fprintf(e.stdout, "refused: %v\n", err)
 		return 1
 	}
