@@ -366,3 +366,7 @@ func BestProfile(c CPUFacts, candidates []string, set *Set) (string, error) {
 	sort.SliceStable(fits, func(i, j int) bool { return fits[i].score > fits[j].score })
 	return fits[0].name, nil
 }
+
+// Specificity ranks targets of one GOARCH: higher is more capable code
+// (GOARM=7 over 6, GOAMD64=v3 over v1, MIPS softfloat over hardfloat).
+func Specificity(t Target) int { return specificity(t) }

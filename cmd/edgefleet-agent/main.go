@@ -323,15 +323,28 @@ func progressPrinter(w io.Writer) func(agent.Progress) {
 	}
 }
 
-func bundleArg(e *env, fs *flag.FlagSet) (string, bool) {
-	p, err := filepath.Abs(fs.Arg(0))
+// bundleArg finds the bundle to use among the arguments (pickBundle).
+func bundleArg(e *env, fs *flag.FlagSet, cfg *agent.Config) (string, bool) {
+	var paths []string
+	for _, a := range fs.Args() {
+		p, err := filepath.Abs(a)
+		if err != nil {
+			fmt.Fprintf(e.stderr, "edgefleet-agent: %v\n", err)
+			return "", false
+		}
+		if _, err := os.Stat(p); err != nil {
+			fmt.Fprintf(e.stderr, "edgefleet-agent %s: cannot read the bundle: %v\n", fs.Name(), err)
+			return "", false
+		}
+		paths = append(paths, p)
+	}
+	p, note, err := pickBundle(cfg, paths)
 	if err != nil {
-		fmt.Fprintf(e.stderr, "edgefleet-agent: %v\n", err)
+		fmt.Fprintf(e.stdout, "refused: %v\n", err)
 		return "", false
 	}
-	if _, err := os.Stat(p); err != nil {
-		fmt.Fprintf(e.stderr, "edgefleet-agent %s: cannot read the bundle: %v\n", fs.Name(), err)
-		return "", false
+	if note != "" {
+		fmt.Fprintln(e.stdout, note)
 	}
 	return p, true
 }
@@ -342,15 +355,15 @@ func bundleArg(e *env, fs *flag.FlagSet) (string, bool) {
 func bundleCommand(ctx context.Context, e *env, name string, args []string, addFlags func(*flag.FlagSet),
 	viaDaemon func(c *agent.ControlClient, path string) int,
 	direct func(a *agent.Agent, f *os.File) int) int {
-	fs, cfgPath := flags(e, name, "BUNDLE.efb")
+	fs, cfgPath := flags(e, name, "BUNDLE.efb [BUNDLE.efb...]   (several: the one for this device is picked)")
 	if addFlags != nil {
 		addFlags(fs)
 	}
-	cfg, code := parseConfig(e, fs, cfgPath, args, 1)
+	cfg, code := parseConfig(e, fs, cfgPath, args, -1)
 	if cfg == nil {
 		return code
 	}
-	path, ok := bundleArg(e, fs)
+	path, ok := bundleArg(e, fs, cfg)
 	if !ok {
 		return 1
 	}
@@ -374,9 +387,12 @@ func bundleCommand(ctx context.Context, e *env, name string, args []string, addF
 
 func cmdSideload(ctx context.Context, e *env, args []string) int {
 	var noWait *bool
+	var sfs *flag.FlagSet
+	cfgFile := func() string { return sfs.Lookup("config").Value.String() }
 	show := progressPrinter(e.stdout)
 	return bundleCommand(ctx, e, "sideload", args,
 		func(fs *flag.FlagSet) {
+			sfs = fs
 			noWait = fs.Bool("no-wait", false, "with a running daemon: return after the swap instead of waiting for the trial")
 		},
 		func(c *agent.ControlClient, path string) int {
@@ -406,6 +422,10 @@ func cmdSideload(ctx context.Context, e *env, args []string) int {
 			res, err := a.Install(ctx, f, show)
 			if err != nil {
 				fmt.Fprintf(e.stdout, "refused: %v\n", err)
+				if trial := onTrial(a); errors.Is(err, agent.ErrBusy) && trial != "" {
+					fmt.Fprintf(e.stdout, "No daemon is running to finish that trial. Either start it (systemctl start edgefleet-agent, or `edgefleet-agent run --config %s` in another terminal), wait until `edgefleet-agent status --config %s` shows %s committed, and sideload again; or give the trial up with `edgefleet-agent rollback %s --config %s` (when it had a previous version) and sideload again.\n",
+						cfgFile(), cfgFile(), trial, trial, cfgFile())
+				}
 				return 1
 			}
 			fmt.Fprintf(e.stdout, "installed %s %s (sequence %d, previous %s); on trial until the daemon starts and it passes its health window\n", res.App, res.Version, res.Sequence, orNone(res.Previous))
@@ -642,15 +662,22 @@ func cmdFacts(_ context.Context, e *env, args []string) int {
 	if err != nil {
 		fmt.Fprintf(e.stderr, "edgefleet-agent facts: %v\n", err)
 	}
+	profiles, boards := runnable(f.CPU)
 	if *asJSON {
 		enc := json.NewEncoder(e.stdout)
 		enc.SetIndent("", "  ")
-		enc.Encode(f)
+		enc.Encode(struct {
+			hardware.Facts
+			Profiles []string `json:"profiles"`
+			Boards   []string `json:"boards"`
+		}{f, profiles, boards})
 	} else {
 		fmt.Fprintln(e.stdout, f.Summary())
 		if f.Kernel != "" {
 			fmt.Fprintf(e.stdout, "kernel %s, machine %s\n", f.Kernel, f.Machine)
 		}
+		fmt.Fprintf(e.stdout, "runs profiles: %s (the most widely compatible first)\n", orNone(strings.Join(profiles, ", ")))
+		fmt.Fprintf(e.stdout, "boards of those profiles: %s\n", orNone(strings.Join(boards, ", ")))
 	}
 	if err != nil {
 		return 1
@@ -702,4 +729,34 @@ func cmdReset(ctx context.Context, e *env, args []string) int {
 		fmt.Fprintf(e.stdout, "state database moved to %s; binaries kept; the anti-rollback floor in %s is kept too, so releases at or below the sequences it records stay refused\n", moved, cfg.FloorPath())
 	}
 	return 0
+}
+
+// runnable names the built-in profiles this CPU runs, the most widely
+// compatible first, and the boards built on them.
+func runnable(c hardware.CPUFacts) (profiles, boards []string) {
+	ok := map[string]bool{}
+	for _, p := range c.RunnableProfiles() {
+		profiles = append(profiles, p.Name)
+		ok[p.Name] = true
+	}
+	for _, b := range hardware.Boards() {
+		if ok[b.Profile] {
+			boards = append(boards, b.Name)
+		}
+	}
+	return profiles, boards
+}
+
+// onTrial names an app on trial in a's state database, "" when none is.
+func onTrial(a *agent.Agent) string {
+	sts, err := a.Status()
+	if err != nil {
+		return ""
+	}
+	for _, st := range sts {
+		if st.State == agent.StateTrial {
+			return st.App
+		}
+	}
+	return ""
 }

@@ -26,7 +26,7 @@ func TestUsageExitCodes(t *testing.T) {
 		{nil, 2},
 		{[]string{"frobnicate"}, 2},
 		{[]string{"sideload"}, 2},
-		{[]string{"sideload", "a.efb", "b.efb"}, 2},
+		{[]string{"sideload", "--config", "/nonexistent/agent.yaml", "a.efb", "b.efb"}, 1},
 		{[]string{"check"}, 2},
 		{[]string{"rollback"}, 2},
 		{[]string{"status", "extra"}, 2},
