@@ -415,7 +415,7 @@ func (d *Daemon) runTrial(ctx context.Context, c *AppConfig, fromRun uint64) (co
 		crashes := s.CrashesSince(fromRun)
 		if crashes > c.Health.MaxRestarts {
 			why := fmt.Sprintf("%s crash loop on trial: %d crashes within the %s health window (more than max_restarts %d); last: %s%s",
-				c.Name, crashes, window, c.Health.MaxRestarts, lastExitString(st), outputTail(s))
+				d.nameVersion(c), crashes, window, c.Health.MaxRestarts, lastExitString(st), outputTail(s))
 			return false, d.failTrial(ctx, c, why)
 		}
 		var wait <-chan time.Time
@@ -443,7 +443,7 @@ func (d *Daemon) runTrial(ctx context.Context, c *AppConfig, fromRun uint64) (co
 			if ctx.Err() != nil {
 				return false, ""
 			}
-			why := fmt.Sprintf("%s failed its health check on trial: %v%s", c.Name, err, outputTail(s))
+			why := fmt.Sprintf("%s failed its health check on trial: %v%s", d.nameVersion(c), err, outputTail(s))
 			return false, d.failTrial(ctx, c, why)
 		}
 	}
@@ -490,6 +490,18 @@ func (d *Daemon) commitTrial(ctx context.Context, c *AppConfig) (bool, string) {
 
 // failTrial rolls back, restarts the previous binary and returns the
 // recorded reason.
+// nameVersion is "hello 0.3.0": the app and the version on trial, so a
+// rollback's reason says which version failed (the status then shows the
+// version it went back to).
+func (d *Daemon) nameVersion(c *AppConfig) string {
+	if a := d.agent(); a != nil {
+		if v, _, err := a.Installed(c.Name); err == nil && v != "" {
+			return c.Name + " " + v
+		}
+	}
+	return c.Name
+}
+
 func (d *Daemon) failTrial(ctx context.Context, c *AppConfig, why string) string {
 	d.opMu.Lock()
 	defer d.opMu.Unlock()

@@ -148,13 +148,12 @@ func runPublish(ctx context.Context, env *cliEnv, name string, args []string) in
 	}
 	for _, j := range jobs {
 		opts := fleet.PublishOptions{Keyring: kr, Channel: channel, Device: j.device, InFlight: *inFlight, EnvelopeOnly: j.chunksSent, MirrorDir: *mirrorDir, Mirrors: mirrorURLs}
+		done := func() {}
 		if !*quiet && !j.chunksSent {
-			opts.Progress = func(done, total int64) { progressBar(env.stderr, j.path, done, total) }
+			opts.Progress, done = progress(env, env.stderr, j.path)
 		}
 		res, err := fleet.PublishBundle(ctx, c, j.path, opts)
-		if !*quiet && !j.chunksSent {
-			fmt.Fprintln(env.stderr)
-		}
+		done()
 		if err != nil {
 			return fail("%v", err)
 		}

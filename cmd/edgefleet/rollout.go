@@ -279,13 +279,12 @@ func runRolloutStart(ctx context.Context, env *cliEnv, args []string) int {
 	// a member never sees a rollout without its candidate.
 	for _, path := range bundles {
 		opts := fleet.PublishOptions{Keyring: kr, Channel: r.Channel, Candidate: true, MirrorDir: *mirrorDir, Mirrors: mirrorURLs}
+		done := func() {}
 		if !*quiet {
-			opts.Progress = func(done, total int64) { progressBar(env.stderr, path, done, total) }
+			opts.Progress, done = progress(env, env.stderr, path)
 		}
 		res, err := fleet.PublishBundle(ctx, c, path, opts)
-		if !*quiet {
-			fmt.Fprintln(env.stderr)
-		}
+		done()
 		if err != nil {
 			fmt.Fprintf(env.stderr, "edgefleet rollout start: %v\nno rollout was started (the control message was not published); chunks and candidates already published are harmless: run the same command again\n", err)
 			return 1
