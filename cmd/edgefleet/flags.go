@@ -13,6 +13,11 @@ import (
 // k`), "--" ends them, and -h shows the command's flags followed by an
 // example (commandExamples).
 func parseFlags(fs *flag.FlagSet, args []string) error {
+	if collectFlags != nil {
+		// `edgefleet completion`: the command's flags are all it wanted.
+		collectFlags(fs)
+		return flag.ErrHelp
+	}
 	usage := fs.Usage
 	fs.Usage = func() {
 		if usage != nil {
