@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/edgefleet/edgefleet/agent"
 	"github.com/edgefleet/edgefleet/fleet"
 	"github.com/edgefleet/edgefleet/hardware"
 )
@@ -79,5 +80,36 @@ func TestPasswdWritesValidUsersFile(t *testing.T) {
 	}
 	if after, _ := os.ReadFile(path); !bytes.Equal(before, after) {
 		t.Fatal("a refused --add changed the file")
+	}
+}
+
+// The configuration examples in the README load as they are.
+func TestReadmeExamplesLoad(t *testing.T) {
+	b, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	blocks := strings.Split(string(b), "```yaml\n")[1:]
+	if len(blocks) != 2 {
+		t.Fatalf("README has %d yaml blocks, want 2 (edgefleet.yaml, agent.yaml)", len(blocks))
+	}
+	dir := t.TempDir()
+	pack := filepath.Join(dir, "edgefleet.yaml")
+	os.WriteFile(pack, []byte(strings.Split(blocks[0], "```")[0]), 0o644)
+	cfg, err := loadPackConfig(pack)
+	if err != nil {
+		t.Fatalf("README edgefleet.yaml: %v", err)
+	}
+	if ps, bad := cfg.profiles(hardware.DefaultSet()); len(bad) > 0 || len(ps) != 2 {
+		t.Fatalf("README edgefleet.yaml profiles: %v %v", ps, bad)
+	}
+	ag := filepath.Join(dir, "agent.yaml")
+	os.WriteFile(ag, []byte(strings.Split(blocks[1], "```")[0]), 0o644)
+	c, err := agent.LoadConfig(ag)
+	if err != nil {
+		t.Fatalf("README agent.yaml: %v", err)
+	}
+	if c.DeviceID != "pi-017" || len(c.Apps) != 1 || c.Broker == nil || c.Broker.Channel != "stable" {
+		t.Fatalf("README agent.yaml: %+v", c)
 	}
 }
