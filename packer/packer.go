@@ -56,6 +56,10 @@ type Result struct {
 	UnstrippedSize int64 `json:"unstripped_size,omitempty"`
 	// UPXSize is the executable after UPX; 0 without UPX.
 	UPXSize int64 `json:"upx_size,omitempty"`
+	// PayloadWithoutUPX is what the payload would be without UPX (the
+	// stripped executable, same encoding), measured when UPX ran, so the
+	// table shows UPX's gain on the wire: often none after xz.
+	PayloadWithoutUPX int64 `json:"payload_without_upx,omitempty"`
 	// ExecutableSize is the final executable, what the budget applies to.
 	ExecutableSize int64 `json:"executable_size"`
 	// PayloadSize is the encoded payload: the bytes on the wire.

@@ -366,7 +366,59 @@ func clip(s string, n int) string {
 	return s
 }
 
-func stepCompress(_ context.Context, p *pack, j *job) (string, error) {
+func stepCompress(ctx context.Context, p *pack, j *job) (string, error) {
+	skip, err := compressFinal(ctx, p, j)
+	if err != nil || skip != "" || j.res.UPXSize == 0 || p.o.Encoding != protocol.EncodingXZ {
+		return skip, err
+	}
+	// UPX ran: measure the payload without it, to report its gain.
+	sum, size, err := hashFile(j.stripped)
+	if err != nil {
+		return "", err
+	}
+	plain := filepath.Join(j.dir, "payload-without-upx.xz")
+	if err := p.compressCached(j, j.stripped, sum, plain); err != nil {
+		j.note("compress", fmt.Sprintf("could not measure the payload without UPX: %v", err))
+		return "", nil
+	}
+	fi, err := os.Stat(plain)
+	if err != nil {
+		return "", err
+	}
+	j.res.PayloadWithoutUPX = fi.Size()
+	withUPX, without := j.res.PayloadSize, fi.Size()
+	if float64(withUPX) >= 0.98*float64(without) { // under 2%: nothing worth a decompression at every start
+		how := "it still keeps the installed executable small"
+		if budget := int64(j.prof.MaxBinarySize); budget <= 0 || size <= budget {
+			how = fmt.Sprintf("the %s executable fits the budget without it: set upx: false for profile %s to ship it plain (no decompression at every start)", hardware.Size(size), j.prof.Name)
+		}
+		j.note("compress", fmt.Sprintf("UPX gains nothing on the wire after xz: %s with it, %s without; %s", hardware.Size(withUPX), hardware.Size(without), how))
+	} else {
+		j.note("compress", fmt.Sprintf("UPX saves %s on the wire (%s without it)", hardware.Size(without-withUPX), hardware.Size(without)))
+	}
+	return "", nil
+}
+
+// compressCached writes the xz payload of src (sha256 sum) to dst, from
+// the cache when it holds it.
+func (p *pack) compressCached(j *job, src, sum, dst string) error {
+	key := ""
+	if p.cache != nil {
+		key = cacheKey(cacheXZ, sum, p.o.Encoding, strconv.FormatInt(int64(j.prof.XZDictSize), 10), xzVersion())
+		if hit, _ := p.cache.getFile(cacheXZ, key, dst, 0o644); hit {
+			return nil
+		}
+	}
+	if err := compressXZ(src, dst, int(j.prof.XZDictSize), sum); err != nil {
+		return err
+	}
+	if key != "" {
+		p.cache.putFile(cacheXZ, key, dst)
+	}
+	return nil
+}
+
+func compressFinal(_ context.Context, p *pack, j *job) (string, error) {
 	j.encoding = p.o.Encoding
 	j.exe = protocol.Executable{Size: j.finalSize, SHA256: j.finalSum}
 	if p.o.Encoding == protocol.EncodingNone {

@@ -334,6 +334,9 @@ func printPackTable(w io.Writer, results []packer.Result) {
 		upx := "-"
 		if r.UPXSize > 0 {
 			upx = hardware.Size(r.UPXSize).String()
+			if r.PayloadWithoutUPX > 0 {
+				upx += fmt.Sprintf(" (wire %+.0f%%)", 100*float64(r.PayloadSize-r.PayloadWithoutUPX)/float64(r.PayloadWithoutUPX))
+			}
 		} else if r.UPX {
 			upx = "wanted"
 		}
