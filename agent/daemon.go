@@ -95,6 +95,7 @@ type Daemon struct {
 	trials   map[string]*trial
 	outcomes map[string]string // last trial outcome per app
 	reexec   chan *ReexecError
+	logs     *logRing // the daemon's last log lines (remote logs)
 	started  time.Time
 
 	opMu sync.Mutex // serialises installs, rollbacks, reset
@@ -131,10 +132,16 @@ func NewDaemon(cfg *Config, a *Agent, opts DaemonOptions) (*Daemon, error) {
 		trials:   map[string]*trial{},
 		outcomes: map[string]string{},
 		reexec:   make(chan *ReexecError, 1),
+		logs:     newLogRing(daemonLogLines),
 	}, nil
 }
 
-func (d *Daemon) logf(format string, args ...any) { d.opts.Logf(format, args...) }
+// logf logs, and keeps the line for remote logs (logs.go).
+func (d *Daemon) logf(format string, args ...any) {
+	line := fmt.Sprintf(format, args...)
+	d.logs.add(time.Now().UTC().Format(time.RFC3339) + " " + line)
+	d.opts.Logf("%s", line)
+}
 
 func (d *Daemon) agent() *Agent {
 	d.mu.Lock()

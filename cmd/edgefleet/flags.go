@@ -67,6 +67,7 @@ var commandExamples = map[string]string{
 	"demo":           "edgefleet demo --devices 5",
 	"version":        "edgefleet version",
 	"completion":     "edgefleet completion bash > /etc/bash_completion.d/edgefleet",
+	"logs":           "edgefleet logs pi-017 sensor --follow --broker ssl://fleet.example:8883 --ca ca.crt --username alice",
 	"rollout start":  "edgefleet rollout start dist/sensor_1.4.0_*.efb --pub keys/release.pub --waves 1,10%,100% --bake 10m",
 	"rollout status": "edgefleet rollout status stable/sensor --watch",
 	"rollout pause":  "edgefleet rollout pause stable/sensor",
