@@ -84,6 +84,11 @@ func main() {
 }
 
 func runMain(ctx context.Context, e *env, args []string) int {
+	if len(args) == 2 && args[0] == "help" {
+		if _, ok := commands[args[1]]; ok {
+			args = []string{args[1], "-h"} // `help check` is `check -h`
+		}
+	}
 	if len(args) == 0 || args[0] == "help" || args[0] == "-h" || args[0] == "--help" {
 		w := e.stdout
 		if len(args) == 0 {
@@ -121,7 +126,7 @@ func usage(w io.Writer) {
 	for _, n := range names {
 		fmt.Fprintf(w, "  %-9s %s\n", n, commands[n].summary)
 	}
-	fmt.Fprintf(w, "\nThe config defaults to %s. Exit codes: 0 ok, 1 refused or failed, 2 usage.\n", agent.DefaultConfigPath)
+	fmt.Fprintf(w, "\nThe config defaults to %s. Flags may follow the arguments. 'edgefleet-agent help <command>' shows a command's flags and an example.\nExit codes: 0 ok, 1 refused or failed, 2 usage.\n", agent.DefaultConfigPath)
 }
 
 // flags returns a flag set with --config; parse parses and checks the

@@ -110,6 +110,9 @@ func TestHelpExamplesAndFlagsAnywhere(t *testing.T) {
 			t.Errorf("%s -h has no example:\n%s", name, se)
 		}
 	}
+	if _, se, _ := runIn("help", "sideload"); !strings.Contains(se, "Example:\n  edgefleet-agent sideload") {
+		t.Errorf("help sideload:\n%s", se)
+	}
 	_, se, code := runIn("status", "extra", "--config", "/nonexistent/agent.yaml")
 	if code != 2 || !strings.Contains(se, "want 0 argument(s), got 1: extra") {
 		t.Errorf("status extra --config: exit %d: %s", code, se)
