@@ -198,6 +198,9 @@ func loadConfig(e *env, path string) (*agent.Config, bool) {
 	cfg, err := agent.LoadConfig(path)
 	if err != nil {
 		fmt.Fprintf(e.stderr, "edgefleet-agent: %v\n", err)
+		if errors.Is(err, os.ErrNotExist) && path == agent.DefaultConfigPath {
+			fmt.Fprintf(e.stderr, "edgefleet-agent: no configuration at the default %s: pass --config FILE (the format is in docs/agent.md)\n", path)
+		}
 		return nil, false
 	}
 	return cfg, true

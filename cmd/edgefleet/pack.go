@@ -123,7 +123,11 @@ func runPack(ctx context.Context, env *cliEnv, args []string) int {
 		}
 	}
 	if fs.NArg() > 1 || pkg == "" {
-		problem("give exactly one package to pack, e.g. ./cmd/myapp, or write %s (docs/pack-config.md) (got %d: %s)", packConfigName, fs.NArg(), strings.Join(fs.Args(), " "))
+		got := ""
+		if fs.NArg() > 1 {
+			got = fmt.Sprintf(" (got %d: %s)", fs.NArg(), strings.Join(fs.Args(), " "))
+		}
+		problem("give exactly one package to pack, e.g. ./cmd/myapp, or write %s beside it (docs/pack-config.md)%s", packConfigName, got)
 	}
 	if *version == "" && pkg != "" {
 		// A program packed by import path from a module that requires
