@@ -128,6 +128,15 @@ func runStayUp(cmd *exec.Cmd, d time.Duration) (bool, error) {
 	}
 }
 
+// DescribeProbe is pr in words, naming a VersionMatch pattern for what it
+// is: "--version must print 1.4.0 among other text".
+func DescribeProbe(pr *protocol.Probe, version string) string {
+	if pr.Match != "" && pr.Match == VersionMatch(version) && pr.Expect == "" && pr.StayUp == 0 {
+		return strings.TrimSpace(strings.Join(pr.Args, " ")+" must exit 0 printing "+version) + " among other text"
+	}
+	return pr.Describe()
+}
+
 // VersionMatch is the probe pattern for output that contains version as a
 // word ("hey 0.1.5" for 0.1.5), not as part of a longer version.
 func VersionMatch(version string) string {
@@ -178,7 +187,7 @@ func stepProbe(ctx context.Context, p *pack, j *job) (string, error) {
 			if hit && json.Unmarshal(pass.Bytes(), &pr) == nil && pr.Validate() == nil {
 				j.note("probe", "cached")
 				j.probe = &pr
-				j.res.Probe, j.res.ProbeOK = "ok ("+where+"): "+pr.Describe(), true
+				j.res.Probe, j.res.ProbeOK = "ok ("+where+"): "+DescribeProbe(&pr, p.o.Version), true
 				return "", nil
 			}
 		}
@@ -210,7 +219,7 @@ func stepProbe(ctx context.Context, p *pack, j *job) (string, error) {
 		}
 	}
 	j.probe = pr
-	j.res.Probe, j.res.ProbeOK = "ok ("+where+"): "+pr.Describe(), true
+	j.res.Probe, j.res.ProbeOK = "ok ("+where+"): "+DescribeProbe(pr, p.o.Version), true
 	if note != "" {
 		j.note("probe", note)
 	}

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/edgefleet/edgefleet/hardware"
+	"github.com/edgefleet/edgefleet/packer"
 	"github.com/edgefleet/edgefleet/protocol"
 )
 
@@ -232,7 +233,7 @@ func printManifest(w io.Writer, in inspectJSON) {
 	row("executable", "%s (%d bytes)", hardware.Size(m.Executable.Size), m.Executable.Size)
 	row("executable sha256", "%s", m.Executable.SHA256)
 	if m.Probe != nil {
-		row("probe", "%s within %s", m.Probe.Describe(), time.Duration(m.Probe.Timeout))
+		row("probe", "%s within %s", packer.DescribeProbe(m.Probe, m.Version), time.Duration(m.Probe.Timeout))
 	} else {
 		row("probe", "none")
 	}
