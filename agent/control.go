@@ -451,6 +451,10 @@ func (d *Daemon) opRollback(ctx context.Context, req Request) (Response, func())
 	if reason == "" {
 		reason = "rolled back by hand (edgefleet-agent rollback)"
 	}
+	// A refusal changes nothing: not even the running trial.
+	if err := a.CanRollback(c.Name); err != nil {
+		return errResult(err), nil
+	}
 	d.mu.Lock()
 	if t := d.trials[c.Name]; t != nil {
 		t.cancel()
@@ -458,7 +462,7 @@ func (d *Daemon) opRollback(ctx context.Context, req Request) (Response, func())
 	d.mu.Unlock()
 	d.opMu.Lock()
 	defer d.opMu.Unlock()
-	if err := a.Rollback(c.Name, reason); err != nil {
+	if err := a.RollbackByHand(c.Name, reason); err != nil {
 		return errResult(err), nil
 	}
 	d.mu.Lock()

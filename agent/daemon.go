@@ -95,6 +95,7 @@ type Daemon struct {
 	trials   map[string]*trial
 	outcomes map[string]string // last trial outcome per app
 	reexec   chan *ReexecError
+	logs     *logRing // the daemon's last log lines (remote logs)
 	started  time.Time
 
 	opMu sync.Mutex // serialises installs, rollbacks, reset
@@ -131,10 +132,16 @@ func NewDaemon(cfg *Config, a *Agent, opts DaemonOptions) (*Daemon, error) {
 		trials:   map[string]*trial{},
 		outcomes: map[string]string{},
 		reexec:   make(chan *ReexecError, 1),
+		logs:     newLogRing(daemonLogLines),
 	}, nil
 }
 
-func (d *Daemon) logf(format string, args ...any) { d.opts.Logf(format, args...) }
+// logf logs, and keeps the line for remote logs (logs.go).
+func (d *Daemon) logf(format string, args ...any) {
+	line := fmt.Sprintf(format, args...)
+	d.logs.add(time.Now().UTC().Format(time.RFC3339) + " " + line)
+	d.opts.Logf("%s", line)
+}
 
 func (d *Daemon) agent() *Agent {
 	d.mu.Lock()
@@ -415,7 +422,7 @@ func (d *Daemon) runTrial(ctx context.Context, c *AppConfig, fromRun uint64) (co
 		crashes := s.CrashesSince(fromRun)
 		if crashes > c.Health.MaxRestarts {
 			why := fmt.Sprintf("%s crash loop on trial: %d crashes within the %s health window (more than max_restarts %d); last: %s%s",
-				c.Name, crashes, window, c.Health.MaxRestarts, lastExitString(st), outputTail(s))
+				d.nameVersion(c), crashes, window, c.Health.MaxRestarts, lastExitString(st), outputTail(s))
 			return false, d.failTrial(ctx, c, why)
 		}
 		var wait <-chan time.Time
@@ -443,7 +450,7 @@ func (d *Daemon) runTrial(ctx context.Context, c *AppConfig, fromRun uint64) (co
 			if ctx.Err() != nil {
 				return false, ""
 			}
-			why := fmt.Sprintf("%s failed its health check on trial: %v%s", c.Name, err, outputTail(s))
+			why := fmt.Sprintf("%s failed its health check on trial: %v%s", d.nameVersion(c), err, outputTail(s))
 			return false, d.failTrial(ctx, c, why)
 		}
 	}
@@ -490,6 +497,18 @@ func (d *Daemon) commitTrial(ctx context.Context, c *AppConfig) (bool, string) {
 
 // failTrial rolls back, restarts the previous binary and returns the
 // recorded reason.
+// nameVersion is "hello 0.3.0": the app and the version on trial, so a
+// rollback's reason says which version failed (the status then shows the
+// version it went back to).
+func (d *Daemon) nameVersion(c *AppConfig) string {
+	if a := d.agent(); a != nil {
+		if v, _, err := a.Installed(c.Name); err == nil && v != "" {
+			return c.Name + " " + v
+		}
+	}
+	return c.Name
+}
+
 func (d *Daemon) failTrial(ctx context.Context, c *AppConfig, why string) string {
 	d.opMu.Lock()
 	defer d.opMu.Unlock()

@@ -553,6 +553,7 @@ func runProbe(ctx context.Context, path string, p *protocol.Probe) error {
 	cmdline := strings.TrimSpace("new binary " + strings.Join(p.Args, " "))
 	var stdout, stderr limitedBuffer
 	var err error
+	stayedUp := false
 	for attempt := 0; ; attempt++ {
 		stdout.Reset()
 		stderr.Reset()
@@ -560,7 +561,11 @@ func runProbe(ctx context.Context, path string, p *protocol.Probe) error {
 		cmd.Stdout, cmd.Stderr = &stdout, &stderr
 		cmd.WaitDelay = time.Second
 		cmd.Dir = filepath.Dir(path)
-		err = cmd.Run()
+		if p.StayUp > 0 {
+			stayedUp, err = runStayUp(cmd, time.Duration(p.StayUp))
+		} else {
+			err = cmd.Run()
+		}
 		// ETXTBSY: a concurrent fork briefly held a write descriptor of the
 		// staged file; retry.
 		if errors.Is(err, syscall.ETXTBSY) && attempt < 20 {
@@ -598,12 +603,39 @@ func runProbe(ctx context.Context, path string, p *protocol.Probe) error {
 		}
 		return fmt.Errorf("probe `%s` could not start: %v: %w", cmdline, err, ErrProbe)
 	}
-	if p.Expect != "" {
-		if got := strings.TrimSpace(stdout.String()); got != strings.TrimSpace(p.Expect) {
-			return fmt.Errorf("probe `%s` printed %q, expected %q%s: %w", cmdline, clip(got, 200), p.Expect, tail, ErrProbe)
-		}
+	if p.StayUp > 0 && !stayedUp {
+		return fmt.Errorf("probe `%s` exited with status 0 within %s; it must stay up that long%s: %w", cmdline, time.Duration(p.StayUp), tail, ErrProbe)
+	}
+	if err := p.CheckOutput(stdout.String()); err != nil {
+		return fmt.Errorf("probe `%s` %v%s: %w", cmdline, err, tail, ErrProbe)
 	}
 	return nil
+}
+
+// runStayUp starts cmd and reports whether it was still running after d;
+// then it is stopped (SIGTERM, SIGKILL after cmd.WaitDelay) and that exit
+// is not an error. An earlier exit is returned as cmd.Wait returns it.
+func runStayUp(cmd *exec.Cmd, d time.Duration) (bool, error) {
+	if err := cmd.Start(); err != nil {
+		return false, err
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case err := <-done:
+		return false, err
+	case <-t.C:
+		cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-done:
+		case <-time.After(time.Second):
+			cmd.Process.Kill()
+			<-done
+		}
+		return true, nil
+	}
 }
 
 func probeSignalName(s syscall.Signal) string {

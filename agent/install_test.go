@@ -267,6 +267,14 @@ func TestRefusals(t *testing.T) {
 			bundle: func(k *kit) []byte {
 				return k.bundleBytes(spec{Version: "1.1.0", Sequence: 6, Probe: &protocol.Probe{Args: []string{"--version"}, Expect: "2.0.0", Timeout: protocol.Duration(10 * time.Second)}})
 			}},
+		{name: "probe output does not match", is: ErrProbe, says: []string{`printed "1.1.0"`, `does not match "^v1"`},
+			bundle: func(k *kit) []byte {
+				return k.bundleBytes(spec{Version: "1.1.0", Sequence: 6, Probe: &protocol.Probe{Args: []string{"--version"}, Match: "^v1", Timeout: protocol.Duration(10 * time.Second)}})
+			}},
+		{name: "probe exits before stay_up", is: ErrProbe, says: []string{"exited with status 0 within 3s", "must stay up"},
+			bundle: func(k *kit) []byte {
+				return k.bundleBytes(spec{Version: "1.1.0", Sequence: 6, Probe: &protocol.Probe{Args: []string{"--version"}, StayUp: protocol.Duration(3 * time.Second), Timeout: protocol.Duration(10 * time.Second)}})
+			}},
 		{name: "probe crash", is: ErrProbe, says: []string{"exited with status 3", "crashing on purpose"},
 			bundle: func(k *kit) []byte {
 				return k.bundleBytes(spec{Version: "1.1.0", Sequence: 6, Extra: "-X main.crash=1", Probe: &protocol.Probe{Args: []string{"--serve"}, Timeout: protocol.Duration(10 * time.Second)}})
@@ -355,5 +363,49 @@ func TestProbeTimeoutIsTransient(t *testing.T) {
 	}
 	if got := runVersion(t, k.appPath); got != "1.1.0" {
 		t.Fatalf("app prints %q, want 1.1.0", got)
+	}
+}
+
+// A server probed with stay_up passes when it is still running after it,
+// and one whose output matches the probe's pattern passes too.
+func TestProbeStayUpAndMatch(t *testing.T) {
+	k := newKit(t)
+	a := k.open(Options{})
+	k.install(a, k.bundle(spec{Version: "1.0.0", Sequence: 5}))
+	if err := a.Commit("hello"); err != nil {
+		t.Fatal(err)
+	}
+	b := k.bundleBytes(spec{Version: "1.1.0", Sequence: 6, Probe: &protocol.Probe{Args: []string{"--serve"}, StayUp: protocol.Duration(300 * time.Millisecond), Timeout: protocol.Duration(10 * time.Second)}})
+	if _, err := a.Install(context.Background(), bytes.NewReader(b), nil); err != nil {
+		t.Fatalf("a server that stays up was refused: %v", err)
+	}
+	if err := a.Commit("hello"); err != nil {
+		t.Fatal(err)
+	}
+	b = k.bundleBytes(spec{Version: "1.2.0", Sequence: 7, Probe: &protocol.Probe{Args: []string{"--version"}, Match: `^1\.2\.\d+$`, Timeout: protocol.Duration(10 * time.Second)}})
+	if _, err := a.Install(context.Background(), bytes.NewReader(b), nil); err != nil {
+		t.Fatalf("output matching the probe's pattern was refused: %v", err)
+	}
+}
+
+// A rollback asked for by hand on a first install refuses and changes
+// nothing: the app stays on trial, its record and binary untouched.
+func TestRollbackByHandOfFirstInstallChangesNothing(t *testing.T) {
+	k := newKit(t)
+	a := k.open(Options{})
+	k.install(a, k.bundle(spec{Version: "1.0.0", Sequence: 1}))
+	before := k.snap(a)
+	if err := a.CanRollback("hello"); !errors.Is(err, ErrNoPrevious) {
+		t.Fatalf("CanRollback: %v, want ErrNoPrevious", err)
+	}
+	err := a.RollbackByHand("hello", "by hand")
+	if !errors.Is(err, ErrNoPrevious) || !strings.Contains(err.Error(), "nothing was changed") || !strings.Contains(err.Error(), "first version installed") {
+		t.Fatalf("rollback by hand of a first install: %v", err)
+	}
+	if after := k.snap(a); after != before {
+		t.Fatalf("a refused rollback changed things:\nbefore %+v\nafter  %+v", before, after)
+	}
+	if st := appStatus(t, a, "hello"); st.State != StateTrial {
+		t.Fatalf("state %s, want still on trial", st.State)
 	}
 }

@@ -154,6 +154,7 @@ type Supervisor struct {
 	ring     []string
 	ringNext int
 	ringFull bool
+	lines    uint64 // output lines since the supervisor started
 
 	exits   chan Exit
 	reqs    chan restartReq
@@ -291,6 +292,32 @@ func (s *Supervisor) Output() []string {
 	return out
 }
 
+// OutputSince returns at most n of the last output lines numbered above
+// after (lines are numbered from 1 since the supervisor started), oldest
+// first, and the number of the last line printed: the after of the next
+// call.
+func (s *Supervisor) OutputSince(after uint64, n int) ([]string, uint64) {
+	out := s.Output()
+	s.mu.Lock()
+	total := s.lines
+	s.mu.Unlock()
+	// out holds lines total-len(out)+1 .. total (Output and the count are
+	// read apart; a line printed in between is only numbered one late).
+	first := total - uint64(min(uint64(len(out)), total)) + 1
+	if after >= first {
+		skip := after - first + 1
+		if skip >= uint64(len(out)) {
+			out = nil
+		} else {
+			out = out[skip:]
+		}
+	}
+	if n > 0 && len(out) > n {
+		out = out[len(out)-n:]
+	}
+	return out, total
+}
+
 // Done is closed when the supervisor has stopped.
 func (s *Supervisor) Done() <-chan struct{} { return s.done }
 
@@ -304,6 +331,7 @@ func (s *Supervisor) addLine(line string) {
 		line = line[:s.opts.MaxLineLength] + "…"
 	}
 	s.mu.Lock()
+	s.lines++
 	s.ring[s.ringNext] = line
 	s.ringNext++
 	if s.ringNext == len(s.ring) {

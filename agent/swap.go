@@ -101,6 +101,19 @@ func (a *Agent) Commit(app string) error {
 // anti-rollback floor keeps the rolled-back release's sequence, so the same
 // release is not installed again.
 func (a *Agent) Rollback(app, reason string) error {
+	return a.rollbackApp(app, reason, false)
+}
+
+// RollbackByHand is Rollback asked for by a person (edgefleet-agent
+// rollback, the control socket): when there is no previous binary it
+// refuses and changes nothing — a first install on trial stays on trial.
+func (a *Agent) RollbackByHand(app, reason string) error {
+	return a.rollbackApp(app, reason, true)
+}
+
+// CanRollback says, without changing anything, whether RollbackByHand
+// would refuse for lack of a previous binary (nil: it may proceed).
+func (a *Agent) CanRollback(app string) error {
 	c, ok := a.cfg.App(app)
 	if !ok {
 		return fmt.Errorf("roll back %q: %w", app, ErrUnknownApp)
@@ -114,6 +127,48 @@ func (a *Agent) Rollback(app, reason string) error {
 	if err != nil {
 		return err
 	}
+	return noPreviousByHand(c, r)
+}
+
+// noPreviousByHand is the refusal of a rollback by hand with nothing to go
+// back to; nil when there may be (in-flight states are recovered first).
+func noPreviousByHand(c *AppConfig, r *record) error {
+	switch r.State {
+	case StateStaging, StateStaged, StateSwapping, StateRollingBack:
+		return nil
+	}
+	if r.PreviousSHA256 != "" {
+		return nil
+	}
+	if r.Version == "" {
+		return fmt.Errorf("%s has nothing installed, so there is nothing to roll back; nothing was changed: %w", c.Name, ErrNoPrevious)
+	}
+	next := "install a fixed release with a higher sequence (sideload it, or publish it)"
+	if r.State == StateTrial {
+		next = "its trial goes on (the daemon marks it failed if it fails); to replace it, " + next
+	}
+	return fmt.Errorf("%s %s is the first version installed here, so there is no previous binary to go back to; nothing was changed: %s: %w", c.Name, r.Version, next, ErrNoPrevious)
+}
+
+func (a *Agent) rollbackApp(app, reason string, byHand bool) error {
+	c, ok := a.cfg.App(app)
+	if !ok {
+		return fmt.Errorf("roll back %q: %w", app, ErrUnknownApp)
+	}
+	unlock, err := a.lock(app)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	r, err := a.load(app)
+	if err != nil {
+		return err
+	}
+	if byHand {
+		if err := noPreviousByHand(c, r); err != nil {
+			return err
+		}
+	}
 	switch r.State {
 	case StateStaging, StateStaged, StateSwapping, StateRollingBack:
 		if _, err := a.recoverApp(context.Background(), c, r, false); err != nil {
@@ -121,6 +176,11 @@ func (a *Agent) Rollback(app, reason string) error {
 		}
 		if r, err = a.load(app); err != nil {
 			return err
+		}
+		if byHand {
+			if err := noPreviousByHand(c, r); err != nil {
+				return err
+			}
 		}
 	}
 	return a.rollback(c, r, reason)

@@ -51,6 +51,8 @@ func (t *mqttTransport) subscribeAll() {
 	subs[desired] = 0
 	filters = append(filters, desired)
 	subs[t.syncTopic] = 0
+	subs[t.logsRequestTopic] = 0 // remote logs (§8.11)
+	filters = append(filters, t.logsRequestTopic)
 	nonce := randomHex(8)
 	t.syncNonce, t.syncStart = nonce, time.Now()
 	for _, ap := range t.apps {

@@ -205,6 +205,10 @@ type mqttTransport struct {
 	statusTopic   string
 	presenceTopic string
 	syncTopic     string
+	// Remote logs (logs.go): requests arrive on logsRequestTopic, replies
+	// go to logsTopic, at most logsRate a second.
+	logsRequestTopic, logsTopic string
+	logsLimit                   logsLimiter
 	// A sync round: the marker nonce sent after subscribing ("" when no
 	// round runs) and when it started.
 	syncNonce  string
@@ -292,6 +296,8 @@ func newMQTTTransport(d *Daemon) (*mqttTransport, error) {
 	t.statusTopic, _ = protocol.StatusTopic(d.cfg.DeviceID)
 	t.presenceTopic, _ = protocol.PresenceTopic(d.cfg.DeviceID)
 	t.syncTopic, _ = protocol.SyncTopic(d.cfg.DeviceID)
+	t.logsRequestTopic, _ = protocol.LogsRequestTopic(d.cfg.DeviceID)
+	t.logsTopic, _ = protocol.LogsTopic(d.cfg.DeviceID)
 	o := paho.NewClientOptions().
 		SetClientID(d.cfg.DeviceID).
 		SetCleanSession(false).
@@ -512,6 +518,10 @@ func (t *mqttTransport) message(ctx context.Context, topic string, payload []byt
 		t.chunk(ctx, tp, payload)
 	case protocol.KindDelta:
 		t.deltaMessage(ctx, tp, topic, payload)
+	case protocol.KindLogsRequest:
+		if tp.Device == t.cfg.DeviceID {
+			t.logsRequest(ctx, payload)
+		}
 	case protocol.KindSync:
 		if tp.Device == t.cfg.DeviceID && t.syncNonce != "" && string(payload) == t.syncNonce {
 			t.syncDone(ctx, true)

@@ -101,8 +101,8 @@ func DefaultACL() *ACL {
 	p := protocol.TopicPrefix
 	return &ACL{Roles: map[string]RoleRules{
 		RoleDevice: {
-			Read:  []string{p + "release/#", p + "rollout/#", p + "chunks/#", p + "delta/#", p + "device/%u/desired/#", p + "device/%u/sync"},
-			Write: []string{p + "device/%u/status", p + "device/%u/online", p + "device/%u/sync"},
+			Read:  []string{p + "release/#", p + "rollout/#", p + "chunks/#", p + "delta/#", p + "device/%u/desired/#", p + "device/%u/sync", p + "device/%u/logs/request"},
+			Write: []string{p + "device/%u/status", p + "device/%u/online", p + "device/%u/sync", p + "device/%u/logs"},
 		},
 		RoleOperator: {
 			Read:  []string{"#"},

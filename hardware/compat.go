@@ -162,21 +162,56 @@ func (c CPUFacts) armHaveText() string {
 	return arch + " without VFP"
 }
 
-// SuggestedProfile is the built-in profile name that best fits this CPU
-// ("linux-armv6", "linux-amd64-v3", ...), for messages and defaults.
+// SuggestedProfile is the built-in profile this CPU runs that most
+// devices run: the most widely compatible one ("linux-amd64" on an
+// x86-64-v3 CPU too, "linux-armv5" on any ARM with Linux), for messages
+// and defaults. See RunnableProfiles for all of them.
 func (c CPUFacts) SuggestedProfile() string {
+	if ps := c.RunnableProfiles(); len(ps) > 0 {
+		return ps[0].Name
+	}
 	switch c.GOARCH {
 	case "arm":
 		if c.ARMLevel >= 5 {
 			return fmt.Sprintf("linux-armv%d", c.ARMLevel)
 		}
 	case "amd64":
-		if c.AMD64Level >= 3 {
-			return "linux-amd64-v3"
-		}
 		return "linux-amd64"
 	}
 	return "linux-" + c.GOARCH
+}
+
+// suggestion is the "publish ..." advice of a refusal: a build of the
+// most widely compatible profile, and the more specific ones this CPU
+// also runs.
+func (c CPUFacts) suggestion() string {
+	ps := c.RunnableProfiles()
+	if len(ps) == 0 {
+		return "a " + c.SuggestedProfile() + " build for this device"
+	}
+	s := "a " + ps[0].Name + " build for this device"
+	if len(ps) > 1 {
+		var more []string
+		for _, p := range ps[1:] {
+			more = append(more, p.Name)
+		}
+		s += " (the most widely compatible profile it runs; it also runs " + strings.Join(more, ", ") + ")"
+	}
+	return s
+}
+
+// RunnableProfiles lists the built-in profiles (not the boards) whose
+// builds this CPU runs, the most widely compatible first (armv5 before
+// armv6 before armv7, amd64 before amd64-v3), ties in the built-in order.
+func (c CPUFacts) RunnableProfiles() []Profile {
+	var out []Profile
+	for _, p := range Profiles() {
+		if c.canRun(TargetFor(p), func() string { return "" }) == nil {
+			out = append(out, p)
+		}
+	}
+	sort.SliceStable(out, func(i, j int) bool { return specificity(TargetFor(out[i])) < specificity(TargetFor(out[j])) })
+	return out
 }
 
 // CanRun reports whether an executable built for t can run on this CPU:
@@ -194,18 +229,24 @@ func (c CPUFacts) SuggestedProfile() string {
 // dies with SIGILL, golang/go#18880) — the on-device probe catches that
 // before the swap, and every built-in MIPS profile is softfloat.
 func (c CPUFacts) CanRun(t Target) error {
+	return c.canRun(t, c.suggestion)
+}
+
+// canRun is CanRun; suggest names what to publish instead (it is not
+// called when the target runs).
+func (c CPUFacts) canRun(t Target, suggest func() string) error {
 	if t.GOOS != "" && t.GOOS != runtime.GOOS {
-		return refuse("this release is built for %s but this device runs %s; publish a %s build for this device", t.GOOS, runtime.GOOS, c.SuggestedProfile())
+		return refuse("this release is built for %s but this device runs %s; publish %s", t.GOOS, runtime.GOOS, suggest())
 	}
 	if t.GOARCH != c.GOARCH {
-		return refuse("this release is built for %s but this agent runs as %s/%s (%s); publish a %s build for this device", t, runtime.GOOS, c.GOARCH, c, c.SuggestedProfile())
+		return refuse("this release is built for %s but this agent runs as %s/%s (%s); publish %s", t, runtime.GOOS, c.GOARCH, c, suggest())
 	}
 	want, err := t.wantELF()
 	if err != nil {
 		return err
 	}
 	if have, ok := elfFor(c.GOARCH); ok && want != have {
-		return refuse("this release is a %s executable but this CPU runs %s ones; publish a %s build for this device", want, have, c.SuggestedProfile())
+		return refuse("this release is a %s executable but this CPU runs %s ones; publish %s", want, have, suggest())
 	}
 	switch c.GOARCH {
 	case "arm":
@@ -218,7 +259,7 @@ func (c CPUFacts) CanRun(t Target) error {
 			if c.Platform != "" {
 				cpuName += " (" + c.Platform + ")"
 			}
-			return refuse("this release needs %s (GOARM=%d) but %s is %s (AT_HWCAP %#x: %s), which runs GOARM=%d at most; publish a %s build for this device", armNeedText[need], need, cpuName, c.armHaveText(), c.HWCAP, armHWCAPText(c.HWCAP), c.ARMLevel, c.SuggestedProfile())
+			return refuse("this release needs %s (GOARM=%d) but %s is %s (AT_HWCAP %#x: %s), which runs GOARM=%d at most; publish %s", armNeedText[need], need, cpuName, c.armHaveText(), c.HWCAP, armHWCAPText(c.HWCAP), c.ARMLevel, suggest())
 		}
 	case "amd64":
 		need, err := goamd64Level(t.GOAMD64)
@@ -226,7 +267,7 @@ func (c CPUFacts) CanRun(t Target) error {
 			return err
 		}
 		if need > c.AMD64Level {
-			return refuse("this release needs x86-64-v%d (GOAMD64=v%d) but this CPU supports only x86-64-v%d (CPUID lacks %s); publish a %s build for this device", need, need, c.AMD64Level, strings.Join(c.missingX86(need), ", "), c.SuggestedProfile())
+			return refuse("this release needs x86-64-v%d (GOAMD64=v%d) but this CPU supports only x86-64-v%d (CPUID lacks %s); publish %s", need, need, c.AMD64Level, strings.Join(c.missingX86(need), ", "), suggest())
 		}
 	case "mips", "mipsle":
 		if t.GOMIPS != "" && t.GOMIPS != "hardfloat" && t.GOMIPS != "softfloat" {
@@ -325,3 +366,7 @@ func BestProfile(c CPUFacts, candidates []string, set *Set) (string, error) {
 	sort.SliceStable(fits, func(i, j int) bool { return fits[i].score > fits[j].score })
 	return fits[0].name, nil
 }
+
+// Specificity ranks targets of one GOARCH: higher is more capable code
+// (GOARM=7 over 6, GOAMD64=v3 over v1, MIPS softfloat over hardfloat).
+func Specificity(t Target) int { return specificity(t) }

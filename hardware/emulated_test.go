@@ -128,7 +128,7 @@ func TestCanRunMessages(t *testing.T) {
 		if err == nil {
 			t.Fatal("a GOARM=7 release was accepted on an ARM1176")
 		}
-		for _, want := range []string{"needs ARMv7 with VFPv3 (GOARM=7)", "this CPU (v6l) is ARMv6 with VFPv2", "AT_HWCAP 0x", "no VFPv3", "GOARM=6 at most", "publish a linux-armv6 build"} {
+		for _, want := range []string{"needs ARMv7 with VFPv3 (GOARM=7)", "this CPU (v6l) is ARMv6 with VFPv2", "AT_HWCAP 0x", "no VFPv3", "GOARM=6 at most", "publish a linux-armv5 build for this device (the most widely compatible profile it runs; it also runs linux-armv6)"} {
 			if !strings.Contains(err.Error(), want) {
 				t.Errorf("message lacks %q:\n%v", want, err)
 			}
@@ -155,7 +155,7 @@ func TestCanRunMessages(t *testing.T) {
 		if err == nil {
 			t.Fatal("a GOAMD64=v3 release was accepted on qemu64")
 		}
-		for _, want := range []string{"needs x86-64-v3 (GOAMD64=v3)", "only x86-64-v1", "avx2", "popcnt", "publish a linux-amd64 build"} {
+		for _, want := range []string{"needs x86-64-v3 (GOAMD64=v3)", "only x86-64-v1", "avx2", "popcnt", "publish a linux-amd64 build for this device"} {
 			if !strings.Contains(err.Error(), want) {
 				t.Errorf("message lacks %q:\n%v", want, err)
 			}
@@ -236,7 +236,7 @@ func TestBestProfileEmulated(t *testing.T) {
 				if err == nil || !errors.Is(err, ErrIncompatible) {
 					t.Fatalf("BestProfile = %q, %v; want an ErrIncompatible refusal", got, err)
 				}
-				for _, want := range []string{"linux-armv7: this release needs ARMv7", "linux-arm64: this release is built for linux/arm64", "publish a linux-armv6 build"} {
+				for _, want := range []string{"linux-armv7: this release needs ARMv7", "linux-arm64: this release is built for linux/arm64", "publish a linux-armv5 build"} {
 					if !strings.Contains(err.Error(), want) {
 						t.Errorf("refusal lacks %q:\n%v", want, err)
 					}

@@ -300,7 +300,10 @@ func (s *Set) ParseProfiles(b []byte) ([]Profile, error) {
 	dec.KnownFields(true)
 	var f ProfilesFile
 	if err := dec.Decode(&f); err != nil {
-		return nil, err
+		if strings.Contains(err.Error(), "!!seq into") {
+			return nil, fmt.Errorf("%v: the file is a list, but it must be a mapping with the list under a top-level 'profiles:' key, e.g.\n  profiles:\n    - name: my-board\n      base: linux-armv7\n      max_binary_size: 6MiB\n(see docs/profiles.md)", err)
+		}
+		return nil, fmt.Errorf("%v (the format is in docs/profiles.md)", err)
 	}
 	if len(f.Profiles) == 0 {
 		return nil, errors.New("no profiles: the file needs a top-level 'profiles:' list")

@@ -207,3 +207,27 @@ func TestProfilesFile(t *testing.T) {
 		}
 	}
 }
+
+// The refusal on a capable CPU suggests the most widely compatible profile
+// it runs (plain linux-amd64 on an x86-64-v3 CPU), and names the others.
+func TestSuggestionIsMostWidelyCompatible(t *testing.T) {
+	c := CPUFacts{GOARCH: "amd64", AMD64Level: 3}
+	var names []string
+	for _, p := range c.RunnableProfiles() {
+		names = append(names, p.Name)
+	}
+	if strings.Join(names, ",") != "linux-amd64,linux-amd64-v3" {
+		t.Fatalf("runnable profiles %v", names)
+	}
+	arm64, err := DefaultSet().Lookup("linux-arm64")
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = c.CanRun(TargetFor(arm64))
+	if err == nil || !strings.Contains(err.Error(), "publish a linux-amd64 build for this device (the most widely compatible profile it runs; it also runs linux-amd64-v3)") {
+		t.Fatalf("refusal: %v", err)
+	}
+	if got := c.SuggestedProfile(); got != "linux-amd64" {
+		t.Fatalf("SuggestedProfile %q", got)
+	}
+}

@@ -6,19 +6,23 @@
 //
 //	resolve      go list the package and its dependencies
 //	version-var  refuse unless the -X variable is a package-level string var
+//	             (the default main.version may be absent: nothing is stamped, with a note)
 //	build        go build with CGO_ENABLED=0, -trimpath, -s -w, -buildid=, -X, GOARM/GOAMD64/GOMIPS explicit
 //	static       debug/elf: no PT_INTERP, no DT_NEEDED; record ELF class, machine, byte order
 //	upx          upx <args>, then upx -t (skipped unless the profile asks;
 //	             args: hardware.Profile.UPXArguments, per-GOARCH defaults)
 //	budget       the final executable must fit max_binary_size; if not, list the biggest packages and symbols
 //	probe        run the final executable under qemu-user with the profile's CPU model
+//	             (Options.Probe, or chosen per profile: see probe.go)
 //	compress     xz with the profile's dictionary size (or encoding none)
 //	hash         payload size, sha256 and per-chunk hashes
 //	sign         minisign signature over the exact manifest bytes
 //	write        <app>_<version>_<profile>.efb, atomically
 //
 // Profiles build concurrently (Options.Jobs). Sign and write run only after
-// every profile passed every check, so a failed pack writes no bundle.
+// every profile passed every check, so a failed pack writes no bundle. A
+// failed version-var check or budget does not stop the other checks: one
+// run reports every problem it can find.
 //
 // # Pack cache
 //

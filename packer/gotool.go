@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"go/ast"
 	"go/parser"
@@ -11,6 +12,7 @@ import (
 	"io"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -82,6 +84,10 @@ func (p *pack) cgoPackages(ctx context.Context, j *job) ([]string, error) {
 	return out, nil
 }
 
+// errVarMissing marks a checkVersionVar error for a variable that is not
+// declared at all (rather than declared in a way -X cannot set).
+var errVarMissing = errors.New("")
+
 // checkVersionVar refuses unless name (e.g. "version") is a package-level
 // string var in gp, declared so that -X can set it: `var version string`,
 // `var version = "dev"` or `var version string = "dev"`.
@@ -124,8 +130,8 @@ func checkVersionVar(gp goPackage, fullName, name string) error {
 			}
 		}
 	}
-	return fmt.Errorf("package %s (%s) has no package-level variable %q, so go build -X %s=... would be silently ignored; declare `var %s = \"dev\"` or point --version-var at the right variable: %w",
-		gp.ImportPath, gp.Dir, name, fullName, name, ErrVersionVar)
+	return fmt.Errorf("package %s (%s) has no package-level variable %q, so go build -X %s=... would be silently ignored; declare `var %s = \"dev\"`, point --version-var at the right variable, or pass --version-var '' to pack without stamping: %w%w",
+		gp.ImportPath, gp.Dir, name, fullName, name, ErrVersionVar, errVarMissing)
 }
 
 func checkVarSpec(vs *ast.ValueSpec, i int, fullName, name, pos string) error {
@@ -287,4 +293,36 @@ func sizeString(n int64) string {
 		return fmt.Sprintf("%.1fKiB", float64(n)/(1<<10))
 	}
 	return fmt.Sprintf("%dB", n)
+}
+
+// pseudoVersion matches the tail of a Go pseudo-version
+// (v0.0.0-20200101000000-abcdef123456, v1.2.4-0.2020...).
+var pseudoVersion = regexp.MustCompile(`[-.]\d{14}-[0-9a-f]{12}(\+incompatible)?$`)
+
+// ModuleVersion is the version of the module that provides pkg, as go
+// list (and later `go version -m` on the binary) reports it, without the
+// v: "0.1.5" for a program packed by import path from a module that
+// requires it at v0.1.5. It is "" for the main module (go list knows no
+// version for it) or a pseudo-version (not a release). dir is where go
+// runs; a directory path pkg runs from inside it.
+func ModuleVersion(ctx context.Context, goCmd, dir, pkg string) (string, error) {
+	if goCmd == "" {
+		goCmd = "go"
+	}
+	if isDirPath(pkg) {
+		dir, pkg = pkg, "."
+	}
+	cmd := exec.CommandContext(ctx, goCmd, "list", "-f", "{{with .Module}}{{.Version}}{{end}}", "--", pkg)
+	cmd.Dir = dir
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return "", fmt.Errorf("go list %s: %v: %s", pkg, err, strings.TrimSpace(stderr.String()))
+	}
+	v := strings.TrimSpace(string(out))
+	if v == "" || pseudoVersion.MatchString(v) {
+		return "", nil
+	}
+	return NormalizeVersion(v), nil
 }

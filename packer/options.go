@@ -1,6 +1,7 @@
 package packer
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -43,8 +44,8 @@ type Options struct {
 	// App is the app name in the manifest and the bundle file name.
 	// Default: the base name of the package's directory.
 	App string
-	// Version is the semantic version (no leading v) stamped with -X and
-	// signed. Required.
+	// Version is the semantic version stamped with -X and signed.
+	// Required. Go's tag style (v1.2.3) is accepted: Validate drops the v.
 	Version string
 	// Sequence is the monotonic release number per app: devices refuse a
 	// sequence lower than the one installed. Required, at least 1.
@@ -68,8 +69,13 @@ type Options struct {
 	// payload. Default 0.5.
 	DeltaMaxShare float64
 	// VersionVar is the variable -X sets, "<import path>.<name>".
-	// Default: DefaultVersionVar ("main.version").
+	// Default: DefaultVersionVar ("main.version"), and then optional: a
+	// program that does not declare it is packed without stamping and the
+	// version-var step says so (the version still lives in the signed
+	// manifest). A variable named here must exist.
 	VersionVar string
+	// NoStamp packs without -X: the version is only in the manifest.
+	NoStamp bool
 	// UPX is the upx program. Default: "upx" on PATH, looked up only when
 	// a profile asks for UPX.
 	UPX string
@@ -84,7 +90,10 @@ type Options struct {
 	// release after it.
 	Expires *time.Time
 	// Probe is the check the device runs before swapping, also run here
-	// under qemu-user. Nil: DefaultProbe(Version).
+	// under qemu-user. Nil: chosen per profile under emulation (see
+	// AutoProbes): `--version` printing the version, else `--version` or
+	// `-h` exiting 0; without an emulator, DefaultProbe(Version) when the
+	// version was stamped, else no probe.
 	Probe *protocol.Probe
 	// NoProbe leaves the probe out of the manifests and skips the
 	// emulated run.
@@ -129,6 +138,10 @@ type Options struct {
 
 	// lookupEnv reads SOURCE_DATE_EPOCH; tests replace it.
 	lookupEnv func(string) (string, bool)
+	// autoProbe: Probe was nil, so each profile picks one (AutoProbes).
+	autoProbe bool
+	// optionalVar: VersionVar took its default, so it may be missing.
+	optionalVar bool
 }
 
 // DefaultProbe is the probe used when Options.Probe is nil: `--version`
@@ -137,16 +150,33 @@ func DefaultProbe(version string) *protocol.Probe {
 	return &protocol.Probe{Args: []string{"--version"}, Expect: version, Timeout: protocol.Duration(DefaultProbeTimeout)}
 }
 
+// NormalizeVersion drops the v of Go's tag style (v1.2.3 -> 1.2.3) when
+// the rest is a semantic version; anything else is returned unchanged.
+func NormalizeVersion(v string) string {
+	if len(v) > 1 && (v[0] == 'v' || v[0] == 'V') && protocol.CheckVersion(v[1:]) == nil {
+		return v[1:]
+	}
+	return v
+}
+
 // Validate fills defaults and checks the options. It normalizes the
-// profiles in place.
+// profiles in place. It reports every problem it finds, joined, each
+// wrapping ErrOptions.
 func (o *Options) Validate() error {
+	var errs []error
 	bad := func(format string, a ...any) error {
-		return fmt.Errorf(format+": %w", append(a, ErrOptions)...)
+		errs = append(errs, fmt.Errorf(format+": %w", append(a, ErrOptions)...))
+		return nil
 	}
+	o.validate(bad)
+	return errors.Join(errs...)
+}
+
+func (o *Options) validate(bad func(string, ...any) error) {
 	if o.Package == "" {
-		return bad("no package to pack: give the main package, e.g. ./cmd/myapp")
+		bad("no package to pack: give the main package, e.g. ./cmd/myapp")
 	}
-	if o.Dir == "" {
+	if o.Dir == "" && o.Package != "" {
 		o.Dir = "."
 		// A directory path (./cmd/app, ../other/cmd/app, /abs/app) is
 		// built from inside that directory, so the module that holds it
@@ -155,57 +185,62 @@ func (o *Options) Validate() error {
 		if isDirPath(o.Package) {
 			abs, err := filepath.Abs(o.Package)
 			if err != nil {
-				return bad("package %s: %v", o.Package, err)
+				bad("package %s: %v", o.Package, err)
+			} else if st, err := os.Stat(abs); err != nil || !st.IsDir() {
+				bad("package %s is not a directory", o.Package)
+			} else {
+				o.Dir, o.Package = abs, "."
 			}
-			if st, err := os.Stat(abs); err != nil || !st.IsDir() {
-				return bad("package %s is not a directory", o.Package)
-			}
-			o.Dir, o.Package = abs, "."
 		}
 	}
 	if o.App != "" && !protocol.ValidApp(o.App) {
-		return bad("app name %q is not valid: use lower-case letters, digits, '.', '_' and '-' (at most 64)", o.App)
+		bad("app name %q is not valid: use lower-case letters, digits, '.', '_' and '-' (at most 64)", o.App)
 	}
-	if err := protocol.CheckVersion(o.Version); err != nil {
-		return bad("%v", err)
+	o.Version = NormalizeVersion(o.Version)
+	if o.Version == "" {
+		bad("no version: give the release's semantic version, e.g. 1.4.0")
+	} else if err := protocol.CheckVersion(o.Version); err != nil {
+		bad("%v", err)
 	}
 	if o.Sequence == 0 {
-		return bad("sequence must be at least 1: it is the anti-rollback counter devices compare")
+		bad("sequence must be at least 1: it is the anti-rollback counter devices compare")
 	}
 	if o.Key.ID() == 0 {
-		return bad("no signing key: load one with protocol.ParsePrivateKey (edgefleet keygen makes one)")
+		bad("no signing key: load one with protocol.ParsePrivateKey (edgefleet keygen makes one)")
 	}
 	if len(o.Profiles) == 0 {
-		return bad("no profiles: pick at least one (edgefleet profiles lists them)")
+		bad("no profiles: pick at least one (edgefleet profiles lists them)")
 	}
 	seen := map[string]bool{}
 	for i := range o.Profiles {
 		if err := o.Profiles[i].Normalize(); err != nil {
-			return bad("%v", err)
+			bad("%v", err)
+			continue
 		}
 		if seen[o.Profiles[i].Name] {
-			return bad("profile %s given twice", o.Profiles[i].Name)
+			bad("profile %s given twice", o.Profiles[i].Name)
 		}
 		seen[o.Profiles[i].Name] = true
 	}
 	if o.OutDir == "" {
-		return bad("no output directory")
+		bad("no output directory")
 	}
 	if o.VersionVar == "" {
 		o.VersionVar = DefaultVersionVar
+		o.optionalVar = true
 	}
 	if i := strings.LastIndex(o.VersionVar, "."); i <= 0 || i == len(o.VersionVar)-1 {
-		return bad("version variable %q must look like main.version or example.com/pkg/buildinfo.Version", o.VersionVar)
+		bad("version variable %q must look like main.version or example.com/pkg/buildinfo.Version", o.VersionVar)
 	}
 	if o.DeltaMaxShare == 0 {
 		o.DeltaMaxShare = 0.5
 	}
 	if o.DeltaMaxShare < 0 || o.DeltaMaxShare > 1 {
-		return bad("delta max share %v outside (0, 1]", o.DeltaMaxShare)
+		bad("delta max share %v outside (0, 1]", o.DeltaMaxShare)
 	}
 	for _, d := range o.DeltaFrom {
 		if _, err := os.Stat(d); err != nil {
-			return bad("--delta-from %s: %v; give earlier bundles (.efb) or a directory holding them", d, err)
+			bad("--delta-from %s: %v; give earlier bundles (.efb) or a directory holding them", d, err)
 		}
 	}
 	if o.Jobs <= 0 {
@@ -220,20 +255,26 @@ func (o *Options) Validate() error {
 		if s, ok := lookup("SOURCE_DATE_EPOCH"); ok && s != "" {
 			n, err := strconv.ParseInt(s, 10, 64)
 			if err != nil || n < 0 {
-				return bad("SOURCE_DATE_EPOCH=%q is not a number of seconds since 1970", s)
+				bad("SOURCE_DATE_EPOCH=%q is not a number of seconds since 1970", s)
 			}
 			o.Created = time.Unix(n, 0)
 		}
 	}
 	o.Created = o.Created.UTC().Truncate(time.Second)
 	if o.Expires != nil && !o.Expires.After(o.Created) {
-		return bad("expiry %s is not after the creation time %s", o.Expires.UTC().Format(time.RFC3339), o.Created.Format(time.RFC3339))
+		bad("expiry %s is not after the creation time %s", o.Expires.UTC().Format(time.RFC3339), o.Created.Format(time.RFC3339))
 	}
-	if o.Probe == nil && !o.NoProbe {
-		o.Probe = DefaultProbe(o.Version)
-	}
+	o.autoProbe = o.Probe == nil && !o.NoProbe
 	if o.NoProbe {
 		o.Probe = nil
+	}
+	if o.Probe != nil {
+		if o.Probe.Timeout <= 0 {
+			o.Probe.Timeout = protocol.Duration(DefaultProbeTimeout)
+		}
+		if err := o.Probe.Validate(); err != nil {
+			bad("%v", err)
+		}
 	}
 	if o.ProbeTimeout <= 0 {
 		o.ProbeTimeout = DefaultEmulatedProbeTimeout
@@ -243,13 +284,13 @@ func (o *Options) Validate() error {
 		o.Encoding = protocol.EncodingXZ
 	case protocol.EncodingXZ, protocol.EncodingNone:
 	default:
-		return bad("payload encoding %q: want xz or none", o.Encoding)
+		bad("payload encoding %q: want xz or none", o.Encoding)
 	}
 	if o.GoCmd == "" {
 		o.GoCmd = "go"
 	}
 	if o.CacheMaxBytes < 0 {
-		return bad("cache size bound %d is negative", o.CacheMaxBytes)
+		bad("cache size bound %d is negative", o.CacheMaxBytes)
 	}
 	if o.CacheMaxBytes == 0 {
 		o.CacheMaxBytes = DefaultCacheMaxBytes
@@ -267,7 +308,6 @@ func (o *Options) Validate() error {
 			o.CacheDir = filepath.Join(d, "edgefleet", "pack")
 		}
 	}
-	return nil
 }
 
 // isDirPath reports whether pkg is written as a filesystem path rather

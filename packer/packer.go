@@ -56,6 +56,10 @@ type Result struct {
 	UnstrippedSize int64 `json:"unstripped_size,omitempty"`
 	// UPXSize is the executable after UPX; 0 without UPX.
 	UPXSize int64 `json:"upx_size,omitempty"`
+	// PayloadWithoutUPX is what the payload would be without UPX (the
+	// stripped executable, same encoding), measured when UPX ran, so the
+	// table shows UPX's gain on the wire: often none after xz.
+	PayloadWithoutUPX int64 `json:"payload_without_upx,omitempty"`
 	// ExecutableSize is the final executable, what the budget applies to.
 	ExecutableSize int64 `json:"executable_size"`
 	// PayloadSize is the encoded payload: the bytes on the wire.
@@ -89,7 +93,10 @@ type step struct {
 	early bool
 	// final steps run after every profile passed the checks.
 	final bool
-	run   func(ctx context.Context, p *pack, j *job) (skip string, err error)
+	// soft steps let the profile go on after they fail, so one pack
+	// reports every problem; afterFailure steps still run then.
+	soft, afterFailure bool
+	run                func(ctx context.Context, p *pack, j *job) (skip string, err error)
 }
 
 // StepInfo describes a pipeline step.
@@ -118,6 +125,8 @@ type pack struct {
 	main goPackage
 	deps map[string]goPackage
 	app  string
+	// stamped: the version variable was checked and -X sets it.
+	stamped bool
 
 	cache     *cache // nil: no cache (Options.NoCache, or it could not be opened)
 	cacheNote string // where the cache is, or why there is none
@@ -151,6 +160,7 @@ type job struct {
 	exe        protocol.Executable
 	pl         protocol.Payload
 	rawM, sig  []byte
+	probe      *protocol.Probe // the probe for the manifest; nil: none
 
 	// notes are added to a step's detail: "(cached)", or what went wrong
 	// with the cache (never a failure of the pack).
@@ -227,7 +237,7 @@ func Pack(ctx context.Context, o Options) ([]Result, error) {
 	buildCtx, cancelBuilds := context.WithCancel(ctx)
 	defer cancelBuilds()
 	onceDone := make(chan struct{})
-	var onceErr error
+	var onceErr, varErr error
 	go func() {
 		defer close(onceDone)
 		for _, s := range pipeline {
@@ -235,6 +245,12 @@ func Pack(ctx context.Context, o Options) ([]Result, error) {
 				continue
 			}
 			if err := p.runStep(ctx, s, nil); err != nil {
+				if s.name == "version-var" {
+					// The builds and their checks go on, so this pack
+					// reports their problems too.
+					varErr = err
+					continue
+				}
 				onceErr = err
 				p.aborted.Store(true)
 				cancelBuilds()
@@ -258,8 +274,13 @@ func Pack(ctx context.Context, o Options) ([]Result, error) {
 			}
 			defer func() { <-sem }()
 			resolved := false
+			var failed []error
+			defer func() { j.res.Err = errors.Join(failed...) }()
 			for _, s := range pipeline {
 				if s.once || s.final {
+					continue
+				}
+				if len(failed) > 0 && !s.afterFailure {
 					continue
 				}
 				if !s.early && !resolved {
@@ -268,14 +289,16 @@ func Pack(ctx context.Context, o Options) ([]Result, error) {
 						return
 					}
 					if err := j.nameExecutable(p.app); err != nil {
-						j.res.Err = err
+						failed = append(failed, err)
 						return
 					}
 					resolved = true
 				}
 				if err := p.runStep(buildCtx, s, j); err != nil {
-					j.res.Err = err
-					return
+					failed = append(failed, err)
+					if !s.soft {
+						return
+					}
 				}
 			}
 		}()
@@ -290,6 +313,9 @@ func Pack(ctx context.Context, o Options) ([]Result, error) {
 	}
 
 	var errs []error
+	if varErr != nil {
+		errs = append(errs, varErr)
+	}
 	for _, j := range jobs {
 		if j.res.Err != nil {
 			errs = append(errs, j.res.Err)

@@ -16,7 +16,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/edgefleet/edgefleet/hardware"
@@ -32,8 +31,8 @@ var pipeline = []step{
 	{name: "build", early: true, doc: "go build with CGO_ENABLED=0, -trimpath, -ldflags \"-s -w -buildid= -X <var>=<version>\" and explicit GOARM/GOAMD64/GOMIPS", run: stepBuild},
 	{name: "static", doc: "debug/elf: no PT_INTERP, no DT_NEEDED; record ELF class, machine and byte order and the build facts", run: stepStatic},
 	{name: "upx", doc: "compress the executable with upx, then upx -t (only when the profile asks)", run: stepUPX},
-	{name: "budget", doc: "the final executable must fit the profile's max_binary_size; over it, list the biggest packages and symbols", run: stepBudget},
-	{name: "probe", doc: "run the final executable under qemu-user with the profile's CPU model and check the probe's output", run: stepProbe},
+	{name: "budget", soft: true, doc: "the final executable must fit the profile's max_binary_size; over it, list the biggest packages and symbols", run: stepBudget},
+	{name: "probe", afterFailure: true, doc: "run the final executable under qemu-user with the profile's CPU model and check the probe's output", run: stepProbe},
 	{name: "compress", doc: "encode the payload: xz with the profile's dictionary size, or none", run: stepCompress},
 	{name: "hash", doc: "payload size, sha256 and per-chunk sha256 for the manifest", run: stepHash},
 	{name: "sign", final: true, doc: "build the manifest and sign its exact bytes (minisign, ed25519)", run: stepSign},
@@ -76,6 +75,18 @@ func stepResolve(ctx context.Context, p *pack, _ *job) (string, error) {
 }
 
 func stepVersionVar(_ context.Context, p *pack, _ *job) (string, error) {
+	if p.o.NoStamp {
+		return "not stamping (no version variable): the version " + p.o.Version + " is only in the signed manifest", nil
+	}
+	skip, err := checkVersionVarStep(p)
+	if err != nil && p.o.optionalVar && errors.Is(err, errVarMissing) {
+		return fmt.Sprintf("the program declares no %s, so nothing is stamped: the version %s lives in the signed manifest (declare `var version = \"dev\"` to stamp it, or --version-var NAME)", p.o.VersionVar, p.o.Version), nil
+	}
+	p.stamped = err == nil
+	return skip, err
+}
+
+func checkVersionVarStep(p *pack) (string, error) {
 	i := strings.LastIndex(p.o.VersionVar, ".")
 	pkgPath, name := p.o.VersionVar[:i], p.o.VersionVar[i+1:]
 	gp := p.main
@@ -102,7 +113,10 @@ func (p *pack) buildEnv(j *job) []string {
 }
 
 func (p *pack) goBuild(ctx context.Context, j *job, out string, strip bool) error {
-	ld := "-buildid= -X " + p.o.VersionVar + "=" + p.o.Version
+	ld := "-buildid="
+	if !p.o.NoStamp {
+		ld += " -X " + p.o.VersionVar + "=" + p.o.Version
+	}
 	if strip {
 		ld = "-s -w " + ld
 	}
@@ -346,105 +360,6 @@ func (b *limitedBuffer) Write(p []byte) (int, error) {
 	return b.Buffer.Write(p)
 }
 
-func stepProbe(ctx context.Context, p *pack, j *job) (string, error) {
-	pr := p.o.Probe
-	if pr == nil {
-		j.res.Probe = "skipped: no probe"
-		return "no probe for this pack", nil
-	}
-	qemu := j.prof.QEMUBinary()
-	path, err := exec.LookPath(qemu)
-	if err != nil {
-		j.res.Probe = "skipped: no " + qemu
-		return fmt.Sprintf("%s not found: install qemu-user (scripts/test.sh does) to probe under emulation", qemu), nil
-	}
-	where := fmt.Sprintf("%s -cpu %s", qemu, j.prof.QEMUCPU)
-
-	// Only passes are cached: a failure runs again every time.
-	key := ""
-	if p.cache != nil {
-		if id, err := identifyTool(ctx, p.cache, path, false); err != nil {
-			j.note("probe", fmt.Sprintf("not cached: %v", err))
-		} else {
-			key = cacheKey(cacheProbe, j.finalSum, qemu, id.version, j.prof.QEMUCPU, strings.Join(pr.Args, "\x00"), pr.Expect)
-			var pass bytes.Buffer
-			hit, err := p.cache.get(cacheProbe, key, &pass)
-			if errors.Is(err, errCacheCorrupt) {
-				j.note("probe", "cache entry was corrupt, probed again")
-			}
-			if hit && pass.String() == probePass {
-				j.note("probe", "cached")
-				j.res.Probe, j.res.ProbeOK = "ok ("+where+")", true
-				return "", nil
-			}
-		}
-	}
-
-	ctx, cancel := context.WithTimeout(ctx, p.o.ProbeTimeout)
-	defer cancel()
-	args := []string{}
-	if j.prof.QEMUCPU != "" {
-		args = append(args, "-cpu", j.prof.QEMUCPU)
-	}
-	args = append(append(args, j.final), pr.Args...)
-	cmd := exec.CommandContext(ctx, path, args...)
-	cmd.Env = []string{"PATH=/usr/local/bin:/usr/bin:/bin"}
-	cmd.Dir = j.dir
-	stdout := &limitedBuffer{limit: maxProbeOutput}
-	stderr := &limitedBuffer{limit: 4 << 10}
-	cmd.Stdout, cmd.Stderr = stdout, stderr
-	runErr := cmd.Run()
-	fail := func(format string, a ...any) (string, error) {
-		msg := fmt.Sprintf(format, a...)
-		j.res.Probe = "FAILED: " + msg
-		return "", fmt.Errorf("probe `%s` under %s: %s: %w", strings.Join(pr.Args, " "), where, msg, ErrProbe)
-	}
-	if ctx.Err() == context.DeadlineExceeded {
-		return fail("no answer within %s", p.o.ProbeTimeout)
-	}
-	if runErr != nil {
-		var ee *exec.ExitError
-		if errors.As(runErr, &ee) {
-			if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
-				hint := ""
-				if ws.Signal() == syscall.SIGILL {
-					if j.res.UPXSize > 0 {
-						hint = fmt.Sprintf(" (illegal instruction: the UPX decompression stub or the program does not run on %s; try other upx_args such as [--best] without --lzma, another upx version, or upx: false for profile %s)", j.prof.QEMUCPU, j.prof.Name)
-					} else {
-						hint = fmt.Sprintf(" (illegal instruction: the binary needs a newer CPU than %s; check goarm/goamd64/gomips of profile %s)", j.prof.QEMUCPU, j.prof.Name)
-					}
-				}
-				return fail("killed by signal %s%s; stderr: %s", ws.Signal(), hint, strings.TrimSpace(stderr.String()))
-			}
-			return fail("exit status %d; stderr: %s", ee.ExitCode(), strings.TrimSpace(stderr.String()))
-		}
-		return fail("%v", runErr)
-	}
-	if pr.Expect != "" && !hasLine(stdout.String(), pr.Expect) {
-		return fail("printed %q, want a line %q", clip(stdout.String(), 200), pr.Expect)
-	}
-	j.res.Probe, j.res.ProbeOK = "ok ("+where+")", true
-	if key != "" {
-		if err := p.cache.put(cacheProbe, key, strings.NewReader(probePass)); err != nil {
-			j.note("probe", fmt.Sprintf("not cached: %v", err))
-		}
-	}
-	return "", nil
-}
-
-// probePass is the body of a cached probe pass.
-const probePass = "pass\n"
-
-func hasLine(out, want string) bool {
-	sc := bufio.NewScanner(strings.NewReader(out))
-	for sc.Scan() {
-		if strings.TrimSpace(sc.Text()) == want {
-			return true
-		}
-	}
-	return false
-}
-
 func clip(s string, n int) string {
 	if len(s) > n {
 		return s[:n] + "…"
@@ -452,7 +367,59 @@ func clip(s string, n int) string {
 	return s
 }
 
-func stepCompress(_ context.Context, p *pack, j *job) (string, error) {
+func stepCompress(ctx context.Context, p *pack, j *job) (string, error) {
+	skip, err := compressFinal(ctx, p, j)
+	if err != nil || skip != "" || j.res.UPXSize == 0 || p.o.Encoding != protocol.EncodingXZ {
+		return skip, err
+	}
+	// UPX ran: measure the payload without it, to report its gain.
+	sum, size, err := hashFile(j.stripped)
+	if err != nil {
+		return "", err
+	}
+	plain := filepath.Join(j.dir, "payload-without-upx.xz")
+	if err := p.compressCached(j, j.stripped, sum, plain); err != nil {
+		j.note("compress", fmt.Sprintf("could not measure the payload without UPX: %v", err))
+		return "", nil
+	}
+	fi, err := os.Stat(plain)
+	if err != nil {
+		return "", err
+	}
+	j.res.PayloadWithoutUPX = fi.Size()
+	withUPX, without := j.res.PayloadSize, fi.Size()
+	if float64(withUPX) >= 0.98*float64(without) { // under 2%: nothing worth a decompression at every start
+		how := "it still keeps the installed executable small"
+		if budget := int64(j.prof.MaxBinarySize); budget <= 0 || size <= budget {
+			how = fmt.Sprintf("the %s executable fits the budget without it: set upx: false for profile %s to ship it plain (no decompression at every start)", hardware.Size(size), j.prof.Name)
+		}
+		j.note("compress", fmt.Sprintf("UPX gains nothing on the wire after xz: %s with it, %s without; %s", hardware.Size(withUPX), hardware.Size(without), how))
+	} else {
+		j.note("compress", fmt.Sprintf("UPX saves %s on the wire (%s without it)", hardware.Size(without-withUPX), hardware.Size(without)))
+	}
+	return "", nil
+}
+
+// compressCached writes the xz payload of src (sha256 sum) to dst, from
+// the cache when it holds it.
+func (p *pack) compressCached(j *job, src, sum, dst string) error {
+	key := ""
+	if p.cache != nil {
+		key = cacheKey(cacheXZ, sum, p.o.Encoding, strconv.FormatInt(int64(j.prof.XZDictSize), 10), xzVersion())
+		if hit, _ := p.cache.getFile(cacheXZ, key, dst, 0o644); hit {
+			return nil
+		}
+	}
+	if err := compressXZ(src, dst, int(j.prof.XZDictSize), sum); err != nil {
+		return err
+	}
+	if key != "" {
+		p.cache.putFile(cacheXZ, key, dst)
+	}
+	return nil
+}
+
+func compressFinal(_ context.Context, p *pack, j *job) (string, error) {
 	j.encoding = p.o.Encoding
 	j.exe = protocol.Executable{Size: j.finalSize, SHA256: j.finalSum}
 	if p.o.Encoding == protocol.EncodingNone {
@@ -573,8 +540,8 @@ func stepSign(_ context.Context, p *pack, j *job) (string, error) {
 		e := p.o.Expires.UTC().Truncate(time.Second)
 		m.Expires = &e
 	}
-	if p.o.Probe != nil {
-		pr := *p.o.Probe
+	if j.probe != nil {
+		pr := *j.probe
 		m.Probe = &pr
 	}
 	raw, sig, err := protocol.SignManifest(m, p.o.Key)

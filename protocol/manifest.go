@@ -120,11 +120,95 @@ type Executable struct {
 }
 
 // Probe is a command line run against the new binary before the swap: it
-// must exit 0 within Timeout and, when Expect is set, print Expect.
+// must exit 0 within Timeout and, when Expect is set, print Expect; when
+// Match is set, its output must match that regular expression. With StayUp
+// set it must instead still be running after StayUp (a server); it is then
+// stopped. See SPEC.md §3.
 type Probe struct {
 	Args    []string `json:"args"`
 	Expect  string   `json:"expect,omitempty"`
+	Match   string   `json:"match,omitempty"`
+	StayUp  Duration `json:"stay_up,omitempty"`
 	Timeout Duration `json:"timeout"`
+}
+
+// CheckOutput says whether a probe's standard output passes Expect and
+// Match: the trimmed output must equal Expect, and Match (RE2 syntax,
+// unanchored, multi-line) must match it. A nil error means it passes.
+func (p *Probe) CheckOutput(stdout string) error {
+	got := strings.TrimSpace(stdout)
+	if p.Expect != "" && got != strings.TrimSpace(p.Expect) {
+		return fmt.Errorf("printed %q, expected %q", clipString(got, 200), p.Expect)
+	}
+	if p.Match != "" {
+		re, err := regexp.Compile("(?m)" + p.Match)
+		if err != nil {
+			return fmt.Errorf("probe match %q is not a regular expression: %v", p.Match, err)
+		}
+		if !re.MatchString(got) {
+			return fmt.Errorf("printed %q, which does not match %q", clipString(got, 200), p.Match)
+		}
+	}
+	return nil
+}
+
+// Describe is the probe in words: "--version must print \"1.2.3\"".
+func (p *Probe) Describe() string {
+	s := strings.Join(p.Args, " ")
+	if s == "" {
+		s = "(no arguments)"
+	}
+	switch {
+	case p.StayUp > 0:
+		s += fmt.Sprintf(" must stay up for %s", time.Duration(p.StayUp))
+	case p.Expect != "":
+		s += fmt.Sprintf(" must print %q", p.Expect)
+	case p.Match != "":
+		s += fmt.Sprintf(" must exit 0 printing a match of %q", p.Match)
+	default:
+		s += " must exit 0"
+	}
+	return s
+}
+
+// Validate checks the probe against the limits of SPEC.md §3.
+func (p *Probe) Validate() error {
+	if len(p.Args) > maxProbeArgs {
+		return fmt.Errorf("probe has %d arguments, at most %d", len(p.Args), maxProbeArgs)
+	}
+	for _, a := range p.Args {
+		if len(a) > maxStringLen {
+			return fmt.Errorf("probe argument longer than %d", maxStringLen)
+		}
+	}
+	if len(p.Expect) > maxStringLen {
+		return fmt.Errorf("probe expect longer than %d", maxStringLen)
+	}
+	if len(p.Match) > maxStringLen {
+		return fmt.Errorf("probe match longer than %d", maxStringLen)
+	}
+	if p.Match != "" {
+		if _, err := regexp.Compile(p.Match); err != nil {
+			return fmt.Errorf("probe match is not a regular expression: %v", err)
+		}
+	}
+	if p.StayUp < 0 || p.StayUp > 0 && p.StayUp >= p.Timeout {
+		return fmt.Errorf("probe stay_up %s outside 0..timeout %s", time.Duration(p.StayUp), time.Duration(p.Timeout))
+	}
+	if p.StayUp > 0 && (p.Expect != "" || p.Match != "") {
+		return fmt.Errorf("probe with stay_up cannot also expect output")
+	}
+	if p.Timeout <= 0 || time.Duration(p.Timeout) > MaxProbeTimeout {
+		return fmt.Errorf("probe timeout %s outside 0..%s", time.Duration(p.Timeout), MaxProbeTimeout)
+	}
+	return nil
+}
+
+func clipString(s string, n int) string {
+	if len(s) > n {
+		return s[:n] + "…"
+	}
+	return s
 }
 
 // Duration is a time.Duration written as a Go duration string ("5s").
@@ -296,19 +380,8 @@ func (m *Manifest) Validate() error {
 		}
 	}
 	if m.Probe != nil {
-		if len(m.Probe.Args) > maxProbeArgs {
-			return bad("probe has %d arguments, at most %d", len(m.Probe.Args), maxProbeArgs)
-		}
-		for _, a := range m.Probe.Args {
-			if len(a) > maxStringLen {
-				return bad("probe argument longer than %d", maxStringLen)
-			}
-		}
-		if len(m.Probe.Expect) > maxStringLen {
-			return bad("probe expect longer than %d", maxStringLen)
-		}
-		if m.Probe.Timeout <= 0 || time.Duration(m.Probe.Timeout) > MaxProbeTimeout {
-			return bad("probe timeout %s outside 0..%s", time.Duration(m.Probe.Timeout), MaxProbeTimeout)
+		if err := m.Probe.Validate(); err != nil {
+			return bad("%v", err)
 		}
 	}
 	if m.MinFreeStorage < 0 || m.MinFreeStorage > 1<<40 {

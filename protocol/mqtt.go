@@ -115,6 +115,10 @@ func (t Topic) String() string {
 		return TopicPrefix + "device/" + t.Device + "/online"
 	case KindSync:
 		return TopicPrefix + "device/" + t.Device + "/sync"
+	case KindLogs:
+		return TopicPrefix + "device/" + t.Device + "/logs"
+	case KindLogsRequest:
+		return TopicPrefix + "device/" + t.Device + "/logs/request"
 	case KindRollout:
 		return TopicPrefix + "rollout/" + t.Channel + "/" + t.App
 	case KindCandidate:
@@ -242,6 +246,14 @@ func ParseTopic(s string) (Topic, error) {
 		}
 	case len(p) == 3 && p[0] == "device" && (p[2] == "status" || p[2] == "online" || p[2] == "sync"):
 		t = Topic{Kind: map[string]TopicKind{"status": KindStatus, "online": KindPresence, "sync": KindSync}[p[2]], Device: p[1]}
+		if !ValidDeviceID(t.Device) {
+			return bad()
+		}
+	case len(p) == 3 && p[0] == "device" && p[2] == "logs", len(p) == 4 && p[0] == "device" && p[2] == "logs" && p[3] == "request":
+		t = Topic{Kind: KindLogs, Device: p[1]}
+		if len(p) == 4 {
+			t.Kind = KindLogsRequest
+		}
 		if !ValidDeviceID(t.Device) {
 			return bad()
 		}

@@ -52,6 +52,15 @@ func TestParseManifestStrict(t *testing.T) {
 		{"chunk count", func(b []byte) []byte {
 			return bytes.Replace(b, []byte(`"chunk_size": 4096`), []byte(`"chunk_size": 8192`), 1)
 		}, ErrMalformed, "chunk hashes"},
+		{"bad probe match", func(b []byte) []byte {
+			return bytes.Replace(b, []byte(`"expect": "1.0.0"`), []byte(`"match": "(unclosed"`), 1)
+		}, ErrMalformed, "probe match is not a regular expression"},
+		{"stay_up beyond timeout", func(b []byte) []byte {
+			return bytes.Replace(b, []byte(`"expect": "1.0.0"`), []byte(`"stay_up": "1h"`), 1)
+		}, ErrMalformed, "stay_up"},
+		{"stay_up with expected output", func(b []byte) []byte {
+			return bytes.Replace(b, []byte(`"expect": "1.0.0"`), []byte(`"expect": "1.0.0", "stay_up": "1s"`), 1)
+		}, ErrMalformed, "cannot also expect"},
 		{"not json", func([]byte) []byte { return []byte("not json") }, ErrMalformed, "not valid JSON"},
 		{"too big", func([]byte) []byte { return make([]byte, MaxManifestSize+1) }, ErrTooLarge, "allowed"},
 	}

@@ -29,6 +29,8 @@ install_debian() {
   command -v file >/dev/null            || missing+=(file)
   command -v jq >/dev/null              || missing+=(jq)
   command -v strace >/dev/null          || missing+=(strace)
+  command -v zsh >/dev/null             || missing+=(zsh)   # completion script syntax check
+  command -v fish >/dev/null            || missing+=(fish)  # completion script check
   if [ ${#missing[@]} -gt 0 ]; then
     if ! command -v apt-get >/dev/null; then
       log "missing ${missing[*]} and no apt-get: install them by hand; tests that need them will skip loudly"

@@ -389,7 +389,7 @@ func TestSideloadThroughDaemonTrialOutcomes(t *testing.T) {
 
 	// Crash loop: rolled back to 2.0.0.
 	out = d.mustRun(1, "sideload", "--config", d.cfgPath, d.bundle("hello", "3.0.0", 3, helloBin(t, "3.0.0", "-X main.crash=1")))
-	if !strings.Contains(out, "refused: rolled back: hello crash loop on trial") || !strings.Contains(out, "exit status 3") {
+	if !strings.Contains(out, "refused: rolled back: hello 3.0.0 crash loop on trial") || !strings.Contains(out, "exit status 3") {
 		t.Fatalf("crash-loop sideload output:\n%s", out)
 	}
 	st = d.waitStatus("hello 2.0.0 running again", func(st agent.DaemonStatus) bool { return runningVersion(st, "hello", "2.0.0") })
@@ -406,13 +406,13 @@ func TestSideloadThroughDaemonTrialOutcomes(t *testing.T) {
 		t.Fatalf("%s is %s after the rollback", d.hello, v)
 	}
 	out = d.mustRun(0, "status", "--config", d.cfgPath)
-	if !strings.Contains(out, "rolled-back") || !strings.Contains(out, "last error: hello crash loop on trial") {
+	if !strings.Contains(out, "rolled-back") || !strings.Contains(out, "last error: hello 3.0.0 crash loop on trial") {
 		t.Fatalf("status after the crash loop:\n%s", out)
 	}
 
 	// Failing health command: rolled back to 2.0.0.
 	out = d.mustRun(1, "sideload", "--config", d.cfgPath, d.bundle("hello", "4.0.0", 4, helloBin(t, "4.0.0", "-X main.healthFail=1")))
-	if !strings.Contains(out, "refused: rolled back: hello failed its health check on trial") || !strings.Contains(out, "unhealthy on purpose") {
+	if !strings.Contains(out, "refused: rolled back: hello 4.0.0 failed its health check on trial") || !strings.Contains(out, "unhealthy on purpose") {
 		t.Fatalf("health-fail sideload output:\n%s", out)
 	}
 	st = d.waitStatus("hello 2.0.0 running after the health failure", func(st agent.DaemonStatus) bool {

@@ -39,6 +39,8 @@ import (
 
 	"github.com/edgefleet/edgefleet/agent"
 	"github.com/edgefleet/edgefleet/hardware"
+	"github.com/edgefleet/edgefleet/internal/buildversion"
+	"github.com/edgefleet/edgefleet/internal/cliflag"
 )
 
 // version is set at build time: -ldflags "-X main.version=1.2.0".
@@ -70,7 +72,7 @@ func init() {
 		"rollback": {"go back to an app's previous binary", cmdRollback},
 		"facts":    {"what this device is: CPU level and features, storage, memory", cmdFacts},
 		"reset":    {"move a corrupt state database aside and start afresh (binaries and the anti-rollback floor are kept)", cmdReset},
-		"version":  {"print the agent's version", cmdVersion},
+		"version":  {"print the agent's version, module, VCS revision and Go version", cmdVersion},
 	}
 }
 
@@ -82,6 +84,11 @@ func main() {
 }
 
 func runMain(ctx context.Context, e *env, args []string) int {
+	if len(args) == 2 && args[0] == "help" {
+		if _, ok := commands[args[1]]; ok {
+			args = []string{args[1], "-h"} // `help check` is `check -h`
+		}
+	}
 	if len(args) == 0 || args[0] == "help" || args[0] == "-h" || args[0] == "--help" {
 		w := e.stdout
 		if len(args) == 0 {
@@ -94,7 +101,10 @@ func runMain(ctx context.Context, e *env, args []string) int {
 		return 0
 	}
 	if args[0] == "--version" || args[0] == "-version" {
-		return cmdVersion(ctx, e, nil)
+		// The version alone: what the default probe of a release of the
+		// agent itself expects.
+		fmt.Fprintln(e.stdout, buildversion.Read(version).Version)
+		return 0
 	}
 	c, ok := commands[args[0]]
 	if !ok {
@@ -116,7 +126,7 @@ func usage(w io.Writer) {
 	for _, n := range names {
 		fmt.Fprintf(w, "  %-9s %s\n", n, commands[n].summary)
 	}
-	fmt.Fprintf(w, "\nThe config defaults to %s. Exit codes: 0 ok, 1 refused or failed, 2 usage.\n", agent.DefaultConfigPath)
+	fmt.Fprintf(w, "\nThe config defaults to %s. Flags may follow the arguments. 'edgefleet-agent help <command>' shows a command's flags and an example.\nExit codes: 0 ok, 1 refused or failed, 2 usage.\n", agent.DefaultConfigPath)
 }
 
 // flags returns a flag set with --config; parse parses and checks the
@@ -128,16 +138,42 @@ func flags(e *env, name, argsUsage string) (*flag.FlagSet, *string) {
 	fs.Usage = func() {
 		fmt.Fprintf(e.stderr, "usage: edgefleet-agent %s [flags] %s\n", name, argsUsage)
 		fs.PrintDefaults()
+		if ex := examples[name]; ex != "" {
+			fmt.Fprintf(e.stderr, "\nExample:\n  %s\n", strings.ReplaceAll(ex, "\n", "\n  "))
+		}
 	}
 	return fs, cfg
 }
 
+// examples is what `edgefleet-agent CMD -h` ends with.
+var examples = map[string]string{
+	"run":      "edgefleet-agent run --config /etc/edgefleet/agent.yaml",
+	"sideload": "edgefleet-agent sideload /media/usb/sensor_1.4.0_*.efb   # picks the bundle for this device",
+	"check":    "edgefleet-agent check /media/usb/*.efb --config /etc/edgefleet/agent.yaml",
+	"status":   "edgefleet-agent status --json",
+	"rollback": "edgefleet-agent rollback sensor --reason 'readings stuck at 0'",
+	"facts":    "edgefleet-agent facts --config /etc/edgefleet/agent.yaml",
+	"reset":    "edgefleet-agent reset --config /etc/edgefleet/agent.yaml",
+	"version":  "edgefleet-agent version",
+}
+
+// parse is the one way every agent command parses its command line:
+// flags may come after the arguments (`check B.efb --config C`), "--" ends
+// them. nargs is the number of arguments wanted; -1: at least one.
 func parse(e *env, fs *flag.FlagSet, args []string, nargs int) bool {
-	if err := fs.Parse(args); err != nil {
+	if err := cliflag.Parse(fs, args); err != nil {
 		return false
 	}
-	if fs.NArg() != nargs {
-		fmt.Fprintf(e.stderr, "edgefleet-agent %s: want %d argument(s), got %d\n", fs.Name(), nargs, fs.NArg())
+	if nargs >= 0 && fs.NArg() != nargs || nargs < 0 && fs.NArg() == 0 {
+		want := fmt.Sprint(nargs)
+		if nargs < 0 {
+			want = "at least 1"
+		}
+		got := fmt.Sprint(fs.NArg())
+		if fs.NArg() > 0 {
+			got += ": " + strings.Join(fs.Args(), " ")
+		}
+		fmt.Fprintf(e.stderr, "edgefleet-agent %s: want %s argument(s), got %s\n\n", fs.Name(), want, got)
 		fs.Usage()
 		return false
 	}
@@ -162,6 +198,9 @@ func loadConfig(e *env, path string) (*agent.Config, bool) {
 	cfg, err := agent.LoadConfig(path)
 	if err != nil {
 		fmt.Fprintf(e.stderr, "edgefleet-agent: %v\n", err)
+		if errors.Is(err, os.ErrNotExist) && path == agent.DefaultConfigPath {
+			fmt.Fprintf(e.stderr, "edgefleet-agent: no configuration at the default %s: pass --config FILE (the format is in docs/agent.md)\n", path)
+		}
 		return nil, false
 	}
 	return cfg, true
@@ -192,8 +231,26 @@ func openDirect(e *env, cfg *agent.Config) (*agent.Agent, bool) {
 	return a, true
 }
 
-func cmdVersion(_ context.Context, e *env, _ []string) int {
-	fmt.Fprintln(e.stdout, version)
+func cmdVersion(_ context.Context, e *env, args []string) int {
+	fs := flag.NewFlagSet("version", flag.ContinueOnError)
+	fs.SetOutput(e.stderr)
+	asJSON := fs.Bool("json", false, "print JSON")
+	fs.Usage = func() {
+		fmt.Fprintln(e.stderr, "usage: edgefleet-agent version [--json]   (the version, module, VCS revision and Go version of this binary)")
+		fs.PrintDefaults()
+		fmt.Fprintf(e.stderr, "\nExample:\n  %s\n", examples["version"])
+	}
+	if !parse(e, fs, args, 0) {
+		return 2
+	}
+	i := buildversion.Read(version)
+	if *asJSON {
+		enc := json.NewEncoder(e.stdout)
+		enc.SetIndent("", "  ")
+		enc.Encode(i)
+		return 0
+	}
+	fmt.Fprint(e.stdout, i)
 	return 0
 }
 
@@ -217,7 +274,7 @@ func cmdRun(ctx context.Context, e *env, args []string) int {
 		opts.StateError = err
 	}
 	opts.Logf = logf
-	opts.Version = version
+	opts.Version = buildversion.Read(version).Version
 	opts.EchoOutput = *echo
 	if failOnTrial != "" {
 		opts.SelfTrialHook = func() error {
@@ -274,15 +331,28 @@ func progressPrinter(w io.Writer) func(agent.Progress) {
 	}
 }
 
-func bundleArg(e *env, fs *flag.FlagSet) (string, bool) {
-	p, err := filepath.Abs(fs.Arg(0))
+// bundleArg finds the bundle to use among the arguments (pickBundle).
+func bundleArg(e *env, fs *flag.FlagSet, cfg *agent.Config) (string, bool) {
+	var paths []string
+	for _, a := range fs.Args() {
+		p, err := filepath.Abs(a)
+		if err != nil {
+			fmt.Fprintf(e.stderr, "edgefleet-agent: %v\n", err)
+			return "", false
+		}
+		if _, err := os.Stat(p); err != nil {
+			fmt.Fprintf(e.stderr, "edgefleet-agent %s: cannot read the bundle: %v\n", fs.Name(), err)
+			return "", false
+		}
+		paths = append(paths, p)
+	}
+	p, note, err := pickBundle(cfg, paths)
 	if err != nil {
-		fmt.Fprintf(e.stderr, "edgefleet-agent: %v\n", err)
+		fmt.Fprintf(e.stdout, "refused: %v\n", err)
 		return "", false
 	}
-	if _, err := os.Stat(p); err != nil {
-		fmt.Fprintf(e.stderr, "edgefleet-agent %s: cannot read the bundle: %v\n", fs.Name(), err)
-		return "", false
+	if note != "" {
+		fmt.Fprintln(e.stdout, note)
 	}
 	return p, true
 }
@@ -293,15 +363,15 @@ func bundleArg(e *env, fs *flag.FlagSet) (string, bool) {
 func bundleCommand(ctx context.Context, e *env, name string, args []string, addFlags func(*flag.FlagSet),
 	viaDaemon func(c *agent.ControlClient, path string) int,
 	direct func(a *agent.Agent, f *os.File) int) int {
-	fs, cfgPath := flags(e, name, "BUNDLE.efb")
+	fs, cfgPath := flags(e, name, "BUNDLE.efb [BUNDLE.efb...]   (several: the one for this device is picked)")
 	if addFlags != nil {
 		addFlags(fs)
 	}
-	cfg, code := parseConfig(e, fs, cfgPath, args, 1)
+	cfg, code := parseConfig(e, fs, cfgPath, args, -1)
 	if cfg == nil {
 		return code
 	}
-	path, ok := bundleArg(e, fs)
+	path, ok := bundleArg(e, fs, cfg)
 	if !ok {
 		return 1
 	}
@@ -325,9 +395,12 @@ func bundleCommand(ctx context.Context, e *env, name string, args []string, addF
 
 func cmdSideload(ctx context.Context, e *env, args []string) int {
 	var noWait *bool
+	var sfs *flag.FlagSet
+	cfgFile := func() string { return sfs.Lookup("config").Value.String() }
 	show := progressPrinter(e.stdout)
 	return bundleCommand(ctx, e, "sideload", args,
 		func(fs *flag.FlagSet) {
+			sfs = fs
 			noWait = fs.Bool("no-wait", false, "with a running daemon: return after the swap instead of waiting for the trial")
 		},
 		func(c *agent.ControlClient, path string) int {
@@ -357,6 +430,10 @@ func cmdSideload(ctx context.Context, e *env, args []string) int {
 			res, err := a.Install(ctx, f, show)
 			if err != nil {
 				fmt.Fprintf(e.stdout, "refused: %v\n", err)
+				if trial := onTrial(a); errors.Is(err, agent.ErrBusy) && trial != "" {
+					fmt.Fprintf(e.stdout, "No daemon is running to finish that trial. Either start it (systemctl start edgefleet-agent, or `edgefleet-agent run --config %s` in another terminal), wait until `edgefleet-agent status --config %s` shows %s committed, and sideload again; or give the trial up with `edgefleet-agent rollback %s --config %s` (when it had a previous version) and sideload again.\n",
+						cfgFile(), cfgFile(), trial, trial, cfgFile())
+				}
 				return 1
 			}
 			fmt.Fprintf(e.stdout, "installed %s %s (sequence %d, previous %s); on trial until the daemon starts and it passes its health window\n", res.App, res.Version, res.Sequence, orNone(res.Previous))
@@ -555,7 +632,7 @@ func cmdRollback(ctx context.Context, e *env, args []string) int {
 			}
 		}
 	}
-	if err := a.Rollback(app, *reason); err != nil {
+	if err := a.RollbackByHand(app, *reason); err != nil {
 		fmt.Fprintf(e.stdout, "refused: %v\n", err)
 		return 1
 	}
@@ -565,11 +642,11 @@ func cmdRollback(ctx context.Context, e *env, args []string) int {
 }
 
 func cmdFacts(_ context.Context, e *env, args []string) int {
-	fs := flag.NewFlagSet("facts", flag.ContinueOnError)
-	fs.SetOutput(e.stderr)
-	cfgPath := fs.String("config", "", "agent configuration file (adds storage facts for data_dir and the apps' directories)")
+	fs, cfgPath := flags(e, "facts", "")
+	fs.Lookup("config").DefValue, *cfgPath = "", ""
+	fs.Lookup("config").Usage = "agent configuration file (adds storage facts for data_dir and the apps' directories)"
 	asJSON := fs.Bool("json", false, "print JSON")
-	if err := fs.Parse(args); err != nil || fs.NArg() != 0 {
+	if !parse(e, fs, args, 0) {
 		return 2
 	}
 	paths := []string{"/"}
@@ -593,15 +670,22 @@ func cmdFacts(_ context.Context, e *env, args []string) int {
 	if err != nil {
 		fmt.Fprintf(e.stderr, "edgefleet-agent facts: %v\n", err)
 	}
+	profiles, boards := runnable(f.CPU)
 	if *asJSON {
 		enc := json.NewEncoder(e.stdout)
 		enc.SetIndent("", "  ")
-		enc.Encode(f)
+		enc.Encode(struct {
+			hardware.Facts
+			Profiles []string `json:"profiles"`
+			Boards   []string `json:"boards"`
+		}{f, profiles, boards})
 	} else {
 		fmt.Fprintln(e.stdout, f.Summary())
 		if f.Kernel != "" {
 			fmt.Fprintf(e.stdout, "kernel %s, machine %s\n", f.Kernel, f.Machine)
 		}
+		fmt.Fprintf(e.stdout, "runs profiles: %s (the most widely compatible first)\n", orNone(strings.Join(profiles, ", ")))
+		fmt.Fprintf(e.stdout, "boards of those profiles: %s\n", orNone(strings.Join(boards, ", ")))
 	}
 	if err != nil {
 		return 1
@@ -653,4 +737,34 @@ func cmdReset(ctx context.Context, e *env, args []string) int {
 		fmt.Fprintf(e.stdout, "state database moved to %s; binaries kept; the anti-rollback floor in %s is kept too, so releases at or below the sequences it records stay refused\n", moved, cfg.FloorPath())
 	}
 	return 0
+}
+
+// runnable names the built-in profiles this CPU runs, the most widely
+// compatible first, and the boards built on them.
+func runnable(c hardware.CPUFacts) (profiles, boards []string) {
+	ok := map[string]bool{}
+	for _, p := range c.RunnableProfiles() {
+		profiles = append(profiles, p.Name)
+		ok[p.Name] = true
+	}
+	for _, b := range hardware.Boards() {
+		if ok[b.Profile] {
+			boards = append(boards, b.Name)
+		}
+	}
+	return profiles, boards
+}
+
+// onTrial names an app on trial in a's state database, "" when none is.
+func onTrial(a *agent.Agent) string {
+	sts, err := a.Status()
+	if err != nil {
+		return ""
+	}
+	for _, st := range sts {
+		if st.State == agent.StateTrial {
+			return st.App
+		}
+	}
+	return ""
 }

@@ -26,7 +26,7 @@ func TestUsageExitCodes(t *testing.T) {
 		{nil, 2},
 		{[]string{"frobnicate"}, 2},
 		{[]string{"sideload"}, 2},
-		{[]string{"sideload", "a.efb", "b.efb"}, 2},
+		{[]string{"sideload", "--config", "/nonexistent/agent.yaml", "a.efb", "b.efb"}, 1},
 		{[]string{"check"}, 2},
 		{[]string{"rollback"}, 2},
 		{[]string{"status", "extra"}, 2},
@@ -98,5 +98,27 @@ func TestDottedDeviceIDRefusedAtConfigLoad(t *testing.T) {
 		Broker: "tcp://127.0.0.1:1", Apps: []testkit.AgentApp{{Name: "hello", Path: d.hello}}})
 	if _, se, code := d.run("status", "--config", d.cfgPath); code != 0 {
 		t.Fatalf("device_id pi-17: exit %d\n%s", code, se)
+	}
+}
+
+// Every command's -h ends with an example, and flags may follow the
+// arguments.
+func TestHelpExamplesAndFlagsAnywhere(t *testing.T) {
+	for name := range commands {
+		_, se, _ := runIn(name, "-h")
+		if !strings.Contains(se, "Example:\n  edgefleet-agent "+name) {
+			t.Errorf("%s -h has no example:\n%s", name, se)
+		}
+	}
+	if _, se, _ := runIn("help", "sideload"); !strings.Contains(se, "Example:\n  edgefleet-agent sideload") {
+		t.Errorf("help sideload:\n%s", se)
+	}
+	_, se, code := runIn("status", "extra", "--config", "/nonexistent/agent.yaml")
+	if code != 2 || !strings.Contains(se, "want 0 argument(s), got 1: extra") {
+		t.Errorf("status extra --config: exit %d: %s", code, se)
+	}
+	_, se, code = runIn("status", "--json", "--config", "/nonexistent/agent.yaml")
+	if code != 1 || !strings.Contains(se, "/nonexistent/agent.yaml") {
+		t.Errorf("flags in any order: exit %d: %s", code, se)
 	}
 }

@@ -36,7 +36,7 @@ func runDashboard(ctx context.Context, env *cliEnv, args []string) int {
 		fmt.Fprintln(env.stderr, "usage: edgefleet dashboard --broker URL [--listen 127.0.0.1:8080] [--read-only] [--tls-cert F --tls-key F --users F]")
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil || fs.NArg() != 0 {
+	if err := parseFlags(fs, args); err != nil || fs.NArg() != 0 {
 		if err == nil {
 			fs.Usage()
 		}

@@ -127,7 +127,7 @@ func runDemo(ctx context.Context, env *cliEnv, args []string) int {
 		fmt.Fprintln(env.stderr, "\nRuns a broker, a fleet of real agents and three releases on this machine; run it from the edgefleet source tree.")
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return 2
 	}
 	if fs.NArg() != 0 {

@@ -108,7 +108,7 @@ func TestDemo(t *testing.T) {
 		"rollout halted: halted in wave 1: 1 of 1 devices failed",
 		"Every device runs hello 2.0.0. hello 3.0.0 reached 1 of 2 devices",
 		"1 devices never downloaded a byte of it",
-		"Reason reported by 1 of 2 devices: hello failed its health check on trial",
+		"Reason reported by 1 of 2 devices: hello 3.0.0 failed its health check on trial",
 		"Stopped 2 agents and the broker, removed ",
 	} {
 		if !strings.Contains(stdout, want) {

@@ -3,9 +3,11 @@ package main
 import (
 	"bufio"
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 	"time"
 
@@ -28,8 +30,8 @@ func runBroker(ctx context.Context, env *cliEnv, args []string) int {
 	fs.StringVar(&o.TLSCert, "tls-cert", "", "TLS certificate (PEM)")
 	fs.StringVar(&o.TLSKey, "tls-key", "", "TLS key (PEM)")
 	fs.StringVar(&o.ClientCA, "client-ca", "", "CA (PEM) for client certificates; the CN is the device id")
-	fs.StringVar(&o.Users, "users", "", "users file (YAML: name, password_hash, role operator|device)")
-	fs.StringVar(&o.ACL, "acl", "", "ACL file (YAML; default: the rules of SPEC.md §MQTT)")
+	fs.StringVar(&o.Users, "users", "", "users file (YAML, docs/broker-files.md; make entries with edgefleet passwd --add)")
+	fs.StringVar(&o.ACL, "acl", "", "ACL file (YAML, docs/broker-files.md; default: the rules of SPEC.md §8.6)")
 	maxPacket := fs.String("max-packet", "", "largest MQTT packet accepted (default 1MiB+64KiB; must exceed the chunk size)")
 	fs.DurationVar(&o.SessionExpiry, "session-expiry", 7*24*time.Hour, "how long a disconnected session is kept")
 	fs.DurationVar(&o.ConnectTimeout, "connect-timeout", fleet.DefaultConnectTimeout, "close a new connection that has not completed its TLS handshake and CONNECT within this time")
@@ -40,7 +42,7 @@ func runBroker(ctx context.Context, env *cliEnv, args []string) int {
 		fmt.Fprintln(env.stderr, "usage: edgefleet broker --data DIR [--listen ADDR] [--tls-cert F --tls-key F [--client-ca F]] [--users F] [--acl F]")
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil || fs.NArg() != 0 {
+	if err := parseFlags(fs, args); err != nil || fs.NArg() != 0 {
 		if err == nil {
 			fs.Usage()
 		}
@@ -119,11 +121,12 @@ func runPasswd(_ context.Context, env *cliEnv, args []string) int {
 	fs := flag.NewFlagSet("passwd", flag.ContinueOnError)
 	fs.SetOutput(env.stderr)
 	role := fs.String("role", "device", "operator or device")
+	add := fs.String("add", "", "add the user to this users file (created if missing) instead of printing a users file")
 	fs.Usage = func() {
-		fmt.Fprintln(env.stderr, "usage: edgefleet passwd [--role operator|device] NAME   (password from $EDGEFLEET_BROKER_PASSWORD or one line on stdin)")
+		fmt.Fprintln(env.stderr, "usage: edgefleet passwd [--role operator|device] [--add USERS.yaml] NAME   (password from $EDGEFLEET_BROKER_PASSWORD or one line on stdin)")
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil || fs.NArg() != 1 {
+	if err := parseFlags(fs, args); err != nil || fs.NArg() != 1 {
 		if err == nil {
 			fs.Usage()
 		}
@@ -143,6 +146,51 @@ func runPasswd(_ context.Context, env *cliEnv, args []string) int {
 		fmt.Fprintf(env.stderr, "edgefleet passwd: %v\n", err)
 		return 1
 	}
-	fmt.Fprintf(env.stdout, "  - name: %s\n    password_hash: %q\n    role: %s\n", fs.Arg(0), h, *role)
+	entry := fmt.Sprintf("  - name: %s\n    password_hash: %q\n    role: %s\n", fs.Arg(0), h, *role)
+	if *add == "" {
+		// A whole users file, valid on its own (docs/broker-files.md).
+		fmt.Fprint(env.stdout, "users:\n"+entry)
+		return 0
+	}
+	if err := addUser(*add, fs.Arg(0), entry); err != nil {
+		fmt.Fprintf(env.stderr, "edgefleet passwd: %v\n", err)
+		return 1
+	}
+	fmt.Fprintf(env.stdout, "added %s (%s) to %s; restart the broker to load it\n", fs.Arg(0), *role, *add)
 	return 0
+}
+
+// addUser appends entry (one users-file list item for name) to the users
+// file at path, creating it, after checking the result loads and name was
+// not there already. The file is replaced atomically.
+func addUser(path, name, entry string) error {
+	old, err := os.ReadFile(path)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	text := string(old)
+	if strings.TrimSpace(text) == "" {
+		text = "users:\n"
+	} else if !strings.HasSuffix(text, "\n") {
+		text += "\n"
+	}
+	if len(old) > 0 {
+		users, err := fleet.LoadUsers(path)
+		if err != nil {
+			return fmt.Errorf("%v; fix it first: nothing was changed", err)
+		}
+		if _, dup := users[name]; dup {
+			return fmt.Errorf("%s already has a user %s: remove its entry first to change the password; nothing was changed", path, name)
+		}
+	}
+	text += entry
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(text), 0o600); err != nil {
+		return err
+	}
+	if _, err := fleet.LoadUsers(tmp); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("the users file would not load after adding %s (%v); nothing was changed", name, err)
+	}
+	return os.Rename(tmp, path)
 }

@@ -5,10 +5,12 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 	"github.com/edgefleet/edgefleet/fleet"
+	"golang.org/x/term"
 )
 
 // brokerFlags are the connection flags shared by the fleet commands.
@@ -85,3 +87,37 @@ func progressBar(w io.Writer, label string, done, total int64) {
 }
 
 func humanBytes(n int64) string { return fleet.HumanBytes(n) }
+
+// isTerminal reports whether w is a terminal (not a pipe, file or log),
+// and TERM is not "dumb".
+func isTerminal(env *cliEnv, w io.Writer) bool {
+	f, ok := w.(*os.File)
+	return ok && term.IsTerminal(int(f.Fd())) && (env.getenv == nil || env.getenv("TERM") != "dumb")
+}
+
+// useColor reports whether to colour output to w: a terminal, and
+// NO_COLOR (https://no-color.org) unset or empty.
+func useColor(env *cliEnv, w io.Writer) bool {
+	return isTerminal(env, w) && (env.getenv == nil || env.getenv("NO_COLOR") == "")
+}
+
+// progress returns the progress callback for a transfer and a func to
+// call when it ends: a redrawn bar on a terminal; plain lines (every 25%)
+// for logs and pipes, where a bar's carriage returns would be noise.
+func progress(env *cliEnv, w io.Writer, label string) (func(done, total int64), func()) {
+	if isTerminal(env, w) {
+		return func(done, total int64) { progressBar(w, label, done, total) }, func() { fmt.Fprintln(w) }
+	}
+	last := int64(-1)
+	return func(done, total int64) {
+		if total <= 0 {
+			return
+		}
+		q := done * 4 / total
+		if q == last {
+			return
+		}
+		last = q
+		fmt.Fprintf(w, "%s: %d%% %s/%s\n", label, q*25, humanBytes(done), humanBytes(total))
+	}, func() {}
+}

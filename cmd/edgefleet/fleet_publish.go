@@ -53,7 +53,7 @@ func runPublish(ctx context.Context, env *cliEnv, name string, args []string) in
 			fs.PrintDefaults()
 		}
 	}
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return 2
 	}
 	usage := func(format string, a ...any) int {
@@ -80,8 +80,10 @@ func runPublish(ctx context.Context, env *cliEnv, name string, args []string) in
 		if !protocol.ValidApp(clear) {
 			return usage("--clear %q is not an app name", clear)
 		}
-	} else if fs.NArg() == 0 || len(pubs) == 0 {
-		return usage("give --pub and at least one bundle")
+	} else if m := missingFlags(fs, "pub"); m != "" {
+		return usage("%s: bundles are verified before they are published", m)
+	} else if fs.NArg() == 0 {
+		return usage("give at least one bundle")
 	}
 	fail := func(format string, a ...any) int {
 		fmt.Fprintf(env.stderr, "edgefleet %s: "+format+"\n", append([]any{name}, a...)...)
@@ -157,13 +159,12 @@ func runPublish(ctx context.Context, env *cliEnv, name string, args []string) in
 	}
 	for _, j := range jobs {
 		opts := fleet.PublishOptions{Keyring: kr, Channel: channel, Device: j.device, InFlight: *inFlight, EnvelopeOnly: j.chunksSent, MirrorDir: *mirrorDir, Mirrors: mirrorURLs}
+		done := func() {}
 		if !*quiet && !j.chunksSent {
-			opts.Progress = func(done, total int64) { progressBar(env.stderr, j.path, done, total) }
+			opts.Progress, done = progress(env, env.stderr, j.path)
 		}
 		res, err := bf.publish(ctx, env, name, &c, j.path, opts)
-		if !*quiet && !j.chunksSent {
-			fmt.Fprintln(env.stderr)
-		}
+		done()
 		if err != nil {
 			return fail("%v", err)
 		}

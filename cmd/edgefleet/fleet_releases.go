@@ -25,7 +25,7 @@ func runReleases(ctx context.Context, env *cliEnv, args []string) int {
 		fmt.Fprintln(env.stderr, "usage: edgefleet releases --broker URL [--pub KEY] [--json]")
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil || fs.NArg() != 0 {
+	if err := parseFlags(fs, args); err != nil || fs.NArg() != 0 {
 		if err == nil {
 			fs.Usage()
 		}

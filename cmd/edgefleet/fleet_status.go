@@ -2,8 +2,11 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
+	"io"
+	"strings"
 	"time"
 
 	"github.com/edgefleet/edgefleet/fleet"
@@ -20,20 +23,31 @@ func runStatus(ctx context.Context, env *cliEnv, args []string) int {
 	fs.SetOutput(env.stderr)
 	var bf brokerFlags
 	bf.register(fs)
-	asJSON := fs.Bool("json", false, "print JSON (devices and summary)")
+	asJSON := fs.Bool("json", false, "print JSON (devices and summary); the same as -o json")
+	output := fs.String("o", "", "output: wide (every column, whole errors) or json")
 	watch := fs.Bool("watch", false, "redraw the table as statuses change, until interrupted")
 	interval := fs.Duration("interval", time.Second, "redraw at most this often with --watch")
 	selFlag := fs.String("select", "", "only devices whose reported labels match, e.g. site=berlin,hw=rev2")
 	fs.Usage = func() {
-		fmt.Fprintln(env.stderr, "usage: edgefleet status --broker URL [--select k=v,...] [--json] [--watch]")
+		fmt.Fprintln(env.stderr, "usage: edgefleet status --broker URL [--select k=v,...] [-o wide|json] [--watch] [DEVICE]")
+		fmt.Fprintln(env.stderr, "With DEVICE: that device in full (every field, whole errors, rollout phases).")
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil || fs.NArg() != 0 {
-		if err == nil {
-			fs.Usage()
-		}
+	if err := parseFlags(fs, args); err != nil {
 		return 2
 	}
+	if fs.NArg() > 1 {
+		return usageError(fs, "give at most one device (got %d: %s)", fs.NArg(), strings.Join(fs.Args(), " "))
+	}
+	switch *output {
+	case "", "wide":
+	case "json":
+		*asJSON = true
+	default:
+		return usageError(fs, "-o %q: want wide or json", *output)
+	}
+	device := fs.Arg(0)
+	color := useColor(env, env.stdout)
 	sel, err := protocol.ParseSelector(*selFlag)
 	if err != nil {
 		fmt.Fprintf(env.stderr, "edgefleet status: --select: %v\n", err)
@@ -56,15 +70,25 @@ func runStatus(ctx context.Context, env *cliEnv, args []string) int {
 		fmt.Fprintf(env.stderr, "edgefleet status: %v\n", err)
 		return 1
 	}
+	found := true
 	draw := func() {
-		if *asJSON {
+		switch {
+		case device != "" && *asJSON:
+			found = writeDeviceJSON(env.stdout, v, device)
+		case device != "":
+			found = v.WriteDevice(env.stdout, time.Now(), device, color)
+		case *asJSON:
 			v.WriteJSON(env.stdout)
-			return
+		default:
+			v.WriteTableWith(env.stdout, time.Now(), fleet.TableOptions{Wide: *output == "wide", Color: color})
 		}
-		v.WriteTable(env.stdout, time.Now())
 	}
 	if !*watch {
 		draw()
+		if !found {
+			fmt.Fprintf(env.stderr, "edgefleet status: no status from device %q on the broker; devices with a status: %s\n", device, orNoneList(v.DeviceIDs()))
+			return 1
+		}
 		return 0
 	}
 	gen := -1
@@ -99,7 +123,7 @@ func runRetire(ctx context.Context, env *cliEnv, args []string) int {
 		fmt.Fprintln(env.stderr, "usage: edgefleet retire --broker URL APP VERSION")
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil || fs.NArg() != 2 {
+	if err := parseFlags(fs, args); err != nil || fs.NArg() != 2 {
 		if err == nil {
 			fs.Usage()
 		}
@@ -130,4 +154,28 @@ func runRetire(ctx context.Context, env *cliEnv, args []string) int {
 		return 1
 	}
 	return 0
+}
+
+// writeDeviceJSON prints one device's status as JSON; false when the
+// view has none.
+func writeDeviceJSON(w io.Writer, v *fleet.FleetView, device string) bool {
+	for _, d := range v.Devices() {
+		if d.Device == device {
+			enc := json.NewEncoder(w)
+			enc.SetIndent("", "  ")
+			enc.Encode(struct {
+				protocol.DeviceStatus
+				Assigned map[string]string `json:"assigned,omitempty"`
+			}{d, v.Assigned()[device]})
+			return true
+		}
+	}
+	return false
+}
+
+func orNoneList(s []string) string {
+	if len(s) == 0 {
+		return "none"
+	}
+	return strings.Join(s, ", ")
 }

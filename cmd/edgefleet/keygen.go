@@ -35,12 +35,14 @@ func runKeygen(_ context.Context, env *cliEnv, args []string) int {
 		fmt.Fprintln(env.stderr, "\nWrites DIR/release.key (encrypted with a passphrase from $EDGEFLEET_PASSPHRASE\nor asked twice on the terminal) and DIR/release.pub.")
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return 2
 	}
-	if *out == "" || fs.NArg() != 0 {
-		fs.Usage()
-		return 2
+	if m := missingFlags(fs, "o"); m != "" {
+		return usageError(fs, "%s: the directory for release.key and release.pub", m)
+	}
+	if fs.NArg() != 0 {
+		return usageError(fs, "takes no arguments (got %s)", strings.Join(fs.Args(), " "))
 	}
 	keyPath, pubPath := filepath.Join(*out, secretKeyName), filepath.Join(*out, publicKeyName)
 	if !*force {

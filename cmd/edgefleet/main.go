@@ -49,12 +49,19 @@ func main() {
 }
 
 func run(ctx context.Context, env *cliEnv, args []string) int {
-	if len(args) == 0 || args[0] == "help" || args[0] == "-h" || args[0] == "--help" {
+	if len(args) == 0 || len(args) == 1 && args[0] == "help" || args[0] == "-h" || args[0] == "--help" {
 		usage(env.stdout)
 		if len(args) == 0 {
 			return 2
 		}
 		return 0
+	}
+	if args[0] == "--version" {
+		args = []string{"version"}
+	}
+	if len(args) == 2 && args[0] == "help" {
+		// `edgefleet help pack` is `edgefleet pack -h`.
+		args = []string{args[1], "-h"}
 	}
 	c, ok := commands[args[0]]
 	if !ok {
@@ -76,5 +83,5 @@ func usage(w io.Writer) {
 	for _, n := range names {
 		fmt.Fprintf(w, "  %-10s %s\n", n, commands[n].summary)
 	}
-	fmt.Fprintln(w, "\nRun 'edgefleet <command> -h' for a command's flags.")
+	fmt.Fprintln(w, "\nRun 'edgefleet <command> -h' or 'edgefleet help <command>' for a command's flags and an example.")
 }

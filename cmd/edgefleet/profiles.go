@@ -18,7 +18,7 @@ func runProfiles(_ context.Context, env *cliEnv, args []string) int {
 	fs := flag.NewFlagSet("profiles", flag.ContinueOnError)
 	fs.SetOutput(env.stderr)
 	asJSON := fs.Bool("json", false, "print JSON")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return 2
 	}
 	if fs.NArg() != 0 {

@@ -89,17 +89,10 @@ func runRollout(ctx context.Context, env *cliEnv, args []string) int {
 
 // parseArgs parses flags that may come after the positional arguments too.
 func parseArgs(fs *flag.FlagSet, args []string) ([]string, error) {
-	var pos []string
-	for {
-		if err := fs.Parse(args); err != nil {
-			return nil, err
-		}
-		if fs.NArg() == 0 {
-			return pos, nil
-		}
-		pos = append(pos, fs.Arg(0))
-		args = fs.Args()[1:]
+	if err := parseFlags(fs, args); err != nil {
+		return nil, err
 	}
+	return fs.Args(), nil
 }
 
 // startPlan is a checked `rollout start`: nothing is published before
@@ -135,9 +128,11 @@ func runRolloutStart(ctx context.Context, env *cliEnv, args []string) int {
 	if err != nil {
 		return 2
 	}
-	if len(bundles) == 0 || len(pubs) == 0 {
-		fs.Usage()
-		return 2
+	if m := missingFlags(fs, "pub"); m != "" {
+		return usageError(fs, "%s: bundles are verified before anything is published", m)
+	}
+	if len(bundles) == 0 {
+		return usageError(fs, "give at least one bundle")
 	}
 	fail := func(format string, a ...any) int {
 		// The protocol's sentinel ("...: malformed") says nothing more to
@@ -284,13 +279,12 @@ func runRolloutStart(ctx context.Context, env *cliEnv, args []string) int {
 	// a member never sees a rollout without its candidate.
 	for _, path := range bundles {
 		opts := fleet.PublishOptions{Keyring: kr, Channel: r.Channel, Candidate: true, MirrorDir: *mirrorDir, Mirrors: mirrorURLs}
+		done := func() {}
 		if !*quiet {
-			opts.Progress = func(done, total int64) { progressBar(env.stderr, path, done, total) }
+			opts.Progress, done = progress(env, env.stderr, path)
 		}
 		res, err := bf.publish(ctx, env, "rollout start", &c, path, opts)
-		if !*quiet {
-			fmt.Fprintln(env.stderr)
-		}
+		done()
 		if err != nil {
 			fmt.Fprintf(env.stderr, "edgefleet rollout start: %v\nno rollout was started (the control message was not published); chunks and candidates already published are harmless: run the same command again\n", err)
 			return 1
@@ -727,7 +721,7 @@ func runRolloutDrive(ctx context.Context, env *cliEnv, args []string) int {
 	bf.register(fs)
 	takeOver := fs.Bool("take-over", false, "start even though another driver's presence says it is online (it stops driving)")
 	fs.Usage = func() { rolloutUsage(env.stderr); fs.PrintDefaults() }
-	if err := fs.Parse(args); err != nil || fs.NArg() != 0 {
+	if err := parseFlags(fs, args); err != nil || fs.NArg() != 0 {
 		if err == nil {
 			fs.Usage()
 		}

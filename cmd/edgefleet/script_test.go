@@ -29,6 +29,7 @@ func TestMain(m *testing.M) {
 //	exitcode N edgefleet ARGS...  run a command, require exit code N (0/1/2)
 //	corrupt FILE OFFSET           flip the bits of one byte (negative OFFSET counts from the end)
 //	truncate FILE SIZE            cut FILE to SIZE bytes (negative: drop that many)
+//	expand IN OUT                 copy IN to OUT with $VARS ($WORK...) expanded (agent configs need absolute paths)
 //
 // Conditions: [exec:qemu-arm], [exec:minisign] and friends are built in.
 func TestScript(t *testing.T) {
@@ -56,6 +57,15 @@ func TestScript(t *testing.T) {
 		}
 	}
 	packCache := t.TempDir() // shared by the scenarios; never the user's cache
+	// The device agent, for the field engineer's scenarios (exec
+	// edgefleet-agent ...).
+	binDir := t.TempDir()
+	build := exec.Command("go", "build", "-o", filepath.Join(binDir, "edgefleet-agent"), "./cmd/edgefleet-agent")
+	build.Dir = root
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("building edgefleet-agent: %v\n%s", err, out)
+	}
 	testscript.Run(t, testscript.Params{
 		Dir: "testdata/script",
 		Setup: func(e *testscript.Env) error {
@@ -68,6 +78,7 @@ func TestScript(t *testing.T) {
 			e.Setenv("GOTOOLCHAIN", "local")
 			e.Setenv("EDGEFLEET_UPX", upx)
 			e.Setenv("REPO", root)
+			e.Setenv("PATH", binDir+string(os.PathListSeparator)+e.Getenv("PATH"))
 			return nil
 		},
 		Condition: func(cond string) (bool, error) {
@@ -80,6 +91,7 @@ func TestScript(t *testing.T) {
 			"exitcode": cmdExitCode,
 			"corrupt":  cmdCorrupt,
 			"truncate": cmdTruncate,
+			"expand":   cmdExpand,
 		},
 	})
 }
@@ -137,4 +149,13 @@ func cmdTruncate(ts *testscript.TestScript, neg bool, args []string) {
 		n += fi.Size()
 	}
 	ts.Check(os.Truncate(path, n))
+}
+
+func cmdExpand(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 2 {
+		ts.Fatalf("usage: expand IN OUT")
+	}
+	b, err := os.ReadFile(ts.MkAbs(args[0]))
+	ts.Check(err)
+	ts.Check(os.WriteFile(ts.MkAbs(args[1]), []byte(os.Expand(string(b), ts.Getenv)), 0o644))
 }

@@ -9,11 +9,11 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/edgefleet/edgefleet/hardware"
+	"github.com/edgefleet/edgefleet/packer"
 	"github.com/edgefleet/edgefleet/protocol"
 )
 
@@ -62,12 +62,14 @@ func runVerify(_ context.Context, env *cliEnv, args []string) int {
 		fmt.Fprintln(env.stderr, "usage: edgefleet verify --pub KEY [--pub KEY...] BUNDLE...")
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return 2
 	}
-	if len(pubs) == 0 || fs.NArg() == 0 {
-		fs.Usage()
-		return 2
+	if m := missingFlags(fs, "pub"); m != "" {
+		return usageError(fs, "%s: the bundles are verified against trusted public keys", m)
+	}
+	if fs.NArg() == 0 {
+		return usageError(fs, "give at least one bundle")
 	}
 	kr, err := protocol.LoadKeyring(pubs...)
 	if err != nil {
@@ -147,12 +149,11 @@ func runInspect(_ context.Context, env *cliEnv, args []string) int {
 		fmt.Fprintln(env.stderr, "usage: edgefleet inspect [--json] [--pub KEY...] BUNDLE")
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return 2
 	}
 	if fs.NArg() != 1 {
-		fs.Usage()
-		return 2
+		return usageError(fs, "give exactly one bundle (got %d)", fs.NArg())
 	}
 	path := fs.Arg(0)
 	raw, rawSig, m, err := readManifestUnverified(path)
@@ -204,7 +205,11 @@ func printManifest(w io.Writer, in inspectJSON) {
 		}
 	}
 	row("target", "%s, ELF%d %s %s-endian", t, m.Target.ELF.Class, m.Target.ELF.Machine, m.Target.ELF.Endian)
-	row("created", "%s", m.Created.UTC().Format(time.RFC3339))
+	if m.Created.Unix() == 0 {
+		row("created", "reproducible: no timestamp (set SOURCE_DATE_EPOCH or --timestamp to record one)")
+	} else {
+		row("created", "%s", m.Created.UTC().Format(time.RFC3339))
+	}
 	if m.Expires != nil {
 		row("expires", "%s", m.Expires.UTC().Format(time.RFC3339))
 	} else {
@@ -240,11 +245,7 @@ func printManifest(w io.Writer, in inspectJSON) {
 	row("executable", "%s (%d bytes)", hardware.Size(m.Executable.Size), m.Executable.Size)
 	row("executable sha256", "%s", m.Executable.SHA256)
 	if m.Probe != nil {
-		probe := strings.Join(m.Probe.Args, " ")
-		if m.Probe.Expect != "" {
-			probe += fmt.Sprintf(" must print %q", m.Probe.Expect)
-		}
-		row("probe", "%s within %s", probe, time.Duration(m.Probe.Timeout))
+		row("probe", "%s within %s", packer.DescribeProbe(m.Probe, m.Version), time.Duration(m.Probe.Timeout))
 	} else {
 		row("probe", "none")
 	}
