@@ -397,10 +397,8 @@ func ParseEnvelope(b []byte) (*Envelope, error) {
 
 // Open verifies the envelope's signature with kr and parses the manifest.
 func (e *Envelope) Open(kr *Keyring) (*Manifest, error) {
-	if _, err := kr.Verify(e.Manifest, []byte(e.Signature)); err != nil {
-		return nil, err
-	}
-	return ParseManifest(e.Manifest)
+	m, _, err := kr.VerifyManifest(e.Manifest, []byte(e.Signature))
+	return m, err
 }
 
 // DeviceStatus is the retained status a device publishes on its status
