@@ -43,6 +43,14 @@ type Config struct {
 	// TrustedKeys are minisign public key files. At least one; several
 	// allow key rotation.
 	TrustedKeys []string `yaml:"trusted_keys"`
+	// RootKeys are minisign public key files of the offline root(s) that
+	// sign key sets (protocol/SPEC.md §8.10); with them the device takes
+	// its release keys from the newest key set it verified. Optional;
+	// trusted_keys or root_keys (or both) must be given.
+	RootKeys []string `yaml:"root_keys,omitempty"`
+	// RootThreshold is how many of RootKeys must sign the first key set.
+	// Default 1.
+	RootThreshold int `yaml:"root_threshold,omitempty"`
 	// Apps are the programs this agent installs and supervises.
 	Apps []AppConfig `yaml:"apps"`
 	// Profile, when set, is the device profile this device subscribes to
@@ -221,8 +229,14 @@ func (c *Config) Validate() error {
 			return bad("mirror_ca: %v", err)
 		}
 	}
-	if len(c.TrustedKeys) == 0 {
-		return bad("trusted_keys needs at least one minisign public key file")
+	if len(c.TrustedKeys) == 0 && len(c.RootKeys) == 0 {
+		return bad("trusted_keys needs at least one minisign public key file (or give root_keys: the offline root's public keys)")
+	}
+	if c.RootThreshold == 0 {
+		c.RootThreshold = 1
+	}
+	if len(c.RootKeys) > 0 && (c.RootThreshold < 1 || c.RootThreshold > len(c.RootKeys)) {
+		return bad("root_threshold %d must be between 1 and the number of root_keys (%d)", c.RootThreshold, len(c.RootKeys))
 	}
 	seen := map[string]bool{}
 	paths := map[string]string{}

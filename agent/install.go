@@ -219,7 +219,7 @@ func (a *Agent) pipeline(ctx context.Context, app *AppConfig, m *protocol.Manife
 
 	// 1. Verify: the signature already checked; now expiry and anti-rollback.
 	step(StepVerify)
-	if err := m.CheckExpiry(a.opts.Now()); err != nil {
+	if err := m.CheckExpiry(a.trustedNow()); err != nil {
 		return nil, "", err
 	}
 	r, err := a.load(app.Name)

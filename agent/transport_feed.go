@@ -46,6 +46,10 @@ func (t *mqttTransport) subscribeAll() {
 	subs[desired] = 0
 	filters = append(filters, desired)
 	subs[t.syncTopic] = 0
+	if t.keySetWanted() { // transport_keyset.go
+		subs[protocol.KeySetTopic] = 0
+		filters = append(filters, protocol.KeySetTopic)
+	}
 	nonce := randomHex(8)
 	t.syncNonce, t.syncStart = nonce, time.Now()
 	for _, ap := range t.apps {
@@ -348,7 +352,7 @@ func (t *mqttTransport) evaluate(ctx context.Context, ap *mqttApp) {
 		t.abandon(ap)
 	}
 	// Refuse what can never install before fetching a byte.
-	if err := m.CheckExpiry(time.Now()); err != nil {
+	if err := m.CheckExpiry(a.trustedNow()); err != nil {
 		t.refuse(a, ap, rel, err)
 		return
 	}

@@ -180,7 +180,8 @@ type mqttTransport struct {
 	// mirrorRoots verifies https mirrors: the system roots plus
 	// cfg.MirrorCA; nil (the system roots) without one.
 	mirrorRoots *x509.CertPool
-	conn        mqttConn // transport_conn.go
+	conn        mqttConn   // transport_conn.go
+	keyset      keySetFeed // transport_keyset.go
 
 	lastStatus    string
 	lastPublished time.Time
@@ -439,6 +440,10 @@ func (t *mqttTransport) resubscribeChunks(dl *mqttDownload) {
 }
 
 func (t *mqttTransport) message(ctx context.Context, topic string, payload []byte) {
+	if topic == protocol.KeySetTopic {
+		t.keySetMessage(payload) // transport_keyset.go
+		return
+	}
 	tp, err := protocol.ParseTopic(topic)
 	if err != nil {
 		t.stats.Dropped.Add(1)

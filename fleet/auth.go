@@ -101,7 +101,7 @@ func DefaultACL() *ACL {
 	p := protocol.TopicPrefix
 	return &ACL{Roles: map[string]RoleRules{
 		RoleDevice: {
-			Read:  []string{p + "release/#", p + "rollout/#", p + "chunks/#", p + "device/%u/desired/#", p + "device/%u/sync"},
+			Read:  []string{p + "release/#", p + "rollout/#", p + "chunks/#", p + "device/%u/desired/#", p + "device/%u/sync", p + "keyset"},
 			Write: []string{p + "device/%u/status", p + "device/%u/online", p + "device/%u/sync"},
 		},
 		RoleOperator: {

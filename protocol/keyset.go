@@ -441,7 +441,7 @@ func (s TrustState) Advance(c *KeySetChain, docs []*KeySet, now time.Time) (Trus
 		}
 		raw, sigs := c.KeySets[i].KeySet, c.KeySets[i].Signatures
 		if n := countSigners(s.Roots, raw, sigs); n < s.Threshold {
-			return orig, fmt.Errorf("key set version %d carries valid signatures of %d of the root keys the device trusts (%s), it needs %d; sign it with `edgefleet root sign`: %w",
+			return orig, fmt.Errorf("key set version %d carries valid signatures of %d of the root keys the device trusts (%s), it needs %d; sign it with `edgefleet keyset sign`: %w",
 				ks.Version, n, strings.Join(idsOf(s.Roots), ", "), s.Threshold, ErrThreshold)
 		}
 		if s.Held == nil || !sameRoot(s.Held.Root, ks.Root) {

@@ -418,10 +418,16 @@ type DeviceStatus struct {
 	// Broker is the broker the device published this status through
 	// (scheme://host:port, no credentials), when it knows several
 	// (broker.urls): which node of a cluster it is on.
-	Broker string      `json:"broker,omitempty"`
-	Time   time.Time   `json:"time"`
-	Online bool        `json:"online"`
-	Apps   []AppReport `json:"apps"`
+	Broker string `json:"broker,omitempty"`
+	// KeySet is the version of the key set the device holds (§8.10; 0:
+	// none), KeySetError why it refused the last one offered, ClockBehind
+	// its time floor when its clock is behind it.
+	KeySet      uint64      `json:"keyset,omitempty"`
+	KeySetError string      `json:"keyset_error,omitempty"`
+	ClockBehind *time.Time  `json:"clock_behind,omitempty"`
+	Time        time.Time   `json:"time"`
+	Online      bool        `json:"online"`
+	Apps        []AppReport `json:"apps"`
 }
 
 // AppReport is one app's line in a device status.
@@ -469,7 +475,7 @@ func (s *DeviceStatus) Validate() error {
 	if s.Profile != "" && !ValidProfileName(s.Profile) {
 		return bad("profile %q is not valid", clip(s.Profile))
 	}
-	if len(s.CPU) > maxStringLen || len(s.AgentVersion) > maxStringLen || len(s.Broker) > maxStringLen {
+	if len(s.CPU) > maxStringLen || len(s.AgentVersion) > maxStringLen || len(s.Broker) > maxStringLen || len(s.KeySetError) > MaxLastError {
 		return bad("cpu, agent_version or broker longer than %d", maxStringLen)
 	}
 	if s.Channel != "" && !ValidChannel(s.Channel) {
@@ -511,6 +517,7 @@ func (s *DeviceStatus) Validate() error {
 func (s *DeviceStatus) Marshal() ([]byte, error) {
 	s.cleanText()
 	s.clampProgress()
+	s.KeySetError = clipText(s.KeySetError, MaxLastError)
 	for i := range s.Apps {
 		// Cut on a character boundary (clipText): a cut rune would be sent
 		// as U+FFFD, 3 bytes, and could push the text over the limit.
@@ -548,6 +555,7 @@ func ParseStatus(b []byte) (*DeviceStatus, error) {
 	}
 	s.cleanText()
 	s.clampProgress()
+	s.KeySetError = clipText(s.KeySetError, MaxLastError)
 	if err := s.Validate(); err != nil {
 		return nil, err
 	}
@@ -566,6 +574,7 @@ func ParseStatus(b []byte) (*DeviceStatus, error) {
 // hold.
 func (s *DeviceStatus) cleanText() {
 	s.CPU, s.AgentVersion, s.Broker = cleanText(s.CPU), cleanText(s.AgentVersion), cleanText(s.Broker)
+	s.KeySetError = cleanText(s.KeySetError)
 	for i := range s.Apps {
 		a := &s.Apps[i]
 		a.Version, a.State, a.Target, a.LastError, a.Note = cleanText(a.Version), cleanText(a.State), cleanText(a.Target), cleanText(a.LastError), cleanText(a.Note)
