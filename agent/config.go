@@ -142,6 +142,10 @@ type BrokerConfig struct {
 	Key      string   `yaml:"key,omitempty"`
 	Username string   `yaml:"username,omitempty"`
 	Password string   `yaml:"password,omitempty"`
+	// PasswordFile is an absolute path to a file whose first line is the
+	// broker password (instead of password). Like a config holding a
+	// password, it must not be readable by group or others (secrets.go).
+	PasswordFile string `yaml:"password_file,omitempty"`
 }
 
 // Duration is a time.Duration written in YAML as "10s".
@@ -177,6 +181,9 @@ func LoadConfig(path string) (*Config, error) {
 	cfg, err := ParseConfig(b)
 	if err != nil {
 		return nil, fmt.Errorf("agent config %s: %w", path, err)
+	}
+	if err := cfg.checkSecrets(path); err != nil { // secrets.go
+		return nil, err
 	}
 	return cfg, nil
 }
@@ -349,6 +356,9 @@ func (b *BrokerConfig) validate(deviceID string) error {
 			return fmt.Errorf("broker.urls are not encrypted but broker.ca/cert/key are set; use ssl://host:8883 URLs for TLS")
 		}
 		return fmt.Errorf("broker.url %s is not encrypted but broker.ca/cert/key are set; use ssl://host:8883 for TLS", b.URL)
+	}
+	if err := b.checkPasswordFileConfig(); err != nil { // secrets.go
+		return err
 	}
 	if b.Password != "" && b.Username == "" {
 		return fmt.Errorf("broker.password is set without broker.username")

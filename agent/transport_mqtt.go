@@ -304,7 +304,11 @@ func newMQTTTransport(d *Daemon) (*mqttTransport, error) {
 		})
 	t.addBrokers(o) // transport_conn.go
 	if bc.Username != "" {
-		o.SetUsername(bc.Username).SetPassword(bc.Password)
+		pass, err := bc.password() // secrets.go
+		if err != nil {
+			return nil, err
+		}
+		o.SetUsername(bc.Username).SetPassword(pass)
 	}
 	if tlsConf != nil {
 		o.SetTLSConfig(tlsConf)
