@@ -47,6 +47,15 @@ type trustState struct {
 	st    protocol.TrustState
 	floor time.Time
 	extra []protocol.PublicKey // trusted_keys (or Options.Keyring)
+	// notify, when set, is called after a key set is accepted (the MQTT
+	// transport reads the releases again).
+	notify func()
+}
+
+func (t *trustState) setNotify(f func()) {
+	t.mu.Lock()
+	t.notify = f
+	t.mu.Unlock()
 }
 
 // TrustPath is the root-of-trust file in DataDir. It survives
@@ -184,6 +193,9 @@ func (a *Agent) AcceptKeySet(msg []byte) (uint64, error) {
 	a.keys.Replace(protocol.PolicyKeyring(st.Held, t.extra, a.trustedNow))
 	a.opts.Logf("trust: accepted key set version %d (was %d): %d release keys, %d revoked, expires %s",
 		st.Version(), from, len(st.Held.Release), len(st.Held.Revoked), st.Held.Expires.UTC().Format(time.RFC3339))
+	if t.notify != nil {
+		t.notify()
+	}
 	return st.Version(), nil
 }
 

@@ -295,3 +295,46 @@ func TestKeySetWithoutRootKeys(t *testing.T) {
 	}
 	k.install(a, k.bundle(spec{Version: "1.0.0", Sequence: 1, NoProbe: true}))
 }
+
+// A key set sideloaded through the running daemon's control socket is
+// verified like one from the broker; a replay says nothing changed; one
+// signed by another root is refused with the reason.
+func TestKeySetSideloadThroughDaemon(t *testing.T) {
+	k, r, a := sideloadKit(t, nil)
+	d, err := NewDaemon(k.cfg, a, DaemonOptions{Logf: t.Logf, StopGrace: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	var c *ControlClient
+	eventually(t, "the control socket answers", func() bool {
+		c, err = DialControl(ctx, k.cfg.SocketPath())
+		return err == nil
+	})
+	defer c.Close()
+	msg := filepath.Join(t.TempDir(), "ks.msg")
+	send := func(b []byte) Response {
+		os.WriteFile(msg, b, 0o644)
+		resp, err := c.Do(ctx, Request{Op: OpKeySet, Bundle: msg}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp
+	}
+	v1 := chainMsg(t, signKeySet(t, keySetOpts{version: 1, roots: r.privs, release: []protocol.ReleaseKey{relKey(k.priv)}}, r.privs[0]))
+	if resp := send(v1); !resp.OK || !strings.Contains(resp.Message, "version 1 accepted") || a.Trust().KeySet != 1 {
+		t.Fatalf("sideload key set 1: %+v (holds %d)", resp, a.Trust().KeySet)
+	}
+	if resp := send(v1); !resp.OK || !strings.Contains(resp.Message, "already holds key set version 1") {
+		t.Fatalf("replay: %+v", resp)
+	}
+	other := newRoots(t, 1)
+	v2 := chainMsg(t, signKeySet(t, keySetOpts{version: 2, roots: other.privs, release: []protocol.ReleaseKey{relKey(k.priv)}}, other.privs[0]))
+	if resp := send(v2); resp.OK || !strings.Contains(resp.Error, "root keys the device trusts") {
+		t.Fatalf("a key set from another root: %+v", resp)
+	}
+	k.install(a, k.bundle(spec{Version: "1.0.0", Sequence: 1, NoProbe: true}))
+}

@@ -9,6 +9,7 @@ package agent
 import (
 	"crypto/sha256"
 	"errors"
+	"sync/atomic"
 	"time"
 
 	"github.com/edgefleet/edgefleet/protocol"
@@ -18,6 +19,17 @@ import (
 type keySetFeed struct {
 	lastSum [32]byte // the last message judged (a redelivery is skipped)
 	err     string   // why the last key set offered was refused ("" none)
+	// changed: a key set was accepted another way (sideload through the
+	// control socket): read the releases again at the next housekeeping.
+	changed atomic.Bool
+}
+
+// watchKeySet asks the agent to tell the transport about key sets
+// accepted by sideload.
+func (t *mqttTransport) watchKeySet() {
+	if a := t.agent(); a != nil && a.trust != nil {
+		a.trust.setNotify(func() { t.keyset.changed.Store(true) })
+	}
 }
 
 // keySetWanted: subscribe to the key set topic (only with root_keys).

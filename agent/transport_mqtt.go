@@ -314,6 +314,7 @@ func newMQTTTransport(d *Daemon) (*mqttTransport, error) {
 		o.SetTLSConfig(tlsConf)
 	}
 	t.client = paho.NewClient(o)
+	t.watchKeySet() // transport_keyset.go
 	return t, nil
 }
 
@@ -534,7 +535,7 @@ func (t *mqttTransport) housekeeping(ctx context.Context) {
 			t.dropLogged = true // once per connection
 			t.logf("mqtt: messages were dropped (the agent was busy); subscribing again")
 		}
-		if dropped || failed {
+		if dropped || failed || t.keyset.changed.Swap(false) { // transport_keyset.go
 			t.subscribeAll()
 		}
 	}

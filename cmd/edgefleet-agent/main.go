@@ -71,6 +71,7 @@ func init() {
 		"facts":    {"what this device is: CPU level and features, storage, memory", cmdFacts},
 		"reset":    {"move a corrupt state database aside and start afresh (binaries and the anti-rollback floor are kept)", cmdReset},
 		"version":  {"print the agent's version", cmdVersion},
+		"keyset":   {"accept a key set signed by the root (sideload; keyset.go)", cmdKeySet},
 	}
 }
 
