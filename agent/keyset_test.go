@@ -53,6 +53,7 @@ type keySetOpts struct {
 	thresh   int
 	release  []protocol.ReleaseKey
 	revoked  []protocol.PublicKey
+	target   []protocol.ScopedKey
 	issued   time.Time
 	lifetime time.Duration
 }
@@ -70,7 +71,7 @@ func signKeySet(t testing.TB, o keySetOpts, signers ...protocol.PrivateKey) prot
 		o.thresh = 1
 	}
 	ks := &protocol.KeySet{Version: o.version, Issued: o.issued, Expires: o.issued.Add(o.lifetime), Release: o.release,
-		Root: protocol.RootKeys{Threshold: o.thresh}}
+		Root: protocol.RootKeys{Threshold: o.thresh}, Targeting: o.target}
 	for _, r := range o.roots {
 		ks.Root.Keys = append(ks.Root.Keys, protocol.PublicKeyLine(pubOf(r)))
 	}

@@ -162,7 +162,7 @@ func (t *mqttTransport) parseRelease(ap *mqttApp, topic string, payload []byte) 
 		if m, err = env.Open(a.keys); err == nil {
 			if m.App != ap.cfg.Name {
 				err = fmt.Errorf("the release on %s is for app %q: %w", topic, m.App, protocol.ErrMalformed)
-			} else {
+			} else if err = t.checkTargeting(a, topic, env); err == nil { // transport_targeting.go
 				sum := sha256.Sum256(env.Manifest)
 				return &mqttRelease{topic: topic, env: env, m: m, id: hex.EncodeToString(sum[:])}
 			}

@@ -25,7 +25,7 @@ const (
 
 	// MaxEnvelopeSize bounds a release envelope: a base64 manifest of at
 	// most MaxManifestSize bytes plus a signature.
-	MaxEnvelopeSize = (MaxManifestSize+2)/3*4 + 2*MaxSignatureSize + 1024
+	MaxEnvelopeSize = (MaxManifestSize+2)/3*4 + 2*MaxSignatureSize + 1024 + (MaxTargetingSize+2)/3*4 + MaxSignatureSize
 
 	// MaxStatusSize bounds a device status message.
 	MaxStatusSize = 64 << 10
@@ -271,6 +271,9 @@ type Envelope struct {
 	// device verifies every chunk against the signed manifest, so a mirror
 	// is untrusted). Optional; at most MaxMirrors, checked by CheckMirrors.
 	Mirrors []string `json:"mirrors,omitempty"`
+	// Targeting, optional, is the signed "this release goes to this
+	// channel or device until T" (SPEC.md §8.11, targeting.go).
+	Targeting *SignedTargeting `json:"targeting,omitempty"`
 }
 
 const (
@@ -391,6 +394,9 @@ func ParseEnvelope(b []byte) (*Envelope, error) {
 	}
 	if err := CheckMirrors(e.Mirrors); err != nil {
 		return nil, fmt.Errorf("release envelope: %w", err)
+	}
+	if t := e.Targeting; t != nil && (len(t.Doc) == 0 || len(t.Doc) > MaxTargetingSize || len(t.Signature) == 0 || len(t.Signature) > MaxSignatureSize) {
+		return nil, fmt.Errorf("release envelope targeting: document 1..%d bytes and a signature 1..%d bytes required: %w", MaxTargetingSize, MaxSignatureSize, ErrMalformed)
 	}
 	return &e, nil
 }

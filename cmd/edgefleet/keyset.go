@@ -421,3 +421,16 @@ func keySetPublish(ctx context.Context, env *cliEnv, args []string) int {
 	fmt.Fprintf(env.stdout, "published key set version %d on %s (retained); `edgefleet status` lists devices still behind it\n", v, protocol.KeySetTopic)
 	return 0
 }
+
+// targetingOptions loads the --targeting-key of publish and assign (nil
+// without one).
+func targetingOptions(env *cliEnv, keyPath string, life time.Duration) (*fleet.TargetingOptions, error) {
+	if keyPath == "" {
+		return nil, nil
+	}
+	k, err := loadSecretKey(env, keyPath)
+	if err != nil {
+		return nil, fmt.Errorf("--targeting-key: %w", err)
+	}
+	return &fleet.TargetingOptions{Key: k, Lifetime: life}, nil
+}
