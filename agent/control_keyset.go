@@ -36,7 +36,7 @@ func ReadKeySetFile(path string) ([]byte, error) {
 // for an accepted (or already held) key set.
 func KeySetMessage(from, to uint64, err error) string {
 	if errors.Is(err, protocol.ErrRollback) {
-		return fmt.Sprintf("this device already holds key set version %d; nothing changed", from)
+		return fmt.Sprintf("nothing changed: %v", err)
 	}
 	return fmt.Sprintf("key set version %d accepted (was %d)", to, from)
 }

@@ -163,6 +163,9 @@ func (kr *Keyring) Verify(msg, sig []byte) (PublicKey, error) {
 		return PublicKey{}, fmt.Errorf("the manifest signature does not verify with trusted key %s: the bundle was altered after signing or is corrupt; do not install it, and get a fresh copy from the operator: %w",
 			KeyID(k.ID()), ErrBadSignature)
 	}
+	if len(keys) == 0 {
+		return PublicKey{}, fmt.Errorf("the manifest is signed by key %s, but this device trusts no release key yet: it has root_keys and no key set; publish one (`edgefleet keyset publish`) or sideload it (`edgefleet-agent keyset`): %w", KeyID(s.KeyID), ErrUnknownKey)
+	}
 	return PublicKey{}, fmt.Errorf("the manifest is signed by key %s, which is not among the trusted keys (%s); if the operator rotated keys, install the new public key first: %w",
 		KeyID(s.KeyID), strings.Join(kr.IDs(), ", "), ErrUnknownKey)
 }

@@ -65,7 +65,7 @@ var (
 	// verifier holds (or, on a root rotation, of the new roots).
 	ErrThreshold = errors.New("not signed by enough root keys")
 	// ErrRollback: a key set (or targeting) is not newer than the one held.
-	ErrRollback = errors.New("older than the one held")
+	ErrRollback = errors.New("not newer than the one held")
 )
 
 // KeySet is the signed document (schema 1). Times are RFC 3339.
@@ -432,8 +432,11 @@ func (s *TrustState) Version() uint64 {
 func (s TrustState) Advance(c *KeySetChain, docs []*KeySet, now time.Time) (TrustState, error) {
 	orig := s
 	last := docs[len(docs)-1]
-	if last.Version <= s.Version() {
-		return s, fmt.Errorf("the key set on offer is version %d, the device holds version %d; a replayed or older key set is ignored: %w", last.Version, s.Version(), ErrRollback)
+	if last.Version == s.Version() {
+		return s, fmt.Errorf("the device already holds key set version %d: %w", last.Version, ErrRollback)
+	}
+	if last.Version < s.Version() {
+		return s, fmt.Errorf("the key set on offer is version %d, older than version %d that the device holds; a replayed older key set is ignored: %w", last.Version, s.Version(), ErrRollback)
 	}
 	for i, ks := range docs {
 		if ks.Version <= s.Version() {
