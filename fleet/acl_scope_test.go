@@ -129,34 +129,7 @@ func TestACLLeastPrivilegeEmbedded(t *testing.T) {
 		t.Errorf("an unscoped device cannot read a release of its channel")
 	}
 
-	// Operators: a viewer reads statuses but publishes nothing; a
-	// publisher publishes releases but cannot write a device's status.
-	statusA, _ := protocol.StatusTopic("dev-a")
-	s := &protocol.DeviceStatus{Schema: 1, Device: "dev-a", Time: time.Now().UTC(), Online: true}
-	raw, _ := s.Marshal()
-	if err := wait(ctx, devA.Publish(statusA, 1, true, raw), time.Minute); err != nil {
-		t.Fatal(err)
-	}
-	viewer := connect(t, url, "viewer", "viewer-secret", "")
-	if snap, err := Snapshot(ctx, viewer, protocol.DeviceFilters); err != nil || len(snap[statusA]) == 0 {
-		t.Fatalf("the viewer cannot read statuses: %v %v", err, snap)
-	}
-	if _, err := PublishBundle(ctx, viewer, other.path, PublishOptions{Keyring: other.kr, Channel: "beta"}); err == nil {
-		snap, _ := Snapshot(ctx, op, []string{p + "release/beta/other/#"})
-		if len(snap) > 0 {
-			t.Error("a viewer published a release")
-		}
-	}
-	pubc := connect(t, url, "publisher", "publisher-secret", "")
-	if _, err := PublishBundle(ctx, pubc, other.path, PublishOptions{Keyring: other.kr, Channel: "beta"}); err != nil {
-		t.Fatalf("the publisher cannot publish: %v", err)
-	}
-	wait(ctx, pubc.Publish(statusA, 0, true, []byte(`{"schema":1}`)), time.Minute)
-	wait(ctx, pubc.Publish(p+"sync/x", 1, false, []byte("x")), time.Minute)
-	snap, err := Snapshot(ctx, op, []string{statusA})
-	if err != nil || string(snap[statusA]) != string(raw) {
-		t.Errorf("a publisher overwrote a device's status: %q", snap[statusA])
-	}
+	operatorRoles(t, url, devA, other)
 }
 
 func TestUsersFileScopeValidated(t *testing.T) {
@@ -171,4 +144,43 @@ func TestUsersFileScopeValidated(t *testing.T) {
 	if _, err := LoadUsers(p); err == nil || !strings.Contains(err.Error(), "publisher, viewer") {
 		t.Fatalf("unknown role: want the roles named, got %v", err)
 	}
+}
+
+// operatorRoles: a viewer reads statuses but publishes nothing; a
+// publisher publishes releases but cannot write a device's status.
+func operatorRoles(t *testing.T, url string, devA paho.Client, other testRelease) {
+	ctx := context.Background()
+	p := protocol.TopicPrefix
+	op := connect(t, url, "operator", "operator-secret", "")
+	statusA, _ := protocol.StatusTopic("dev-a")
+	s := &protocol.DeviceStatus{Schema: 1, Device: "dev-a", Time: time.Now().UTC(), Online: true}
+	raw, _ := s.Marshal()
+	if err := wait(ctx, devA.Publish(statusA, 1, true, raw), time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	viewer := connect(t, url, "viewer", "viewer-secret", "")
+	if snap, err := Snapshot(ctx, viewer, protocol.DeviceFilters); err != nil || len(snap[statusA]) == 0 {
+		t.Fatalf("the viewer cannot read statuses: %v %v", err, snap)
+	}
+	PublishBundle(ctx, viewer, other.path, PublishOptions{Keyring: other.kr, Channel: "beta", SkipReadBack: true})
+	if snap, _ := Snapshot(ctx, op, []string{p + "release/beta/other/#"}); len(snap) > 0 {
+		t.Error("a viewer published a release")
+	}
+	pubc := connect(t, url, "publisher", "publisher-secret", "")
+	if _, err := PublishBundle(ctx, pubc, other.path, PublishOptions{Keyring: other.kr, Channel: "beta"}); err != nil {
+		t.Fatalf("the publisher cannot publish: %v", err)
+	}
+	wait(ctx, pubc.Publish(statusA, 0, true, []byte(`{"schema":1}`)), time.Minute)
+	wait(ctx, pubc.Publish(p+"sync/x", 1, false, []byte("x")), time.Minute)
+	snap, err := Snapshot(ctx, op, []string{statusA})
+	if err != nil || string(snap[statusA]) != string(raw) {
+		t.Errorf("a publisher overwrote a device's status: %q", snap[statusA])
+	}
+}
+
+// The same operator roles on Mosquitto with docs/mosquitto's ACL.
+func TestACLOperatorRolesMosquitto(t *testing.T) {
+	url := startMosquitto(t, map[string]string{"operator": "operator-secret", "viewer": "viewer-secret", "publisher": "publisher-secret", "dev-a": "dev-a-secret"})
+	other := makeBundle(t, t.TempDir(), "other", "1.0.0", 1, 10_000)
+	operatorRoles(t, url, connect(t, url, "dev-a", "dev-a-secret", "dev-a"), other)
 }
