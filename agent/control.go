@@ -125,6 +125,8 @@ type DaemonStatus struct {
 	PID          int              `json:"pid"`
 	Since        time.Time        `json:"since"`
 	StateError   string           `json:"state_error,omitempty"`
+	// Trust is the key set held and the time floor (keyset.go).
+	Trust *TrustInfo `json:"trust,omitempty"`
 	Apps         []DaemonAppState `json:"apps"`
 }
 
@@ -293,6 +295,7 @@ func (d *Daemon) Status() DaemonStatus {
 	a, stateErr := d.a, d.stateErr
 	d.mu.Unlock()
 	if a != nil {
+		out.Trust = a.trustInfo() // keyset.go
 		var err error
 		if recs, err = a.Status(); err != nil {
 			out.StateError = err.Error()

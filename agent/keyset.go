@@ -126,14 +126,23 @@ func (a *Agent) trustedNow() time.Time {
 	return now
 }
 
+// trustInfo is Trust for a status: nil when there is nothing to say.
+func (a *Agent) trustInfo() *TrustInfo {
+	ti := a.Trust()
+	if ti == (TrustInfo{}) {
+		return nil
+	}
+	return &ti
+}
+
 // TrustInfo is what status reports about the root of trust.
 type TrustInfo struct {
 	// KeySet is the version of the key set held (0: none).
 	KeySet uint64 `json:"keyset,omitempty"`
 	// Expires is when the held key set expires.
-	Expires time.Time `json:"keyset_expires,omitempty"`
+	Expires time.Time `json:"keyset_expires,omitzero"`
 	// TimeFloor is the newest signed time verified.
-	TimeFloor time.Time `json:"time_floor,omitempty"`
+	TimeFloor time.Time `json:"time_floor,omitzero"`
 	// ClockBehind is true when the device clock is below the time floor.
 	ClockBehind bool `json:"clock_behind,omitempty"`
 }

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"path/filepath"
+	"time"
 
 	"github.com/edgefleet/edgefleet/agent"
 	"github.com/edgefleet/edgefleet/protocol"
@@ -55,4 +57,17 @@ func cmdKeySet(ctx context.Context, e *env, args []string) int {
 	}
 	fmt.Fprintln(e.stdout, agent.KeySetMessage(from, v, err))
 	return 0
+}
+
+// printTrust prints the key set held and a clock behind the time floor.
+func printTrust(w io.Writer, ti *agent.TrustInfo) {
+	if ti == nil {
+		return
+	}
+	if ti.KeySet > 0 {
+		fmt.Fprintf(w, "key set version %d, expires %s\n", ti.KeySet, ti.Expires.UTC().Format(time.RFC3339))
+	}
+	if ti.ClockBehind {
+		fmt.Fprintf(w, "the clock is behind the newest signed time verified (%s); expiry is judged at that time: set the clock (NTP)\n", ti.TimeFloor.UTC().Format(time.RFC3339))
+	}
 }

@@ -45,4 +45,7 @@ func TestKeySetCommandDirect(t *testing.T) {
 	if out, _, code := runIn("keyset", "--config", c, filepath.Join(dir, "ks.msg")); code != 0 || !strings.Contains(out, "already holds key set version 3") {
 		t.Fatalf("keyset again: %d %q", code, out)
 	}
+	if out, _, code := runIn("status", "--config", c); code != 0 || !strings.Contains(out, "key set version 3, expires") {
+		t.Fatalf("status does not show the key set held: %d %q", code, out)
+	}
 }

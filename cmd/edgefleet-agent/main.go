@@ -428,6 +428,10 @@ func cmdStatus(ctx context.Context, e *env, args []string) int {
 			}
 			st.StateError = err.Error()
 		} else {
+			ti := a.Trust()
+			if ti != (agent.TrustInfo{}) {
+				st.Trust = &ti
+			}
 			apps, err := a.Status()
 			a.Close()
 			if err != nil {
@@ -460,6 +464,7 @@ func printStatus(w io.Writer, st agent.DaemonStatus) {
 	if st.StateError != "" {
 		fmt.Fprintf(w, "state error: %s\n", st.StateError)
 	}
+	printTrust(w, st.Trust) // keyset.go
 	for _, a := range st.Apps {
 		fmt.Fprintf(w, "\n%s  %s  sequence %d  %s", a.App, orNone(a.Version), a.Sequence, a.State)
 		if a.Previous != "" {
