@@ -120,14 +120,15 @@ type DaemonStatus struct {
 	DeviceID string `json:"device_id"`
 	// Daemon is true when a running daemon answered (process, output and
 	// trial fields are then filled in).
-	Daemon       bool      `json:"daemon"`
-	AgentVersion string    `json:"agent_version,omitempty"`
-	PID          int       `json:"pid"`
-	Since        time.Time `json:"since"`
-	StateError   string    `json:"state_error,omitempty"`
+	Daemon       bool             `json:"daemon"`
+	AgentVersion string           `json:"agent_version,omitempty"`
+	PID          int              `json:"pid"`
+	Since        time.Time        `json:"since"`
+	StateError   string           `json:"state_error,omitempty"`
+	Apps         []DaemonAppState `json:"apps"`
+
 	// Trust is the key set held and the time floor (keyset.go).
-	Trust *TrustInfo       `json:"trust,omitempty"`
-	Apps  []DaemonAppState `json:"apps"`
+	Trust *TrustInfo `json:"trust,omitempty"`
 }
 
 // DaemonAppState is one app in DaemonStatus: the recorded state plus what
