@@ -96,11 +96,12 @@ func (o *Options) Validate() error {
 // Its methods are safe for concurrent use; installs of one app are
 // serialised (a second one gets ErrBusy).
 type Agent struct {
-	cfg   *Config
-	opts  Options
-	keys  *protocol.Keyring
-	trust *trustState // keyset.go
-	cpu   hardware.CPUFacts
+	cfg  *Config
+	opts Options
+	keys *protocol.Keyring
+	cpu  hardware.CPUFacts
+
+	trust *trustState // root_keys, key set, time floor (keyset.go)
 
 	dbMu sync.RWMutex // guards db itself (Reset swaps it)
 	db   *bolt.DB

@@ -424,16 +424,17 @@ type DeviceStatus struct {
 	// Broker is the broker the device published this status through
 	// (scheme://host:port, no credentials), when it knows several
 	// (broker.urls): which node of a cluster it is on.
-	Broker string `json:"broker,omitempty"`
+	Broker string      `json:"broker,omitempty"`
+	Time   time.Time   `json:"time"`
+	Online bool        `json:"online"`
+	Apps   []AppReport `json:"apps"`
+
 	// KeySet is the version of the key set the device holds (§8.10; 0:
 	// none), KeySetError why it refused the last one offered, ClockBehind
 	// its time floor when its clock is behind it.
-	KeySet      uint64      `json:"keyset,omitempty"`
-	KeySetError string      `json:"keyset_error,omitempty"`
-	ClockBehind *time.Time  `json:"clock_behind,omitempty"`
-	Time        time.Time   `json:"time"`
-	Online      bool        `json:"online"`
-	Apps        []AppReport `json:"apps"`
+	KeySet      uint64     `json:"keyset,omitempty"`
+	KeySetError string     `json:"keyset_error,omitempty"`
+	ClockBehind *time.Time `json:"clock_behind,omitempty"`
 }
 
 // AppReport is one app's line in a device status.
