@@ -43,6 +43,14 @@ type Config struct {
 	// TrustedKeys are minisign public key files. At least one; several
 	// allow key rotation.
 	TrustedKeys []string `yaml:"trusted_keys"`
+	// RootKeys are minisign public key files of the offline root(s) that
+	// sign key sets (protocol/SPEC.md §8.12); with them the device takes
+	// its release keys from the newest key set it verified. Optional;
+	// trusted_keys or root_keys (or both) must be given.
+	RootKeys []string `yaml:"root_keys,omitempty"`
+	// RootThreshold is how many of RootKeys must sign the first key set.
+	// Default 1.
+	RootThreshold int `yaml:"root_threshold,omitempty"`
 	// Apps are the programs this agent installs and supervises.
 	Apps []AppConfig `yaml:"apps"`
 	// Profile, when set, is the device profile this device subscribes to
@@ -134,6 +142,10 @@ type BrokerConfig struct {
 	Key      string   `yaml:"key,omitempty"`
 	Username string   `yaml:"username,omitempty"`
 	Password string   `yaml:"password,omitempty"`
+	// PasswordFile is an absolute path to a file whose first line is the
+	// broker password (instead of password). Like a config holding a
+	// password, it must not be readable by group or others (secrets.go).
+	PasswordFile string `yaml:"password_file,omitempty"`
 }
 
 // Duration is a time.Duration written in YAML as "10s".
@@ -169,6 +181,9 @@ func LoadConfig(path string) (*Config, error) {
 	cfg, err := ParseConfig(b)
 	if err != nil {
 		return nil, fmt.Errorf("agent config %s: %w", path, err)
+	}
+	if err := cfg.checkSecrets(path); err != nil { // secrets.go
+		return nil, err
 	}
 	return cfg, nil
 }
@@ -221,8 +236,14 @@ func (c *Config) Validate() error {
 			return bad("mirror_ca: %v", err)
 		}
 	}
-	if len(c.TrustedKeys) == 0 {
-		return bad("trusted_keys needs at least one minisign public key file")
+	if len(c.TrustedKeys) == 0 && len(c.RootKeys) == 0 {
+		return bad("trusted_keys needs at least one minisign public key file (or give root_keys: the offline root's public keys)")
+	}
+	if c.RootThreshold == 0 {
+		c.RootThreshold = 1
+	}
+	if len(c.RootKeys) > 0 && (c.RootThreshold < 1 || c.RootThreshold > len(c.RootKeys)) {
+		return bad("root_threshold %d must be between 1 and the number of root_keys (%d)", c.RootThreshold, len(c.RootKeys))
 	}
 	seen := map[string]bool{}
 	paths := map[string]string{}
@@ -335,6 +356,9 @@ func (b *BrokerConfig) validate(deviceID string) error {
 			return fmt.Errorf("broker.urls are not encrypted but broker.ca/cert/key are set; use ssl://host:8883 URLs for TLS")
 		}
 		return fmt.Errorf("broker.url %s is not encrypted but broker.ca/cert/key are set; use ssl://host:8883 for TLS", b.URL)
+	}
+	if err := b.checkPasswordFileConfig(); err != nil { // secrets.go
+		return err
 	}
 	if b.Password != "" && b.Username == "" {
 		return fmt.Errorf("broker.password is set without broker.username")

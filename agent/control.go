@@ -64,6 +64,7 @@ const (
 	OpSideload = "sideload"
 	OpRollback = "rollback"
 	OpReset    = "reset"
+	OpKeySet   = "keyset" // control_keyset.go
 )
 
 // Response types and result codes.
@@ -88,7 +89,8 @@ const maxResponseLine = 16 << 20
 // Request is one control request.
 type Request struct {
 	Op string `json:"op"`
-	// Bundle is an absolute path to a .efb file (check, sideload).
+	// Bundle is an absolute path to a .efb file (check, sideload) or a
+	// key set chain message (keyset).
 	Bundle string `json:"bundle,omitempty"`
 	// Wait (sideload): stream the trial and answer with its outcome.
 	Wait bool `json:"wait,omitempty"`
@@ -124,6 +126,9 @@ type DaemonStatus struct {
 	Since        time.Time        `json:"since"`
 	StateError   string           `json:"state_error,omitempty"`
 	Apps         []DaemonAppState `json:"apps"`
+
+	// Trust is the key set held and the time floor (keyset.go).
+	Trust *TrustInfo `json:"trust,omitempty"`
 }
 
 // DaemonAppState is one app in DaemonStatus: the recorded state plus what
@@ -225,9 +230,9 @@ func DecodeRequest(line []byte) (Request, error) {
 		return Request{}, errors.New("control request has data after the JSON object; send one object per line")
 	}
 	switch req.Op {
-	case OpStatus, OpCheck, OpSideload, OpRollback, OpReset:
+	case OpStatus, OpCheck, OpSideload, OpRollback, OpReset, OpKeySet:
 	default:
-		return Request{}, fmt.Errorf("unknown control op %q; use status, check, sideload, rollback or reset", clip(req.Op, 40))
+		return Request{}, fmt.Errorf("unknown control op %q; use status, check, sideload, rollback, reset or keyset", clip(req.Op, 40))
 	}
 	return req, nil
 }
@@ -265,6 +270,8 @@ func (d *Daemon) handle(ctx context.Context, req Request, send func(Response)) (
 		return d.opRollback(ctx, req)
 	case OpReset:
 		return d.opReset(ctx), nil
+	case OpKeySet:
+		return d.opKeySet(req), nil
 	}
 	return Response{Type: TypeResult, Code: CodeUsage, Error: fmt.Sprintf("unknown control op %q; use status, check, sideload, rollback or reset", req.Op)}, nil
 }
@@ -289,6 +296,7 @@ func (d *Daemon) Status() DaemonStatus {
 	a, stateErr := d.a, d.stateErr
 	d.mu.Unlock()
 	if a != nil {
+		out.Trust = a.trustInfo() // keyset.go
 		var err error
 		if recs, err = a.Status(); err != nil {
 			out.StateError = err.Error()
@@ -626,7 +634,7 @@ func (r *Response) answers(op string) error {
 		if r.Trial == "rolled-back" {
 			return errReply("the answer to sideload is ok but says the release was rolled back")
 		}
-	case OpRollback, OpReset:
+	case OpRollback, OpReset, OpKeySet:
 		if r.Message == "" {
 			return errReply("the answer to %s has no message", op)
 		}

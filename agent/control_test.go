@@ -46,7 +46,7 @@ func FuzzDecodeRequest(f *testing.F) {
 			return
 		}
 		switch req.Op {
-		case OpStatus, OpCheck, OpSideload, OpRollback, OpReset:
+		case OpStatus, OpCheck, OpSideload, OpRollback, OpReset, OpKeySet:
 		default:
 			t.Fatalf("accepted op %q", req.Op)
 		}

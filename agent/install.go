@@ -91,10 +91,7 @@ func (a *Agent) Install(ctx context.Context, bundle io.Reader, progress func(Pro
 // transport): the manifest bytes and signature, then the encoded payload
 // stream, whose chunks are checked against the signed hashes as they pass.
 func (a *Agent) InstallParts(ctx context.Context, rawManifest, rawSig []byte, payload io.Reader, progress func(Progress)) (*Result, error) {
-	if _, err := a.keys.Verify(rawManifest, rawSig); err != nil {
-		return nil, fmt.Errorf("verify manifest: %w", err)
-	}
-	m, err := protocol.ParseManifest(rawManifest)
+	m, _, err := a.keys.VerifyManifest(rawManifest, rawSig)
 	if err != nil {
 		return nil, fmt.Errorf("verify manifest: %w", err)
 	}
@@ -224,7 +221,7 @@ func (a *Agent) pipeline(ctx context.Context, app *AppConfig, m *protocol.Manife
 
 	// 1. Verify: the signature already checked; now expiry and anti-rollback.
 	step(StepVerify)
-	if err := m.CheckExpiry(a.opts.Now()); err != nil {
+	if err := m.CheckExpiry(a.trustedNow()); err != nil {
 		return nil, "", err
 	}
 	r, err := a.load(app.Name)

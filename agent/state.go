@@ -101,6 +101,8 @@ type Agent struct {
 	keys *protocol.Keyring
 	cpu  hardware.CPUFacts
 
+	trust *trustState // root_keys, key set, time floor (keyset.go)
+
 	dbMu sync.RWMutex // guards db itself (Reset swaps it)
 	db   *bolt.DB
 
@@ -233,14 +235,16 @@ func Open(cfg *Config, opts Options) (*Agent, error) {
 		return nil, err
 	}
 	a := &Agent{cfg: cfg, opts: opts, busy: map[string]bool{}, progress: map[string]*Progress{}}
-	if opts.Keyring != nil {
-		a.keys = opts.Keyring
-	} else {
+	extra := opts.Keyring
+	if extra == nil && len(cfg.TrustedKeys) > 0 {
 		kr, err := protocol.LoadKeyring(cfg.TrustedKeys...)
 		if err != nil {
 			return nil, fmt.Errorf("load trusted keys: %w", err)
 		}
-		a.keys = kr
+		extra = kr
+	}
+	if err := a.openTrust(extra); err != nil { // keyset.go: root_keys, trust.json
+		return nil, err
 	}
 	if opts.CPU != nil {
 		a.cpu = *opts.CPU

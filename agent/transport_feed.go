@@ -53,6 +53,10 @@ func (t *mqttTransport) subscribeAll() {
 	subs[t.syncTopic] = 0
 	subs[t.logsRequestTopic] = 0 // remote logs (§8.11)
 	filters = append(filters, t.logsRequestTopic)
+	if t.keySetWanted() { // transport_keyset.go
+		subs[protocol.KeySetTopic] = 0
+		filters = append(filters, protocol.KeySetTopic)
+	}
 	nonce := randomHex(8)
 	t.syncNonce, t.syncStart = nonce, time.Now()
 	for _, ap := range t.apps {
@@ -173,7 +177,7 @@ func (t *mqttTransport) parseRelease(ap *mqttApp, topic string, payload []byte) 
 		if m, err = env.Open(a.keys); err == nil {
 			if m.App != ap.cfg.Name {
 				err = fmt.Errorf("the release on %s is for app %q: %w", topic, m.App, protocol.ErrMalformed)
-			} else {
+			} else if err = t.checkTargeting(a, topic, env); err == nil { // transport_targeting.go
 				sum := sha256.Sum256(env.Manifest)
 				return &mqttRelease{topic: topic, env: env, m: m, id: hex.EncodeToString(sum[:])}
 			}
@@ -367,7 +371,7 @@ func (t *mqttTransport) evaluate(ctx context.Context, ap *mqttApp) {
 		t.abandon(ap)
 	}
 	// Refuse what can never install before fetching a byte.
-	if err := m.CheckExpiry(time.Now()); err != nil {
+	if err := m.CheckExpiry(a.trustedNow()); err != nil {
 		t.refuse(a, ap, rel, err)
 		return
 	}

@@ -195,7 +195,8 @@ type mqttTransport struct {
 	// mirrorRoots verifies https mirrors: the system roots plus
 	// cfg.MirrorCA; nil (the system roots) without one.
 	mirrorRoots *x509.CertPool
-	conn        mqttConn // transport_conn.go
+	conn        mqttConn   // transport_conn.go
+	keyset      keySetFeed // transport_keyset.go
 
 	lastStatus    string
 	lastPublished time.Time
@@ -324,12 +325,17 @@ func newMQTTTransport(d *Daemon) (*mqttTransport, error) {
 		})
 	t.addBrokers(o) // transport_conn.go
 	if bc.Username != "" {
-		o.SetUsername(bc.Username).SetPassword(bc.Password)
+		pass, err := bc.password() // secrets.go
+		if err != nil {
+			return nil, err
+		}
+		o.SetUsername(bc.Username).SetPassword(pass)
 	}
 	if tlsConf != nil {
 		o.SetTLSConfig(tlsConf)
 	}
 	t.client = paho.NewClient(o)
+	t.watchKeySet() // transport_keyset.go
 	return t, nil
 }
 
@@ -460,6 +466,10 @@ func (t *mqttTransport) resubscribeChunks(dl *mqttDownload) {
 }
 
 func (t *mqttTransport) message(ctx context.Context, topic string, payload []byte) {
+	if topic == protocol.KeySetTopic {
+		t.keySetMessage(payload) // transport_keyset.go
+		return
+	}
 	tp, err := protocol.ParseTopic(topic)
 	if err != nil {
 		t.stats.Dropped.Add(1)
@@ -552,7 +562,7 @@ func (t *mqttTransport) housekeeping(ctx context.Context) {
 			t.dropLogged = true // once per connection
 			t.logf("mqtt: messages were dropped (the agent was busy); subscribing again")
 		}
-		if dropped || failed {
+		if dropped || failed || t.keyset.changed.Swap(false) { // transport_keyset.go
 			t.subscribeAll()
 		}
 	}

@@ -31,6 +31,7 @@ func (t *mqttTransport) statusBytes() []byte {
 	a := t.agent()
 	if a != nil {
 		s.CPU = clip(a.CPU().String(), 200)
+		t.trustStatus(a, s) // transport_keyset.go
 	}
 	var sts []AppStatus
 	if a != nil {

@@ -99,7 +99,7 @@ func aclMatrix(t *testing.T, url string) {
 	done := make(chan struct{})
 	var once sync.Once
 	rolloutFilters, _ := protocol.RolloutFilters("stable", "hello")
-	for _, f := range append([]string{relTopic, protocol.TopicPrefix + "chunks/#", protocol.TopicPrefix + "device/dev-a/desired/+"}, rolloutFilters...) {
+	for _, f := range append([]string{relTopic, chunk0, protocol.TopicPrefix + "device/dev-a/desired/+"}, rolloutFilters...) {
 		if err := wait(ctx, devA.Subscribe(f, 0, func(c paho.Client, m paho.Message) {
 			handler(c, m)
 			mu.Lock()
@@ -131,7 +131,7 @@ func aclMatrix(t *testing.T, url string) {
 	statusB, _ := protocol.StatusTopic("dev-b")
 	statusA, _ := protocol.StatusTopic("dev-a")
 	otherRel, _ := protocol.ReleaseTopic("stable", "evil", "linux-amd64")
-	for _, topic := range []string{statusB, otherRel, relTopic, chunk0, ctrlTopic, candTopic, protocol.DriverTopic} {
+	for _, topic := range []string{statusB, otherRel, relTopic, chunk0, ctrlTopic, candTopic, protocol.DriverTopic, protocol.KeySetTopic} {
 		wait(ctx, devA.Publish(topic, 0, true, []byte(`{"schema":1}`)), time.Minute)
 	}
 	s := &protocol.DeviceStatus{Schema: 1, Device: "dev-a", Time: time.Now().UTC(), Online: true}
@@ -178,6 +178,9 @@ func aclMatrix(t *testing.T, url string) {
 		t.Errorf("a device overwrote the rollout's candidate: %v", err)
 	} else if _, err := e.Open(r.kr); err != nil {
 		t.Errorf("the candidate no longer verifies: %v", err)
+	}
+	if _, ok := snap[protocol.KeySetTopic]; ok {
+		t.Errorf("a device wrote the key set")
 	}
 	if _, ok := snap[protocol.DriverTopic]; ok {
 		t.Errorf("a device wrote the driver's presence")

@@ -24,9 +24,15 @@ type User struct {
 	// PasswordHash is a bcrypt hash ("$2a$..."); make one with
 	// `edgefleet passwd`.
 	PasswordHash string `yaml:"password_hash"`
-	// Role is "operator" or "device". A device's name is its device id
-	// (and must be its MQTT client id).
+	// Role is "operator" (admin), "publisher", "viewer" (acl_scope.go) or
+	// "device". A device's name is its device id (and must be its MQTT
+	// client id).
 	Role string `yaml:"role"`
+	// Channels and Apps, for a device, restrict what it may read to those
+	// channels' and apps' releases, rollouts and chunks (acl_scope.go).
+	// Empty: any.
+	Channels []string `yaml:"channels,omitempty"`
+	Apps     []string `yaml:"apps,omitempty"`
 }
 
 // UsersFile is the YAML users file of `edgefleet broker --users`.
@@ -48,8 +54,11 @@ func LoadUsers(path string) (map[string]User, error) {
 	}
 	users := map[string]User{}
 	for i, u := range f.Users {
-		if u.Role != RoleOperator && u.Role != RoleDevice {
-			return nil, fmt.Errorf("users file %s: user %q has role %q, want operator or device", path, u.Name, u.Role)
+		if !validRole(u.Role) {
+			return nil, fmt.Errorf("users file %s: user %q has role %q, want operator, publisher, viewer or device", path, u.Name, u.Role)
+		}
+		if err := checkScope(u); err != nil {
+			return nil, fmt.Errorf("users file %s: %w", path, err)
 		}
 		// A device's name is its client id (no '.', which NATS refuses);
 		// an operator's is only a user name and may keep its dots.
@@ -99,9 +108,9 @@ type RoleRules struct {
 // operators read everything and write under edgefleet/v1/.
 func DefaultACL() *ACL {
 	p := protocol.TopicPrefix
-	return &ACL{Roles: map[string]RoleRules{
+	a := &ACL{Roles: map[string]RoleRules{
 		RoleDevice: {
-			Read:  []string{p + "release/#", p + "rollout/#", p + "chunks/#", p + "delta/#", p + "device/%u/desired/#", p + "device/%u/sync", p + "device/%u/logs/request"},
+			Read:  []string{p + "release/#", p + "rollout/#", p + "chunks/#", p + "delta/#", p + "device/%u/desired/#", p + "device/%u/sync", p + "device/%u/logs/request", p + "keyset"},
 			Write: []string{p + "device/%u/status", p + "device/%u/online", p + "device/%u/sync", p + "device/%u/logs"},
 		},
 		RoleOperator: {
@@ -109,6 +118,8 @@ func DefaultACL() *ACL {
 			Write: []string{p + "#"},
 		},
 	}}
+	scopedRoles(a) // viewer, publisher (acl_scope.go)
+	return a
 }
 
 // LoadACL reads an ACL file (strict).
@@ -124,8 +135,8 @@ func LoadACL(path string) (*ACL, error) {
 		return nil, fmt.Errorf("acl file %s: %w", path, err)
 	}
 	for role, r := range a.Roles {
-		if role != RoleOperator && role != RoleDevice {
-			return nil, fmt.Errorf("acl file %s: unknown role %q, want operator or device", path, role)
+		if !validRole(role) {
+			return nil, fmt.Errorf("acl file %s: unknown role %q, want operator, publisher, viewer or device", path, role)
 		}
 		for _, f := range append(append([]string{}, r.Read...), r.Write...) {
 			if err := validFilter(f); err != nil {
@@ -133,6 +144,7 @@ func LoadACL(path string) (*ACL, error) {
 			}
 		}
 	}
+	scopedRoles(&a)
 	return &a, nil
 }
 

@@ -316,7 +316,8 @@ func (h *retainedStore) Provides(b byte) bool {
 
 // identity is who an authenticated client is.
 type identity struct {
-	name, role string
+	name, role     string
+	channels, apps []string // a device's scope (acl_scope.go)
 }
 
 // authHook authenticates clients (users file, client certificates) and
@@ -433,8 +434,13 @@ func (h *authHook) authenticate(cl *mqtt.Client, pk packets.Packet) (identity, e
 	if tc, ok := cl.Net.Conn.(*tls.Conn); ok && len(tc.ConnectionState().PeerCertificates) > 0 {
 		cert := tc.ConnectionState().PeerCertificates[0]
 		id = identity{name: cert.Subject.CommonName, role: RoleDevice}
-		if slices.Contains(cert.Subject.OrganizationalUnit, RoleOperator) {
+		if ou := cert.Subject.OrganizationalUnit; slices.Contains(ou, RoleOperator) {
 			id.role = RoleOperator
+		} else if slices.Contains(ou, RolePublisher) || slices.Contains(ou, RoleViewer) {
+			id.role = RoleViewer
+			if slices.Contains(ou, RolePublisher) {
+				id.role = RolePublisher
+			}
 		} else if !protocol.ValidDeviceID(id.name) {
 			// Its status topic would be unreadable to every status view
 			// (and "%u" in the ACL would name a topic no device id has).
@@ -445,7 +451,7 @@ func (h *authHook) authenticate(cl *mqtt.Client, pk packets.Packet) (identity, e
 		if err != nil {
 			return id, err
 		}
-		id = identity{name: u.Name, role: u.Role}
+		id = identity{name: u.Name, role: u.Role, channels: u.Channels, apps: u.Apps}
 	}
 	if id.role == RoleDevice && cl.ID != id.name {
 		return id, fmt.Errorf("device %q must connect with its id as client id, not %q", id.name, cl.ID)
@@ -471,14 +477,24 @@ func (h *authHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 	if id.role == roleInternal {
 		return strings.HasPrefix(topic, protocol.TopicPrefix)
 	}
+	why := ""
 	if h.acl.Allowed(id.role, id.name, topic, write) {
-		return true
+		ok := true
+		if id.role == RoleDevice {
+			ok, why = deviceScopeAllows(id.channels, id.apps, topic, write)
+		}
+		if ok {
+			return true
+		}
+	}
+	if why != "" {
+		why = ": " + why
 	}
 	verb := "read"
 	if write {
 		verb = "write"
 	}
-	h.logf("broker: denied %s %q to %s %q", verb, topic, id.role, id.name)
+	h.logf("broker: denied %s %q to %s %q%s", verb, topic, id.role, id.name, why)
 	return false
 }
 

@@ -51,6 +51,10 @@ type PublishOptions struct {
 	// §8.2, §8.9); devices fetch chunks there first and fall back to the
 	// broker's chunks. At most protocol.MaxMirrors. Default none.
 	Mirrors []string
+	// Targeting, when set, signs a targeting of the release for Channel
+	// or Device into the envelope (SPEC.md §8.13, targeting.go). Default
+	// none: devices whose key set names targeting keys then refuse it.
+	Targeting *TargetingOptions
 }
 
 // Validate checks the options and fills defaults.
@@ -170,6 +174,9 @@ func PublishBundle(ctx context.Context, c paho.Client, path string, o PublishOpt
 		return nil, err
 	}
 	env, err := protocol.MarshalEnvelopeMirrors(b.RawManifest, b.RawSignature, o.Mirrors)
+	if err == nil {
+		env, err = o.target(env, b.RawManifest) // targeting.go
+	}
 	if err != nil {
 		return nil, err
 	}

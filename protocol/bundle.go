@@ -103,6 +103,9 @@ func OpenBundle(r io.Reader, kr *Keyring) (*Bundle, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := kr.Authorize(key, m); err != nil {
+		return nil, err
+	}
 	hdr, err := nextHeader(tr, NamePayload)
 	if err != nil {
 		return nil, err

@@ -7,6 +7,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 
 	"aead.dev/minisign"
 )
@@ -66,7 +67,11 @@ func ParsePublicKey(b []byte) (PublicKey, error) {
 // Keyring is the set of public keys a verifier trusts. Several keys allow
 // rotation: ship the new public key to devices, then sign with it.
 type Keyring struct {
+	mu   sync.RWMutex
 	keys []PublicKey
+	// policy, when set, is the key set the keys come from (keyset.go):
+	// revoked ids, scopes, validity and the key set's expiry.
+	policy *keyPolicy
 }
 
 // NewKeyring returns a keyring trusting keys.
@@ -93,15 +98,24 @@ func LoadKeyring(paths ...string) (*Keyring, error) {
 }
 
 // Add trusts k as well.
-func (kr *Keyring) Add(k PublicKey) { kr.keys = append(kr.keys, k) }
+func (kr *Keyring) Add(k PublicKey) {
+	kr.mu.Lock()
+	kr.keys = append(kr.keys, k)
+	kr.mu.Unlock()
+}
 
 // Keys returns the trusted keys.
-func (kr *Keyring) Keys() []PublicKey { return append([]PublicKey(nil), kr.keys...) }
+func (kr *Keyring) Keys() []PublicKey {
+	kr.mu.RLock()
+	defer kr.mu.RUnlock()
+	return append([]PublicKey(nil), kr.keys...)
+}
 
 // IDs returns the trusted key ids as minisign prints them.
 func (kr *Keyring) IDs() []string {
-	ids := make([]string, len(kr.keys))
-	for i, k := range kr.keys {
+	keys := kr.Keys()
+	ids := make([]string, len(keys))
+	for i, k := range keys {
 		ids[i] = KeyID(k.ID())
 	}
 	return ids
@@ -131,7 +145,15 @@ func (kr *Keyring) Verify(msg, sig []byte) (PublicKey, error) {
 	if err != nil {
 		return PublicKey{}, err
 	}
-	for _, k := range kr.keys {
+	kr.mu.RLock()
+	keys, policy := kr.keys, kr.policy
+	kr.mu.RUnlock()
+	if policy != nil {
+		if err := policy.check(s.KeyID); err != nil {
+			return PublicKey{}, err
+		}
+	}
+	for _, k := range keys {
 		if k.ID() != s.KeyID {
 			continue
 		}
@@ -140,6 +162,9 @@ func (kr *Keyring) Verify(msg, sig []byte) (PublicKey, error) {
 		}
 		return PublicKey{}, fmt.Errorf("the manifest signature does not verify with trusted key %s: the bundle was altered after signing or is corrupt; do not install it, and get a fresh copy from the operator: %w",
 			KeyID(k.ID()), ErrBadSignature)
+	}
+	if len(keys) == 0 {
+		return PublicKey{}, fmt.Errorf("the manifest is signed by key %s, but this device trusts no release key yet: it has root_keys and no key set; publish one (`edgefleet keyset publish`) or sideload it (`edgefleet-agent keyset`): %w", KeyID(s.KeyID), ErrUnknownKey)
 	}
 	return PublicKey{}, fmt.Errorf("the manifest is signed by key %s, which is not among the trusted keys (%s); if the operator rotated keys, install the new public key first: %w",
 		KeyID(s.KeyID), strings.Join(kr.IDs(), ", "), ErrUnknownKey)

@@ -25,7 +25,7 @@ const (
 
 	// MaxEnvelopeSize bounds a release envelope: a base64 manifest of at
 	// most MaxManifestSize bytes plus a signature.
-	MaxEnvelopeSize = (MaxManifestSize+2)/3*4 + 2*MaxSignatureSize + 1024
+	MaxEnvelopeSize = (MaxManifestSize+2)/3*4 + 2*MaxSignatureSize + 1024 + (MaxTargetingSize+2)/3*4 + MaxSignatureSize
 
 	// MaxStatusSize bounds a device status message.
 	MaxStatusSize = 64 << 10
@@ -292,6 +292,9 @@ type Envelope struct {
 	// device verifies every chunk against the signed manifest, so a mirror
 	// is untrusted). Optional; at most MaxMirrors, checked by CheckMirrors.
 	Mirrors []string `json:"mirrors,omitempty"`
+	// Targeting, optional, is the signed "this release goes to this
+	// channel or device until T" (SPEC.md §8.13, targeting.go).
+	Targeting *SignedTargeting `json:"targeting,omitempty"`
 }
 
 const (
@@ -413,15 +416,16 @@ func ParseEnvelope(b []byte) (*Envelope, error) {
 	if err := CheckMirrors(e.Mirrors); err != nil {
 		return nil, fmt.Errorf("release envelope: %w", err)
 	}
+	if t := e.Targeting; t != nil && (len(t.Doc) == 0 || len(t.Doc) > MaxTargetingSize || len(t.Signature) == 0 || len(t.Signature) > MaxSignatureSize) {
+		return nil, fmt.Errorf("release envelope targeting: document 1..%d bytes and a signature 1..%d bytes required: %w", MaxTargetingSize, MaxSignatureSize, ErrMalformed)
+	}
 	return &e, nil
 }
 
 // Open verifies the envelope's signature with kr and parses the manifest.
 func (e *Envelope) Open(kr *Keyring) (*Manifest, error) {
-	if _, err := kr.Verify(e.Manifest, []byte(e.Signature)); err != nil {
-		return nil, err
-	}
-	return ParseManifest(e.Manifest)
+	m, _, err := kr.VerifyManifest(e.Manifest, []byte(e.Signature))
+	return m, err
 }
 
 // DeviceStatus is the retained status a device publishes on its status
@@ -445,6 +449,13 @@ type DeviceStatus struct {
 	Time   time.Time   `json:"time"`
 	Online bool        `json:"online"`
 	Apps   []AppReport `json:"apps"`
+
+	// KeySet is the version of the key set the device holds (§8.12; 0:
+	// none), KeySetError why it refused the last one offered, ClockBehind
+	// its time floor when its clock is behind it.
+	KeySet      uint64     `json:"keyset,omitempty"`
+	KeySetError string     `json:"keyset_error,omitempty"`
+	ClockBehind *time.Time `json:"clock_behind,omitempty"`
 }
 
 // AppReport is one app's line in a device status.
@@ -503,7 +514,7 @@ func (s *DeviceStatus) Validate() error {
 	if s.Profile != "" && !ValidProfileName(s.Profile) {
 		return bad("profile %q is not valid", clip(s.Profile))
 	}
-	if len(s.CPU) > maxStringLen || len(s.AgentVersion) > maxStringLen || len(s.Broker) > maxStringLen {
+	if len(s.CPU) > maxStringLen || len(s.AgentVersion) > maxStringLen || len(s.Broker) > maxStringLen || len(s.KeySetError) > MaxLastError {
 		return bad("cpu, agent_version or broker longer than %d", maxStringLen)
 	}
 	if s.Channel != "" && !ValidChannel(s.Channel) {
@@ -548,6 +559,7 @@ func (s *DeviceStatus) Validate() error {
 func (s *DeviceStatus) Marshal() ([]byte, error) {
 	s.cleanText()
 	s.clampProgress()
+	s.KeySetError = clipText(s.KeySetError, MaxLastError)
 	for i := range s.Apps {
 		// Cut on a character boundary (clipText): a cut rune would be sent
 		// as U+FFFD, 3 bytes, and could push the text over the limit.
@@ -586,6 +598,7 @@ func ParseStatus(b []byte) (*DeviceStatus, error) {
 	}
 	s.cleanText()
 	s.clampProgress()
+	s.KeySetError = clipText(s.KeySetError, MaxLastError)
 	if err := s.Validate(); err != nil {
 		return nil, err
 	}
@@ -604,6 +617,7 @@ func ParseStatus(b []byte) (*DeviceStatus, error) {
 // hold.
 func (s *DeviceStatus) cleanText() {
 	s.CPU, s.AgentVersion, s.Broker = cleanText(s.CPU), cleanText(s.AgentVersion), cleanText(s.Broker)
+	s.KeySetError = cleanText(s.KeySetError)
 	for i := range s.Apps {
 		a := &s.Apps[i]
 		a.Version, a.State, a.Target, a.LastError, a.Note = cleanText(a.Version), cleanText(a.State), cleanText(a.Target), cleanText(a.LastError), cleanText(a.Note)

@@ -73,6 +73,7 @@ func init() {
 		"facts":    {"what this device is: CPU level and features, storage, memory", cmdFacts},
 		"reset":    {"move a corrupt state database aside and start afresh (binaries and the anti-rollback floor are kept)", cmdReset},
 		"version":  {"print the agent's version, module, VCS revision and Go version", cmdVersion},
+		"keyset":   {"accept a key set signed by the root (sideload; keyset.go)", cmdKeySet},
 	}
 }
 
@@ -504,6 +505,10 @@ func cmdStatus(ctx context.Context, e *env, args []string) int {
 			}
 			st.StateError = err.Error()
 		} else {
+			ti := a.Trust()
+			if ti != (agent.TrustInfo{}) {
+				st.Trust = &ti
+			}
 			apps, err := a.Status()
 			a.Close()
 			if err != nil {
@@ -536,6 +541,7 @@ func printStatus(w io.Writer, st agent.DaemonStatus) {
 	if st.StateError != "" {
 		fmt.Fprintf(w, "state error: %s\n", st.StateError)
 	}
+	printTrust(w, st.Trust) // keyset.go
 	for _, a := range st.Apps {
 		fmt.Fprintf(w, "\n%s  %s  sequence %d  %s", a.App, orNone(a.Version), a.Sequence, a.State)
 		if a.Previous != "" {

@@ -33,6 +33,8 @@ func runPublish(ctx context.Context, env *cliEnv, name string, args []string) in
 	quiet := fs.Bool("quiet", false, "no progress bar")
 	mirrorDir := fs.String("mirror", "", "also write the chunks as content-addressed objects under this `DIR` (DIR/chunks/<app>/<sha256>/<i>, protocol/SPEC.md §8.9) for a static web server, CDN or S3 website; written before the release goes out")
 	var mirrorURLs stringsFlag
+	targetingKey := fs.String("targeting-key", "", "targeting secret `KEY` (delegated by the key set): sign that the release goes to this channel or device (protocol/SPEC.md §8.13)")
+	targetingLife := fs.Duration("targeting-lifetime", fleet.DefaultTargetingLifetime, "how long the targeting holds; devices refuse the release after it unless it is published again")
 	fs.Var(&mirrorURLs, "mirror-url", "base `URL` of a mirror serving the --mirror directory, listed in the release so devices fetch chunks there first (the broker's chunks stay the fallback); repeat for several, at most 8")
 	var channel, clear string
 	var force *bool
@@ -106,6 +108,10 @@ func runPublish(ctx context.Context, env *cliEnv, name string, args []string) in
 		// A release's deltas (pack --delta-from) go with it, first.
 		bundles = withDeltas(bundles)
 	}
+	targeting, err := targetingOptions(env, *targetingKey, *targetingLife) // keyset.go
+	if err != nil {
+		return fail("%v", err)
+	}
 	// Verify every bundle, and check every sequence, before anything is
 	// published, so a bad one in a batch does not leave half a release on
 	// the broker.
@@ -158,7 +164,7 @@ func runPublish(ctx context.Context, env *cliEnv, name string, args []string) in
 		}
 	}
 	for _, j := range jobs {
-		opts := fleet.PublishOptions{Keyring: kr, Channel: channel, Device: j.device, InFlight: *inFlight, EnvelopeOnly: j.chunksSent, MirrorDir: *mirrorDir, Mirrors: mirrorURLs}
+		opts := fleet.PublishOptions{Keyring: kr, Channel: channel, Device: j.device, InFlight: *inFlight, EnvelopeOnly: j.chunksSent, MirrorDir: *mirrorDir, Mirrors: mirrorURLs, Targeting: targeting}
 		done := func() {}
 		if !*quiet && !j.chunksSent {
 			opts.Progress, done = progress(env, env.stderr, j.path)

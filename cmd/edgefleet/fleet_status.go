@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/edgefleet/edgefleet/fleet"
@@ -61,8 +62,13 @@ func runStatus(ctx context.Context, env *cliEnv, args []string) int {
 	defer c.Disconnect(250)
 	v := fleet.NewFleetView()
 	v.Select(sel)
-	filters := append(append([]string{}, protocol.DeviceFilters...), protocol.AllDesiredFilter)
+	filters := append(append([]string{}, protocol.DeviceFilters...), protocol.AllDesiredFilter, protocol.KeySetTopic)
+	var keySetVersion atomic.Uint64 // the operator's key set on the broker (keyset.go)
 	if err := fleet.Subscribe(ctx, c, filters, func(topic string, payload []byte) {
+		if topic == protocol.KeySetTopic {
+			keySetVersion.Store(fleet.ReadKeySetVersion(map[string][]byte{topic: payload}))
+			return
+		}
 		if err := v.Update(topic, payload); err != nil {
 			fmt.Fprintf(env.stderr, "edgefleet status: %v\n", err)
 		}
@@ -81,6 +87,7 @@ func runStatus(ctx context.Context, env *cliEnv, args []string) int {
 			v.WriteJSON(env.stdout)
 		default:
 			v.WriteTableWith(env.stdout, time.Now(), fleet.TableOptions{Wide: *output == "wide", Color: color})
+			v.WriteKeySetReport(env.stdout, keySetVersion.Load())
 		}
 	}
 	if !*watch {

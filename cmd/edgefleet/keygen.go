@@ -61,6 +61,7 @@ func runKeygen(_ context.Context, env *cliEnv, args []string) int {
 			fmt.Fprintf(env.stderr, "edgefleet keygen: %v\n", err)
 			return 1
 		}
+		warnWeakPassphrase(env, pass) // passphrase.go
 	}
 	pub, priv, err := protocol.GenerateKey()
 	if err != nil {

@@ -123,6 +123,8 @@ func runRolloutStart(ctx context.Context, env *cliEnv, args []string) int {
 	mirrorDir := fs.String("mirror", "", "also write the chunks as content-addressed objects under this `DIR` for a static web server or CDN (as publish --mirror)")
 	var mirrorURLs stringsFlag
 	fs.Var(&mirrorURLs, "mirror-url", "base `URL` of a mirror serving the --mirror directory, listed in the candidates (kept when the driver promotes them); repeat for several, at most 8")
+	targetingKey := fs.String("targeting-key", "", "targeting secret `KEY`: sign that the candidates go to --channel (protocol/SPEC.md §8.13; needed when the devices' key set names targeting keys)")
+	targetingLife := fs.Duration("targeting-lifetime", fleet.DefaultTargetingLifetime, "how long the targeting holds")
 	fs.Usage = func() { rolloutUsage(env.stderr); fs.PrintDefaults() }
 	bundles, err := parseArgs(fs, args)
 	if err != nil {
@@ -168,6 +170,10 @@ func runRolloutStart(ctx context.Context, env *cliEnv, args []string) int {
 		return fail("--select: %v", err)
 	}
 	kr, err := protocol.LoadKeyring(pubs...)
+	if err != nil {
+		return fail("%v", err)
+	}
+	targeting, err := targetingOptions(env, *targetingKey, *targetingLife) // keyset.go
 	if err != nil {
 		return fail("%v", err)
 	}
@@ -278,7 +284,7 @@ func runRolloutStart(ctx context.Context, env *cliEnv, args []string) int {
 	// Publish: chunks and candidates first, the control message last, so
 	// a member never sees a rollout without its candidate.
 	for _, path := range bundles {
-		opts := fleet.PublishOptions{Keyring: kr, Channel: r.Channel, Candidate: true, MirrorDir: *mirrorDir, Mirrors: mirrorURLs}
+		opts := fleet.PublishOptions{Keyring: kr, Channel: r.Channel, Candidate: true, MirrorDir: *mirrorDir, Mirrors: mirrorURLs, Targeting: targeting}
 		done := func() {}
 		if !*quiet {
 			opts.Progress, done = progress(env, env.stderr, path)
