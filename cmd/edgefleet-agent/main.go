@@ -156,6 +156,7 @@ var examples = map[string]string{
 	"facts":    "edgefleet-agent facts --config /etc/edgefleet/agent.yaml",
 	"reset":    "edgefleet-agent reset --config /etc/edgefleet/agent.yaml",
 	"version":  "edgefleet-agent version",
+	"keyset":   "edgefleet-agent keyset /media/usb/keyset.msg   # a key set signed by the root, for a device off the network",
 }
 
 // parse is the one way every agent command parses its command line:

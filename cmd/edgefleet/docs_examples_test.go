@@ -104,7 +104,8 @@ func TestReadmeExamplesLoad(t *testing.T) {
 		t.Fatalf("README edgefleet.yaml profiles: %v %v", ps, bad)
 	}
 	ag := filepath.Join(dir, "agent.yaml")
-	os.WriteFile(ag, []byte(strings.Split(blocks[1], "```")[0]), 0o644)
+	// Mode 600, as the README says for a config holding a password.
+	os.WriteFile(ag, []byte(strings.Split(blocks[1], "```")[0]), 0o600)
 	c, err := agent.LoadConfig(ag)
 	if err != nil {
 		t.Fatalf("README agent.yaml: %v", err)

@@ -11,8 +11,13 @@ import (
 func TestEveryCommandHelpHasExample(t *testing.T) {
 	var names [][]string
 	for n := range commands {
-		if n == "rollout" {
-			for _, sub := range []string{"start", "status", "pause", "resume", "abort", "drive"} {
+		subs := map[string][]string{
+			"rollout": {"start", "status", "pause", "resume", "abort", "drive"},
+			"root":    {"init"},
+			"keyset":  {"new", "sign", "chain", "verify", "publish"},
+		}
+		if list, ok := subs[n]; ok {
+			for _, sub := range list {
 				names = append(names, []string{n, sub})
 			}
 			continue

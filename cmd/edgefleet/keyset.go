@@ -36,15 +36,19 @@ func init() {
 
 func runRoot(ctx context.Context, env *cliEnv, args []string) int {
 	if len(args) == 0 || args[0] != "init" {
-		fmt.Fprintln(env.stderr, "usage: edgefleet root init -o DIR [--unencrypted] [--force]\n\nWrites DIR/root.key (encrypted; keep it offline) and DIR/root.pub (put it in\nthe devices' root_keys). Make several for a threshold.")
-		return 2
+		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help") {
+			args = []string{"init", "-h"}
+		} else {
+			fmt.Fprintln(env.stderr, "usage: edgefleet root init -o DIR [--unencrypted] [--force]\n\nWrites DIR/root.key (encrypted; keep it offline) and DIR/root.pub (put it in\nthe devices' root_keys). Make several for a threshold.")
+			return 2
+		}
 	}
 	fs := flag.NewFlagSet("root init", flag.ContinueOnError)
 	fs.SetOutput(env.stderr)
 	out := fs.String("o", "", "directory for root.key and root.pub (required)")
 	unencrypted := fs.Bool("unencrypted", false, "write the secret key without a passphrase (CI and tests only)")
 	force := fs.Bool("force", false, "overwrite existing key files")
-	if err := fs.Parse(args[1:]); err != nil {
+	if err := parseFlags(fs, args[1:]); err != nil {
 		return 2
 	}
 	if *out == "" || fs.NArg() != 0 {
@@ -199,7 +203,7 @@ func keySetNew(env *cliEnv, args []string) int {
 	fs.Var(&releases, "release", "release public key file, optionally :apps=a,b:profiles=p:until=RFC3339 (repeatable)")
 	fs.Var(&revokes, "revoke", "public key file or key id never to trust again (repeatable)")
 	fs.Var(&targeting, "targeting", "targeting public key file, optionally :channels=a,b (repeatable)")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return 2
 	}
 	if *out == "" || *version == 0 || len(roots) == 0 || fs.NArg() != 0 {
@@ -268,7 +272,7 @@ func keySetSign(env *cliEnv, args []string) int {
 	fs := flag.NewFlagSet("keyset sign", flag.ContinueOnError)
 	fs.SetOutput(env.stderr)
 	key := fs.String("key", "", "a root secret key (required)")
-	if err := fs.Parse(args); err != nil || *key == "" || fs.NArg() != 1 {
+	if err := parseFlags(fs, args); err != nil || *key == "" || fs.NArg() != 1 {
 		return 2
 	}
 	fail := func(err error) int {
@@ -326,7 +330,7 @@ func keySetChain(env *cliEnv, args []string) int {
 	fs := flag.NewFlagSet("keyset chain", flag.ContinueOnError)
 	fs.SetOutput(env.stderr)
 	out := fs.String("o", "", "message file to write (required)")
-	if err := fs.Parse(args); err != nil || *out == "" || fs.NArg() == 0 {
+	if err := parseFlags(fs, args); err != nil || *out == "" || fs.NArg() == 0 {
 		return 2
 	}
 	msg, err := chainOf(fs.Args())
@@ -359,7 +363,7 @@ func keySetVerify(env *cliEnv, args []string) int {
 	var roots stringsFlag
 	fs.Var(&roots, "root", "root public key file a device is provisioned with (repeatable, required)")
 	threshold := fs.Int("threshold", 1, "the devices' root_threshold")
-	if err := fs.Parse(args); err != nil || len(roots) == 0 || fs.NArg() != 1 {
+	if err := parseFlags(fs, args); err != nil || len(roots) == 0 || fs.NArg() != 1 {
 		return 2
 	}
 	fail := func(err error) int {
@@ -394,7 +398,7 @@ func keySetPublish(ctx context.Context, env *cliEnv, args []string) int {
 	var roots stringsFlag
 	fs.Var(&roots, "root", "root public key file to check the message against before publishing (repeatable)")
 	threshold := fs.Int("threshold", 1, "the devices' root_threshold (with --root)")
-	if err := fs.Parse(args); err != nil || fs.NArg() != 1 {
+	if err := parseFlags(fs, args); err != nil || fs.NArg() != 1 {
 		return 2
 	}
 	fail := func(err error) int {
