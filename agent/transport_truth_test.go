@@ -37,7 +37,7 @@ func freeBytes(t *testing.T, dir string) int64 {
 	if err := unix.Statfs(dir, &st); err != nil {
 		t.Fatal(err)
 	}
-	return int64(st.Bavail) * st.Frsize
+	return int64(st.Bavail) * int64(st.Frsize) // Frsize is int32 on 32-bit ARM
 }
 
 // fillTo writes a filler file so that about left bytes stay free in dir.

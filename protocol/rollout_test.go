@@ -232,4 +232,4 @@ func FuzzParseDriverPresence(f *testing.F) {
 }
 
 // memberHashVector: printf 'hello-7-3f2a\npi-017' | sha256sum, first 8 hex digits as a number.
-const memberHashVector = 2981260506
+const memberHashVector uint64 = 2981260506
