@@ -18,12 +18,16 @@ import (
 //	             build info (runtime/debug), multi-bundle pick, facts
 //	             profiles, probe stay_up/match, remote logs: +71,339 B
 //	             of loaded sections, one 64 KiB step
+//	8,519,806 B  + issue 10 deltas (the streaming bsdiff applier and
+//	             compress/bzip2), merged with issue 12
+//	8,650,878 B  + issue 11 key sets and signed targeting (protocol and
+//	             agent code, no new package; fmt's scanner kept out)
 //
 // The ceiling is the last measured size plus one step of headroom, so
 // work merged in parallel does not trip it by a segment boundary; a change
 // that needs more raises it here with its measured reason in the
 // benchmarks.
-const agentSizeCeiling = 8_388_734 + 64<<10
+const agentSizeCeiling = 8_650_878 + 64<<10
 
 // agentSizeGo is the toolchain the ceiling was measured with; another
 // one lays the binary out differently.
