@@ -118,12 +118,15 @@ type DaemonStatus struct {
 	DeviceID string `json:"device_id"`
 	// Daemon is true when a running daemon answered (process, output and
 	// trial fields are then filled in).
-	Daemon       bool             `json:"daemon"`
-	AgentVersion string           `json:"agent_version,omitempty"`
-	PID          int              `json:"pid"`
-	Since        time.Time        `json:"since"`
-	StateError   string           `json:"state_error,omitempty"`
-	Apps         []DaemonAppState `json:"apps"`
+	Daemon       bool      `json:"daemon"`
+	AgentVersion string    `json:"agent_version,omitempty"`
+	PID          int       `json:"pid"`
+	Since        time.Time `json:"since"`
+	StateError   string    `json:"state_error,omitempty"`
+	// Starting is set while the daemon recovers and starts the apps
+	// ("recovering"); it answers status only until then.
+	Starting string           `json:"starting,omitempty"`
+	Apps     []DaemonAppState `json:"apps"`
 }
 
 // DaemonAppState is one app in DaemonStatus: the recorded state plus what
@@ -253,6 +256,9 @@ func readLine(br *bufio.Reader, limit int) ([]byte, error) {
 // the result line, and after (if not nil) runs once it was sent (the
 // agent re-executing itself must answer first).
 func (d *Daemon) handle(ctx context.Context, req Request, send func(Response)) (r Response, after func()) {
+	if req.Op != OpStatus && !d.ready.Load() {
+		return Response{Type: TypeResult, Code: CodeBusy, Error: "the daemon is starting: it is recovering interrupted installs and starting the apps (after a restart or a power cut); try again in a few seconds"}, nil
+	}
 	switch req.Op {
 	case OpStatus:
 		st := d.Status()
@@ -284,6 +290,9 @@ func (d *Daemon) selfAfter(app string) func() {
 // Status reports the recorded state and the daemon's view of every app.
 func (d *Daemon) Status() DaemonStatus {
 	out := DaemonStatus{DeviceID: d.cfg.DeviceID, Daemon: true, AgentVersion: d.opts.Version, PID: os.Getpid(), Since: d.started}
+	if !d.ready.Load() {
+		out.Starting = "recovering"
+	}
 	var recs []AppStatus
 	d.mu.Lock()
 	a, stateErr := d.a, d.stateErr

@@ -183,13 +183,45 @@ func openDirect(e *env, cfg *agent.Config) (*agent.Agent, bool) {
 	a, err := agent.Open(cfg, agent.Options{})
 	if err != nil {
 		if errors.Is(err, agent.ErrLocked) {
-			fmt.Fprintf(e.stderr, "edgefleet-agent: %v, but its control socket %s does not answer; is the daemon hung? restart it and try again\n", err, cfg.SocketPath())
+			fmt.Fprintf(e.stderr, "edgefleet-agent: %v, but its control socket %s does not answer; the daemon may still be starting (recovering after a power cut): try again in a few seconds, and restart it if this persists\n", err, cfg.SocketPath())
 		} else {
 			fmt.Fprintf(e.stderr, "edgefleet-agent: %v\n", err)
 		}
 		return nil, false
 	}
 	return a, true
+}
+
+// startWait bounds how long status waits for a daemon that holds the state
+// database but does not serve its socket yet.
+const startWait = 20 * time.Second
+
+// daemonHoldsState: another process (a daemon starting up, after a power cut
+// with a stale agent.sock on disk) holds the state database.
+func daemonHoldsState(cfg *agent.Config) bool {
+	a, err := agent.Open(cfg, agent.Options{DBTimeout: 100 * time.Millisecond})
+	if err != nil {
+		return errors.Is(err, agent.ErrLocked)
+	}
+	a.Close()
+	return false
+}
+
+// dialStarting waits up to startWait for the daemon's socket to answer.
+func dialStarting(ctx context.Context, e *env, cfg *agent.Config) *agent.ControlClient {
+	fmt.Fprintf(e.stderr, "edgefleet-agent: the daemon holds the state database but its socket does not answer yet (starting, recovering?); waiting up to %s\n", startWait)
+	deadline := time.Now().Add(startWait)
+	for time.Now().Before(deadline) {
+		if c := dial(ctx, cfg); c != nil {
+			return c
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	return nil
 }
 
 func cmdVersion(_ context.Context, e *env, _ []string) int {
@@ -405,7 +437,11 @@ func cmdStatus(ctx context.Context, e *env, args []string) int {
 		return code
 	}
 	var st agent.DaemonStatus
-	if c := dial(ctx, cfg); c != nil {
+	c := dial(ctx, cfg)
+	if c == nil && daemonHoldsState(cfg) {
+		c = dialStarting(ctx, e, cfg)
+	}
+	if c != nil {
 		defer c.Close()
 		r, err := c.Do(ctx, agent.Request{Op: agent.OpStatus}, nil)
 		if err != nil {
@@ -422,7 +458,7 @@ func cmdStatus(ctx context.Context, e *env, args []string) int {
 		a, err := agent.Open(cfg, agent.Options{})
 		if err != nil {
 			if errors.Is(err, agent.ErrLocked) {
-				fmt.Fprintf(e.stderr, "edgefleet-agent status: %v, but its control socket does not answer\n", err)
+				fmt.Fprintf(e.stderr, "edgefleet-agent status: %v, but its control socket %s did not answer within %s; is the daemon hung? restart it and try again\n", err, cfg.SocketPath(), startWait)
 				return 1
 			}
 			st.StateError = err.Error()
@@ -455,6 +491,9 @@ func printStatus(w io.Writer, st agent.DaemonStatus) {
 		fmt.Fprintf(w, "device %s, agent %s (daemon pid %d, up since %s)\n", st.DeviceID, st.AgentVersion, st.PID, st.Since.Format(time.RFC3339))
 	} else {
 		fmt.Fprintf(w, "device %s (daemon not running)\n", st.DeviceID)
+	}
+	if st.Starting != "" {
+		fmt.Fprintf(w, "daemon starting: %s interrupted installs and starting the apps; installs and rollbacks wait until it is ready\n", st.Starting)
 	}
 	if st.StateError != "" {
 		fmt.Fprintf(w, "state error: %s\n", st.StateError)
