@@ -503,6 +503,9 @@ func (a *Agent) stage(ctx context.Context, app *AppConfig, m *protocol.Manifest,
 	if !dry {
 		failpoint("stage-before-sync")
 	}
+	if skipStagedSync { // only in the power-cut suite's broken build (powercut_nosync.go)
+		return f.Close()
+	}
 	if err := f.Sync(); err != nil {
 		if errors.Is(err, syscall.ENOSPC) {
 			return fmt.Errorf("disk full while syncing the staged %s %s: %w", m.App, m.Version, ErrNoSpace)
