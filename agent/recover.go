@@ -264,7 +264,7 @@ func (a *Agent) settleSwap(c *AppConfig, r *record) ([]RecoverAction, error) {
 		}
 		removeIfExists(c.restorePath())
 		removeIfExists(c.stagedPath())
-		return a.undo(c, fmt.Sprintf("the swap was interrupted and %s held an unknown binary (sha256 %s); the old binary was restored from %s", c.Path, shortSum(tgt), c.PrevPath()), acts)
+		return a.undo(c, fmt.Sprintf("the swap was interrupted and %s held an unknown binary (sha256 %s: a write lost in a power cut); the old binary was restored from %s", c.Path, shortSum(tgt), c.PrevPath()), acts)
 	default:
 		return nil, a.markFailed(c, fmt.Sprintf("after an interrupted swap %s holds an unknown binary (sha256 %s)", c.Path, tgt))
 	}

@@ -1,0 +1,127 @@
+#!/bin/busybox sh
+# PID 1 of the power-cut suite's guest (internal/powercut): busybox, the
+# project's static edgefleet-agent at /pc/agent, signed bundles in /pc/b,
+# the device's disk at /dev/vda (ext4, mounted at /mnt with pc.mount).
+#
+# pc.phase=cut:   run workload pc.workload (sideload | daemon | rollback |
+#                 mqtt), with EDGEFLEET_FAILPOINT=pc.fp when set; the host
+#                 cuts the power (SIGKILL of qemu) at some moment of it.
+# pc.phase=check: the next boot: what the app path holds, recovery by the
+#                 daemon, its status, then the next install (1.2.0).
+#
+# Every line the host reads starts with "PC:" on the serial console:
+#   PC:UP t, PC:GO, PC:BEGIN op, PC:ACK state version, PC:KILLED (the
+#   failpoint fired), PC:DONE, PC:PRE v, PC:STATUS{ ... PC:STATUS},
+#   PC:APP v, PC:NEXT rc, PC:END.
+/bin/busybox --install -s /bin
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+for m in $(cat /pc/modules); do insmod /lib/modules/$m.ko 2>/dev/null; done
+
+arg() { tr ' ' '\n' < /proc/cmdline | sed -n "s/^pc\.$1=//p"; }
+say() { echo "PC:$*"; }
+stop() { sync; say END; while :; do sleep 1000; done; }
+PHASE=$(arg phase); WL=$(arg workload); MNT=$(arg mount); FP=$(arg fp)
+C="--config /pc/agent.yaml"
+APP=/mnt/opt/hello/bin/hello
+
+i=0
+while [ ! -b /dev/vda ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done
+if ! mount -t ext4 -o "$MNT" /dev/vda /mnt; then say MOUNTFAIL; stop; fi
+say UP "$(cut -d' ' -f1 /proc/uptime)"
+
+if [ -n "$(arg net)" ]; then
+  ip link set lo up
+  ip link set eth0 up
+  ip addr add 10.0.2.15/24 dev eth0
+  ip route add default via 10.0.2.2
+fi
+
+# killed RC: a failpoint kills the agent with SIGKILL (exit 137); the
+# host cuts the power as soon as it reads PC:KILLED.
+killed() { if [ "$1" = 137 ]; then say KILLED; while :; do sleep 1000; done; fi; }
+
+daemon() {
+  /pc/agent run $C > /dev/console 2>&1 &
+  DPID=$!
+  # status waits for a daemon that is starting (recovering).
+  i=0
+  while ! /pc/agent status $C > /dev/null 2>&1; do
+    if ! kill -0 $DPID 2>/dev/null; then wait $DPID; killed $?; say NODAEMON; return 1; fi
+    i=$((i+1)); [ $i -gt 100 ] && { say NODAEMON; return 1; }
+    sleep 0.2
+  done
+}
+
+daemon_dead() {
+  if ! kill -0 $DPID 2>/dev/null; then wait $DPID; killed $?; fi
+}
+
+if [ "$PHASE" = cut ]; then
+  [ -n "$FP" ] && export EDGEFLEET_FAILPOINT=$FP
+  case $WL in
+  sideload)
+    say GO
+    say BEGIN sideload
+    /pc/agent sideload $C /pc/b/hello-1.1.0.efb; rc=$?; killed $rc
+    [ $rc = 0 ] && say ACK trial 1.1.0 ;;
+  daemon)
+    daemon || stop
+    say GO
+    say BEGIN sideload
+    /pc/agent sideload $C /pc/b/hello-1.1.0.efb; rc=$?; daemon_dead
+    [ $rc = 0 ] && say ACK committed 1.1.0 ;;
+  rollback)
+    say GO
+    say BEGIN sideload
+    /pc/agent sideload $C /pc/b/hello-1.1.0.efb; rc=$?; killed $rc
+    [ $rc = 0 ] && say ACK trial 1.1.0
+    say BEGIN rollback
+    /pc/agent rollback $C --reason "power-cut suite" hello; rc=$?; killed $rc
+    [ $rc = 0 ] && say ACK rolled-back 1.0.0 ;;
+  mqtt)
+    # The daemon downloads 1.1.0 from the host's broker, installs it and
+    # runs the trial; the workload ends when it committed.
+    daemon || stop
+    say GO
+    say BEGIN mqtt
+    i=0
+    while :; do
+      daemon_dead
+      st=$(/pc/agent status $C 2>/dev/null | grep '^hello ')
+      case "$st" in *"1.1.0"*committed*) say ACK committed 1.1.0; break ;; esac
+      i=$((i+1)); [ $i -gt 600 ] && { say TIMEOUT "$st"; break; }
+      sleep 0.2
+    done ;;
+  esac
+  say DONE
+  stop
+fi
+
+if [ "$PHASE" = check ]; then
+  say PRE "$($APP --version 2>&1 | head -1)"
+  unset EDGEFLEET_FAILPOINT
+  daemon || stop
+  # Wait for the trial (if any) to end: a settled state.
+  i=0
+  while :; do
+    st=$(/pc/agent status $C --json 2>/dev/null)
+    case "$st" in
+    *'"starting"'*|*'"state": "trial"'*|*'"state": "staging"'*|*'"state": "staged"'*|*'"state": "swapping"'*|*'"state": "rolling-back"'*) ;;
+    *'"state"'*) break ;;
+    esac
+    i=$((i+1)); [ $i -gt 150 ] && break
+    sleep 0.2
+  done
+  echo "PC:STATUS{"; echo "$st"; echo "PC:STATUS}"
+  say APP "$($APP --version 2>&1 | head -1)"
+  /pc/agent sideload $C /pc/b/hello-1.2.0.efb > /dev/console 2>&1
+  say NEXT $?
+  echo "PC:FINAL{"; /pc/agent status $C --json 2>&1; echo "PC:FINAL}"
+  say FINALAPP "$($APP --version 2>&1 | head -1)"
+  stop
+fi
+say NOPHASE
+stop
