@@ -116,7 +116,7 @@ func buildGuest(t *testing.T, h host, tags, broker string) *guest {
 	}
 	must(t, os.WriteFile(filepath.Join(root, "pc", "modules"), []byte(strings.Join(modules, " ")+"\n"), 0o644))
 	cfg := testkit.AgentConfig{DeviceID: "powercut", DataDir: "/mnt/data", TrustedKeys: []string{"/pc/release.pub"},
-		Apps: []testkit.AgentApp{{Name: "hello", Path: "/mnt/opt/hello/bin/hello", Args: []string{"--serve"}, Window: "1s", MaxBootsOnTrial: 3}},
+		Apps:   []testkit.AgentApp{{Name: "hello", Path: "/mnt/opt/hello/bin/hello", Args: []string{"--serve"}, Window: "1s", MaxBootsOnTrial: 3}},
 		Broker: broker}
 	testkit.WriteAgentConfig(t, filepath.Join(root, "pc", "agent.yaml"), cfg)
 	bundles := map[string]string{}

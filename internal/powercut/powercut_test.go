@@ -27,8 +27,8 @@ const (
 // Verdicts.
 const (
 	survived   = "survived"
-	degraded   = "degraded"   // runs an allowed version, but state, an acknowledged step or the next install is wrong
-	bricked    = "bricked"    // the app path runs no allowed version, or the agent does not answer
+	degraded   = "degraded"    // runs an allowed version, but state, an acknowledged step or the next install is wrong
+	bricked    = "bricked"     // the app path runs no allowed version, or the agent does not answer
 	notReached = "not-reached" // a failpoint the workload never reached
 	hostError  = "host-error"  // the machine did not boot or hung: not a verdict on the agent
 )
