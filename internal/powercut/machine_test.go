@@ -9,6 +9,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,7 +19,9 @@ import (
 	"testing"
 	"time"
 
+	paho "github.com/eclipse/paho.mqtt.golang"
 	"github.com/edgefleet/edgefleet/agent"
+	"github.com/edgefleet/edgefleet/fleet"
 	"github.com/edgefleet/edgefleet/internal/testkit"
 	"github.com/edgefleet/edgefleet/protocol"
 )
@@ -73,10 +76,12 @@ func findHost(t *testing.T) host {
 
 // guest is one agent build turned into a bootable machine.
 type guest struct {
-	h      host
-	dir    string
-	initrd string
-	golden string // disk image with hello 1.0.0 installed and committed
+	h       host
+	dir     string
+	initrd  string
+	golden  string            // disk image with hello 1.0.0 installed and committed
+	bundles map[string]string // version → bundle file
+	fleet   *hostFleet        // the broker the mqtt workload downloads from
 }
 
 var versions = []string{"1.0.0", "1.1.0", "1.2.0"}
@@ -85,10 +90,10 @@ var versions = []string{"1.0.0", "1.1.0", "1.2.0"}
 // build), the sample app at three versions, their bundles (TEST-ONLY keys),
 // the initramfs and the golden disk. broker, when set, goes into the
 // guest's agent configuration (the host as QEMU's user network sees it).
-func buildGuest(t *testing.T, h host, tags, broker string) *guest {
+func buildGuest(t *testing.T, h host, tags string) *guest {
 	t.Helper()
 	dir := t.TempDir()
-	g := &guest{h: h, dir: dir}
+	g := &guest{h: h, dir: dir, fleet: startFleet(t)}
 	env := []string{"GOAMD64=v1", "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64"}
 	b := testkit.Build{Pkg: "cmd/edgefleet-agent", Env: env, LDFlags: "-s -w -X main.version=powercut"}
 	if tags != "" {
@@ -116,10 +121,14 @@ func buildGuest(t *testing.T, h host, tags, broker string) *guest {
 	}
 	must(t, os.WriteFile(filepath.Join(root, "pc", "modules"), []byte(strings.Join(modules, " ")+"\n"), 0o644))
 	cfg := testkit.AgentConfig{DeviceID: "powercut", DataDir: "/mnt/data", TrustedKeys: []string{"/pc/release.pub"},
-		Apps:   []testkit.AgentApp{{Name: "hello", Path: "/mnt/opt/hello/bin/hello", Args: []string{"--serve"}, Window: "1s", MaxBootsOnTrial: 3}},
-		Broker: broker}
+		Apps: []testkit.AgentApp{{Name: "hello", Path: "/mnt/opt/hello/bin/hello", Args: []string{"--serve"}, Window: "1s", MaxBootsOnTrial: 3}}}
 	testkit.WriteAgentConfig(t, filepath.Join(root, "pc", "agent.yaml"), cfg)
+	// QEMU's user network shows the host's loopback as 10.0.2.2.
+	cfg.Broker = "tcp://10.0.2.2:" + g.fleet.port
+	testkit.WriteAgentConfig(t, filepath.Join(root, "pc", "agent-mqtt.yaml"), cfg)
+	g.fleet.keyring = protocol.NewKeyring(testkit.Public(priv))
 	bundles := map[string]string{}
+	g.bundles = bundles
 	for i, v := range versions {
 		bin := testkit.BuildHello(t, env, v, "")
 		bb := testkit.Bundle(t, testkit.Spec{Version: v, Sequence: uint64(i + 1), Binary: bin, Encoding: protocol.EncodingNone, ChunkSize: 256 << 10}, priv)
@@ -157,6 +166,33 @@ func buildGuest(t *testing.T, h host, tags, broker string) *guest {
 		t.Fatalf("mkfs.ext4 -d: %v: %s", err, out)
 	}
 	return g
+}
+
+// hostFleet is the embedded broker on this host and a publisher.
+type hostFleet struct {
+	broker  *fleet.Broker
+	port    string
+	pub     paho.Client
+	keyring *protocol.Keyring
+}
+
+func startFleet(t *testing.T) *hostFleet {
+	t.Helper()
+	b, err := fleet.StartBroker(fleet.BrokerOptions{Listen: "127.0.0.1:0", DataDir: t.TempDir()})
+	must(t, err)
+	t.Cleanup(func() { b.Close() })
+	_, port, err := net.SplitHostPort(strings.TrimPrefix(b.URL(), "tcp://"))
+	must(t, err)
+	c, err := fleet.Connect(context.Background(), fleet.ClientOptions{Broker: b.URL(), ClientID: "powercut-publisher"})
+	must(t, err)
+	t.Cleanup(func() { c.Disconnect(100) })
+	return &hostFleet{broker: b, port: port, pub: c}
+}
+
+// assign makes version the device's desired release (edgefleet assign).
+func (g *guest) assign(ctx context.Context, device, version string) error {
+	_, err := fleet.PublishBundle(ctx, g.fleet.pub, g.bundles[version], fleet.PublishOptions{Device: device, Keyring: g.fleet.keyring})
+	return err
 }
 
 // line is one console line and when the host read it (since qemu started).

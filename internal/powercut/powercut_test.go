@@ -33,18 +33,19 @@ const (
 	hostError  = "host-error"  // the machine did not boot or hung: not a verdict on the agent
 )
 
-// workloadOf picks the workload that passes a failpoint.
-func workloadOf(fp string) string {
+// workloadsOf lists the workloads that pass a failpoint, the first one
+// used by the smoke.
+func workloadsOf(fp string) []string {
 	switch {
 	case strings.HasPrefix(fp, "rollback-"):
-		return "rollback"
+		return []string{"rollback"}
 	case strings.HasPrefix(fp, "commit-"):
-		return "daemon"
+		return []string{"daemon", "mqtt"}
 	}
-	return "sideload"
+	return []string{"sideload", "daemon", "mqtt"}
 }
 
-var workloads = []string{"sideload", "daemon", "rollback"}
+var workloads = []string{"sideload", "daemon", "rollback", "mqtt"}
 
 // cut is one planned power cut.
 type cut struct {
@@ -100,9 +101,22 @@ func (g *guest) runCut(ctx context.Context, c cut, delay time.Duration) outcome 
 	if slices.Contains(agent.Failpoints, c.point) {
 		fp = " pc.fp=" + c.point
 	}
+	dev := ""
+	if c.workload == "mqtt" {
+		// A device of its own on the host's broker, 1.1.0 assigned to it.
+		dev = fmt.Sprintf("pc-%d", rand.Int64N(1e12))
+		if err := g.assign(ctx, dev, "1.1.0"); err != nil {
+			o.verdict, o.why = hostError, "publish 1.1.0: "+err.Error()
+			return o
+		}
+	}
+	extra := fp
+	if dev != "" {
+		extra += " pc.dev=" + dev
+	}
 	var goAt time.Duration
 	done := false
-	b1 := g.boot(ctx, disk, "pc.phase=cut pc.workload="+c.workload+" pc.mount="+c.mount+fp, 5*time.Minute, func(l line, cutNow func()) bool {
+	b1 := g.boot(ctx, disk, "pc.phase=cut pc.workload="+c.workload+" pc.mount="+c.mount+extra, 5*time.Minute, func(l line, cutNow func()) bool {
 		switch {
 		case l.text == "PC:GO":
 			goAt = l.at
@@ -149,9 +163,21 @@ func (g *guest) runCut(ctx context.Context, c cut, delay time.Duration) outcome 
 		}
 	}
 
-	b2 := g.boot(ctx, disk, "pc.phase=check pc.mount="+c.mount, 5*time.Minute, func(l line, _ func()) bool {
+	check := "pc.phase=check pc.mount=" + c.mount
+	if dev != "" {
+		check += " pc.dev=" + dev
+	}
+	var assignErr error
+	b2 := g.boot(ctx, disk, check, 5*time.Minute, func(l line, _ func()) bool {
+		if l.text == "PC:CATCHUP" {
+			assignErr = g.assign(ctx, dev, "1.2.0")
+		}
 		return l.text == "PC:END" || strings.HasPrefix(l.text, "PC:MOUNTFAIL") || strings.Contains(l.text, "Kernel panic")
 	})
+	if assignErr != nil {
+		o.verdict, o.why = hostError, "publish 1.2.0: "+assignErr.Error()
+		return o
+	}
 	o.log += "--- check boot\n" + b2.text()
 	if end, ok := b2.find("PC:END"); ok {
 		o.check = end.at
@@ -214,31 +240,37 @@ func cloneFile(from, to string) error {
 }
 
 // plan is the list of cuts for a mode.
-func plan(mode string, n int) []cut {
+func plan(mode string, n int) []cut { return only(planAll(mode, n)) }
+
+func planAll(mode string, n int) []cut {
 	var cuts []cut
 	// Each failpoint under each mount set in turn, random cuts of each
 	// workload under each mount set, and a cut right after each workload.
 	round := func(r int) {
 		for i, fp := range agent.Failpoints {
-			cuts = append(cuts, cut{workloadOf(fp), mountSets[(i+r)%len(mountSets)], fp})
-		}
-		for _, m := range mountSets {
-			for _, w := range workloads {
-				cuts = append(cuts, cut{w, m, pointRandom})
+			ws := workloadsOf(fp)
+			if mode == "smoke" {
+				ws = ws[:1]
+			}
+			for j, w := range ws {
+				cuts = append(cuts, cut{w, mountSets[(i+j+r)%len(mountSets)], fp})
 			}
 		}
 		for i, w := range workloads {
-			cuts = append(cuts, cut{w, mountSets[(i+r)%len(mountSets)], pointAfterDone})
+			cuts = append(cuts, cut{w, mountSets[(i+r)%len(mountSets)], pointRandom})
+			cuts = append(cuts, cut{w, mountSets[(i+r+1)%len(mountSets)], pointAfterDone})
 		}
 	}
 	if mode == "smoke" {
+		// Every failpoint once, each workload cut at a random moment and
+		// right after it: 24 cuts, the mount option sets in turn.
 		round(0)
 		return cuts
 	}
 	for r := 0; len(cuts) < n; r++ {
 		round(r)
 		// Long runs weigh random moments more.
-		for j := 0; j < 2; j++ {
+		for j := 0; j < 3; j++ {
 			for _, m := range mountSets {
 				for _, w := range workloads {
 					cuts = append(cuts, cut{w, m, pointRandom})
@@ -247,6 +279,17 @@ func plan(mode string, n int) []cut {
 		}
 	}
 	return cuts[:n]
+}
+
+// only keeps the cuts of the workloads in EDGEFLEET_POWERCUT_ONLY
+// (comma-separated; default all).
+func only(cuts []cut) []cut {
+	o := os.Getenv("EDGEFLEET_POWERCUT_ONLY")
+	if o == "" {
+		return cuts
+	}
+	ws := strings.Split(o, ",")
+	return slices.DeleteFunc(cuts, func(c cut) bool { return !slices.Contains(ws, c.workload) })
 }
 
 // suite runs cuts on g with jobs machines at a time.
@@ -273,7 +316,7 @@ func (s *suite) calibrate(ctx context.Context) []outcome {
 	for _, w := range workloads {
 		cuts = append(cuts, cut{w, mountSets[0], pointNone})
 	}
-	outs := s.run(ctx, cuts)
+	outs := s.run(ctx, only(cuts))
 	for _, o := range outs {
 		if o.verdict != survived {
 			s.t.Fatalf("calibration %s (no power cut) did not survive: %s: %s\n%s", o.cut, o.verdict, o.why, o.log)
@@ -387,13 +430,18 @@ func TestPowerCut(t *testing.T) {
 		n = 1000
 	}
 	start := time.Now()
-	g := buildGuest(t, h, "", "")
+	g := buildGuest(t, h, "")
 	s := &suite{t: t, g: g, jobs: jobs()}
 	ctx := context.Background()
 	outs := s.calibrate(ctx)
 	t.Logf("uncut workloads: %v (boot %.1fs)", s.work, outs[0].boot.Seconds())
 	outs = append(outs, s.run(ctx, plan(m, n))...)
-	writeReport(t, "powercut.md", report(outs)+fmt.Sprintf("\n%d cuts in %s with %d machines at a time.\n", len(outs), time.Since(start).Round(time.Second), s.jobs))
+	var uncut []string
+	for _, w := range sortedKeys(s.work) {
+		uncut = append(uncut, fmt.Sprintf("%s %.1fs", w, s.work[w].Seconds()))
+	}
+	writeReport(t, "powercut.md", report(outs)+fmt.Sprintf("\n%d cuts (%d boots) in %s with %d machines at a time; uncut workloads (install through trial and commit where the workload waits for it): %s.\n",
+		len(outs), 2*len(outs), time.Since(start).Round(time.Second), s.jobs, strings.Join(uncut, ", ")))
 	for _, o := range outs {
 		switch o.verdict {
 		case survived:
@@ -411,7 +459,7 @@ func TestPowerCut(t *testing.T) {
 func TestPowerCutCatchesMissingFsync(t *testing.T) {
 	mode(t)
 	h := findHost(t)
-	g := buildGuest(t, h, "edgefleet_powercut_nosync", "")
+	g := buildGuest(t, h, "edgefleet_powercut_nosync")
 	s := &suite{t: t, g: g, jobs: jobs()}
 	var cuts []cut
 	for _, m := range mountSets {

@@ -23,8 +23,16 @@ for m in $(cat /pc/modules); do insmod /lib/modules/$m.ko 2>/dev/null; done
 arg() { tr ' ' '\n' < /proc/cmdline | sed -n "s/^pc\.$1=//p"; }
 say() { echo "PC:$*"; }
 stop() { sync; say END; while :; do sleep 1000; done; }
-PHASE=$(arg phase); WL=$(arg workload); MNT=$(arg mount); FP=$(arg fp)
+PHASE=$(arg phase); WL=$(arg workload); MNT=$(arg mount); FP=$(arg fp); DEV=$(arg dev)
 C="--config /pc/agent.yaml"
+# pc.dev: this device's ID on the host's broker (mqtt workload), whose
+# configuration has the broker section.
+if [ -n "$DEV" ]; then
+  mkdir -p /run
+  sed "s/^device_id: .*/device_id: $DEV/" /pc/agent-mqtt.yaml > /run/agent-mqtt.yaml
+  CM="--config /run/agent-mqtt.yaml"
+  [ "$PHASE" = cut ] && C=$CM
+fi
 APP=/mnt/opt/hello/bin/hello
 
 i=0
@@ -32,7 +40,7 @@ while [ ! -b /dev/vda ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done
 if ! mount -t ext4 -o "$MNT" /dev/vda /mnt; then say MOUNTFAIL; stop; fi
 say UP "$(cut -d' ' -f1 /proc/uptime)"
 
-if [ -n "$(arg net)" ]; then
+if [ -n "$DEV" ]; then
   ip link set lo up
   ip link set eth0 up
   ip addr add 10.0.2.15/24 dev eth0
@@ -117,8 +125,23 @@ if [ "$PHASE" = check ]; then
   done
   echo "PC:STATUS{"; echo "$st"; echo "PC:STATUS}"
   say APP "$($APP --version 2>&1 | head -1)"
-  /pc/agent sideload $C /pc/b/hello-1.2.0.efb > /dev/console 2>&1
-  say NEXT $?
+  if [ -z "$DEV" ]; then
+    /pc/agent sideload $C /pc/b/hello-1.2.0.efb > /dev/console 2>&1
+    say NEXT $?
+  else
+    # Catch up with the fleet: the host assigns 1.2.0 when it reads
+    # CATCHUP; the daemon, now with the broker, downloads and commits it.
+    kill $DPID; wait $DPID
+    say CATCHUP
+    C=$CM
+    daemon || stop
+    i=0; rc=1
+    while [ $i -lt 600 ]; do
+      case "$(/pc/agent status $C 2>/dev/null | grep '^hello ')" in *"1.2.0"*committed*) rc=0; break ;; esac
+      i=$((i+1)); sleep 0.2
+    done
+    say NEXT $rc
+  fi
   echo "PC:FINAL{"; /pc/agent status $C --json 2>&1; echo "PC:FINAL}"
   say FINALAPP "$($APP --version 2>&1 | head -1)"
   stop
