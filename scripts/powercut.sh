@@ -11,6 +11,7 @@
 #   --long N   N cuts (default 1000) of the shipped agent, then the broken-
 #              fsync proof; the Markdown tables go to .tools/powercut/report/
 # Env: EDGEFLEET_POWERCUT_JOBS machines at a time (default 2),
+#      EDGEFLEET_POWERCUT_BUDGET (e.g. 55m) stops starting cuts after it,
 #      EDGEFLEET_POWERCUT_VERBOSE=1 one line per cut (=logs: every console).
 set -euo pipefail
 cd "$(dirname "$0")/.."
