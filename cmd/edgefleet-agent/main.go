@@ -493,7 +493,7 @@ func printStatus(w io.Writer, st agent.DaemonStatus) {
 		fmt.Fprintf(w, "device %s (daemon not running)\n", st.DeviceID)
 	}
 	if st.Starting != "" {
-		fmt.Fprintf(w, "daemon starting: %s interrupted installs and starting the apps; installs and rollbacks wait until it is ready\n", st.Starting)
+		fmt.Fprintf(w, "daemon starting: %s interrupted installs and starting the apps; installs and rollbacks are refused (busy) until it is ready\n", st.Starting)
 	}
 	if st.StateError != "" {
 		fmt.Fprintf(w, "state error: %s\n", st.StateError)
