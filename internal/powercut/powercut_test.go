@@ -30,6 +30,7 @@ const (
 	degraded   = "degraded"    // runs an allowed version, but state, an acknowledged step or the next install is wrong
 	bricked    = "bricked"     // the app path runs no allowed version, or the agent does not answer
 	notReached = "not-reached" // a failpoint the workload never reached
+	stepFailed = "step-failed" // a workload step failed without a cut
 	hostError  = "host-error"  // the machine did not boot or hung: not a verdict on the agent
 )
 
@@ -144,6 +145,10 @@ func (g *guest) runCut(ctx context.Context, c cut, delay time.Duration) outcome 
 	}
 	if last := b1.lines[len(b1.lines)-1]; true {
 		o.cutAfter = last.at - goAt
+	}
+	if l, ok := b1.find("PC:FAILSTEP"); ok {
+		o.verdict, o.why = stepFailed, "a workload step failed before the power cut: "+l.text
+		return o
 	}
 	if fp != "" {
 		if _, ok := b1.find("PC:KILLED"); !ok {
@@ -323,7 +328,7 @@ func (s *suite) calibrate(ctx context.Context) []outcome {
 	}
 	outs := s.run(ctx, only(cuts))
 	for _, o := range outs {
-		if o.verdict != survived {
+		if o.verdict != survived || o.work == 0 {
 			s.t.Fatalf("calibration %s (no power cut) did not survive: %s: %s\n%s", o.cut, o.verdict, o.why, o.log)
 		}
 		s.work[o.workload] = o.work
@@ -399,18 +404,18 @@ func report(outs []outcome) string {
 	}
 	slices.SortFunc(keys, func(a, b key) int { return strings.Compare(a.w+a.p+a.m, b.w+b.p+b.m) })
 	var b strings.Builder
-	b.WriteString("| workload | mount options | cut point | cuts | survived | degraded | bricked | not reached | host error | mean boot | mean check boot |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
+	b.WriteString("| workload | mount options | cut point | cuts | survived | degraded | bricked | not reached | step failed | host error | mean boot | mean check boot |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	tot := map[string]int{}
 	for _, k := range keys {
 		r := rows[k]
 		for v, n := range r.counts {
 			tot[v] += n
 		}
-		fmt.Fprintf(&b, "| %s | %s | %s | %d | %d | %d | %d | %d | %d | %.1fs | %.1fs |\n", k.w, k.m, k.p, r.n,
-			r.counts[survived], r.counts[degraded], r.counts[bricked], r.counts[notReached], r.counts[hostError],
+		fmt.Fprintf(&b, "| %s | %s | %s | %d | %d | %d | %d | %d | %d | %d | %.1fs | %.1fs |\n", k.w, k.m, k.p, r.n,
+			r.counts[survived], r.counts[degraded], r.counts[bricked], r.counts[notReached], r.counts[stepFailed], r.counts[hostError],
 			(r.boot / time.Duration(r.n)).Seconds(), (r.check / time.Duration(r.n)).Seconds())
 	}
-	fmt.Fprintf(&b, "| **all** | | | %d | %d | %d | %d | %d | %d | | |\n", len(outs), tot[survived], tot[degraded], tot[bricked], tot[notReached], tot[hostError])
+	fmt.Fprintf(&b, "| **all** | | | %d | %d | %d | %d | %d | %d | %d | | |\n", len(outs), tot[survived], tot[degraded], tot[bricked], tot[notReached], tot[stepFailed], tot[hostError])
 	return b.String()
 }
 

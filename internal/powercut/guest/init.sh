@@ -54,17 +54,32 @@ killed() { if [ "$1" = 137 ]; then say KILLED; while :; do sleep 1000; done; fi;
 daemon() {
   /pc/agent run $C > /dev/console 2>&1 &
   DPID=$!
-  # status waits for a daemon that is starting (recovering).
+  # status answers while the daemon recovers ("daemon starting"); wait
+  # until it is ready for installs.
   i=0
-  while ! /pc/agent status $C > /dev/null 2>&1; do
-    if ! kill -0 $DPID 2>/dev/null; then wait $DPID; killed $?; say NODAEMON; return 1; fi
-    i=$((i+1)); [ $i -gt 100 ] && { say NODAEMON; return 1; }
+  while :; do
+    st=$(/pc/agent status $C 2>/dev/null)
+    case "$st" in *"daemon starting"*) ;; *"daemon pid"*) break ;; esac
+    daemon_dead
+    if [ ! -d /proc/$DPID ]; then say NODAEMON; return 1; fi
+    i=$((i+1)); [ $i -gt 300 ] && { say NODAEMON; return 1; }
     sleep 0.2
   done
 }
 
+# ok RC STEP: a step that failed without a power cut is the agent's (or
+# the suite's) fault: the host reports it.
+ok() { [ "$1" = 0 ] && return 0; say FAILSTEP "$2" exit "$1"; return 1; }
+
+# daemon_dead [RC]: if the daemon died (a failpoint: SIGKILL), say so. A
+# killed child stays a zombie until waited for, so kill -0 cannot tell;
+# after a failed client step (RC not 0) it may take a moment.
 daemon_dead() {
-  if ! kill -0 $DPID 2>/dev/null; then wait $DPID; killed $?; fi
+  n=1; [ -n "$1" ] && [ "$1" != 0 ] && n=20
+  while [ $n -gt 0 ]; do
+    if [ ! -d /proc/$DPID ] || grep -q '^State:[[:space:]]*Z' /proc/$DPID/status 2>/dev/null; then wait $DPID; killed $?; return; fi
+    n=$((n-1)); [ $n -gt 0 ] && sleep 0.1
+  done
 }
 
 if [ "$PHASE" = cut ]; then
@@ -74,21 +89,21 @@ if [ "$PHASE" = cut ]; then
     say GO
     say BEGIN sideload
     /pc/agent sideload $C /pc/b/hello-1.1.0.efb; rc=$?; killed $rc
-    [ $rc = 0 ] && say ACK trial 1.1.0 ;;
+    ok $rc sideload && say ACK trial 1.1.0 ;;
   daemon)
     daemon || stop
     say GO
     say BEGIN sideload
-    /pc/agent sideload $C /pc/b/hello-1.1.0.efb; rc=$?; daemon_dead
-    [ $rc = 0 ] && say ACK committed 1.1.0 ;;
+    /pc/agent sideload $C /pc/b/hello-1.1.0.efb; rc=$?; daemon_dead $rc
+    ok $rc sideload && say ACK committed 1.1.0 ;;
   rollback)
     say GO
     say BEGIN sideload
     /pc/agent sideload $C /pc/b/hello-1.1.0.efb; rc=$?; killed $rc
-    [ $rc = 0 ] && say ACK trial 1.1.0
+    ok $rc sideload && say ACK trial 1.1.0
     say BEGIN rollback
     /pc/agent rollback $C --reason "power-cut suite" hello; rc=$?; killed $rc
-    [ $rc = 0 ] && say ACK rolled-back 1.0.0 ;;
+    ok $rc rollback && say ACK rolled-back 1.0.0 ;;
   mqtt)
     # The daemon downloads 1.1.0 from the host's broker, installs it and
     # runs the trial; the workload ends when it committed.
@@ -100,7 +115,7 @@ if [ "$PHASE" = cut ]; then
       daemon_dead
       st=$(/pc/agent status $C 2>/dev/null | grep '^hello ')
       case "$st" in *"1.1.0"*committed*) say ACK committed 1.1.0; break ;; esac
-      i=$((i+1)); [ $i -gt 600 ] && { say TIMEOUT "$st"; break; }
+      i=$((i+1)); [ $i -gt 600 ] && { say FAILSTEP mqtt "$st"; break; }
       sleep 0.2
     done ;;
   esac
