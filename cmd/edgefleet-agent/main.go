@@ -196,16 +196,8 @@ func openDirect(e *env, cfg *agent.Config) (*agent.Agent, bool) {
 // database but does not serve its socket yet.
 const startWait = 20 * time.Second
 
-// daemonHoldsState: another process (a daemon starting up, after a power cut
-// with a stale agent.sock on disk) holds the state database.
-func daemonHoldsState(cfg *agent.Config) bool {
-	a, err := agent.Open(cfg, agent.Options{DBTimeout: 100 * time.Millisecond})
-	if err != nil {
-		return errors.Is(err, agent.ErrLocked)
-	}
-	a.Close()
-	return false
-}
+// runLockWait bounds how long `run` waits for the state database's lock.
+const runLockWait = 15 * time.Second
 
 // dialStarting waits up to startWait for the daemon's socket to answer.
 func dialStarting(ctx context.Context, e *env, cfg *agent.Config) *agent.ControlClient {
@@ -239,7 +231,10 @@ func cmdRun(ctx context.Context, e *env, args []string) int {
 	logger := log.New(e.stderr, "edgefleet-agent: ", log.LstdFlags)
 	logf := logger.Printf
 	var opts agent.DaemonOptions
-	a, err := agent.Open(cfg, agent.Options{Logf: logf})
+	// A field command that found no daemon (status, a direct sideload) may
+	// hold the state database for a moment, e.g. right after boot: wait
+	// for it rather than exit.
+	a, err := agent.Open(cfg, agent.Options{Logf: logf, DBTimeout: runLockWait})
 	if err != nil {
 		if !errors.Is(err, agent.ErrCorruptState) {
 			logf("%v", err)
@@ -438,8 +433,18 @@ func cmdStatus(ctx context.Context, e *env, args []string) int {
 	}
 	var st agent.DaemonStatus
 	c := dial(ctx, cfg)
-	if c == nil && daemonHoldsState(cfg) {
-		c = dialStarting(ctx, e, cfg)
+	var direct *agent.Agent
+	var openErr error
+	if c == nil {
+		direct, openErr = agent.Open(cfg, agent.Options{})
+		if errors.Is(openErr, agent.ErrLocked) {
+			// A daemon holds the database but does not serve its socket
+			// yet: starting (after a power cut, with a stale agent.sock).
+			if c = dialStarting(ctx, e, cfg); c == nil {
+				fmt.Fprintf(e.stderr, "edgefleet-agent status: %v, but its control socket %s did not answer within %s; is the daemon hung? restart it and try again\n", openErr, cfg.SocketPath(), startWait)
+				return 1
+			}
+		}
 	}
 	if c != nil {
 		defer c.Close()
@@ -455,16 +460,11 @@ func cmdStatus(ctx context.Context, e *env, args []string) int {
 		st = *r.Status
 	} else {
 		st.DeviceID = cfg.DeviceID
-		a, err := agent.Open(cfg, agent.Options{})
-		if err != nil {
-			if errors.Is(err, agent.ErrLocked) {
-				fmt.Fprintf(e.stderr, "edgefleet-agent status: %v, but its control socket %s did not answer within %s; is the daemon hung? restart it and try again\n", err, cfg.SocketPath(), startWait)
-				return 1
-			}
-			st.StateError = err.Error()
+		if openErr != nil {
+			st.StateError = openErr.Error()
 		} else {
-			apps, err := a.Status()
-			a.Close()
+			apps, err := direct.Status()
+			direct.Close()
 			if err != nil {
 				st.StateError = err.Error()
 			}

@@ -291,13 +291,17 @@ func planAll(mode string, n int) []cut {
 
 // only keeps the cuts of the workloads in EDGEFLEET_POWERCUT_ONLY
 // (comma-separated; default all).
+// and the cut points in EDGEFLEET_POWERCUT_POINTS (same).
 func only(cuts []cut) []cut {
-	o := os.Getenv("EDGEFLEET_POWERCUT_ONLY")
-	if o == "" {
-		return cuts
+	if o := os.Getenv("EDGEFLEET_POWERCUT_ONLY"); o != "" {
+		ws := strings.Split(o, ",")
+		cuts = slices.DeleteFunc(cuts, func(c cut) bool { return !slices.Contains(ws, c.workload) })
 	}
-	ws := strings.Split(o, ",")
-	return slices.DeleteFunc(cuts, func(c cut) bool { return !slices.Contains(ws, c.workload) })
+	if o := os.Getenv("EDGEFLEET_POWERCUT_POINTS"); o != "" {
+		ps := append(strings.Split(o, ","), pointNone)
+		cuts = slices.DeleteFunc(cuts, func(c cut) bool { return !slices.Contains(ps, c.point) })
+	}
+	return cuts
 }
 
 // suite runs cuts on g with jobs machines at a time.
