@@ -75,3 +75,39 @@ func TestStatusWaitsForStartingDaemon(t *testing.T) {
 	}
 	t.Logf("stderr: %s", strings.TrimSpace(se.String()))
 }
+
+// A field command holding the state database when the daemon starts (a
+// status typed right after boot, before the daemon took the lock) must not
+// make the daemon exit: it waits for the lock.
+func TestRunWaitsForAFieldCommandsLock(t *testing.T) {
+	d := newDevice(t, deviceOpts{})
+	cfg, err := agent.LoadConfig(d.cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := agent.Open(cfg, agent.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(d.cli, "run", "--config", d.cfgPath)
+	var log syncBuffer
+	cmd.Stdout, cmd.Stderr = &log, &log
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	defer func() {
+		cmd.Process.Kill()
+		<-exited
+	}()
+	// Hold the lock longer than the old 1s timeout.
+	select {
+	case err := <-exited:
+		a.Close()
+		t.Fatalf("the daemon exited while a field command held the database (%v):\n%s", err, log.String())
+	case <-time.After(2500 * time.Millisecond):
+	}
+	a.Close()
+	d.waitStatus("the daemon answers after the field command let go", func(st agent.DaemonStatus) bool { return st.Daemon && st.Starting == "" })
+}
