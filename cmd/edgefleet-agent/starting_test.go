@@ -95,17 +95,18 @@ func TestRunWaitsForAFieldCommandsLock(t *testing.T) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
+	done := make(chan struct{})
+	var werr error
+	go func() { werr = cmd.Wait(); close(done) }()
 	defer func() {
 		cmd.Process.Kill()
-		<-exited
+		<-done
 	}()
 	// Hold the lock longer than the old 1s timeout.
 	select {
-	case err := <-exited:
+	case <-done:
 		a.Close()
-		t.Fatalf("the daemon exited while a field command held the database (%v):\n%s", err, log.String())
+		t.Fatalf("the daemon exited while a field command held the database (%v):\n%s", werr, log.String())
 	case <-time.After(2500 * time.Millisecond):
 	}
 	a.Close()
