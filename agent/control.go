@@ -23,6 +23,9 @@ package agent
 //
 //   - "status": every app's recorded state plus, from the daemon, its
 //     process (pid, restarts, last exit), last output lines and trial.
+//     The socket is served from the daemon's start: while it still
+//     recovers, status carries "starting":"recovering" and every other op
+//     is refused with code "busy".
 //   - "check": dry run of the bundle at Bundle (nothing changes).
 //   - "sideload": install the bundle at Bundle (the daemon opens the file
 //     itself: give an absolute path), restart the app on the new binary and,
