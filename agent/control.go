@@ -23,6 +23,9 @@ package agent
 //
 //   - "status": every app's recorded state plus, from the daemon, its
 //     process (pid, restarts, last exit), last output lines and trial.
+//     The socket is served from the daemon's start: while it still
+//     recovers, status carries "starting":"recovering" and every other op
+//     is refused with code "busy".
 //   - "check": dry run of the bundle at Bundle (nothing changes).
 //   - "sideload": install the bundle at Bundle (the daemon opens the file
 //     itself: give an absolute path), restart the app on the new binary and,
@@ -120,12 +123,15 @@ type DaemonStatus struct {
 	DeviceID string `json:"device_id"`
 	// Daemon is true when a running daemon answered (process, output and
 	// trial fields are then filled in).
-	Daemon       bool             `json:"daemon"`
-	AgentVersion string           `json:"agent_version,omitempty"`
-	PID          int              `json:"pid"`
-	Since        time.Time        `json:"since"`
-	StateError   string           `json:"state_error,omitempty"`
-	Apps         []DaemonAppState `json:"apps"`
+	Daemon       bool      `json:"daemon"`
+	AgentVersion string    `json:"agent_version,omitempty"`
+	PID          int       `json:"pid"`
+	Since        time.Time `json:"since"`
+	StateError   string    `json:"state_error,omitempty"`
+	// Starting is set while the daemon recovers and starts the apps
+	// ("recovering"); it answers status only until then.
+	Starting string           `json:"starting,omitempty"`
+	Apps     []DaemonAppState `json:"apps"`
 
 	// Trust is the key set held and the time floor (keyset.go).
 	Trust *TrustInfo `json:"trust,omitempty"`
@@ -258,6 +264,9 @@ func readLine(br *bufio.Reader, limit int) ([]byte, error) {
 // the result line, and after (if not nil) runs once it was sent (the
 // agent re-executing itself must answer first).
 func (d *Daemon) handle(ctx context.Context, req Request, send func(Response)) (r Response, after func()) {
+	if req.Op != OpStatus && !d.ready.Load() {
+		return Response{Type: TypeResult, Code: CodeBusy, Error: "the daemon is starting: it is recovering interrupted installs and starting the apps (after a restart or a power cut); try again in a few seconds"}, nil
+	}
 	switch req.Op {
 	case OpStatus:
 		st := d.Status()
@@ -291,6 +300,9 @@ func (d *Daemon) selfAfter(app string) func() {
 // Status reports the recorded state and the daemon's view of every app.
 func (d *Daemon) Status() DaemonStatus {
 	out := DaemonStatus{DeviceID: d.cfg.DeviceID, Daemon: true, AgentVersion: d.opts.Version, PID: os.Getpid(), Since: d.started}
+	if !d.ready.Load() {
+		out.Starting = "recovering"
+	}
 	var recs []AppStatus
 	d.mu.Lock()
 	a, stateErr := d.a, d.stateErr

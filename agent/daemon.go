@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -102,6 +103,12 @@ type Daemon struct {
 
 	runCtx context.Context
 	wg     sync.WaitGroup
+	// ready is set once recovery is done and the apps are started; until
+	// then the control socket answers status only (with Starting set).
+	ready atomic.Bool
+	// beforeRecover, when set (tests only), runs before Recover: it holds
+	// the daemon in its starting phase.
+	beforeRecover func()
 }
 
 // trial is an app's running trial.
@@ -155,18 +162,10 @@ func (d *Daemon) agent() *Agent {
 // or the agent must re-exec itself (*ReexecError).
 func (d *Daemon) Run(ctx context.Context) error {
 	d.started = time.Now()
-	if a := d.agent(); a != nil {
-		if _, err := a.Recover(ctx); err != nil {
-			// Keep going: the apps must keep running whatever the state.
-			d.logf("recover: %v", err)
-		}
-		if re := d.selfChanged(); re != nil {
-			return re
-		}
-	} else {
-		d.logf("state database unusable, running degraded (apps supervised, no installs): %v", d.stateErr)
-	}
-
+	// The control socket answers from the start: after a power cut a
+	// stale agent.sock is on disk and recovery may take a while (it hashes
+	// the binaries); until the daemon is ready, status says "starting" and
+	// every other op is refused as busy.
 	ln, err := d.listen()
 	if err != nil {
 		return err
@@ -174,6 +173,23 @@ func (d *Daemon) Run(ctx context.Context) error {
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	d.runCtx = runCtx
+	go d.serve(runCtx, ln)
+
+	if d.beforeRecover != nil {
+		d.beforeRecover()
+	}
+	if a := d.agent(); a != nil {
+		if _, err := a.Recover(ctx); err != nil {
+			// Keep going: the apps must keep running whatever the state.
+			d.logf("recover: %v", err)
+		}
+		if re := d.selfChanged(); re != nil {
+			ln.Close()
+			return re
+		}
+	} else {
+		d.logf("state database unusable, running degraded (apps supervised, no installs): %v", d.stateErr)
+	}
 
 	for i := range d.cfg.Apps {
 		c := &d.cfg.Apps[i]
@@ -199,7 +215,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		return err
 	}
 
-	go d.serve(runCtx, ln)
+	d.ready.Store(true)
 	d.startMQTT(runCtx) // MQTT transport (transport_mqtt.go) when cfg.Broker is set
 	d.logf("agent %s running: %d apps, control socket %s", d.opts.Version, len(d.cfg.Apps), d.opts.SocketPath)
 

@@ -516,6 +516,9 @@ func syncStaged(f *os.File, m *protocol.Manifest, dry bool) error {
 	if !dry {
 		failpoint("stage-before-sync")
 	}
+	if skipStagedSync { // only in the power-cut suite's broken build (powercut_nosync.go)
+		return f.Close()
+	}
 	if err := f.Sync(); err != nil {
 		if errors.Is(err, syscall.ENOSPC) {
 			return fmt.Errorf("disk full while syncing the staged %s %s: %w", m.App, m.Version, ErrNoSpace)

@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"time"
 )
 
 // RecoverAction is one thing Recover did.
@@ -65,6 +66,19 @@ func (a *Agent) recoverApp(ctx context.Context, c *AppConfig, r *record, boot bo
 		acts = append(acts, RecoverAction{App: c.Name, Action: action, Detail: fmt.Sprintf(format, args...)})
 	}
 	now := a.opts.Now()
+	settled := settledState(r.State)
+	if settled {
+		// A lost write can leave the record ahead of (or beside) the files:
+		// check the app path before anything trusts the record.
+		a2, err := a.checkTarget(c, r)
+		acts = append(acts, a2...)
+		if err != nil {
+			return acts, err
+		}
+		if r, err = a.load(c.Name); err != nil {
+			return acts, err
+		}
+	}
 	switch r.State {
 	case StateStaging, StateStaged:
 		p := r.Pending
@@ -151,6 +165,17 @@ func (a *Agent) recoverApp(ctx context.Context, c *AppConfig, r *record, boot bo
 			act("rolled-back", "%s", reason)
 		}
 	}
+	if !settled {
+		// An install or rollback was just undone or finished: the state it
+		// returned to is checked against the files as well.
+		if rr, err := a.load(c.Name); err == nil && settledState(rr.State) {
+			a2, err := a.checkTarget(c, rr)
+			acts = append(acts, a2...)
+			if err != nil {
+				return acts, err
+			}
+		}
+	}
 	// Leftovers from a crash between a rename and the record, or from a
 	// killed Check (only at boot: a Check may be running otherwise).
 	leftovers := []string{c.stagedPath(), c.restorePath()}
@@ -224,6 +249,22 @@ func (a *Agent) settleSwap(c *AppConfig, r *record) ([]RecoverAction, error) {
 	case tgt == p.OldSHA256:
 		removeIfExists(c.stagedPath())
 		return a.undo(c, "the swap was interrupted before it changed anything", acts)
+	case p.OldSHA256 != "":
+		// The target holds neither binary (a write lost in a power cut, a
+		// disk that lies): .prev still holding the old one is enough.
+		prev, err := fileSHA256(c.PrevPath())
+		if err != nil {
+			return nil, err
+		}
+		if prev != p.OldSHA256 {
+			return nil, a.markFailed(c, fmt.Sprintf("after an interrupted swap %s holds an unknown binary (sha256 %s) and %s does not hold the old one", c.Path, tgt, c.PrevPath()))
+		}
+		if err := restoreFromPrev(c); err != nil {
+			return nil, err
+		}
+		removeIfExists(c.restorePath())
+		removeIfExists(c.stagedPath())
+		return a.undo(c, fmt.Sprintf("the swap was interrupted and %s held an unknown binary (sha256 %s: a write lost in a power cut); the old binary was restored from %s", c.Path, shortSum(tgt), c.PrevPath()), acts)
 	default:
 		return nil, a.markFailed(c, fmt.Sprintf("after an interrupted swap %s holds an unknown binary (sha256 %s)", c.Path, tgt))
 	}
@@ -235,6 +276,115 @@ func (a *Agent) settleSwap(c *AppConfig, r *record) ([]RecoverAction, error) {
 		return acts, err
 	}
 	return acts, nil
+}
+
+// settledState: the record says which binary is at the app path.
+func settledState(s string) bool {
+	return s == StateCommitted || s == StateTrial || s == StateRolledBack
+}
+
+// checkTarget makes the app path agree with a settled record. Only a write
+// lost in a power cut (a missing fsync, a disk that acknowledges writes it
+// has not made) can part them, so the record's own files decide, in this
+// order: the recorded binary is at the path (nothing to do); the staged
+// file holds it (the rename was lost: move it into place again); .prev
+// holds it (restore it); the path or .prev holds the recorded previous
+// binary (the device runs that: record a rollback to it, so the next
+// release installs). Anything else is marked failed. The caller holds the
+// app's lock.
+func (a *Agent) checkTarget(c *AppConfig, r *record) ([]RecoverAction, error) {
+	if r.SHA256 == "" || !settledState(r.State) {
+		return nil, nil
+	}
+	tgt, err := fileSHA256(c.Path)
+	if err != nil {
+		return nil, err
+	}
+	if tgt == r.SHA256 {
+		return nil, nil
+	}
+	staged, err := fileSHA256(c.stagedPath())
+	if err != nil {
+		return nil, err
+	}
+	prev, err := fileSHA256(c.PrevPath())
+	if err != nil {
+		return nil, err
+	}
+	found := "no file"
+	if tgt != "" {
+		found = "sha256 " + shortSum(tgt)
+		if tgt == r.PreviousSHA256 {
+			found = "the previous release " + r.Previous
+		}
+	}
+	what := fmt.Sprintf("%s held %s instead of the recorded %s %s (a write lost in a power cut)", c.Path, found, r.State, r.Version)
+	act := func(action, detail string) []RecoverAction {
+		return []RecoverAction{{App: c.Name, Action: action, Detail: detail}}
+	}
+	switch {
+	case staged == r.SHA256:
+		if tgt == "" || tgt == r.PreviousSHA256 {
+			// swapIn keeps the target as .prev: the recorded previous.
+			if err := swapIn(c, c.stagedPath()); err != nil {
+				return nil, err
+			}
+		} else {
+			// An unknown target must not replace .prev.
+			if err := os.Rename(c.stagedPath(), c.Path); err != nil {
+				return nil, fmt.Errorf("move the staged %s %s over %s: %w", c.Name, r.Version, c.Path, err)
+			}
+			if err := syncDir(c); err != nil {
+				return nil, err
+			}
+		}
+		a.update(c.Name, func(r *record) error {
+			r.event(a.opts.Now(), "recovered", r.Version, what+"; the staged copy was moved into place again")
+			return nil
+		})
+		return act("finished", what+"; the staged copy was moved into place again"), nil
+	case prev == r.SHA256:
+		if err := restoreFromPrev(c); err != nil {
+			return nil, err
+		}
+		removeIfExists(c.restorePath())
+		a.update(c.Name, func(r *record) error {
+			r.event(a.opts.Now(), "recovered", r.Version, what+"; restored from "+c.PrevPath())
+			return nil
+		})
+		return act("finished", what+"; restored from "+c.PrevPath()), nil
+	case r.PreviousSHA256 != "" && (tgt == r.PreviousSHA256 || prev == r.PreviousSHA256):
+		if tgt != r.PreviousSHA256 {
+			if err := restoreFromPrev(c); err != nil {
+				return nil, err
+			}
+			removeIfExists(c.restorePath())
+		}
+		from := r.Version
+		reason := fmt.Sprintf("%s; the device runs the previous release %s again — install a newer release", what, r.Previous)
+		if _, err := a.update(c.Name, func(r *record) error {
+			r.Version, r.Sequence, r.SHA256 = r.Previous, r.PreviousSequence, r.PreviousSHA256
+			r.Previous, r.PreviousSequence, r.PreviousSHA256 = "", 0, ""
+			r.State = StateRolledBack
+			r.BootsOnTrial = 0
+			r.TrialStarted = time.Time{}
+			r.LastError = reason
+			r.event(a.opts.Now(), "rolled-back", r.Version, "from "+from+": "+reason)
+			return nil
+		}); err != nil {
+			return nil, err
+		}
+		return act("rolled-back", reason), nil
+	}
+	return nil, a.markFailed(c, what+", and neither the staged file nor "+c.PrevPath()+" holds a recorded binary")
+}
+
+// shortSum is the first 12 hex digits of a sha256, for messages.
+func shortSum(s string) string {
+	if len(s) > 12 {
+		return s[:12]
+	}
+	return s
 }
 
 func (a *Agent) undo(c *AppConfig, detail string, acts []RecoverAction) ([]RecoverAction, error) {

