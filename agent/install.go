@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/edgefleet/edgefleet/hardware"
+	"github.com/edgefleet/edgefleet/internal/stayup"
 	"github.com/edgefleet/edgefleet/protocol"
 )
 
@@ -562,7 +563,7 @@ func runProbe(ctx context.Context, path string, p *protocol.Probe) error {
 		cmd.WaitDelay = time.Second
 		cmd.Dir = filepath.Dir(path)
 		if p.StayUp > 0 {
-			stayedUp, err = runStayUp(cmd, time.Duration(p.StayUp))
+			stayedUp, err = stayup.Run(cmd, time.Duration(p.StayUp))
 		} else {
 			err = cmd.Run()
 		}
@@ -610,32 +611,6 @@ func runProbe(ctx context.Context, path string, p *protocol.Probe) error {
 		return fmt.Errorf("probe `%s` %v%s: %w", cmdline, err, tail, ErrProbe)
 	}
 	return nil
-}
-
-// runStayUp starts cmd and reports whether it was still running after d;
-// then it is stopped (SIGTERM, SIGKILL after cmd.WaitDelay) and that exit
-// is not an error. An earlier exit is returned as cmd.Wait returns it.
-func runStayUp(cmd *exec.Cmd, d time.Duration) (bool, error) {
-	if err := cmd.Start(); err != nil {
-		return false, err
-	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case err := <-done:
-		return false, err
-	case <-t.C:
-		cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-done:
-		case <-time.After(time.Second):
-			cmd.Process.Kill()
-			<-done
-		}
-		return true, nil
-	}
 }
 
 func probeSignalName(s syscall.Signal) string {

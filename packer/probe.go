@@ -12,6 +12,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/edgefleet/edgefleet/internal/stayup"
 	"github.com/edgefleet/edgefleet/protocol"
 )
 
@@ -79,7 +80,7 @@ func (p *pack) emulate(ctx context.Context, j *job, qemu string, args []string, 
 	var r probeRun
 	var err error
 	if stayUp > 0 {
-		r.stayedUp, err = runStayUp(cmd, stayUp)
+		r.stayedUp, err = stayup.Run(cmd, stayUp)
 	} else {
 		err = cmd.Run()
 	}
@@ -100,32 +101,6 @@ func (p *pack) emulate(ctx context.Context, j *job, qemu string, args []string, 
 		r.err, r.exit = err, -1
 	}
 	return r
-}
-
-// runStayUp starts cmd and reports whether it was still running after d;
-// then it is stopped (SIGTERM, SIGKILL after a second), which is no error.
-// The agent does the same on the device.
-func runStayUp(cmd *exec.Cmd, d time.Duration) (bool, error) {
-	if err := cmd.Start(); err != nil {
-		return false, err
-	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case err := <-done:
-		return false, err
-	case <-t.C:
-		cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-done:
-		case <-time.After(time.Second):
-			cmd.Process.Kill()
-			<-done
-		}
-		return true, nil
-	}
 }
 
 // DescribeProbe is pr in words, naming a VersionMatch pattern for what it
