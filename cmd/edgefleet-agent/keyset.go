@@ -28,12 +28,7 @@ func cmdKeySet(ctx context.Context, e *env, args []string) int {
 	if c := dial(ctx, cfg); c != nil {
 		defer c.Close()
 		r, err := c.Do(ctx, agent.Request{Op: agent.OpKeySet, Bundle: path}, nil)
-		if err != nil {
-			fmt.Fprintf(e.stderr, "edgefleet-agent keyset: %v\n", err)
-			return 1
-		}
-		if !r.OK {
-			fmt.Fprintf(e.stdout, "refused: %s\n", r.Error)
+		if !daemonAccepted(e, "keyset", r, err) {
 			return 1
 		}
 		fmt.Fprintln(e.stdout, r.Message)

@@ -442,12 +442,7 @@ func cmdSideload(ctx context.Context, e *env, args []string) int {
 					fmt.Fprintf(e.stdout, "  %-8s %s\n", r.Event, r.Message)
 				}
 			})
-			if err != nil {
-				fmt.Fprintf(e.stderr, "edgefleet-agent sideload: %v\n", err)
-				return 1
-			}
-			if !r.OK {
-				fmt.Fprintf(e.stdout, "refused: %s\n", r.Error)
+			if !daemonAccepted(e, "sideload", r, err) {
 				return 1
 			}
 			res := r.Result
@@ -470,6 +465,20 @@ func cmdSideload(ctx context.Context, e *env, args []string) int {
 		})
 }
 
+// daemonAccepted reports whether the daemon carried out a request: a
+// failed exchange goes to stderr, a refusal to stdout ("refused: why").
+func daemonAccepted(e *env, cmd string, r agent.Response, err error) bool {
+	if err != nil {
+		fmt.Fprintf(e.stderr, "edgefleet-agent %s: %v\n", cmd, err)
+		return false
+	}
+	if !r.OK {
+		fmt.Fprintf(e.stdout, "refused: %s\n", r.Error)
+		return false
+	}
+	return true
+}
+
 func orNone(s string) string {
 	if s == "" {
 		return "none"
@@ -481,12 +490,7 @@ func cmdCheck(ctx context.Context, e *env, args []string) int {
 	return bundleCommand(ctx, e, "check", args, nil,
 		func(c *agent.ControlClient, path string) int {
 			r, err := c.Do(ctx, agent.Request{Op: agent.OpCheck, Bundle: path}, nil)
-			if err != nil {
-				fmt.Fprintf(e.stderr, "edgefleet-agent check: %v\n", err)
-				return 1
-			}
-			if !r.OK {
-				fmt.Fprintf(e.stdout, "refused: %s\n", r.Error)
+			if !daemonAccepted(e, "check", r, err) {
 				return 1
 			}
 			fmt.Fprintf(e.stdout, "ok: %s would install here\n", r.Manifest)
@@ -649,12 +653,7 @@ func cmdRollback(ctx context.Context, e *env, args []string) int {
 			return 0
 		}
 		r, err := c.Do(ctx, agent.Request{Op: agent.OpRollback, App: app, Reason: *reason}, nil)
-		if err != nil {
-			fmt.Fprintf(e.stderr, "edgefleet-agent rollback: %v\n", err)
-			return 1
-		}
-		if !r.OK {
-			fmt.Fprintf(e.stdout, "refused: %s\n", r.Error)
+		if !daemonAccepted(e, "rollback", r, err) {
 			return 1
 		}
 		fmt.Fprintln(e.stdout, r.Message)
@@ -753,12 +752,7 @@ func cmdReset(ctx context.Context, e *env, args []string) int {
 			return 1
 		}
 		r, err := c.Do(ctx, agent.Request{Op: agent.OpReset}, nil)
-		if err != nil {
-			fmt.Fprintf(e.stderr, "edgefleet-agent reset: %v\n", err)
-			return 1
-		}
-		if !r.OK {
-			fmt.Fprintf(e.stdout, "refused: %s\n", r.Error)
+		if !daemonAccepted(e, "reset", r, err) {
 			return 1
 		}
 		fmt.Fprintln(e.stdout, r.Message)
