@@ -264,7 +264,7 @@ func (a *Agent) settleSwap(c *AppConfig, r *record) ([]RecoverAction, error) {
 		}
 		removeIfExists(c.restorePath())
 		removeIfExists(c.stagedPath())
-		return a.undo(c, fmt.Sprintf("the swap was interrupted and %s held an unknown binary (sha256 %s: a write lost in a power cut); the old binary was restored from %s", c.Path, shortSum(tgt), c.PrevPath()), acts)
+		return a.undo(c, fmt.Sprintf("the swap was interrupted and %s held an unknown binary (sha256 %s: changed by hand, or a write lost in a power cut); the old binary was restored from %s", c.Path, shortSum(tgt), c.PrevPath()), acts)
 	default:
 		return nil, a.markFailed(c, fmt.Sprintf("after an interrupted swap %s holds an unknown binary (sha256 %s)", c.Path, tgt))
 	}
@@ -318,7 +318,7 @@ func (a *Agent) checkTarget(c *AppConfig, r *record) ([]RecoverAction, error) {
 			found = "the previous release " + r.Previous
 		}
 	}
-	what := fmt.Sprintf("%s held %s instead of the recorded %s %s (a write lost in a power cut)", c.Path, found, r.State, r.Version)
+	what := fmt.Sprintf("%s held %s instead of the recorded %s %s (changed by hand, or a write lost in a power cut)", c.Path, found, r.State, r.Version)
 	act := func(action, detail string) []RecoverAction {
 		return []RecoverAction{{App: c.Name, Action: action, Detail: detail}}
 	}
