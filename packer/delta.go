@@ -73,7 +73,7 @@ func (p *pack) loadBases() ([]deltaBase, error) {
 		}
 		sort.Strings(paths)
 		for _, path := range paths {
-			m, err := readManifest(path, kr)
+			m, err := protocol.ReadManifest(path, kr)
 			if err != nil || m.IsDelta() {
 				continue // another key, not a bundle, or a delta: not a base
 			}
@@ -81,19 +81,6 @@ func (p *pack) loadBases() ([]deltaBase, error) {
 		}
 	})
 	return p.bases, p.basesErr
-}
-
-func readManifest(path string, kr *protocol.Keyring) (*protocol.Manifest, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	b, err := protocol.OpenBundle(f, kr)
-	if err != nil {
-		return nil, err
-	}
-	return b.Manifest, nil
 }
 
 // readBaseExecutable decodes a base bundle's executable (verified against

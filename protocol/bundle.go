@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"os"
 	"time"
 
 	"github.com/ulikunitz/xz"
@@ -79,6 +80,21 @@ type Bundle struct {
 	tr       *tar.Reader
 	src      io.Reader
 	consumed bool
+}
+
+// ReadManifest opens the bundle file at path and returns its manifest,
+// verified with kr as OpenBundle does; no payload byte is read.
+func ReadManifest(path string, kr *Keyring) (*Manifest, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b, err := OpenBundle(f, kr)
+	if err != nil {
+		return nil, err
+	}
+	return b.Manifest, nil
 }
 
 // OpenBundle reads the manifest and signature entries from r, verifies the

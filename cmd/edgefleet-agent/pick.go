@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"os"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -38,7 +37,7 @@ func pickBundle(cfg *agent.Config, paths []string) (string, string, error) {
 	var fits []fit
 	var skipped []string
 	for _, p := range paths {
-		m, err := readManifest(p, kr)
+		m, err := protocol.ReadManifest(p, kr)
 		if err != nil {
 			skipped = append(skipped, fmt.Sprintf("%s: %v", filepath.Base(p), err))
 			continue
@@ -96,18 +95,4 @@ func pickBundle(cfg *agent.Config, paths []string) (string, string, error) {
 		note += "; skipped " + strings.Join(skipped, "; ")
 	}
 	return best.path, note, nil
-}
-
-// readManifest reads and verifies a bundle's manifest (not its payload).
-func readManifest(path string, kr *protocol.Keyring) (*protocol.Manifest, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	b, err := protocol.OpenBundle(f, kr)
-	if err != nil {
-		return nil, err
-	}
-	return b.Manifest, nil
 }

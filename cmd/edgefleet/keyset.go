@@ -272,8 +272,14 @@ func keySetSign(env *cliEnv, args []string) int {
 	fs := flag.NewFlagSet("keyset sign", flag.ContinueOnError)
 	fs.SetOutput(env.stderr)
 	key := fs.String("key", "", "a root secret key (required)")
-	if err := parseFlags(fs, args); err != nil || *key == "" || fs.NArg() != 1 {
+	if err := parseFlags(fs, args); err != nil {
 		return 2
+	}
+	if m := missingFlags(fs, "key"); m != "" {
+		return usageError(fs, "%s", m)
+	}
+	if fs.NArg() != 1 {
+		return usageError(fs, "give the key set file to sign (one)")
 	}
 	fail := func(err error) int {
 		fmt.Fprintf(env.stderr, "edgefleet keyset sign: %v\n", err)
@@ -330,8 +336,14 @@ func keySetChain(env *cliEnv, args []string) int {
 	fs := flag.NewFlagSet("keyset chain", flag.ContinueOnError)
 	fs.SetOutput(env.stderr)
 	out := fs.String("o", "", "message file to write (required)")
-	if err := parseFlags(fs, args); err != nil || *out == "" || fs.NArg() == 0 {
+	if err := parseFlags(fs, args); err != nil {
 		return 2
+	}
+	if m := missingFlags(fs, "o"); m != "" {
+		return usageError(fs, "%s", m)
+	}
+	if fs.NArg() == 0 {
+		return usageError(fs, "give the signed key set files, in increasing version")
 	}
 	msg, err := chainOf(fs.Args())
 	if err == nil {
@@ -363,8 +375,14 @@ func keySetVerify(env *cliEnv, args []string) int {
 	var roots stringsFlag
 	fs.Var(&roots, "root", "root public key file a device is provisioned with (repeatable, required)")
 	threshold := fs.Int("threshold", 1, "the devices' root_threshold")
-	if err := parseFlags(fs, args); err != nil || len(roots) == 0 || fs.NArg() != 1 {
+	if err := parseFlags(fs, args); err != nil {
 		return 2
+	}
+	if m := missingFlags(fs, "root"); m != "" {
+		return usageError(fs, "%s", m)
+	}
+	if fs.NArg() != 1 {
+		return usageError(fs, "give the key set message to verify (one, made by edgefleet keyset chain)")
 	}
 	fail := func(err error) int {
 		fmt.Fprintf(env.stderr, "edgefleet keyset verify: %v\n", err)
@@ -398,8 +416,11 @@ func keySetPublish(ctx context.Context, env *cliEnv, args []string) int {
 	var roots stringsFlag
 	fs.Var(&roots, "root", "root public key file to check the message against before publishing (repeatable)")
 	threshold := fs.Int("threshold", 1, "the devices' root_threshold (with --root)")
-	if err := parseFlags(fs, args); err != nil || fs.NArg() != 1 {
+	if err := parseFlags(fs, args); err != nil {
 		return 2
+	}
+	if fs.NArg() != 1 {
+		return usageError(fs, "give the key set message to publish (one, made by edgefleet keyset chain)")
 	}
 	fail := func(err error) int {
 		fmt.Fprintf(env.stderr, "edgefleet keyset publish: %v\n", err)
