@@ -7,14 +7,15 @@ package fleet
 //     sha256 (edgefleet/v1/chunks/<app>/<sha>/<i> or …/<sha>/+): one
 //     SUBSCRIBE can never make the broker send more than the release the
 //     device is fetching (before, chunks/# sent every chunk of every
-//     release: 3.4 MB for a 60-byte packet);
+//     release: 3.4 MB for a 60-byte packet), and to deltas only by a
+//     concrete app and base sha256 (delta/<app>/+/<base>);
 //   - a device whose users-file entry lists `channels:` and/or `apps:`
 //     reads releases, rollouts and chunks of those only, by concrete
 //     names;
 //   - operators' credentials are split: `viewer` (status only: reads
 //     statuses, releases, rollouts and the key set, writes only its sync
-//     markers), `publisher` (publishes releases, chunks, assignments,
-//     rollouts and key sets; cannot write device topics or statuses) and
+//     markers), `publisher` (publishes releases, chunks, deltas,
+//     assignments, rollouts and key sets; cannot write device topics or statuses) and
 //     `operator` (admin: everything under edgefleet/v1/, as before).
 
 import (
@@ -44,7 +45,7 @@ func scopedRoles(a *ACL) {
 	if _, ok := a.Roles[RolePublisher]; !ok {
 		a.Roles[RolePublisher] = RoleRules{
 			Read:  []string{p + "#"},
-			Write: []string{p + "release/#", p + "chunks/#", p + "device/+/desired/#", p + "rollout/#", p + "keyset", p + "sync/#"},
+			Write: []string{p + "release/#", p + "chunks/#", p + "delta/#", p + "device/+/desired/#", p + "rollout/#", p + "keyset", p + "sync/#"},
 		}
 	}
 }
@@ -86,6 +87,15 @@ func deviceScopeAllows(channels, apps []string, topic string, write bool) (bool,
 		// chunks/<app>/<sha>/<i|+>
 		if len(lv) != 4 || !concrete(lv[1]) || !concrete(lv[2]) || lv[3] == "#" {
 			return false, "a device subscribes to chunks by app and payload sha256 only (chunks/<app>/<sha>/<i>)"
+		}
+		if !inList(apps, lv[1]) {
+			return false, "app " + lv[1] + " is not among the device's apps"
+		}
+	case "delta":
+		// delta/<app>/<result sha256|+>/<base sha256>: the deltas from the
+		// executable the device runs, never a sweep of every base.
+		if len(lv) != 4 || !concrete(lv[1]) || !concrete(lv[3]) || lv[2] == "#" {
+			return false, "a device subscribes to deltas by app and its own base sha256 only (delta/<app>/+/<base sha256>)"
 		}
 		if !inList(apps, lv[1]) {
 			return false, "app " + lv[1] + " is not among the device's apps"

@@ -184,3 +184,44 @@ func TestACLOperatorRolesMosquitto(t *testing.T) {
 	other := makeBundle(t, t.TempDir(), "other", "1.0.0", 1, 10_000)
 	operatorRoles(t, url, connect(t, url, "dev-a", "dev-a-secret", "dev-a"), other)
 }
+
+// TestACLDeltaScopeEmbedded: a device reads deltas only from its own base
+// (delta/<app>/+/<base sha256>) and of its apps; a wildcard over bases or
+// apps gets nothing. A publisher may publish deltas.
+func TestACLDeltaScopeEmbedded(t *testing.T) {
+	dir := t.TempDir()
+	b := startEmbedded(t, BrokerOptions{DataDir: t.TempDir(), Users: scopedUsers(t, dir)})
+	url := b.URL()
+	pub := connect(t, url, "publisher", "publisher-secret", "")
+	sha := func(c byte) string { return strings.Repeat(string(c), 64) }
+	mine, _ := protocol.DeltaTopic("hello", sha('a'), sha('b'))
+	otherBase, _ := protocol.DeltaTopic("hello", sha('a'), sha('c'))
+	otherApp, _ := protocol.DeltaTopic("other", sha('d'), sha('b'))
+	for _, tp := range []string{mine, otherBase, otherApp} {
+		if err := wait(context.Background(), pub.Publish(tp, 1, true, []byte(`{"delta":"`+tp+`"}`)), time.Minute); err != nil {
+			t.Fatalf("the publisher cannot publish the delta %s: %v", tp, err)
+		}
+	}
+	p := protocol.TopicPrefix
+	myFilter, _ := protocol.DeltasFromFilter("hello", sha('b'))
+	otherAppFilter, _ := protocol.DeltasFromFilter("other", sha('b'))
+	for _, dev := range []struct{ name, pass string }{{"dev-a", "dev-a-secret"}, {"dev-b", "dev-b-secret"}} {
+		c := connect(t, url, dev.name, dev.pass, dev.name)
+		got := received(t, c, p+"device/"+dev.name+"/sync", p+"delta/#", p+"delta/+/+/+", p+"delta/hello/+/+", p+"delta/hello/#", myFilter, otherAppFilter)
+		for _, denied := range []string{p + "delta/#", p + "delta/+/+/+", p + "delta/hello/+/+", p + "delta/hello/#"} {
+			if len(got[denied]) > 0 {
+				t.Errorf("%s swept %d deltas with %s", dev.name, len(got[denied]), denied)
+			}
+		}
+		if len(got[myFilter]) != 1 {
+			t.Errorf("%s got %d deltas from its own base with %s, want 1", dev.name, len(got[myFilter]), myFilter)
+		}
+		want := 1 // dev-b is not scoped to apps
+		if dev.name == "dev-a" {
+			want = 0 // apps: [hello]
+		}
+		if len(got[otherAppFilter]) != want {
+			t.Errorf("%s got %d deltas of app other, want %d", dev.name, len(got[otherAppFilter]), want)
+		}
+	}
+}
