@@ -29,6 +29,9 @@ func TestDocsExamplesLoad(t *testing.T) {
 	if cfg.Sequence != "version" || cfg.Probe == nil || cfg.Probe.probe().Match != `^sensor 1\.` || cfg.Budget != 16<<20 || cfg.UPX == nil || *cfg.UPX {
 		t.Errorf("edgefleet.yaml: %+v", cfg)
 	}
+	if len(cfg.DeltaFrom) != 1 || cfg.path(cfg.DeltaFrom[0]) != filepath.Join(dir, "dist") {
+		t.Errorf("edgefleet.yaml delta_from %v, want [dist] relative to the file", cfg.DeltaFrom)
+	}
 	if got := cfg.path(cfg.Key); got != filepath.Join(dir, "keys/release.key") {
 		t.Errorf("key path %q, want it relative to the file", got)
 	}

@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -94,6 +95,16 @@ func runPack(ctx context.Context, env *cliEnv, args []string) int {
 		str("upx", upx, cfg.UPXProgram)
 		str("encoding", encoding, cfg.Encoding)
 		str("expires", expires, cfg.Expires)
+		if !set["delta-from"] {
+			for _, d := range cfg.DeltaFrom {
+				if _, err := os.Stat(cfg.path(d)); errors.Is(err, os.ErrNotExist) {
+					// The first release: the output folder is not there yet.
+					note("no deltas from %s: it does not exist (yet)", d)
+					continue
+				}
+				deltas.from = append(deltas.from, cfg.path(d))
+			}
+		}
 		if !set["budget"] && cfg.Budget > 0 {
 			*budget = cfg.Budget.String()
 		}

@@ -55,6 +55,10 @@ type packConfig struct {
 	Encoding string `yaml:"encoding"`
 	// Expires is a duration (720h) or an RFC 3339 time.
 	Expires string `yaml:"expires"`
+	// DeltaFrom lists earlier releases to make deltas from, as
+	// --delta-from: bundles or folders of them (the output folder itself
+	// works: only lower sequences of the same app and profile are used).
+	DeltaFrom []string `yaml:"delta_from"`
 
 	dir string // the file's directory
 }
