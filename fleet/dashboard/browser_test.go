@@ -168,6 +168,10 @@ func TestBrowserHostileStatusRendersInert(t *testing.T) {
 	if !eval[bool](t, ctx, `window.__same === true`) {
 		t.Fatal("the page reloaded")
 	}
+	// How releases reached devices: deltas taken and fallen back.
+	l.publish(t, statusTopic("dev-delta"), status("dev-delta", protocol.AppReport{App: "hello", Version: "1.1.0", State: "committed", Delta: protocol.DeltaUsed}))
+	l.publish(t, statusTopic("dev-full"), status("dev-full", protocol.AppReport{App: "hello", Version: "1.1.0", State: "committed", Delta: "fallback: the base differs"}))
+	poll(t, ctx, "the delta counts", `(() => { const c = document.querySelector('#counts').textContent; return c.includes('took a delta1') && c.includes('delta fell back1'); })()`)
 	// Filters: by text, state and label.
 	run(t, ctx, "filter", chromedp.SendKeys(chromedp.CSS("#f-text"), "dev-ok"))
 	poll(t, ctx, "the text filter", `document.querySelectorAll('#fleet tbody tr').length === 1`)

@@ -250,7 +250,7 @@ function chip(label, n, cls, onclick) {
 }
 
 function counts() {
-  let off = 0, bad = 0, rb = 0;
+  let off = 0, bad = 0, rb = 0, dUsed = 0, dBack = 0;
   const vers = new Map(), states = new Map();
   for (const id of S.ids) {
     const r = S.devices.get(id);
@@ -260,6 +260,8 @@ function counts() {
       vers.set(v, (vers.get(v) || 0) + 1);
       const st = a.state || "-";
       states.set(st, (states.get(st) || 0) + 1);
+      if (a.delta === "used") dUsed++;
+      else if (a.delta) dBack++;
       if (a.state === "rolled-back") rb++;
       else if (failed(a)) bad++;
     }
@@ -272,6 +274,9 @@ function counts() {
     chip("failed", bad, bad ? "bad" : "", pick("f-state", "failing")),
   ];
   if (rb) kids.push(chip("rolled back", rb, "warn", pick("f-state", "rolled-back")));
+  // How the last release reached the devices (deltas, SPEC.md §8.10).
+  if (dUsed) kids.push(chip("took a delta", dUsed, ""));
+  if (dBack) kids.push(chip("delta fell back", dBack, "warn"));
   kids.push(el("span", "sep"));
   for (const [v, n] of [...vers].sort()) kids.push(chip(v, n, "ver", pick("f-version", v)));
   kids.push(el("span", "sep"));
@@ -332,7 +337,7 @@ async function device() {
       text("td", (r.assigned || {})[a.app] || ""));
     const msg = el("td", "err");
     // The device page shows every message whole.
-    for (const m of [a.last_error, a.note && "note: " + a.note, a.rollout && a.rollout.error && "rollout: " + a.rollout.error]) if (m) msg.append(text("div", m, 0, "whole"));
+    for (const m of [a.last_error, a.note && "note: " + a.note, a.delta && "delta: " + a.delta, a.rollout && a.rollout.error && "rollout: " + a.rollout.error]) if (m) msg.append(text("div", m, 0, "whole"));
     tr.append(msg);
     return tr;
   }));
