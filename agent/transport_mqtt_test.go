@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -25,12 +26,16 @@ type mqttDevice struct {
 	a      *Agent
 	cancel context.CancelFunc
 	done   chan error
+	once   sync.Once
 }
 
+// stop stops the daemon and closes the agent; again, it does nothing.
 func (d *mqttDevice) stop() {
-	d.cancel()
-	<-d.done
-	d.a.Close()
+	d.once.Do(func() {
+		d.cancel()
+		<-d.done
+		d.a.Close()
+	})
 }
 
 func (d *mqttDevice) stats() *MQTTStats {

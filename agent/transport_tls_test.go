@@ -149,6 +149,26 @@ func TestMQTTTLSUsersFile(t *testing.T) {
 	defer dev.stop()
 	eventually(t, "dev-pw commits its assigned 1.0.0 over TLS", func() bool { return installedIs(dev, "1.0.0", StateCommitted) })
 	eventually(t, "dev-pw's status shows 1.0.0", func() bool { return view.Converged("hello", "1.0.0", 1, StateCommitted) })
+
+	// broker.password_file instead of a password in the config: the same
+	// device credentials from a private file, over the same real broker.
+	pwFile := filepath.Join(t.TempDir(), "broker.pw")
+	if err := os.WriteFile(pwFile, []byte("dev-pw-secret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	dev.stop()
+	cfg2 := mqttConfig(t, k, "dev-pw", url)
+	cfg2.DataDir = cfg.DataDir
+	cfg2.Apps = cfg.Apps
+	cfg2.Broker = &BrokerConfig{URL: url, Channel: "stable", CA: ca.File, Username: "dev-pw", PasswordFile: pwFile}
+	if err := cfg2.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	v2 := k.bundle(spec{Version: "2.0.0", Sequence: 2})
+	publish(t, op, k, v2, "dev-pw")
+	dev2 := startMQTTDevice(t, cfg2)
+	defer dev2.stop()
+	eventually(t, "dev-pw, with its password in password_file, commits 2.0.0", func() bool { return installedIs(dev2, "2.0.0", StateCommitted) })
 }
 
 // TestMQTTTLSMosquitto: the same with a real Mosquitto that requires
