@@ -6,7 +6,10 @@ package powercut
 
 import (
 	"bufio"
+	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"io"
 	"net"
@@ -23,6 +26,7 @@ import (
 	"github.com/edgefleet/edgefleet/agent"
 	"github.com/edgefleet/edgefleet/fleet"
 	"github.com/edgefleet/edgefleet/internal/testkit"
+	differ "github.com/edgefleet/edgefleet/packer/bsdiff"
 	"github.com/edgefleet/edgefleet/protocol"
 )
 
@@ -129,13 +133,18 @@ func buildGuest(t *testing.T, h host, tags string) *guest {
 	g.fleet.keyring = protocol.NewKeyring(testkit.Public(priv))
 	bundles := map[string]string{}
 	g.bundles = bundles
+	bins := map[string]string{}
 	for i, v := range versions {
 		bin := testkit.BuildHello(t, env, v, "")
+		bins[v] = bin
 		bb := testkit.Bundle(t, testkit.Spec{Version: v, Sequence: uint64(i + 1), Binary: bin, Encoding: protocol.EncodingNone, ChunkSize: 256 << 10}, priv)
 		p := filepath.Join(root, "pc", "b", "hello-"+v+".efb")
 		must(t, os.WriteFile(p, bb, 0o644))
 		bundles[v] = p
 	}
+	// The delta workload's bundle: 1.0.0 → 1.1.0, as pack --delta-from
+	// makes it.
+	must(t, os.WriteFile(filepath.Join(root, "pc", "b", "hello-1.1.0.from-1.0.0.efb"), deltaBundle(t, bundles["1.1.0"], bins["1.0.0"], bins["1.1.0"], "1.0.0", priv), 0o644))
 	g.initrd = filepath.Join(dir, "initrd.cpio")
 	cmd := exec.Command("sh", "-c", "find . | "+h.cpio+" -o -H newc --quiet > "+g.initrd)
 	cmd.Dir = root
@@ -166,6 +175,32 @@ func buildGuest(t *testing.T, h host, tags string) *guest {
 		t.Fatalf("mkfs.ext4 -d: %v: %s", err, out)
 	}
 	return g
+}
+
+// deltaBundle signs a delta from the executable oldBin to the release
+// the full bundle at fullPath describes (newBin), as the packer's
+// --delta-from does (bsdiff, SPEC.md §8.10).
+func deltaBundle(t *testing.T, fullPath, oldBin, newBin, baseVersion string, priv protocol.PrivateKey) []byte {
+	t.Helper()
+	raw, err := os.ReadFile(fullPath)
+	must(t, err)
+	b, err := protocol.OpenBundle(bytes.NewReader(raw), protocol.NewKeyring(testkit.Public(priv)))
+	must(t, err)
+	old, err := os.ReadFile(oldBin)
+	must(t, err)
+	nw, err := os.ReadFile(newBin)
+	must(t, err)
+	patch, st, err := differ.Diff(old, nw, differ.Options{})
+	must(t, err)
+	pl, err := protocol.DescribePayload(bytes.NewReader(patch), protocol.EncodingNone, b.Manifest.Payload.ChunkSize)
+	must(t, err)
+	pl.Encoding = protocol.EncodingBSDiff
+	m := *b.Manifest
+	m.Payload = pl
+	sum := sha256.Sum256(old)
+	m.Delta = &protocol.Delta{Format: protocol.DeltaFormatBSDiff40, BaseSize: int64(len(old)), BaseSHA256: hex.EncodeToString(sum[:]), BaseVersion: baseVersion,
+		FullPayloadSHA256: b.Manifest.Payload.SHA256, ControlEntries: st.ControlEntries, MaxBzip2Level: differ.Options{}.MaxLevel()}
+	return testkit.Sign(t, &m, patch, priv)
 }
 
 // hostFleet is the embedded broker on this host and a publisher.

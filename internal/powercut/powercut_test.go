@@ -35,18 +35,32 @@ const (
 )
 
 // workloadsOf lists the workloads that pass a failpoint, the first one
-// used by the smoke.
+// used by the smoke (the delta workload's smoke points are deltaSmoke).
+// A delta is staged by patching, not copying: it passes every install
+// failpoint but stage-mid, and its own delta-mid.
 func workloadsOf(fp string) []string {
 	switch {
 	case strings.HasPrefix(fp, "rollback-"):
 		return []string{"rollback"}
 	case strings.HasPrefix(fp, "commit-"):
 		return []string{"daemon", "mqtt"}
+	case fp == agent.DeltaFailpoint:
+		return []string{"delta"}
+	case fp == "stage-mid":
+		return []string{"sideload", "daemon", "mqtt"}
 	}
-	return []string{"sideload", "daemon", "mqtt"}
+	return []string{"sideload", "daemon", "mqtt", "delta"}
 }
 
-var workloads = []string{"sideload", "daemon", "rollback", "mqtt"}
+var workloads = []string{"sideload", "daemon", "rollback", "mqtt", "delta"}
+
+// failpoints: every named point, the full install's and the delta's.
+var failpoints = append(slices.Clone(agent.Failpoints), agent.DeltaFailpoint)
+
+// deltaSmoke: the delta workload's cuts in the smoke besides a random
+// moment — its own failpoint, the patched file before its fsync, and the
+// swap right after the patched file took the app path's name.
+var deltaSmoke = []string{agent.DeltaFailpoint, "stage-before-sync", "swap-after-rename"}
 
 // cut is one planned power cut.
 type cut struct {
@@ -99,7 +113,7 @@ func (g *guest) runCut(ctx context.Context, c cut, delay time.Duration) outcome 
 		return o
 	}
 	fp := ""
-	if slices.Contains(agent.Failpoints, c.point) {
+	if slices.Contains(failpoints, c.point) {
 		fp = " pc.fp=" + c.point
 	}
 	dev := ""
@@ -252,10 +266,13 @@ func planAll(mode string, n int) []cut {
 	// Each failpoint under each mount set in turn, random cuts of each
 	// workload under each mount set, and a cut right after each workload.
 	round := func(r int) {
-		for i, fp := range agent.Failpoints {
+		for i, fp := range failpoints {
 			ws := workloadsOf(fp)
 			if mode == "smoke" {
 				ws = ws[:1]
+				if fp != agent.DeltaFailpoint && slices.Contains(deltaSmoke, fp) {
+					ws = append(ws, "delta")
+				}
 			}
 			for j, w := range ws {
 				cuts = append(cuts, cut{w, mountSets[(i+j+r)%len(mountSets)], fp})
@@ -269,8 +286,8 @@ func planAll(mode string, n int) []cut {
 		}
 	}
 	if mode == "smoke" {
-		// Every failpoint once and each workload cut at a random moment:
-		// 20 cuts, the mount option sets in turn (after-done cuts run in
+		// Every failpoint once, each workload cut at a random moment and
+		// the delta's deltaSmoke points: 24 cuts, the mount option sets in turn (after-done cuts run in
 		// TestPowerCutCatchesMissingFsync).
 		round(0)
 		return cuts
@@ -388,7 +405,7 @@ func report(outs []outcome) string {
 	var keys []key
 	for _, o := range outs {
 		k := key{o.workload, o.mount, o.point}
-		if slices.Contains(agent.Failpoints, o.point) {
+		if slices.Contains(failpoints, o.point) {
 			k.m = "(rotating)"
 		}
 		r := rows[k]

@@ -4,7 +4,7 @@
 # the device's disk at /dev/vda (ext4, mounted at /mnt with pc.mount).
 #
 # pc.phase=cut:   run workload pc.workload (sideload | daemon | rollback |
-#                 mqtt), with EDGEFLEET_FAILPOINT=pc.fp when set; the host
+#                 mqtt | delta), with EDGEFLEET_FAILPOINT=pc.fp when set; the host
 #                 cuts the power (SIGKILL of qemu) at some moment of it.
 # pc.phase=check: the next boot: what the app path holds, recovery by the
 #                 daemon, its status, then the next install (1.2.0).
@@ -90,6 +90,13 @@ if [ "$PHASE" = cut ]; then
     say BEGIN sideload
     /pc/agent sideload $C /pc/b/hello-1.1.0.efb; rc=$?; killed $rc
     ok $rc sideload && say ACK trial 1.1.0 ;;
+  delta)
+    # The signed delta 1.0.0 -> 1.1.0 (bsdiff against the installed
+    # executable), sideloaded: staged by patching, then the same swap.
+    say GO
+    say BEGIN delta
+    /pc/agent sideload $C /pc/b/hello-1.1.0.from-1.0.0.efb; rc=$?; killed $rc
+    ok $rc delta && say ACK trial 1.1.0 ;;
   daemon)
     daemon || stop
     say GO
