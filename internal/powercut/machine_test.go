@@ -144,7 +144,14 @@ func buildGuest(t *testing.T, h host, tags string) *guest {
 	}
 	// The delta workload's bundle: 1.0.0 → 1.1.0, as pack --delta-from
 	// makes it.
-	must(t, os.WriteFile(filepath.Join(root, "pc", "b", "hello-1.1.0.from-1.0.0.efb"), deltaBundle(t, bundles["1.1.0"], bins["1.0.0"], bins["1.1.0"], "1.0.0", priv), 0o644))
+	delta := deltaBundle(t, bundles["1.1.0"], bins["1.0.0"], bins["1.1.0"], "1.0.0", priv)
+	full, err := os.Stat(bundles["1.1.0"])
+	must(t, err)
+	if int64(len(delta)) > full.Size()/4 {
+		t.Fatalf("the delta bundle 1.0.0→1.1.0 is %d bytes for a full bundle of %d: not a delta, the delta workload would prove nothing", len(delta), full.Size())
+	}
+	t.Logf("delta workload: the delta bundle 1.0.0→1.1.0 is %d bytes, the full 1.1.0 bundle %d", len(delta), full.Size())
+	must(t, os.WriteFile(filepath.Join(root, "pc", "b", "hello-1.1.0.from-1.0.0.efb"), delta, 0o644))
 	g.initrd = filepath.Join(dir, "initrd.cpio")
 	cmd := exec.Command("sh", "-c", "find . | "+h.cpio+" -o -H newc --quiet > "+g.initrd)
 	cmd.Dir = root
