@@ -6,8 +6,10 @@
 // not written to the disk yet — at random moments and at every named
 // failpoint (agent.Failpoints and the delta's agent.DeltaFailpoint).
 // Workloads: sideload, daemon install with trial, rollback, MQTT download,
-// and a signed bsdiff delta 1.0.0→1.1.0 sideloaded. The next boot checks
-// that the app path runs an allowed version, that the state database
+// a signed bsdiff delta 1.0.0→1.1.0 sideloaded, and the agent updating
+// itself (app edgefleet-agent 1.0.0→2.0.0 on the disk, re-exec, trial,
+// commit, under a respawning init). The next boot checks that the app
+// path (and the agent's) runs an allowed version, that the state database
 // agrees with it after recovery, that no acknowledged step was lost, and that the next install
 // commits; each cut is reported survived, degraded or bricked, per
 // workload, mount option set and cut point.
