@@ -4,9 +4,13 @@
 // ext4 disk with cache=writeback) that run an install workload and lose
 // power — SIGKILL of qemu, which loses exactly what the guest kernel had
 // not written to the disk yet — at random moments and at every named
-// failpoint (agent.Failpoints). The next boot checks that the app path
-// runs an allowed version, that the state database agrees with it after
-// recovery, that no acknowledged step was lost, and that the next install
+// failpoint (agent.Failpoints and the delta's agent.DeltaFailpoint).
+// Workloads: sideload, daemon install with trial, rollback, MQTT download,
+// a signed bsdiff delta 1.0.0→1.1.0 sideloaded, and the agent updating
+// itself (app edgefleet-agent 1.0.0→2.0.0 on the disk, re-exec, trial,
+// commit, under a respawning init). The next boot checks that the app
+// path (and the agent's) runs an allowed version, that the state database
+// agrees with it after recovery, that no acknowledged step was lost, and that the next install
 // commits; each cut is reported survived, degraded or bricked, per
 // workload, mount option set and cut point.
 //

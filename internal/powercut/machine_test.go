@@ -6,13 +6,17 @@ package powercut
 
 import (
 	"bufio"
+	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"io"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -23,6 +27,7 @@ import (
 	"github.com/edgefleet/edgefleet/agent"
 	"github.com/edgefleet/edgefleet/fleet"
 	"github.com/edgefleet/edgefleet/internal/testkit"
+	differ "github.com/edgefleet/edgefleet/packer/bsdiff"
 	"github.com/edgefleet/edgefleet/protocol"
 )
 
@@ -76,12 +81,15 @@ func findHost(t *testing.T) host {
 
 // guest is one agent build turned into a bootable machine.
 type guest struct {
-	h       host
-	dir     string
-	initrd  string
-	golden  string            // disk image with hello 1.0.0 installed and committed
-	bundles map[string]string // version → bundle file
-	fleet   *hostFleet        // the broker the mqtt workload downloads from
+	h      host
+	dir    string
+	initrd string
+	golden string // disk image with hello 1.0.0 installed and committed
+	// goldenSelf (the self workload): hello 1.0.0 and the agent itself,
+	// edgefleet-agent 1.0.0 at selfPath, installed and committed.
+	goldenSelf string
+	bundles    map[string]string // version → bundle file
+	fleet      *hostFleet        // the broker the mqtt workload downloads from
 }
 
 var versions = []string{"1.0.0", "1.1.0", "1.2.0"}
@@ -129,13 +137,40 @@ func buildGuest(t *testing.T, h host, tags string) *guest {
 	g.fleet.keyring = protocol.NewKeyring(testkit.Public(priv))
 	bundles := map[string]string{}
 	g.bundles = bundles
+	bins := map[string]string{}
 	for i, v := range versions {
 		bin := testkit.BuildHello(t, env, v, "")
+		bins[v] = bin
 		bb := testkit.Bundle(t, testkit.Spec{Version: v, Sequence: uint64(i + 1), Binary: bin, Encoding: protocol.EncodingNone, ChunkSize: 256 << 10}, priv)
 		p := filepath.Join(root, "pc", "b", "hello-"+v+".efb")
 		must(t, os.WriteFile(p, bb, 0o644))
 		bundles[v] = p
 	}
+	// The delta workload's bundle: 1.0.0 → 1.1.0, as pack --delta-from
+	// makes it.
+	delta := deltaBundle(t, bundles["1.1.0"], bins["1.0.0"], bins["1.1.0"], "1.0.0", priv)
+	full, err := os.Stat(bundles["1.1.0"])
+	must(t, err)
+	if int64(len(delta)) > full.Size()/4 {
+		t.Fatalf("the delta bundle 1.0.0→1.1.0 is %d bytes for a full bundle of %d: not a delta, the delta workload would prove nothing", len(delta), full.Size())
+	}
+	t.Logf("delta workload: the delta bundle 1.0.0→1.1.0 is %d bytes, the full 1.1.0 bundle %d", len(delta), full.Size())
+	must(t, os.WriteFile(filepath.Join(root, "pc", "b", "hello-1.1.0.from-1.0.0.efb"), delta, 0o644))
+	// The self workload: the agent at 1.0.0 and 2.0.0 (same build tags),
+	// as releases of app edgefleet-agent, and a configuration that has it.
+	for i, v := range []string{"1.0.0", "2.0.0"} {
+		ab := b
+		ab.LDFlags = "-s -w -X main.version=" + v
+		bb := testkit.Bundle(t, testkit.Spec{App: agent.SelfApp, Version: v, Sequence: uint64(i + 1), Binary: testkit.GoBuild(t, ab), Encoding: protocol.EncodingNone, ChunkSize: 256 << 10}, priv)
+		p := filepath.Join(root, "pc", "b", "agent-"+v+".efb")
+		must(t, os.WriteFile(p, bb, 0o644))
+		bundles["agent-"+v] = p
+	}
+	selfCfg := cfg
+	selfCfg.Broker = ""
+	selfCfg.Apps = append(slices.Clone(cfg.Apps), testkit.AgentApp{Name: agent.SelfApp, Path: "/mnt" + selfPath, Window: "1s", MaxBootsOnTrial: 3})
+	testkit.WriteAgentConfig(t, filepath.Join(root, "pc", "agent-self.yaml"), selfCfg)
+
 	g.initrd = filepath.Join(dir, "initrd.cpio")
 	cmd := exec.Command("sh", "-c", "find . | "+h.cpio+" -o -H newc --quiet > "+g.initrd)
 	cmd.Dir = root
@@ -143,29 +178,75 @@ func buildGuest(t *testing.T, h host, tags string) *guest {
 		t.Fatalf("cpio: %v: %s", err, out)
 	}
 
-	// The golden disk: 1.0.0 installed and committed by the same agent
-	// code on this host, into a tree that mkfs.ext4 -d copies.
-	tree := filepath.Join(dir, "tree")
+	g.golden = g.goldenDisk(t, "golden", pubPath, "48M", bundles["1.0.0"])
+	// Room for the agent three times (installed, staged, .prev).
+	g.goldenSelf = g.goldenDisk(t, "golden-self", pubPath, "128M", bundles["1.0.0"], bundles["agent-1.0.0"])
+	return g
+}
+
+// selfPath is where the self workload's agent lives on the disk.
+const selfPath = "/opt/edgefleet/bin/edgefleet-agent"
+
+// goldenDisk makes a disk image with hello (and, with a second bundle,
+// the agent itself) installed and committed by the same agent code on
+// this host, into a tree that mkfs.ext4 -d copies.
+func (g *guest) goldenDisk(t *testing.T, name, pubPath, size string, bundles ...string) string {
+	t.Helper()
+	tree := filepath.Join(g.dir, name+"-tree")
 	must(t, os.MkdirAll(filepath.Join(tree, "opt", "hello", "bin"), 0o755))
-	hostCfg := filepath.Join(dir, "host-agent.yaml")
-	testkit.WriteAgentConfig(t, hostCfg, testkit.AgentConfig{DeviceID: "powercut", DataDir: filepath.Join(tree, "data"), TrustedKeys: []string{pubPath},
-		Apps: []testkit.AgentApp{{Name: "hello", Path: filepath.Join(tree, "opt", "hello", "bin", "hello"), Args: []string{"--serve"}}}})
+	apps := []testkit.AgentApp{{Name: "hello", Path: filepath.Join(tree, "opt", "hello", "bin", "hello"), Args: []string{"--serve"}}}
+	names := []string{"hello"}
+	if len(bundles) > 1 {
+		must(t, os.MkdirAll(filepath.Dir(filepath.Join(tree, selfPath)), 0o755))
+		apps = append(apps, testkit.AgentApp{Name: agent.SelfApp, Path: filepath.Join(tree, selfPath)})
+		names = append(names, agent.SelfApp)
+	}
+	hostCfg := filepath.Join(g.dir, name+"-agent.yaml")
+	testkit.WriteAgentConfig(t, hostCfg, testkit.AgentConfig{DeviceID: "powercut", DataDir: filepath.Join(tree, "data"), TrustedKeys: []string{pubPath}, Apps: apps})
 	ac, err := agent.LoadConfig(hostCfg)
 	must(t, err)
 	a, err := agent.Open(ac, agent.Options{})
 	must(t, err)
-	f, err := os.Open(bundles["1.0.0"])
-	must(t, err)
-	_, err = a.Install(context.Background(), f, nil)
-	f.Close()
-	must(t, err)
-	must(t, a.Commit("hello"))
+	for i, bp := range bundles {
+		f, err := os.Open(bp)
+		must(t, err)
+		_, err = a.Install(context.Background(), f, nil)
+		f.Close()
+		must(t, err)
+		must(t, a.Commit(names[i]))
+	}
 	must(t, a.Close())
-	g.golden = filepath.Join(dir, "golden.img")
-	if out, err := exec.Command(h.mkfs, "-q", "-F", "-t", "ext4", "-d", tree, g.golden, "48M").CombinedOutput(); err != nil {
+	img := filepath.Join(g.dir, name+".img")
+	if out, err := exec.Command(g.h.mkfs, "-q", "-F", "-t", "ext4", "-d", tree, img, size).CombinedOutput(); err != nil {
 		t.Fatalf("mkfs.ext4 -d: %v: %s", err, out)
 	}
-	return g
+	return img
+}
+
+// deltaBundle signs a delta from the executable oldBin to the release
+// the full bundle at fullPath describes (newBin), as the packer's
+// --delta-from does (bsdiff, SPEC.md §8.10).
+func deltaBundle(t *testing.T, fullPath, oldBin, newBin, baseVersion string, priv protocol.PrivateKey) []byte {
+	t.Helper()
+	raw, err := os.ReadFile(fullPath)
+	must(t, err)
+	b, err := protocol.OpenBundle(bytes.NewReader(raw), protocol.NewKeyring(testkit.Public(priv)))
+	must(t, err)
+	old, err := os.ReadFile(oldBin)
+	must(t, err)
+	nw, err := os.ReadFile(newBin)
+	must(t, err)
+	patch, st, err := differ.Diff(old, nw, differ.Options{})
+	must(t, err)
+	pl, err := protocol.DescribePayload(bytes.NewReader(patch), protocol.EncodingNone, b.Manifest.Payload.ChunkSize)
+	must(t, err)
+	pl.Encoding = protocol.EncodingBSDiff
+	m := *b.Manifest
+	m.Payload = pl
+	sum := sha256.Sum256(old)
+	m.Delta = &protocol.Delta{Format: protocol.DeltaFormatBSDiff40, BaseSize: int64(len(old)), BaseSHA256: hex.EncodeToString(sum[:]), BaseVersion: baseVersion,
+		FullPayloadSHA256: b.Manifest.Payload.SHA256, ControlEntries: st.ControlEntries, MaxBzip2Level: differ.Options{}.MaxLevel()}
+	return testkit.Sign(t, &m, patch, priv)
 }
 
 // hostFleet is the embedded broker on this host and a publisher.

@@ -35,18 +35,39 @@ const (
 )
 
 // workloadsOf lists the workloads that pass a failpoint, the first one
-// used by the smoke.
+// used by the smoke (the delta workload's smoke points are deltaSmoke).
+// A delta is staged by patching, not copying: it passes every install
+// failpoint but stage-mid, and its own delta-mid.
 func workloadsOf(fp string) []string {
 	switch {
 	case strings.HasPrefix(fp, "rollback-"):
 		return []string{"rollback"}
 	case strings.HasPrefix(fp, "commit-"):
-		return []string{"daemon", "mqtt"}
+		return []string{"daemon", "mqtt", "self"}
+	case fp == agent.DeltaFailpoint:
+		return []string{"delta"}
+	case fp == "stage-mid":
+		return []string{"sideload", "daemon", "mqtt", "self"}
 	}
-	return []string{"sideload", "daemon", "mqtt"}
+	return []string{"sideload", "daemon", "mqtt", "delta", "self"}
 }
 
-var workloads = []string{"sideload", "daemon", "rollback", "mqtt"}
+// The self workload is the agent updating itself (app edgefleet-agent,
+// 1.0.0 → 2.0.0, re-exec, trial, commit) under a respawning init.
+var workloads = []string{"sideload", "daemon", "rollback", "mqtt", "delta", "self"}
+
+// failpoints: every named point, the full install's and the delta's.
+var failpoints = append(slices.Clone(agent.Failpoints), agent.DeltaFailpoint)
+
+// deltaSmoke: the delta workload's cuts in the smoke besides a random
+// moment — its own failpoint, the patched file before its fsync, and the
+// swap right after the patched file took the app path's name.
+var deltaSmoke = []string{agent.DeltaFailpoint, "stage-before-sync", "swap-after-rename"}
+
+// selfSmoke: the self workload's cuts in the smoke besides a random
+// moment — the new agent renamed over the old one, the swap done but not
+// recorded, and the new agent's commit decided but not recorded.
+var selfSmoke = []string{"swap-after-rename", "swap-before-record", "commit-before-record"}
 
 // cut is one planned power cut.
 type cut struct {
@@ -69,8 +90,9 @@ type outcome struct {
 
 // statusJSON is the part of `edgefleet-agent status --json` the checks read.
 type statusJSON struct {
-	Starting string `json:"starting"`
-	Apps     []struct {
+	Starting     string `json:"starting"`
+	AgentVersion string `json:"agent_version"`
+	Apps         []struct {
 		App, Version, State, LastError string
 	} `json:"apps"`
 }
@@ -80,8 +102,12 @@ func parseStatus(s string) (app struct{ App, Version, State, LastError string },
 	if json.Unmarshal([]byte(s), &st) != nil {
 		return app, false
 	}
+	return appOf(st, "hello")
+}
+
+func appOf(st statusJSON, name string) (app struct{ App, Version, State, LastError string }, ok bool) {
 	for _, a := range st.Apps {
-		if a.App == "hello" {
+		if a.App == name {
 			return a, true
 		}
 	}
@@ -94,12 +120,16 @@ func (g *guest) runCut(ctx context.Context, c cut, delay time.Duration) outcome 
 	o := outcome{cut: c}
 	disk := filepath.Join(g.dir, fmt.Sprintf("disk-%d.img", rand.Int64()))
 	defer os.Remove(disk)
-	if err := cloneFile(g.golden, disk); err != nil {
+	golden := g.golden
+	if c.workload == "self" {
+		golden = g.goldenSelf
+	}
+	if err := cloneFile(golden, disk); err != nil {
 		o.verdict, o.why = hostError, err.Error()
 		return o
 	}
 	fp := ""
-	if slices.Contains(agent.Failpoints, c.point) {
+	if slices.Contains(failpoints, c.point) {
 		fp = " pc.fp=" + c.point
 	}
 	dev := ""
@@ -159,16 +189,18 @@ func (g *guest) runCut(ctx context.Context, c cut, delay time.Duration) outcome 
 	_ = done
 	// What must have survived: the last acknowledged state, unless a
 	// later step had begun (it may legitimately change it).
-	must := ""
+	must, mustSelf := "", ""
 	for _, l := range b1.lines {
 		if f := strings.Fields(l.text); len(f) == 3 && f[0] == "PC:ACK" {
 			must = f[2]
+		} else if len(f) == 3 && f[0] == "PC:ACKSELF" {
+			mustSelf = f[2]
 		} else if strings.HasPrefix(l.text, "PC:BEGIN") {
-			must = ""
+			must, mustSelf = "", ""
 		}
 	}
 
-	check := "pc.phase=check pc.mount=" + c.mount
+	check := "pc.phase=check pc.workload=" + c.workload + " pc.mount=" + c.mount
 	if dev != "" {
 		check += " pc.dev=" + dev
 	}
@@ -188,7 +220,51 @@ func (g *guest) runCut(ctx context.Context, c cut, delay time.Duration) outcome 
 		o.check = end.at
 	}
 	o.verdict, o.why = classify(b2, must)
+	if c.workload == "self" && o.verdict != hostError && o.verdict != bricked {
+		if v, why := classifySelf(b2, mustSelf); v != survived {
+			o.verdict = v
+			if o.why != "" {
+				why = o.why + "; " + why
+			}
+			o.why = why
+		}
+	}
 	return o
+}
+
+// classifySelf judges the agent itself after the self workload: the
+// daemon that answers is the binary at the agent's path, an allowed
+// version, and the database agrees.
+func classifySelf(b *bootResult, must string) (string, string) {
+	v := b.value("PC:SELF")
+	if v != "1.0.0" && v != "2.0.0" {
+		return bricked, fmt.Sprintf("after recovery the agent's path holds %q, not 1.0.0 or 2.0.0", v)
+	}
+	var st statusJSON
+	if json.Unmarshal([]byte(b.block("STATUS")), &st) != nil {
+		return bricked, "status --json did not answer"
+	}
+	a, ok := appOf(st, agent.SelfApp)
+	if !ok {
+		return degraded, "status has no app " + agent.SelfApp
+	}
+	var whys []string
+	if st.AgentVersion != v {
+		whys = append(whys, fmt.Sprintf("the daemon that answers is agent %q, the agent's path holds %s", st.AgentVersion, v))
+	}
+	if a.Version != v {
+		whys = append(whys, fmt.Sprintf("the database says agent %s %s, the agent's path holds %s", a.State, a.Version, v))
+	}
+	if a.State != agent.StateCommitted && a.State != agent.StateRolledBack {
+		whys = append(whys, fmt.Sprintf("after recovery the agent is %q: %s", a.State, a.LastError))
+	}
+	if must != "" && v != must {
+		whys = append(whys, fmt.Sprintf("an acknowledged self-update was lost: agent %s was acknowledged, the device runs %s", must, v))
+	}
+	if len(whys) > 0 {
+		return degraded, strings.Join(whys, "; ")
+	}
+	return survived, ""
 }
 
 // classify judges the check boot.
@@ -252,10 +328,16 @@ func planAll(mode string, n int) []cut {
 	// Each failpoint under each mount set in turn, random cuts of each
 	// workload under each mount set, and a cut right after each workload.
 	round := func(r int) {
-		for i, fp := range agent.Failpoints {
+		for i, fp := range failpoints {
 			ws := workloadsOf(fp)
 			if mode == "smoke" {
 				ws = ws[:1]
+				if fp != agent.DeltaFailpoint && slices.Contains(deltaSmoke, fp) {
+					ws = append(ws, "delta")
+				}
+				if slices.Contains(selfSmoke, fp) {
+					ws = append(ws, "self")
+				}
 			}
 			for j, w := range ws {
 				cuts = append(cuts, cut{w, mountSets[(i+j+r)%len(mountSets)], fp})
@@ -269,8 +351,8 @@ func planAll(mode string, n int) []cut {
 		}
 	}
 	if mode == "smoke" {
-		// Every failpoint once and each workload cut at a random moment:
-		// 20 cuts, the mount option sets in turn (after-done cuts run in
+		// Every failpoint once, each workload cut at a random moment and
+		// the deltaSmoke and selfSmoke points: 28 cuts, the mount option sets in turn (after-done cuts run in
 		// TestPowerCutCatchesMissingFsync).
 		round(0)
 		return cuts
@@ -388,7 +470,7 @@ func report(outs []outcome) string {
 	var keys []key
 	for _, o := range outs {
 		k := key{o.workload, o.mount, o.point}
-		if slices.Contains(agent.Failpoints, o.point) {
+		if slices.Contains(failpoints, o.point) {
 			k.m = "(rotating)"
 		}
 		r := rows[k]
@@ -492,7 +574,8 @@ func TestPowerCutCatchesMissingFsync(t *testing.T) {
 	cuts = append(cuts, cut{"sideload", mountSets[2], "swap-before-record"})
 	if os.Getenv("EDGEFLEET_POWERCUT") != "smoke" {
 		for _, m := range mountSets {
-			cuts = append(cuts, cut{"daemon", m, pointAfterDone}, cut{"mqtt", m, pointAfterDone}, cut{"sideload", m, "swap-before-record"})
+			cuts = append(cuts, cut{"daemon", m, pointAfterDone}, cut{"mqtt", m, pointAfterDone}, cut{"sideload", m, "swap-before-record"},
+				cut{"delta", m, pointAfterDone}) // the patched file goes through the same unsynced close
 		}
 	}
 	outs := s.run(context.Background(), cuts)

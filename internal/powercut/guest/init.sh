@@ -4,7 +4,7 @@
 # the device's disk at /dev/vda (ext4, mounted at /mnt with pc.mount).
 #
 # pc.phase=cut:   run workload pc.workload (sideload | daemon | rollback |
-#                 mqtt), with EDGEFLEET_FAILPOINT=pc.fp when set; the host
+#                 mqtt | delta | self), with EDGEFLEET_FAILPOINT=pc.fp when set; the host
 #                 cuts the power (SIGKILL of qemu) at some moment of it.
 # pc.phase=check: the next boot: what the app path holds, recovery by the
 #                 daemon, its status, then the next install (1.2.0).
@@ -34,6 +34,10 @@ if [ -n "$DEV" ]; then
   [ "$PHASE" = cut ] && C=$CM
 fi
 APP=/mnt/opt/hello/bin/hello
+# The self workload: the agent itself is an app on the disk, started by a
+# respawning init (selfinit), with a configuration that lists it.
+SELF=/mnt/opt/edgefleet/bin/edgefleet-agent
+[ "$WL" = self ] && C="--config /pc/agent-self.yaml"
 
 i=0
 while [ ! -b /dev/vda ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done
@@ -51,8 +55,24 @@ fi
 # host cuts the power as soon as it reads PC:KILLED.
 killed() { if [ "$1" = 137 ]; then say KILLED; while :; do sleep 1000; done; fi; }
 
+# selfinit: the init system of the self workload (Restart=always): runs
+# the agent from the disk and restarts it when it exits (a re-exec keeps
+# the process). In the cut phase a SIGKILL from a failpoint is the cut.
+selfinit() {
+  while :; do
+    $SELF run $C > /dev/console 2>&1; rc=$?
+    [ "$PHASE" = cut ] && killed $rc
+    echo "selfinit: the agent exited $rc; restarting it" > /dev/console
+    sleep 0.5
+  done
+}
+
 daemon() {
-  /pc/agent run $C > /dev/console 2>&1 &
+  if [ "$WL" = self ]; then
+    selfinit &
+  else
+    /pc/agent run $C > /dev/console 2>&1 &
+  fi
   DPID=$!
   # status answers while the daemon recovers ("daemon starting"); wait
   # until it is ready for installs.
@@ -90,6 +110,30 @@ if [ "$PHASE" = cut ]; then
     say BEGIN sideload
     /pc/agent sideload $C /pc/b/hello-1.1.0.efb; rc=$?; killed $rc
     ok $rc sideload && say ACK trial 1.1.0 ;;
+  delta)
+    # The signed delta 1.0.0 -> 1.1.0 (bsdiff against the installed
+    # executable), sideloaded: staged by patching, then the same swap.
+    say GO
+    say BEGIN delta
+    /pc/agent sideload $C /pc/b/hello-1.1.0.from-1.0.0.efb; rc=$?; killed $rc
+    ok $rc delta && say ACK trial 1.1.0 ;;
+  self)
+    # The agent updates itself: 1.0.0 -> 2.0.0 swapped in, re-executed,
+    # its trial, its commit. selfinit says KILLED if a failpoint fires.
+    daemon || stop
+    say GO
+    say BEGIN self
+    /pc/agent sideload $C /pc/b/agent-2.0.0.efb; rc=$?
+    [ $rc != 0 ] && sleep 3
+    if ok $rc self-sideload; then
+      i=0
+      while :; do
+        st=$(/pc/agent status $C 2>/dev/null | grep '^edgefleet-agent ')
+        case "$st" in *"2.0.0"*committed*) say ACKSELF committed 2.0.0; break ;; esac
+        i=$((i+1)); [ $i -gt 600 ] && { say FAILSTEP self "$st"; break; }
+        sleep 0.2
+      done
+    fi ;;
   daemon)
     daemon || stop
     say GO
@@ -139,6 +183,7 @@ if [ "$PHASE" = check ]; then
     sleep 0.2
   done
   echo "PC:STATUS{"; echo "$st"; echo "PC:STATUS}"
+  [ "$WL" = self ] && say SELF "$($SELF --version 2>&1 | head -1)"
   say APP "$($APP --version 2>&1 | head -1)"
   if [ -z "$DEV" ]; then
     /pc/agent sideload $C /pc/b/hello-1.2.0.efb > /dev/console 2>&1
