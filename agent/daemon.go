@@ -11,7 +11,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 )
 
@@ -241,17 +240,22 @@ func (d *Daemon) listen() (net.Listener, error) {
 		return nil, err
 	}
 	// unlink(2) never follows a link, and bind(2) fails on any name that
-	// exists, so the socket is never created through a link. Its mode comes
-	// from the umask: a chmod by name after bind could follow a link
-	// swapped in meanwhile.
+	// exists, so the socket is never created through a link. Its mode is
+	// set by name after bind: ensureDir proved that only this user can
+	// write the directory, so nobody can swap a link in meanwhile (and
+	// nobody else can reach the socket before the chmod). Not through the
+	// umask: it is process-wide, and a file another goroutine creates
+	// meanwhile (a staged binary) would lose its execute bits.
 	if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("remove the stale control socket %s: %w", p, err)
 	}
-	old := syscall.Umask(0o177)
 	ln, err := net.Listen("unix", p)
-	syscall.Umask(old)
 	if err != nil {
 		return nil, fmt.Errorf("listen on the control socket %s: %w", p, err)
+	}
+	if err := os.Chmod(p, 0o600); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("make the control socket %s private: %w", p, err)
 	}
 	if fi, err := os.Lstat(p); err != nil || fi.Mode()&os.ModeSocket == 0 || fi.Mode().Perm()&0o077 != 0 {
 		ln.Close()
