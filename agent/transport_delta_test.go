@@ -2,12 +2,14 @@ package agent
 
 import (
 	"context"
+	"github.com/edgefleet/edgefleet/internal/testkit"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/edgefleet/edgefleet/fleet"
 	"github.com/edgefleet/edgefleet/protocol"
@@ -168,7 +170,16 @@ func TestMQTTRealAgentKilledMidDeltaApply(t *testing.T) {
 	})
 	publish(t, op, k, d12, "")
 	publish(t, op, k, v2, "")
-	err := cmd.Wait()
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	var err error
+	select {
+	case err = <-exited:
+	case <-time.After(testkit.Hang):
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		<-exited
+		t.Fatalf("the armed agent did not reach %s within %s:\n%s", DeltaFailpoint, testkit.Hang, out)
+	}
 	ws, _ := cmd.ProcessState.Sys().(syscall.WaitStatus)
 	if err == nil || !ws.Signaled() || ws.Signal() != syscall.SIGKILL {
 		t.Fatalf("the armed agent did not die at %s: %v\n%s", DeltaFailpoint, err, out)

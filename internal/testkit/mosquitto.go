@@ -30,13 +30,31 @@ func MosquittoPath(t testing.TB, what string) string {
 // FreePort is a TCP port on 127.0.0.1 that was free a moment ago.
 func FreePort(t testing.TB) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	issuedMu.Lock()
+	defer issuedMu.Unlock()
+	for range 100 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		l.Close()
+		// The kernel may hand a closed port out again at once: never give
+		// the same one twice in this process (a NATS node's MQTT port was
+		// another node's route port once).
+		if !issued[port] {
+			issued[port] = true
+			return port
+		}
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	t.Fatal("no free loopback port that was not handed out already")
+	return 0
 }
+
+var (
+	issuedMu sync.Mutex
+	issued   = map[int]bool{}
+)
 
 // StartMosquitto runs the mosquitto at bin (see MosquittoPath) with the
 // configuration conf(port), port being a free loopback port, and returns
