@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"github.com/edgefleet/edgefleet/internal/testkit"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -12,6 +11,7 @@ import (
 	"time"
 
 	"github.com/edgefleet/edgefleet/fleet"
+	"github.com/edgefleet/edgefleet/internal/testkit"
 	"github.com/edgefleet/edgefleet/protocol"
 )
 

@@ -19,7 +19,7 @@ import (
 
 // confirmRounds bounds how often PublishBundle re-sends chunks that a
 // broker acknowledged but does not hold.
-const confirmRounds = 3
+const confirmRounds = 5
 
 // ErrChunksLost is returned (wrapped) by PublishBundle when the broker
 // acknowledged chunks it then did not hold after confirmRounds tries.
@@ -69,6 +69,14 @@ func confirmChunks(ctx context.Context, c paho.Client, path string, m *protocol.
 			return err
 		}
 		res.Republished += len(bad)
+		// A clustered broker stores a retained message after it
+		// acknowledges it (NATS: in JetStream): give it time before the
+		// next read-back, longer each round.
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Duration(round) * 500 * time.Millisecond):
+		}
 	}
 }
 
