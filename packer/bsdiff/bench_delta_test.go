@@ -50,72 +50,40 @@ func child(mode, oldP, newP, patchP, outP string) int {
 	switch mode {
 	case "idle":
 	case "stream":
-		err = func() error {
-			old, err := os.Open(oldP)
+		err = intoSynced(outP, func(out *os.File) error {
+			old, oldSize, patch, patchSize, err := openInputs(oldP, patchP)
 			if err != nil {
 				return err
 			}
 			defer old.Close()
-			oi, _ := old.Stat()
-			patch, err := os.Open(patchP)
-			if err != nil {
-				return err
-			}
 			defer patch.Close()
-			pi, _ := patch.Stat()
-			h, err := applier.ReadHeader(patch, pi.Size())
+			h, err := applier.ReadHeader(patch, patchSize)
 			if err != nil {
 				return err
 			}
-			out, err := os.Create(outP)
-			if err != nil {
-				return err
-			}
-			defer out.Close()
-			if _, err := applier.Apply(context.Background(), old, oi.Size(), patch, pi.Size(), out, h.NewSize, applier.Options{}); err != nil {
-				return err
-			}
-			return out.Sync()
-		}()
+			_, err = applier.Apply(context.Background(), old, oldSize, patch, patchSize, out, h.NewSize, applier.Options{})
+			return err
+		})
 	case "selfupdate":
-		err = func() error {
-			old, err := os.Open(oldP)
+		err = intoSynced(outP, func(out *os.File) error {
+			old, _, patch, _, err := openInputs(oldP, patchP)
 			if err != nil {
 				return err
 			}
 			defer old.Close()
-			patch, err := os.Open(patchP)
-			if err != nil {
-				return err
-			}
 			defer patch.Close()
-			out, err := os.Create(outP)
-			if err != nil {
-				return err
-			}
-			defer out.Close()
-			if err := selfupdate.NewBSDiffPatcher().Patch(old, out, patch); err != nil {
-				return err
-			}
-			return out.Sync()
-		}()
+			return selfupdate.NewBSDiffPatcher().Patch(old, out, patch)
+		})
 	case "copy":
-		err = func() error {
+		err = intoSynced(outP, func(out *os.File) error {
 			in, err := os.Open(newP)
 			if err != nil {
 				return err
 			}
 			defer in.Close()
-			out, err := os.Create(outP)
-			if err != nil {
-				return err
-			}
-			defer out.Close()
-			if _, err := io.CopyBuffer(out, in, make([]byte, 64<<10)); err != nil {
-				return err
-			}
-			return out.Sync()
-		}()
+			_, err = io.CopyBuffer(out, in, make([]byte, 64<<10))
+			return err
+		})
 	case "diff":
 		err = func() error {
 			old, err := os.ReadFile(oldP)
@@ -390,4 +358,41 @@ func BenchmarkDelta(b *testing.B) {
 		r := runChild(b, armBin, []string{"qemu-arm", "-cpu", "arm1176"}, mode, oldP, newP, newP+".bsdiff", filepath.Join(work, "out"))
 		fmt.Printf("| armv6 %s under qemu-arm -cpu arm1176 | %.1f ms | %.1f MiB (qemu's own, emulator included) |\n", mode, float64(r.elapsed.Microseconds())/1000, float64(r.maxRSS)/(1<<20))
 	}
+}
+
+// intoSynced creates path, lets write fill it and fsyncs it: every mode
+// that writes a binary pays for the same durability the device does.
+func intoSynced(path string, write func(*os.File) error) error {
+	out, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	defer out.Close()
+	if err := write(out); err != nil {
+		return err
+	}
+	return out.Sync()
+}
+
+// openInputs opens the old binary and the patch with their sizes; the
+// caller closes both when err is nil.
+func openInputs(oldP, patchP string) (old *os.File, oldSize int64, patch *os.File, patchSize int64, err error) {
+	if old, err = os.Open(oldP); err != nil {
+		return nil, 0, nil, 0, err
+	}
+	oi, err := old.Stat()
+	if err == nil {
+		patch, err = os.Open(patchP)
+	}
+	if err != nil {
+		old.Close()
+		return nil, 0, nil, 0, err
+	}
+	pi, err := patch.Stat()
+	if err != nil {
+		old.Close()
+		patch.Close()
+		return nil, 0, nil, 0, err
+	}
+	return old, oi.Size(), patch, pi.Size(), nil
 }
