@@ -114,20 +114,31 @@ func (a *Agent) RollbackByHand(app, reason string) error {
 // CanRollback says, without changing anything, whether RollbackByHand
 // would refuse for lack of a previous binary (nil: it may proceed).
 func (a *Agent) CanRollback(app string) error {
-	c, ok := a.cfg.App(app)
-	if !ok {
-		return fmt.Errorf("roll back %q: %w", app, ErrUnknownApp)
-	}
-	unlock, err := a.lock(app)
+	c, r, unlock, err := a.lockedForRollback(app)
 	if err != nil {
 		return err
 	}
 	defer unlock()
+	return noPreviousByHand(c, r)
+}
+
+// lockedForRollback finds app's config, takes its lock and loads its
+// record; the caller unlocks when err is nil.
+func (a *Agent) lockedForRollback(app string) (*AppConfig, *record, func(), error) {
+	c, ok := a.cfg.App(app)
+	if !ok {
+		return nil, nil, nil, fmt.Errorf("roll back %q: %w", app, ErrUnknownApp)
+	}
+	unlock, err := a.lock(app)
+	if err != nil {
+		return nil, nil, nil, err
+	}
 	r, err := a.load(app)
 	if err != nil {
-		return err
+		unlock()
+		return nil, nil, nil, err
 	}
-	return noPreviousByHand(c, r)
+	return c, r, unlock, nil
 }
 
 // noPreviousByHand is the refusal of a rollback by hand with nothing to go
@@ -151,19 +162,11 @@ func noPreviousByHand(c *AppConfig, r *record) error {
 }
 
 func (a *Agent) rollbackApp(app, reason string, byHand bool) error {
-	c, ok := a.cfg.App(app)
-	if !ok {
-		return fmt.Errorf("roll back %q: %w", app, ErrUnknownApp)
-	}
-	unlock, err := a.lock(app)
+	c, r, unlock, err := a.lockedForRollback(app)
 	if err != nil {
 		return err
 	}
 	defer unlock()
-	r, err := a.load(app)
-	if err != nil {
-		return err
-	}
 	if byHand {
 		if err := noPreviousByHand(c, r); err != nil {
 			return err
