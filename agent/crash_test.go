@@ -70,10 +70,7 @@ func TestFailpoints(t *testing.T) {
 		t.Run(fp, func(t *testing.T) {
 			k := newKit(t)
 			a := k.open(Options{})
-			k.install(a, k.bundle(spec{Version: "1.0.0", Sequence: 1}))
-			if err := a.Commit("hello"); err != nil {
-				t.Fatal(err)
-			}
+			k.installCommitted(a, spec{Version: "1.0.0", Sequence: 1})
 			next := k.bundle(spec{Version: "1.1.0", Sequence: 2})
 			var args []string
 			switch {
@@ -148,10 +145,7 @@ func TestKillAtRandomMoments(t *testing.T) {
 	}
 	k := newKit(t)
 	a := k.open(Options{})
-	k.install(a, k.bundle(spec{Version: "1.0.0", Sequence: 1}))
-	if err := a.Commit("hello"); err != nil {
-		t.Fatal(err)
-	}
+	k.installCommitted(a, spec{Version: "1.0.0", Sequence: 1})
 	a.Close()
 	bin := buildTestAgent(t, native)
 	rng := rand.New(rand.NewSource(time.Now().UnixNano()))

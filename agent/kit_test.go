@@ -163,6 +163,16 @@ func (k *kit) install(a *Agent, path string) *Result {
 	return res
 }
 
+// installCommitted installs the bundle s describes and commits it: the
+// committed release most tests start from.
+func (k *kit) installCommitted(a *Agent, s spec) {
+	k.t.Helper()
+	k.install(a, k.bundle(s))
+	if err := a.Commit("hello"); err != nil {
+		k.t.Fatalf("commit hello %s: %v", s.Version, err)
+	}
+}
+
 func (k *kit) tryInstall(a *Agent, path string) error {
 	f, err := os.Open(path)
 	if err != nil {

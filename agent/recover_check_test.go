@@ -16,10 +16,7 @@ import (
 func installTwo(t *testing.T, k *kit, commit bool) {
 	t.Helper()
 	a := k.open(Options{})
-	k.install(a, k.bundle(spec{Version: "1.0.0", Sequence: 1}))
-	if err := a.Commit("hello"); err != nil {
-		t.Fatal(err)
-	}
+	k.installCommitted(a, spec{Version: "1.0.0", Sequence: 1})
 	k.install(a, k.bundle(spec{Version: "1.1.0", Sequence: 2}))
 	if commit {
 		if err := a.Commit("hello"); err != nil {
@@ -112,10 +109,7 @@ func TestRecoverUnknownTargetMidSwapRestoresPrev(t *testing.T) {
 	}
 	k := newKit(t)
 	a := k.open(Options{})
-	k.install(a, k.bundle(spec{Version: "1.0.0", Sequence: 1}))
-	if err := a.Commit("hello"); err != nil {
-		t.Fatal(err)
-	}
+	k.installCommitted(a, spec{Version: "1.0.0", Sequence: 1})
 	a.Close()
 	ps, out := runTestAgent(t, k, "swap-after-rename", "install", k.bundle(spec{Version: "1.1.0", Sequence: 2}))
 	if !killedBySIGKILL(ps) {

@@ -22,10 +22,7 @@ import (
 func TestTransportRefusalDuringInstall(t *testing.T) {
 	k := newKit(t)
 	a := k.open(Options{})
-	k.install(a, k.bundle(spec{Version: "1.0.0", Sequence: 1}))
-	if err := a.Commit("hello"); err != nil {
-		t.Fatal(err)
-	}
+	k.installCommitted(a, spec{Version: "1.0.0", Sequence: 1})
 	c, _ := k.cfg.App("hello")
 	tr := &mqttTransport{logf: t.Logf}
 	ap := &mqttApp{cfg: c, failed: map[string]string{}}
@@ -70,10 +67,7 @@ func TestTransportRefusalDuringInstall(t *testing.T) {
 func TestProbeCancelledIsNotAProbeFailure(t *testing.T) {
 	k := newKit(t)
 	a := k.open(Options{})
-	k.install(a, k.bundle(spec{Version: "1.0.0", Sequence: 1}))
-	if err := a.Commit("hello"); err != nil {
-		t.Fatal(err)
-	}
+	k.installCommitted(a, spec{Version: "1.0.0", Sequence: 1})
 	f, err := os.Open(k.bundle(spec{Version: "1.1.0", Sequence: 2}))
 	if err != nil {
 		t.Fatal(err)
@@ -105,10 +99,7 @@ func TestProbeCancelledIsNotAProbeFailure(t *testing.T) {
 func TestCheckDuringInstallSaysItIsRunning(t *testing.T) {
 	k := newKit(t)
 	a := k.open(Options{})
-	k.install(a, k.bundle(spec{Version: "1.0.0", Sequence: 1}))
-	if err := a.Commit("hello"); err != nil {
-		t.Fatal(err)
-	}
+	k.installCommitted(a, spec{Version: "1.0.0", Sequence: 1})
 	f, err := os.Open(k.bundle(spec{Version: "1.1.0", Sequence: 2}))
 	if err != nil {
 		t.Fatal(err)

@@ -104,10 +104,7 @@ func TestStagingNeverFollowsALink(t *testing.T) {
 	t.Run("symlink", func(t *testing.T) {
 		k := newKit(t)
 		a := k.open(Options{})
-		k.install(a, k.bundle(spec{Version: "1.0.0", Sequence: 1}))
-		if err := a.Commit("hello"); err != nil {
-			t.Fatal(err)
-		}
+		k.installCommitted(a, spec{Version: "1.0.0", Sequence: 1})
 		vic, content := victim(t)
 		staged := k.cfg.Apps[0].stagedPath()
 		if err := os.Symlink(vic, staged); err != nil {

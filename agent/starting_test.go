@@ -14,10 +14,7 @@ import (
 func TestDaemonAnswersWhileRecovering(t *testing.T) {
 	k := newKit(t)
 	a := k.open(Options{})
-	k.install(a, k.bundle(spec{Version: "1.0.0", Sequence: 1}))
-	if err := a.Commit("hello"); err != nil {
-		t.Fatal(err)
-	}
+	k.installCommitted(a, spec{Version: "1.0.0", Sequence: 1})
 	d, err := NewDaemon(k.cfg, a, DaemonOptions{Logf: t.Logf, Version: "test", StopGrace: time.Second})
 	if err != nil {
 		t.Fatal(err)

@@ -23,10 +23,7 @@ func TestSwapSyncOrder(t *testing.T) {
 	}
 	k := newKit(t)
 	a := k.open(Options{})
-	k.install(a, k.bundle(spec{Version: "1.0.0", Sequence: 1}))
-	if err := a.Commit("hello"); err != nil {
-		t.Fatal(err)
-	}
+	k.installCommitted(a, spec{Version: "1.0.0", Sequence: 1})
 	a.Close()
 	next := k.bundle(spec{Version: "1.1.0", Sequence: 2})
 	bin := buildTestAgent(t, native)
