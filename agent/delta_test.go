@@ -13,7 +13,6 @@ import (
 
 	"github.com/minio/selfupdate"
 
-	"github.com/edgefleet/edgefleet/internal/emutest"
 	differ "github.com/edgefleet/edgefleet/packer/bsdiff"
 	"github.com/edgefleet/edgefleet/protocol"
 	"github.com/edgefleet/edgefleet/protocol/bsdiff"
@@ -247,12 +246,7 @@ func TestEmulatedDeltaApply(t *testing.T) {
 	if testing.Short() {
 		t.Skip("SKIP: emulation is slow; not in -short")
 	}
-	if _, err := exec.LookPath("qemu-arm"); err != nil {
-		t.Skip("SKIP: qemu-arm not found; install qemu-user and qemu-user-binfmt (scripts/test.sh does)")
-	}
-	if why := emutest.EnsureARMBinfmt(); why != "" {
-		t.Skipf("SKIP: %s; the probe of an ARM binary needs it (scripts/test.sh runs as root)", why)
-	}
+	needQemuARM(t)
 	agentBin := buildTestAgent(t, target{GOARCH: "arm", GOARM: "6"})
 	v6 := target{GOARCH: "arm", GOARM: "6"}
 	k := newKit(t)

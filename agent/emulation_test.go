@@ -21,6 +21,18 @@ func emulated(t *testing.T, k *kit, agentBin, core string, args ...string) (bool
 	return err == nil, string(out)
 }
 
+// needQemuARM skips the test loudly unless qemu-arm runs ARM binaries
+// through binfmt_misc (the probe of an ARM binary execs it directly).
+func needQemuARM(t *testing.T) {
+	t.Helper()
+	if _, err := exec.LookPath("qemu-arm"); err != nil {
+		t.Skip("SKIP: qemu-arm not found; install qemu-user and qemu-user-binfmt (scripts/test.sh does)")
+	}
+	if why := emutest.EnsureARMBinfmt(); why != "" {
+		t.Skipf("SKIP: %s; the probe of an ARM binary needs it (scripts/test.sh runs as root)", why)
+	}
+}
+
 // TestEmulatedARMDevices: the agent cross-built for ARMv6 runs as a
 // Raspberry Pi Zero (arm1176): it installs an armv6 bundle and refuses an
 // armv7 one; as a Pi 2 class core (cortex-a7) it accepts the armv7 one. The
@@ -30,12 +42,7 @@ func TestEmulatedARMDevices(t *testing.T) {
 	if testing.Short() {
 		t.Skip("SKIP: emulation is slow; not in -short")
 	}
-	if _, err := exec.LookPath("qemu-arm"); err != nil {
-		t.Skip("SKIP: qemu-arm not found; install qemu-user and qemu-user-binfmt (scripts/test.sh does)")
-	}
-	if why := emutest.EnsureARMBinfmt(); why != "" {
-		t.Skipf("SKIP: %s; the probe of an ARM binary needs it (scripts/test.sh runs as root)", why)
-	}
+	needQemuARM(t)
 	agentBin := buildTestAgent(t, target{GOARCH: "arm", GOARM: "6"})
 	v6 := target{GOARCH: "arm", GOARM: "6"}
 	v7 := target{GOARCH: "arm", GOARM: "7"}

@@ -504,14 +504,7 @@ func TestSelfUpdate(t *testing.T) {
 	v1 := agentBin(t, "1.0.0", "")
 	v2 := agentBin(t, "2.0.0", "")
 	v3bad := agentBin(t, "3.0.0", "-X main.failOnTrial=1")
-	if err := os.MkdirAll(filepath.Dir(d.self), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	copyFile(t, v1, d.self)
-	if err := os.MkdirAll(filepath.Dir(d.hello), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	copyFile(t, helloBin(t, "1.0.0", ""), d.hello)
+	placeSelfAndHello(t, d, v1)
 
 	ini := startInit(t, d)
 	d.waitStatus("agent 1.0.0 answers", func(st agent.DaemonStatus) bool {
@@ -557,6 +550,19 @@ func TestSelfUpdate(t *testing.T) {
 	if !strings.Contains(ini.log.String(), "failing on purpose while on trial") {
 		t.Fatalf("the bad agent never ran; log:\n%s", ini.log.String())
 	}
+}
+
+// placeSelfAndHello puts agent binary self at the device's agent path and
+// hello 1.0.0 at its app path, as a device provisioned with both.
+func placeSelfAndHello(t *testing.T, d *device, self string) {
+	t.Helper()
+	for _, p := range []string{d.self, d.hello} {
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	copyFile(t, self, d.self)
+	copyFile(t, helloBin(t, "1.0.0", ""), d.hello)
 }
 
 func copyFile(t *testing.T, from, to string) {

@@ -61,14 +61,7 @@ func TestSelfUpdateWithDelta(t *testing.T) {
 	d := newDevice(t, deviceOpts{self: true, maxBoots: 2})
 	v1 := agentBin(t, "1.0.0", "")
 	v2 := agentBin(t, "2.0.0", "")
-	if err := os.MkdirAll(filepath.Dir(d.self), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	copyFile(t, v1, d.self)
-	if err := os.MkdirAll(filepath.Dir(d.hello), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	copyFile(t, helloBin(t, "1.0.0", ""), d.hello)
+	placeSelfAndHello(t, d, v1)
 	startInit(t, d)
 	d.waitStatus("agent 1.0.0 answers", func(st agent.DaemonStatus) bool { return st.AgentVersion == "1.0.0" })
 
