@@ -162,3 +162,43 @@ func BenchmarkAgentBinarySize(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkRecoverCommitted is a daemon start's recovery of one committed
+// app whose binary is 8 MiB (about an agent's size): since issue 14 it
+// hashes the binary at the app path against the record. Its floor is
+// BenchmarkRecoverHashFloor, the sha256 of the same file alone.
+func BenchmarkRecoverCommitted(b *testing.B) {
+	k := newKit(b)
+	a := k.open(Options{})
+	tg := native
+	if tg.GOARCH == "arm" { // under qemu-arm -cpu arm1176, a Pi Zero
+		tg.GOARM = "6"
+	}
+	k.installCommitted(a, spec{Version: "1.0.0", Sequence: 1, Target: tg, Binary: bigHello(b, "1.0.0", 8<<20), Encoding: "none"})
+	b.SetBytes(8 << 20)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		acts, err := a.Recover(context.Background())
+		if err != nil {
+			b.Fatal(err)
+		}
+		for _, act := range acts {
+			if act.Action != "boot-on-trial" {
+				b.Fatalf("recovery of a settled app did something: %+v", act)
+			}
+		}
+	}
+}
+
+// BenchmarkRecoverHashFloor: the sha256 of the same 8 MiB file, read the
+// way recovery reads it.
+func BenchmarkRecoverHashFloor(b *testing.B) {
+	p := bigHello(b, "1.0.0", 8<<20)
+	b.SetBytes(8 << 20)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if _, err := fileSHA256(p); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
