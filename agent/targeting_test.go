@@ -89,3 +89,61 @@ func TestTargetingEmbeddedBroker(t *testing.T) {
 func TestTargetingMosquitto(t *testing.T) {
 	targetingScenario(t, startPlainMosquitto(t))
 }
+
+// TestTargetingKeyRemovedOrRevoked: a device holds key set 1 with
+// targeting key T and installs a release T targeted; the operator then
+// publishes key set 2 that names T2 instead of T, and key set 3 that
+// also revokes T. A release targeted with T is refused after each, with
+// the reason in the status; one targeted with T2 installs. Real daemon
+// over the embedded broker.
+func TestTargetingKeyRemovedOrRevoked(t *testing.T) {
+	b := startTestBroker(t, t.TempDir(), "127.0.0.1:0")
+	url := b.URL()
+	ctx := context.Background()
+	k := newKit(t)
+	r := newRoots(t, 1)
+	_, tOld, _ := protocol.GenerateKey()
+	_, tNew, _ := protocol.GenerateKey()
+	op := operator(t, url)
+	view := fleetView(t, op)
+	keySet := func(version uint64, target protocol.PrivateKey, revoked ...protocol.PublicKey) {
+		t.Helper()
+		publishKeySet(t, op, chainMsg(t, signKeySet(t, keySetOpts{version: version, roots: r.privs, release: []protocol.ReleaseKey{relKey(k.priv)},
+			target: []protocol.ScopedKey{{Key: protocol.PublicKeyLine(pubOf(target))}}, revoked: revoked}, r.privs[0])))
+	}
+	kr := protocol.NewKeyring(k.pub)
+	pub := func(path string, tkey protocol.PrivateKey) {
+		t.Helper()
+		if _, err := fleet.PublishBundle(ctx, op, path, fleet.PublishOptions{Keyring: kr, Channel: "stable", Targeting: &fleet.TargetingOptions{Key: tkey}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	keySet(1, tOld)
+	pub(k.bundle(spec{Version: "1.0.0", Sequence: 1}), tOld)
+	dev := startMQTTDevice(t, rootConfig(t, mqttConfig(t, k, "tk-dev", url), r))
+	defer dev.stop()
+	eventually(t, "1.0.0 targeted with T (key set 1) installs", func() bool { return installedIs(dev, "1.0.0", "committed") })
+
+	refused := func(what, s string) {
+		t.Helper()
+		eventually(t, what, func() bool {
+			return strings.Contains(deviceApp(view, "tk-dev").LastError, s) || !installedIs(dev, "1.0.0", "committed")
+		})
+		if !installedIs(dev, "1.0.0", "committed") {
+			t.Fatalf("%s: the device installed it", what)
+		}
+	}
+	keySet(2, tNew)
+	eventually(t, "the device takes key set 2", func() bool { return dev.a.Trust().KeySet == 2 })
+	pub(k.bundle(spec{Version: "2.0.0", Sequence: 2, NoProbe: true}), tOld)
+	refused("a release targeted with T, which key set 2 no longer names, is refused and reported",
+		"which key set version 2 does not name as a targeting key")
+
+	keySet(3, tNew, pubOf(tOld))
+	eventually(t, "the device takes key set 3", func() bool { return dev.a.Trust().KeySet == 3 })
+	pub(k.bundle(spec{Version: "3.0.0", Sequence: 3, NoProbe: true}), tOld)
+	refused("a release targeted with T, which key set 3 revokes, is refused and reported", "which key set version 3 revokes")
+
+	pub(k.bundle(spec{Version: "4.0.0", Sequence: 4}), tNew)
+	eventually(t, "4.0.0 targeted with T2 installs", func() bool { return installedIs(dev, "4.0.0", "committed") })
+}

@@ -176,10 +176,23 @@ func TestMQTTTLSUsersFile(t *testing.T) {
 // (require_certificate, use_identity_as_username) with docs/mosquitto's
 // ACL: the operator's certificate has CN "operator", the device's its id.
 func TestMQTTTLSMosquitto(t *testing.T) {
+	mqttTLSMosquitto(t, "../docs/mosquitto/edgefleet.acl", "pi-tls")
+}
+
+// TestMQTTTLSMosquittoPerDeviceACL: the same with
+// docs/mosquitto/edgefleet-per-device.acl as written: pi-017, whose block
+// grants channel stable and app hello only, gets everything a real agent
+// needs (release, chunks, key set topic, own desired, status, sync).
+// fleet.TestACLPerDeviceMosquitto shows what the file denies.
+func TestMQTTTLSMosquittoPerDeviceACL(t *testing.T) {
+	mqttTLSMosquitto(t, "../docs/mosquitto/edgefleet-per-device.acl", "pi-017")
+}
+
+func mqttTLSMosquitto(t *testing.T, aclFile, device string) {
 	bin := testkit.MosquittoPath(t, "the Mosquitto TLS test")
 	ca := testkit.NewCA(t, "", "fleet")
 	srv := ca.Server("server")
-	acl, err := filepath.Abs("../docs/mosquitto/edgefleet.acl")
+	acl, err := filepath.Abs(aclFile)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -209,13 +222,17 @@ use_identity_as_username true
 		t.Error("Mosquitto with require_certificate accepted a client without a certificate")
 	}
 
-	devCert := ca.Client("pi-tls", "pi-tls")
-	cfg := mqttConfig(t, k, "pi-tls", url)
+	devCert := ca.Client(device, device)
+	cfg := mqttConfig(t, k, device, url)
 	cfg.Broker = &BrokerConfig{URL: url, Channel: "stable", CA: ca.File, Cert: devCert.Cert, Key: devCert.Key}
 	dev := startMQTTDevice(t, cfg)
 	defer dev.stop()
-	eventually(t, "pi-tls commits 1.0.0 from Mosquitto over TLS", func() bool { return installedIs(dev, "1.0.0", StateCommitted) })
-	eventually(t, "pi-tls's status (user name = CN) shows 1.0.0", func() bool { return view.Converged("hello", "1.0.0", 1, StateCommitted) })
+	eventually(t, device+" commits 1.0.0 from Mosquitto over TLS", func() bool { return installedIs(dev, "1.0.0", StateCommitted) })
+	eventually(t, device+"'s status (user name = CN) shows 1.0.0", func() bool { return view.Converged("hello", "1.0.0", 1, StateCommitted) })
+	// An assignment on its own desired topic reaches it too.
+	v2 := k.bundle(spec{Version: "2.0.0", Sequence: 2})
+	publish(t, op, k, v2, device)
+	eventually(t, device+" commits 2.0.0 assigned on its desired topic", func() bool { return installedIs(dev, "2.0.0", StateCommitted) })
 }
 
 // TestMQTTTLSCertificateProvisionedLater: a device whose certificate is

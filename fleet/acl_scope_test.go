@@ -147,7 +147,8 @@ func TestUsersFileScopeValidated(t *testing.T) {
 }
 
 // operatorRoles: a viewer reads statuses but publishes nothing; a
-// publisher publishes releases but cannot write a device's status.
+// publisher publishes releases and deltas but cannot write a device's
+// status.
 func operatorRoles(t *testing.T, url string, devA paho.Client, other testRelease) {
 	ctx := context.Background()
 	p := protocol.TopicPrefix
@@ -169,6 +170,15 @@ func operatorRoles(t *testing.T, url string, devA paho.Client, other testRelease
 	pubc := connect(t, url, "publisher", "publisher-secret", "")
 	if _, err := PublishBundle(ctx, pubc, other.path, PublishOptions{Keyring: other.kr, Channel: "beta"}); err != nil {
 		t.Fatalf("the publisher cannot publish: %v", err)
+	}
+	// Deltas (SPEC.md §8.9) are the publisher's to write too
+	// (`edgefleet publish --delta-from`).
+	delta, _ := protocol.DeltaTopic("other", strings.Repeat("a", 64), strings.Repeat("b", 64))
+	if err := wait(ctx, pubc.Publish(delta, 1, true, []byte(`{"delta":1}`)), time.Minute); err != nil {
+		t.Fatalf("the publisher cannot publish a delta: %v", err)
+	}
+	if snap, err := Snapshot(ctx, op, []string{delta}); err != nil || string(snap[delta]) != `{"delta":1}` {
+		t.Errorf("the publisher's delta was not stored (%v): %q", err, snap[delta])
 	}
 	wait(ctx, pubc.Publish(statusA, 0, true, []byte(`{"schema":1}`)), time.Minute)
 	wait(ctx, pubc.Publish(p+"sync/x", 1, false, []byte("x")), time.Minute)

@@ -89,6 +89,13 @@ type mosquittoFleet struct {
 // listener.
 func startMosquittoFleet(t testing.TB, users map[string]string, certAuth bool) mosquittoFleet {
 	t.Helper()
+	return startMosquittoACL(t, users, certAuth, "../docs/mosquitto/edgefleet.acl")
+}
+
+// startMosquittoACL is startMosquittoFleet with another ACL file of
+// docs/mosquitto (aclFile, relative to this package).
+func startMosquittoACL(t testing.TB, users map[string]string, certAuth bool, aclFile string) mosquittoFleet {
+	t.Helper()
 	bin := testkit.MosquittoPath(t, "the Mosquitto half of the broker tests")
 	passwdBin, err := exec.LookPath("mosquitto_passwd")
 	if err != nil {
@@ -111,7 +118,7 @@ func startMosquittoFleet(t testing.TB, users map[string]string, certAuth bool) m
 	if err != nil {
 		t.Fatal(err)
 	}
-	acl, err := filepath.Abs("../docs/mosquitto/edgefleet.acl")
+	acl, err := filepath.Abs(aclFile)
 	if err != nil {
 		t.Fatal(err)
 	}

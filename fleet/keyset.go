@@ -8,7 +8,9 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"slices"
 	"sort"
+	"strings"
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
@@ -50,6 +52,58 @@ func ReadKeySetVersion(snap map[string][]byte) uint64 {
 		return 0
 	}
 	return docs[len(docs)-1].Version
+}
+
+// ReadKeySet returns the newest key set retained on the broker (nil when
+// there is none or it cannot be parsed). It is not verified: use it to
+// warn an operator, never to decide trust.
+func ReadKeySet(snap map[string][]byte) *protocol.KeySet {
+	b := snap[protocol.KeySetTopic]
+	if len(b) == 0 {
+		return nil
+	}
+	_, docs, err := protocol.ParseKeySetChain(b)
+	if err != nil {
+		return nil
+	}
+	return docs[len(docs)-1]
+}
+
+// CheckTargetingFor says, before anything is published, whether devices
+// holding key set ks would accept releases on channel targeted with t
+// (nil: untargeted): with targeting keys in ks, t must be signed by one
+// of them whose channels include channel. Nil when they would.
+func CheckTargetingFor(ks *protocol.KeySet, t *TargetingOptions, channel string) error {
+	if ks == nil || len(ks.Targeting) == 0 {
+		return nil
+	}
+	var ids []string
+	for _, k := range ks.Targeting {
+		pk, err := protocol.ParsePublicKeyLine(k.Key)
+		if err != nil {
+			continue
+		}
+		ids = append(ids, protocol.KeyID(pk.ID()))
+		if t == nil {
+			continue
+		}
+		pub, ok := t.Key.Public().(protocol.PublicKey)
+		if !ok || pub.ID() != pk.ID() {
+			continue
+		}
+		if len(k.Channels) > 0 && !slices.Contains(k.Channels, channel) {
+			return fmt.Errorf("targeting key %s may target channels %s only, not %s (key set version %d on the broker): devices would refuse the release; use a targeting key for %s",
+				protocol.KeyID(pk.ID()), strings.Join(k.Channels, ", "), channel, ks.Version, channel)
+		}
+		return nil
+	}
+	if t == nil {
+		return fmt.Errorf("key set version %d on the broker names targeting keys (%s): devices refuse a release without a targeting, and a rollout's candidates and their promotion to channel %s too; give --targeting-key with one of those keys (protocol/SPEC.md §8.13)",
+			ks.Version, strings.Join(ids, ", "), channel)
+	}
+	pub, _ := t.Key.Public().(protocol.PublicKey)
+	return fmt.Errorf("the --targeting-key (key %s) is not a targeting key of key set version %d on the broker (%s): devices would refuse the release; use one of those, or publish a key set that names it",
+		protocol.KeyID(pub.ID()), ks.Version, strings.Join(ids, ", "))
 }
 
 // KeySetBehind lists the devices that report a key set older than version

@@ -11,6 +11,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -154,7 +155,10 @@ func CheckTargeting(ks *KeySet, st *SignedTargeting, rawManifest []byte, to Targ
 		}
 	}
 	if key == nil {
-		return nil, fmt.Errorf("the targeting is signed by key %s, which key set version %d does not name as a targeting key: %w", KeyID(sig.KeyID), ks.Version, ErrNotTargeted)
+		if slices.Contains(ks.Revoked, KeyID16(sig.KeyID)) {
+			return nil, fmt.Errorf("the targeting is signed by key %s, which key set version %d revokes: the targeting key may be stolen; do not install this release, and ask the operator to target it with a current targeting key: %w", KeyID(sig.KeyID), ks.Version, ErrNotTargeted)
+		}
+		return nil, fmt.Errorf("the targeting is signed by key %s, which key set version %d does not name as a targeting key (removed, or never delegated): target the release with a current targeting key: %w", KeyID(sig.KeyID), ks.Version, ErrNotTargeted)
 	}
 	sum := sha256.Sum256(rawManifest)
 	if t.ManifestSHA256 != hex.EncodeToString(sum[:]) {

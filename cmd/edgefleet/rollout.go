@@ -124,7 +124,7 @@ func runRolloutStart(ctx context.Context, env *cliEnv, args []string) int {
 	var mirrorURLs stringsFlag
 	fs.Var(&mirrorURLs, "mirror-url", "base `URL` of a mirror serving the --mirror directory, listed in the candidates (kept when the driver promotes them); repeat for several, at most 8")
 	targetingKey := fs.String("targeting-key", "", "targeting secret `KEY`: sign that the candidates go to --channel (protocol/SPEC.md §8.13; needed when the devices' key set names targeting keys)")
-	targetingLife := fs.Duration("targeting-lifetime", fleet.DefaultTargetingLifetime, "how long the targeting holds")
+	targetingLife := fs.Duration("targeting-lifetime", fleet.DefaultTargetingLifetime, "how long the targeting holds from the start; the driver promotes the candidates with it, so publish the channel's release again with a fresh targeting before it expires")
 	fs.Usage = func() { rolloutUsage(env.stderr); fs.PrintDefaults() }
 	bundles, err := parseArgs(fs, args)
 	if err != nil {
@@ -211,9 +211,22 @@ func runRolloutStart(ctx context.Context, env *cliEnv, args []string) int {
 	defer func() { c.Disconnect(250) }() // c changes when a broker fails
 	ctrl, _ := protocol.RolloutTopic(r.Channel, r.App)
 	snap, err := fleet.Snapshot(ctx, c, []string{protocol.StatusFilter, protocol.AllRolloutsFilter, protocol.DriverTopic,
-		protocol.AllReleasesFilter, protocol.AllDesiredFilter})
+		protocol.AllReleasesFilter, protocol.AllDesiredFilter, protocol.KeySetTopic})
 	if err != nil {
 		return fail("%v", err)
+	}
+	// The driver promotes the candidates as they are, targeting included
+	// (it names --channel): it holds no targeting key, so a candidate
+	// without one would be refused at every wave and at promotion.
+	if err := fleet.CheckTargetingFor(fleet.ReadKeySet(snap), targeting, r.Channel); err != nil {
+		return fail("%v", err)
+	}
+	if targeting != nil {
+		targeting.Rollout = r.ID
+		if least := time.Duration(len(r.Waves)) * *bake; *targetingLife <= least {
+			return fail("--targeting-lifetime %s is not longer than the rollout can take (%d waves × --bake %s): the candidates' targeting, which the promoted release keeps, would expire before the promotion; give a longer lifetime",
+				*targetingLife, len(r.Waves), *bake)
+		}
 	}
 	if b := snap[ctrl]; len(b) > 0 {
 		if old, err := protocol.ParseRollout(b); err == nil && (old.State == protocol.RolloutRunning || old.State == protocol.RolloutPaused) {

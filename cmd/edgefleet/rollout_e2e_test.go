@@ -34,6 +34,9 @@ type rfleet struct {
 	dir     string
 	pubPath string
 	priv    protocol.PrivateKey
+	// rootPub, when set, configures the agents with root_keys (a key set
+	// from the broker) instead of trusted_keys: pubPath.
+	rootPub string
 	bin     string
 	op      paho.Client
 	view    *fleet.FleetView
@@ -113,9 +116,13 @@ func (f *rfleet) start(id string, labels map[string]string) {
 	for k, v := range labels {
 		fmt.Fprintf(&lb, "  %s: %s\n", k, v)
 	}
+	trust := fmt.Sprintf("trusted_keys: [%q]", f.pubPath)
+	if f.rootPub != "" {
+		trust = fmt.Sprintf("root_keys: [%q]", f.rootPub)
+	}
 	cfg := fmt.Sprintf(`device_id: %s
 data_dir: %s
-trusted_keys: [%q]
+%s
 labels:
 %sapps:
   - name: hello
@@ -127,7 +134,7 @@ labels:
 broker:
   url: %s
   channel: stable
-`, id, filepath.Join(dev, "data"), f.pubPath, lb.String(), app, app, f.url)
+`, id, filepath.Join(dev, "data"), trust, lb.String(), app, app, f.url)
 	cfgPath := filepath.Join(dev, "agent.yaml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
