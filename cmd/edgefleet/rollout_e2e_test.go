@@ -336,7 +336,7 @@ func rolloutStory(t *testing.T, f *rfleet) {
 	f.kill(silent)     // never answers: known to the driver, gone before the start
 	v6 := f.bundle("6.0.0", 6, false)
 	f.cli(0, "rollout", "start", "--broker", url, "--pub", f.pubPath, "--channel", "stable", "--select", "site=berlin",
-		"--waves", "100%", "--max-failures", "30%", "--min-executed", "1", "--bake", "1s", "--device-timeout", "5s", v6)
+		"--waves", "100%", "--max-failures", "30%", "--min-executed", "1", "--bake", "1s", "--device-timeout", "15s", v6)
 	// Goes offline mid-wave: killed once it works on 6.0.0 (downloading,
 	// installing or on its 1 s trial), before it can commit.
 	midWave := "dev-02"
