@@ -72,7 +72,9 @@ func ReadKeySet(snap map[string][]byte) *protocol.KeySet {
 // CheckTargetingFor says, before anything is published, whether devices
 // holding key set ks would accept releases on channel targeted with t
 // (nil: untargeted): with targeting keys in ks, t must be signed by one
-// of them whose channels include channel. Nil when they would.
+// of them whose channels include channel. channel "" is a release for
+// devices (an assignment), which a key's channels do not limit. Nil when
+// they would.
 func CheckTargetingFor(ks *protocol.KeySet, t *TargetingOptions, channel string) error {
 	if ks == nil || len(ks.Targeting) == 0 {
 		return nil
@@ -91,15 +93,15 @@ func CheckTargetingFor(ks *protocol.KeySet, t *TargetingOptions, channel string)
 		if !ok || pub.ID() != pk.ID() {
 			continue
 		}
-		if len(k.Channels) > 0 && !slices.Contains(k.Channels, channel) {
+		if channel != "" && len(k.Channels) > 0 && !slices.Contains(k.Channels, channel) {
 			return fmt.Errorf("targeting key %s may target channels %s only, not %s (key set version %d on the broker): devices would refuse the release; use a targeting key for %s",
 				protocol.KeyID(pk.ID()), strings.Join(k.Channels, ", "), channel, ks.Version, channel)
 		}
 		return nil
 	}
 	if t == nil {
-		return fmt.Errorf("key set version %d on the broker names targeting keys (%s): devices refuse a release without a targeting, and a rollout's candidates and their promotion to channel %s too; give --targeting-key with one of those keys (protocol/SPEC.md §8.13)",
-			ks.Version, strings.Join(ids, ", "), channel)
+		return fmt.Errorf("key set version %d on the broker names targeting keys (%s): devices refuse a release without a targeting (a channel's release, an assignment, a rollout's candidates and their promotion alike); give --targeting-key with one of those keys (protocol/SPEC.md §8.13)",
+			ks.Version, strings.Join(ids, ", "))
 	}
 	pub, _ := t.Key.Public().(protocol.PublicKey)
 	return fmt.Errorf("the --targeting-key (key %s) is not a targeting key of key set version %d on the broker (%s): devices would refuse the release; use one of those, or publish a key set that names it",

@@ -133,6 +133,20 @@ func runPublish(ctx context.Context, env *cliEnv, name string, args []string) in
 	if n := cat.Malformed(); n > 0 {
 		fmt.Fprintf(env.stderr, "edgefleet %s: warning: %d retained release or rollout messages on the broker are malformed and were not checked against (edgefleet releases lists them)\n", name, n)
 	}
+	// Devices whose key set names targeting keys refuse an untargeted
+	// release, or one targeted with another key: say so before anything
+	// is on the broker.
+	ksnap, err := fleet.Snapshot(ctx, c, []string{protocol.KeySetTopic})
+	if err != nil {
+		return fail("%v", err)
+	}
+	targetChannel := channel
+	if name != "publish" {
+		targetChannel = "" // an assignment is targeted at devices
+	}
+	if err := fleet.CheckTargetingFor(fleet.ReadKeySet(ksnap), targeting, targetChannel); err != nil {
+		return fail("not publishing anything: %v", err)
+	}
 	for i, m := range ms {
 		if m.IsDelta() {
 			continue // a delta carries its release's sequence; the release is checked

@@ -25,7 +25,8 @@ import (
 //     with a targeting key, gets only that promotion and refuses it,
 //     saying it carries no targeting;
 //   - `rollout start` without --targeting-key (or with a key the key set
-//     does not name) is then refused before anything is published;
+//     does not name) is then refused before anything is published, and
+//     so are `publish` and `assign`;
 //   - with --targeting-key the rollout goes through its waves and is
 //     promoted, and a device that only ever sees the promoted release
 //     installs it.
@@ -97,6 +98,14 @@ func TestRolloutTargetingEmbedded(t *testing.T) {
 	}
 	if out := f.cli(1, append(rolloutArgs, "--targeting-key", in("stranger/release.key"), v3)...); !strings.Contains(out, "is not a targeting key of key set version 2") {
 		t.Errorf("rollout start with a targeting key the key set does not name:\n%s", out)
+	}
+	// So do publish and assign: an untargeted release, or one for a
+	// device targeted with a key the key set does not name.
+	if out := f.cli(1, "publish", "--broker", f.url, "--pub", f.pubPath, "--quiet", v3); !strings.Contains(out, "not publishing anything: key set version 2 on the broker names targeting keys") {
+		t.Errorf("publish without --targeting-key on a key set with targeting keys:\n%s", out)
+	}
+	if out := f.cli(1, "assign", "--broker", f.url, "--pub", f.pubPath, "--quiet", "--device", "dev-10", "--targeting-key", in("stranger/release.key"), v3); !strings.Contains(out, "is not a targeting key of key set version 2") {
+		t.Errorf("assign with a targeting key the key set does not name:\n%s", out)
 	}
 	if after := f.retained(); fmt.Sprint(after) != fmt.Sprint(before) {
 		t.Errorf("a refused rollout start changed the broker's retained set:\nbefore %v\nafter  %v", before, after)
