@@ -365,6 +365,7 @@ type armCut struct {
 	cutAfter, checkBoot  time.Duration
 	catchUp              time.Duration // check boot: PC:READY to PC:SETTLED
 	final, finalSelfStat string
+	recovery             []string // the agent's history after the cut: recovered, rolled back, failed
 	log                  string
 }
 
@@ -474,6 +475,27 @@ func (g *armGuest) runCut(ctx context.Context, disk, point string, delay time.Du
 		whys = append(whys, fmt.Sprintf("it did not catch up with the fleet: hello %s %s in the database, %q at the app path (want 1.1.0 committed)", st.State, st.Version, o.final))
 		o.verdict = degraded
 	}
+	var full struct {
+		Apps []struct {
+			App, State string
+			History    []agent.Event
+		}
+	}
+	json.Unmarshal([]byte(b2.block("STATUS")), &full)
+	for _, a := range full.Apps {
+		if a.App != agent.SelfApp {
+			continue
+		}
+		if o.finalSelfStat != "2.0.0" && a.State != agent.StateRolledBack {
+			whys = append(whys, fmt.Sprintf("the agent is %s %s: neither the fleet's 2.0.0 nor rolled back", a.State, o.finalSelfStat))
+			o.verdict = degraded
+		}
+		for _, ev := range a.History {
+			if ev.Kind == "recovered" || ev.Kind == agent.StateRolledBack || ev.Kind == "failed" {
+				o.recovery = append(o.recovery, ev.Kind+" "+ev.Version+": "+ev.Detail)
+			}
+		}
+	}
 	o.why = strings.Join(whys, "; ")
 	return o
 }
@@ -553,9 +575,9 @@ func TestARMDeviceBootsUpdatesAndSurvivesCut(t *testing.T) {
 	}
 	wg.Wait()
 	var rows strings.Builder
-	rows.WriteString("| cut point | verdict | cut boot | cut after GO | check boot | catch-up | agent after | hello after |\n|---|---|---|---|---|---|---|---|\n")
+	rows.WriteString("| cut point | verdict | cut boot | cut after GO | check boot | catch-up | agent after | hello after | the agent's recovery |\n|---|---|---|---|---|---|---|---|---|\n")
 	for _, o := range outs {
-		fmt.Fprintf(&rows, "| %s | %s | %.1fs | %.1fs | %.1fs | %.1fs | %s | %s |\n", o.point, o.verdict, o.boot.Seconds(), o.cutAfter.Seconds(), o.checkBoot.Seconds(), o.catchUp.Seconds(), o.finalSelfStat, o.final)
+		fmt.Fprintf(&rows, "| %s | %s | %.1fs | %.1fs | %.1fs | %.1fs | %s | %s | %s |\n", o.point, o.verdict, o.boot.Seconds(), o.cutAfter.Seconds(), o.checkBoot.Seconds(), o.catchUp.Seconds(), o.finalSelfStat, o.final, orDash(strings.Join(o.recovery, "; ")))
 	}
 	writeReport(t, "powercut-arm.md", rows.String()+fmt.Sprintf("\nARM device (%s, %s): built in %s, whole test %s.\n", armCPU, filepath.Base(h.kernel), built.Round(time.Second), time.Since(start).Round(time.Second)))
 	verdicts := 0
@@ -582,6 +604,13 @@ func TestARMDeviceBootsUpdatesAndSurvivesCut(t *testing.T) {
 			t.Logf("%s", o.log)
 		}
 	}
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "–"
+	}
+	return s
 }
 
 // minus is a without the elements of b.

@@ -115,8 +115,9 @@ if [ "$PHASE" = check ]; then
   ready || stop
   say READY "$(up)"
   # Settled: the fleet's hello 1.1.0 committed (published while the
-  # device was off), the agent itself committed or rolled back, and the
-  # agent's path the same before and after the status was taken.
+  # device was off), the agent itself at the fleet's 2.0.0 committed or
+  # rolled back (the update undone and remembered), and the agent's path
+  # the same before and after the status was taken.
   i=0; rc=1
   while [ $i -lt 900 ]; do
     if wait_app hello 1.1.0 1; then
@@ -124,7 +125,7 @@ if [ "$PHASE" = check ]; then
       st=$(/pc/agent status $C --json 2>/dev/null)
       v2=$($SELF --version 2>&1 | head -1)
       ag=$(/pc/agent status $C 2>/dev/null | grep '^edgefleet-agent ')
-      case "$ag" in *committed*|*rolled-back*) [ "$v1" = "$v2" ] && { rc=0; break; } ;; esac
+      case "$ag" in *2.0.0*committed*|*rolled-back*) [ "$v1" = "$v2" ] && { rc=0; break; } ;; esac
     fi
     i=$((i+1)); sleep 0.2
   done
