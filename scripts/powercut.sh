@@ -19,7 +19,11 @@
 #      EDGEFLEET_POWERCUT_VERBOSE=1 one line per cut (=logs: every console).
 #      EDGEFLEET_POWERCUT_ONLY=delta,self only these workloads (sideload, daemon,
 #      rollback, mqtt, delta, self), EDGEFLEET_POWERCUT_POINTS=delta-mid,random
-#      only these cut points.
+#      only these cut points. The ARM device (TestARMDevice*) runs unless
+#      EDGEFLEET_POWERCUT_ONLY leaves out "arm"; EDGEFLEET_POWERCUT_ARM_RANDOM
+#      its random cuts in --long (default 6), EDGEFLEET_POWERCUT_ARM_CPU its
+#      qemu -cpu (default cortex-a7), EDGEFLEET_POWERCUT_ARM its unpacked
+#      armhf kernel and busybox (default .tools/powercut/arm).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
