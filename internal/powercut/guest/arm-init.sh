@@ -120,12 +120,15 @@ if [ "$PHASE" = check ]; then
   # the same before and after the status was taken.
   i=0; rc=1
   while [ $i -lt 900 ]; do
+    # The agent's line before and after the JSON status and the path's
+    # version: all unchanged, or look again (a trial commits meanwhile).
     if wait_app hello 1.1.0 1; then
+      ag=$(/pc/agent status $C 2>/dev/null | grep '^edgefleet-agent ')
       v1=$($SELF --version 2>&1 | head -1)
       st=$(/pc/agent status $C --json 2>/dev/null)
       v2=$($SELF --version 2>&1 | head -1)
-      ag=$(/pc/agent status $C 2>/dev/null | grep '^edgefleet-agent ')
-      case "$ag" in *2.0.0*committed*|*rolled-back*) [ "$v1" = "$v2" ] && { rc=0; break; } ;; esac
+      ag2=$(/pc/agent status $C 2>/dev/null | grep '^edgefleet-agent ')
+      case "$ag" in *2.0.0*committed*|*rolled-back*) [ "$v1" = "$v2" ] && [ "$ag" = "$ag2" ] && { rc=0; break; } ;; esac
     fi
     i=$((i+1)); sleep 0.2
   done
