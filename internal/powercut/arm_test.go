@@ -563,6 +563,9 @@ func TestARMDeviceBootsUpdatesAndSurvivesCut(t *testing.T) {
 	if o := os.Getenv("EDGEFLEET_POWERCUT_POINTS"); o != "" {
 		points = slices.DeleteFunc(points, func(p string) bool { return !slices.Contains(strings.Split(o, ","), p) })
 	}
+	if len(points) == 0 {
+		t.Skipf("SKIP: EDGEFLEET_POWERCUT_POINTS=%s leaves the ARM device no cut point", os.Getenv("EDGEFLEET_POWERCUT_POINTS"))
+	}
 	outs := make([]armCut, len(points))
 	sem := make(chan struct{}, jobs())
 	var wg sync.WaitGroup
