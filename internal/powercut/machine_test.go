@@ -337,15 +337,15 @@ func (b *bootResult) text() string {
 func (g *guest) boot(ctx context.Context, disk, cmdline string, timeout time.Duration, onLine func(l line, cut func()) bool) *bootResult {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	args := []string{"-M", "pc", "-m", "256", "-smp", "1", "-accel", "tcg", "-nographic", "-no-reboot", "-nodefaults",
+	cmd := exec.CommandContext(ctx, g.h.qemu,
+		"-M", "pc", "-m", "256", "-smp", "1", "-accel", "tcg", "-nographic", "-no-reboot", "-nodefaults",
 		"-serial", "stdio", "-kernel", g.h.kernel, "-initrd", g.initrd,
-		"-append", "console=ttyS0 quiet panic=-1 " + cmdline,
-		"-drive", "id=d0,file=" + disk + ",format=raw,if=none,cache=writeback", "-device", "virtio-blk-pci,drive=d0",
-		"-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0,romfile="}
+		"-append", "console=ttyS0 quiet panic=-1 "+cmdline,
+		"-drive", "id=d0,file="+disk+",format=raw,if=none,cache=writeback", "-device", "virtio-blk-pci,drive=d0",
+		"-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0,romfile=")
 	if g.qemuArgs != nil {
-		args = g.qemuArgs(disk, cmdline)
+		cmd = exec.CommandContext(ctx, g.h.qemu, g.qemuArgs(disk, cmdline)...)
 	}
-	cmd := exec.CommandContext(ctx, g.h.qemu, args...)
 	cmd.Stdin = nil
 	out, err := cmd.StdoutPipe()
 	if err != nil {
