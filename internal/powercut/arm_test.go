@@ -143,6 +143,7 @@ type armGuest struct {
 	*guest
 	agentBin string // the armv7 agent 1.0.0 (also the guest's /pc/agent)
 	golden   string // the factory disk: edgefleet-agent 1.0.0 committed, no hello
+	cpu      string // qemu's -cpu
 	n        int    // devices booted so far (IDs and channels)
 	mu       sync.Mutex
 }
@@ -157,6 +158,7 @@ func buildARMGuest(t *testing.T, h host) *armGuest {
 	if c := os.Getenv("EDGEFLEET_POWERCUT_ARM_CPU"); c != "" {
 		cpu = c
 	}
+	g.cpu = cpu
 	g.qemuArgs = func(disk, cmdline string) []string {
 		// highmem=off: the armmp kernel is not LPAE; keep the board's
 		// devices below 4 GiB.
@@ -525,12 +527,12 @@ func TestARMDeviceBootsUpdatesAndSurvivesCut(t *testing.T) {
 	c := checkFacts(t, b, st)
 	if q, err := exec.LookPath("qemu-arm"); err == nil {
 		// What qemu-user tells the same binary, for comparison.
-		out, err := exec.Command(q, "-cpu", armCPU, g.agentBin, "facts", "--json").Output()
+		out, err := exec.Command(q, "-cpu", g.cpu, g.agentBin, "facts", "--json").Output()
 		var f struct {
 			CPU hardware.CPUFacts `json:"cpu"`
 		}
 		if err == nil && json.Unmarshal(out, &f) == nil {
-			t.Logf("qemu-user (%s -cpu %s) gives the same binary: %s, AT_HWCAP %#x (%s), AT_PLATFORM %q", q, armCPU, f.CPU, f.CPU.HWCAP, strings.Join(f.CPU.Features, " "), f.CPU.Platform)
+			t.Logf("qemu-user (%s -cpu %s) gives the same binary: %s, AT_HWCAP %#x (%s), AT_PLATFORM %q", q, g.cpu, f.CPU, f.CPU.HWCAP, strings.Join(f.CPU.Features, " "), f.CPU.Platform)
 			if f.CPU.HWCAP != c.HWCAP {
 				t.Logf("the device's AT_HWCAP came from its kernel, not qemu-user: only the kernel has %v, only qemu-user %v", minus(c.Features, f.CPU.Features), minus(f.CPU.Features, c.Features))
 			}
@@ -588,7 +590,7 @@ func TestARMDeviceBootsUpdatesAndSurvivesCut(t *testing.T) {
 	for _, o := range outs {
 		fmt.Fprintf(&rows, "| %s | %s | %.1fs | %.1fs | %.1fs | %.1fs | %s | %s | %s |\n", o.point, o.verdict, o.boot.Seconds(), o.cutAfter.Seconds(), o.checkBoot.Seconds(), o.catchUp.Seconds(), o.finalSelfStat, o.final, orDash(strings.Join(o.recovery, "; ")))
 	}
-	writeReport(t, "powercut-arm.md", rows.String()+fmt.Sprintf("\nARM device (%s, %s): built in %s, whole test %s.\n", armCPU, filepath.Base(h.kernel), built.Round(time.Second), time.Since(start).Round(time.Second)))
+	writeReport(t, "powercut-arm.md", rows.String()+fmt.Sprintf("\nARM device (%s, %s): built in %s, whole test %s.\n", g.cpu, filepath.Base(h.kernel), built.Round(time.Second), time.Since(start).Round(time.Second)))
 	verdicts := 0
 	for _, o := range outs {
 		if o.verdict != hostError {
