@@ -14,6 +14,20 @@
 // commits; each cut is reported survived, degraded or bricked, per
 // workload, mount option set and cut point.
 //
+// The ARM device (TestARMDeviceBootsUpdatesAndSurvivesCut, arm_test.go,
+// guest/arm-init.sh) is a Raspberry-Pi-class board: qemu-system-arm -M
+// virt -cpu cortex-a7, Debian's armhf armmp kernel, busybox armhf, the
+// project's armv7 agent on its disk started at boot by the guest's init
+// and restarted when it exits. It installs hello from the host's broker
+// (published for linux-armv6 and linux-armv7: it must pick armv7), reports
+// the CPU facts it read from that kernel's auxiliary vector (checked to be
+// a Cortex-A7's, which differ from qemu-user's), loses power during its
+// own update to 2.0.0 published over MQTT, and on the next boot runs an
+// allowed agent its database agrees with and installs the hello 1.1.0
+// published while it was off. The smoke cuts once (swap-after-rename);
+// the long run also cuts at the other self-update points and at random
+// moments.
+//
 // It proves it can fail: TestPowerCutCatchesMissingFsync runs the same
 // cuts against an agent built with the staged file's fsync removed (build
 // tag edgefleet_powercut_nosync) and fails if no device comes out bricked
@@ -21,6 +35,8 @@
 //
 // The tests run only with EDGEFLEET_POWERCUT set (smoke: a few dozen cuts,
 // scripts/test.sh; long: EDGEFLEET_POWERCUT_CUTS cuts, scripts/powercut.sh)
-// and skip loudly without qemu-system-x86_64, busybox or the kernel
-// (scripts/powercut.sh --install fetches them). Nothing here is shipped.
+// and skip loudly without qemu-system-x86_64, busybox or the kernel (the
+// ARM device: qemu-system-arm, Debian's armmp kernel and busybox armhf in
+// .tools/powercut/arm or EDGEFLEET_POWERCUT_ARM) (scripts/powercut.sh
+// --install fetches them). Nothing here is shipped.
 package powercut

@@ -90,6 +90,9 @@ type guest struct {
 	goldenSelf string
 	bundles    map[string]string // version → bundle file
 	fleet      *hostFleet        // the broker the mqtt workload downloads from
+	// qemuArgs, when set, replaces the x86 PC's qemu arguments (the ARM
+	// device's virt board, arm_test.go).
+	qemuArgs func(disk, cmdline string) []string
 }
 
 var versions = []string{"1.0.0", "1.1.0", "1.2.0"}
@@ -340,6 +343,9 @@ func (g *guest) boot(ctx context.Context, disk, cmdline string, timeout time.Dur
 		"-append", "console=ttyS0 quiet panic=-1 "+cmdline,
 		"-drive", "id=d0,file="+disk+",format=raw,if=none,cache=writeback", "-device", "virtio-blk-pci,drive=d0",
 		"-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0,romfile=")
+	if g.qemuArgs != nil {
+		cmd = exec.CommandContext(ctx, g.h.qemu, g.qemuArgs(disk, cmdline)...)
+	}
 	cmd.Stdin = nil
 	out, err := cmd.StdoutPipe()
 	if err != nil {
