@@ -50,6 +50,10 @@ type trustState struct {
 	// notify, when set, is called after a key set is accepted (the MQTT
 	// transport reads the releases again).
 	notify func()
+	// bundleErr is why the key set in the last bundle that carried a
+	// refused one was ignored ("" none, or a key set was accepted since);
+	// in memory only (bundle_keyset.go).
+	bundleErr string
 }
 
 func (t *trustState) setNotify(f func()) {
@@ -145,6 +149,9 @@ type TrustInfo struct {
 	TimeFloor time.Time `json:"time_floor,omitzero"`
 	// ClockBehind is true when the device clock is below the time floor.
 	ClockBehind bool `json:"clock_behind,omitempty"`
+	// Error is why the key set carried by the last bundle that had a bad
+	// one was ignored ("" none since the last key set accepted).
+	Error string `json:"keyset_error,omitempty"`
 }
 
 // Trust reports the key set held and the time floor.
@@ -155,7 +162,7 @@ func (a *Agent) Trust() TrustInfo {
 	now := a.opts.Now()
 	a.trust.mu.Lock()
 	defer a.trust.mu.Unlock()
-	ti := TrustInfo{KeySet: a.trust.st.Version(), TimeFloor: a.trust.floor, ClockBehind: now.Before(a.trust.floor)}
+	ti := TrustInfo{KeySet: a.trust.st.Version(), TimeFloor: a.trust.floor, ClockBehind: now.Before(a.trust.floor), Error: a.trust.bundleErr}
 	if a.trust.st.Held != nil {
 		ti.Expires = a.trust.st.Held.Expires
 	}
@@ -169,15 +176,14 @@ func (a *Agent) Trust() TrustInfo {
 // newest key set is not newer gives protocol.ErrRollback (callers that
 // see the same retained message again ignore it).
 func (a *Agent) AcceptKeySet(msg []byte) (uint64, error) {
-	if a.trust == nil || len(a.trust.st.Roots) == 0 {
-		return 0, fmt.Errorf("this device has no root_keys in its config, so it cannot verify a key set; add the root public key files under root_keys: %w", ErrConfig)
-	}
-	c, docs, err := protocol.ParseKeySetChain(msg)
+	t, c, docs, err := a.parseKeySet(msg)
 	if err != nil {
-		return a.trust.version(), fmt.Errorf("key set: %w", err)
+		if t != nil {
+			return t.version(), err
+		}
+		return 0, err
 	}
 	now := a.trustedNow()
-	t := a.trust
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	st, err := t.st.Advance(c, docs, now)
@@ -197,6 +203,7 @@ func (a *Agent) AcceptKeySet(msg []byte) (uint64, error) {
 	}
 	from := t.st.Version()
 	t.st, t.floor = st, floor
+	t.bundleErr = ""
 	// trustedNow takes t.mu: the keyring calls it while verifying, never
 	// while we hold it here.
 	a.keys.Replace(protocol.PolicyKeyring(st.Held, t.extra, a.trustedNow))
@@ -206,6 +213,38 @@ func (a *Agent) AcceptKeySet(msg []byte) (uint64, error) {
 		t.notify()
 	}
 	return st.Version(), nil
+}
+
+// parseKeySet checks that the device can judge key sets and parses msg.
+// On an error it returns the trust state (nil without one) and the error.
+func (a *Agent) parseKeySet(msg []byte) (*trustState, *protocol.KeySetChain, []*protocol.KeySet, error) {
+	if a.trust == nil || len(a.trust.st.Roots) == 0 {
+		return nil, nil, nil, fmt.Errorf("this device has no root_keys in its config, so it cannot verify a key set; add the root public key files under root_keys: %w", ErrConfig)
+	}
+	c, docs, err := protocol.ParseKeySetChain(msg)
+	if err != nil {
+		return a.trust, nil, nil, fmt.Errorf("key set: %w", err)
+	}
+	return a.trust, c, docs, nil
+}
+
+// keyringIfAccepted is what AcceptKeySet would make a.keys, without
+// storing anything: the keyring that trusts msg's key set when it is
+// newer and valid (for a dry run). The error says why it would not be.
+func (a *Agent) keyringIfAccepted(msg []byte) (*protocol.Keyring, uint64, error) {
+	t, c, docs, err := a.parseKeySet(msg)
+	if err != nil {
+		return nil, 0, err
+	}
+	now := a.trustedNow()
+	t.mu.Lock()
+	st, err := t.st.Advance(c, docs, now)
+	extra := t.extra
+	t.mu.Unlock()
+	if err != nil {
+		return nil, st.Version(), err
+	}
+	return protocol.PolicyKeyring(st.Held, extra, a.trustedNow), st.Version(), nil
 }
 
 func (t *trustState) version() uint64 {
