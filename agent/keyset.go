@@ -70,22 +70,33 @@ func (c *Config) TrustPath() string { return filepath.Join(c.DataDir, "trust.jso
 // trusted_keys (extra) plus, once a key set is held, its release keys
 // under its policy.
 func (a *Agent) openTrust(extra *protocol.Keyring) error {
+	t, err := loadTrust(a.cfg, extra)
+	if err != nil {
+		return err
+	}
+	a.trust = t
+	a.keys = protocol.PolicyKeyring(t.st.Held, t.extra, a.trustedNow)
+	return nil
+}
+
+// loadTrust reads the root keys from the config and trust.json.
+func loadTrust(cfg *Config, extra *protocol.Keyring) (*trustState, error) {
 	t := &trustState{}
 	if extra != nil {
 		t.extra = extra.Keys()
 	}
-	if len(a.cfg.RootKeys) > 0 {
-		kr, err := protocol.LoadKeyring(a.cfg.RootKeys...)
+	if len(cfg.RootKeys) > 0 {
+		kr, err := protocol.LoadKeyring(cfg.RootKeys...)
 		if err != nil {
-			return fmt.Errorf("load root keys: %w", err)
+			return nil, fmt.Errorf("load root keys: %w", err)
 		}
-		t.st.Roots, t.st.Threshold = kr.Keys(), a.cfg.RootThreshold
+		t.st.Roots, t.st.Threshold = kr.Keys(), cfg.RootThreshold
 	}
-	b, err := os.ReadFile(a.cfg.TrustPath())
+	b, err := os.ReadFile(cfg.TrustPath())
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
 	case err != nil:
-		return fmt.Errorf("read %s: %w", a.cfg.TrustPath(), err)
+		return nil, fmt.Errorf("read %s: %w", cfg.TrustPath(), err)
 	default:
 		var d trustDoc
 		if len(b) > maxTrustFile {
@@ -98,21 +109,59 @@ func (a *Agent) openTrust(extra *protocol.Keyring) error {
 			ks, err = protocol.ParseKeySet(d.KeySet)
 		}
 		if err != nil {
-			return fmt.Errorf("the root-of-trust file %s cannot be read (%v); restore it from a backup, or move it aside to trust only the configured root_keys again (the device then accepts the operator's current key set afresh): %w",
-				a.cfg.TrustPath(), err, ErrConfig)
+			return nil, fmt.Errorf("the root-of-trust file %s cannot be read (%v); restore it from a backup, or move it aside to trust only the configured root_keys again (the device then accepts the operator's current key set afresh): %w",
+				cfg.TrustPath(), err, ErrConfig)
 		}
 		t.floor = d.TimeFloor
 		if ks != nil {
 			if len(t.st.Roots) == 0 {
-				return fmt.Errorf("%s holds key set version %d but the config has no root_keys; put the root public keys back in root_keys: %w", a.cfg.TrustPath(), ks.Version, ErrConfig)
+				return nil, fmt.Errorf("%s holds key set version %d but the config has no root_keys; put the root public keys back in root_keys: %w", cfg.TrustPath(), ks.Version, ErrConfig)
 			}
 			t.st.Held, t.st.Raw = ks, d.KeySet
 			t.st.Roots, t.st.Threshold = ks.RootOf()
 		}
 	}
-	a.trust = t
-	a.keys = protocol.PolicyKeyring(t.st.Held, t.extra, a.trustedNow)
-	return nil
+	return t, nil
+}
+
+// BundleVerifier returns how a device with cfg verifies bundles, read from
+// its config (trusted_keys, root_keys) and trust.json without opening the
+// state database (a running daemon holds it): a bundle's key set is judged
+// in memory and nothing is stored. It is for choosing among bundles; the
+// install verifies the chosen one for real (Install). now is the clock.
+func BundleVerifier(cfg *Config, now func() time.Time) (protocol.OpenOptions, error) {
+	var extra *protocol.Keyring
+	if len(cfg.TrustedKeys) > 0 {
+		var err error
+		if extra, err = protocol.LoadKeyring(cfg.TrustedKeys...); err != nil {
+			return protocol.OpenOptions{}, err
+		}
+	}
+	t, err := loadTrust(cfg, extra)
+	if err != nil {
+		return protocol.OpenOptions{}, err
+	}
+	trusted := func() time.Time {
+		if n := now(); n.After(t.floor) {
+			return n
+		}
+		return t.floor
+	}
+	o := protocol.OpenOptions{Keyring: protocol.PolicyKeyring(t.st.Held, t.extra, trusted)}
+	if len(t.st.Roots) > 0 {
+		o.KeySet = func(raw []byte) *protocol.Keyring {
+			c, docs, err := protocol.ParseKeySetChain(raw)
+			if err != nil {
+				return nil
+			}
+			st, err := t.st.Advance(c, docs, trusted())
+			if err != nil {
+				return nil
+			}
+			return protocol.PolicyKeyring(st.Held, t.extra, trusted)
+		}
+	}
+	return o, nil
 }
 
 // trustedNow is the clock, never below the time floor: a device whose
