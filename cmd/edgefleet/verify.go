@@ -171,7 +171,7 @@ func runVerify(_ context.Context, env *cliEnv, args []string) int {
 		return 2
 	}
 	if !tf.given() {
-		return usageError(fs, "--pub or --root is required: the bundles are verified against trusted public keys")
+		return usageError(fs, "missing --pub (required): the bundles are verified against trusted public keys (for devices with root_keys, give --root ROOT.pub instead or as well)")
 	}
 	if fs.NArg() == 0 {
 		return usageError(fs, "give at least one bundle")
