@@ -361,11 +361,11 @@ func (d *Daemon) opCheck(ctx context.Context, req Request, send func(Response)) 
 		return Response{Type: TypeResult, Code: CodeUsage, Error: err.Error()}
 	}
 	defer f.Close()
-	m, err := a.Check(ctx, f)
+	m, note, err := a.CheckKeySet(ctx, f)
 	if err != nil {
 		return errResult(err)
 	}
-	return Response{Type: TypeResult, OK: true, Manifest: m}
+	return Response{Type: TypeResult, OK: true, Manifest: m, Message: note}
 }
 
 func (d *Daemon) degradedErr() error {

@@ -73,7 +73,8 @@
 // # Promises about untrusted input
 //
 // Nothing from a bundle is trusted before its manifest signature verified
-// against a configured key; no payload byte is written before its chunk
+// against a configured key, except a key set it carries, which is trusted
+// only when a threshold of the roots held signed it (bundle_keyset.go); no payload byte is written before its chunk
 // hash matched; the staged file reaches the target path only after its
 // size and sha256 matched the signed manifest, its ELF header matched the
 // signed target and its probe passed. Refusals are full sentences saying

@@ -48,6 +48,9 @@ type Result struct {
 	// Previous is the version kept as <path>.prev ("" when there was none).
 	Previous string `json:"previous,omitempty"`
 	Path     string `json:"path"`
+	// KeySet says what became of the key set the bundle carried ("" none,
+	// or one not newer than the one held).
+	KeySet string `json:"keyset,omitempty"`
 }
 
 // stageBufSize is the one buffer staging copies through.
@@ -57,18 +60,26 @@ const stageBufSize = 64 << 10
 // stage plus probe into a temporary file next to the target that is removed
 // afterwards. Neither the app's binary nor the state database changes.
 func (a *Agent) Check(ctx context.Context, bundle io.Reader) (*protocol.Manifest, error) {
-	b, err := protocol.OpenBundle(bundle, a.keys)
+	m, _, err := a.CheckKeySet(ctx, bundle)
+	return m, err
+}
+
+// CheckKeySet is Check that also says what the bundle's key set would do
+// ("" when it has none or nothing to say); a dry run stores no key set
+// (bundle_keyset.go).
+func (a *Agent) CheckKeySet(ctx context.Context, bundle io.Reader) (*protocol.Manifest, string, error) {
+	b, ks, err := a.openBundle(bundle, true)
 	if err != nil {
-		return nil, fmt.Errorf("verify bundle: %w", err)
+		return nil, ks.note, err
 	}
 	payload, err := b.Payload()
 	if err != nil {
-		return nil, err
+		return nil, ks.note, err
 	}
 	if _, err := a.run(ctx, b.Manifest, payload, nil, true); err != nil {
-		return b.Manifest, err
+		return b.Manifest, ks.note, err
 	}
-	return b.Manifest, nil
+	return b.Manifest, ks.note, nil
 }
 
 // Install runs the whole pipeline on a bundle stream: verify, compat,
@@ -76,16 +87,25 @@ func (a *Agent) Check(ctx context.Context, bundle io.Reader) (*protocol.Manifest
 // binary at its path and the previous one at <path>.prev; the caller (the
 // daemon) restarts it and later calls Commit or Rollback. On a refusal
 // nothing changed but the app's last error and history.
+//
+// A key set the bundle carries (keyset.json) is judged first, as one from
+// the broker, and stored when it is newer and valid, whatever becomes of
+// the bundle; one that is refused is ignored and reported
+// (bundle_keyset.go, protocol/SPEC.md §2).
 func (a *Agent) Install(ctx context.Context, bundle io.Reader, progress func(Progress)) (*Result, error) {
-	b, err := protocol.OpenBundle(bundle, a.keys)
+	b, ks, err := a.openBundle(bundle, false)
 	if err != nil {
-		return nil, fmt.Errorf("verify bundle: %w", err)
+		return nil, err
 	}
 	payload, err := b.Payload()
 	if err != nil {
 		return nil, err
 	}
-	return a.run(ctx, b.Manifest, payload, progress, false)
+	res, err := a.run(ctx, b.Manifest, payload, progress, false)
+	if res != nil {
+		res.KeySet = ks.note
+	}
+	return res, err
 }
 
 // InstallParts is Install for a release that arrives in parts (the MQTT

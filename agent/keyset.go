@@ -50,6 +50,10 @@ type trustState struct {
 	// notify, when set, is called after a key set is accepted (the MQTT
 	// transport reads the releases again).
 	notify func()
+	// bundleErr is why the key set in the last bundle that carried a
+	// refused one was ignored ("" none, or a key set was accepted since);
+	// in memory only (bundle_keyset.go).
+	bundleErr string
 }
 
 func (t *trustState) setNotify(f func()) {
@@ -66,22 +70,33 @@ func (c *Config) TrustPath() string { return filepath.Join(c.DataDir, "trust.jso
 // trusted_keys (extra) plus, once a key set is held, its release keys
 // under its policy.
 func (a *Agent) openTrust(extra *protocol.Keyring) error {
+	t, err := loadTrust(a.cfg, extra)
+	if err != nil {
+		return err
+	}
+	a.trust = t
+	a.keys = protocol.PolicyKeyring(t.st.Held, t.extra, a.trustedNow)
+	return nil
+}
+
+// loadTrust reads the root keys from the config and trust.json.
+func loadTrust(cfg *Config, extra *protocol.Keyring) (*trustState, error) {
 	t := &trustState{}
 	if extra != nil {
 		t.extra = extra.Keys()
 	}
-	if len(a.cfg.RootKeys) > 0 {
-		kr, err := protocol.LoadKeyring(a.cfg.RootKeys...)
+	if len(cfg.RootKeys) > 0 {
+		kr, err := protocol.LoadKeyring(cfg.RootKeys...)
 		if err != nil {
-			return fmt.Errorf("load root keys: %w", err)
+			return nil, fmt.Errorf("load root keys: %w", err)
 		}
-		t.st.Roots, t.st.Threshold = kr.Keys(), a.cfg.RootThreshold
+		t.st.Roots, t.st.Threshold = kr.Keys(), cfg.RootThreshold
 	}
-	b, err := os.ReadFile(a.cfg.TrustPath())
+	b, err := os.ReadFile(cfg.TrustPath())
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
 	case err != nil:
-		return fmt.Errorf("read %s: %w", a.cfg.TrustPath(), err)
+		return nil, fmt.Errorf("read %s: %w", cfg.TrustPath(), err)
 	default:
 		var d trustDoc
 		if len(b) > maxTrustFile {
@@ -94,21 +109,59 @@ func (a *Agent) openTrust(extra *protocol.Keyring) error {
 			ks, err = protocol.ParseKeySet(d.KeySet)
 		}
 		if err != nil {
-			return fmt.Errorf("the root-of-trust file %s cannot be read (%v); restore it from a backup, or move it aside to trust only the configured root_keys again (the device then accepts the operator's current key set afresh): %w",
-				a.cfg.TrustPath(), err, ErrConfig)
+			return nil, fmt.Errorf("the root-of-trust file %s cannot be read (%v); restore it from a backup, or move it aside to trust only the configured root_keys again (the device then accepts the operator's current key set afresh): %w",
+				cfg.TrustPath(), err, ErrConfig)
 		}
 		t.floor = d.TimeFloor
 		if ks != nil {
 			if len(t.st.Roots) == 0 {
-				return fmt.Errorf("%s holds key set version %d but the config has no root_keys; put the root public keys back in root_keys: %w", a.cfg.TrustPath(), ks.Version, ErrConfig)
+				return nil, fmt.Errorf("%s holds key set version %d but the config has no root_keys; put the root public keys back in root_keys: %w", cfg.TrustPath(), ks.Version, ErrConfig)
 			}
 			t.st.Held, t.st.Raw = ks, d.KeySet
 			t.st.Roots, t.st.Threshold = ks.RootOf()
 		}
 	}
-	a.trust = t
-	a.keys = protocol.PolicyKeyring(t.st.Held, t.extra, a.trustedNow)
-	return nil
+	return t, nil
+}
+
+// BundleVerifier returns how a device with cfg verifies bundles, read from
+// its config (trusted_keys, root_keys) and trust.json without opening the
+// state database (a running daemon holds it): a bundle's key set is judged
+// in memory and nothing is stored. It is for choosing among bundles; the
+// install verifies the chosen one for real (Install). now is the clock.
+func BundleVerifier(cfg *Config, now func() time.Time) (protocol.OpenOptions, error) {
+	var extra *protocol.Keyring
+	if len(cfg.TrustedKeys) > 0 {
+		var err error
+		if extra, err = protocol.LoadKeyring(cfg.TrustedKeys...); err != nil {
+			return protocol.OpenOptions{}, err
+		}
+	}
+	t, err := loadTrust(cfg, extra)
+	if err != nil {
+		return protocol.OpenOptions{}, err
+	}
+	trusted := func() time.Time {
+		if n := now(); n.After(t.floor) {
+			return n
+		}
+		return t.floor
+	}
+	o := protocol.OpenOptions{Keyring: protocol.PolicyKeyring(t.st.Held, t.extra, trusted)}
+	if len(t.st.Roots) > 0 {
+		o.KeySet = func(raw []byte) *protocol.Keyring {
+			c, docs, err := protocol.ParseKeySetChain(raw)
+			if err != nil {
+				return nil
+			}
+			st, err := t.st.Advance(c, docs, trusted())
+			if err != nil {
+				return nil
+			}
+			return protocol.PolicyKeyring(st.Held, t.extra, trusted)
+		}
+	}
+	return o, nil
 }
 
 // trustedNow is the clock, never below the time floor: a device whose
@@ -145,6 +198,9 @@ type TrustInfo struct {
 	TimeFloor time.Time `json:"time_floor,omitzero"`
 	// ClockBehind is true when the device clock is below the time floor.
 	ClockBehind bool `json:"clock_behind,omitempty"`
+	// Error is why the key set carried by the last bundle that had a bad
+	// one was ignored ("" none since the last key set accepted).
+	Error string `json:"keyset_error,omitempty"`
 }
 
 // Trust reports the key set held and the time floor.
@@ -155,7 +211,7 @@ func (a *Agent) Trust() TrustInfo {
 	now := a.opts.Now()
 	a.trust.mu.Lock()
 	defer a.trust.mu.Unlock()
-	ti := TrustInfo{KeySet: a.trust.st.Version(), TimeFloor: a.trust.floor, ClockBehind: now.Before(a.trust.floor)}
+	ti := TrustInfo{KeySet: a.trust.st.Version(), TimeFloor: a.trust.floor, ClockBehind: now.Before(a.trust.floor), Error: a.trust.bundleErr}
 	if a.trust.st.Held != nil {
 		ti.Expires = a.trust.st.Held.Expires
 	}
@@ -169,15 +225,14 @@ func (a *Agent) Trust() TrustInfo {
 // newest key set is not newer gives protocol.ErrRollback (callers that
 // see the same retained message again ignore it).
 func (a *Agent) AcceptKeySet(msg []byte) (uint64, error) {
-	if a.trust == nil || len(a.trust.st.Roots) == 0 {
-		return 0, fmt.Errorf("this device has no root_keys in its config, so it cannot verify a key set; add the root public key files under root_keys: %w", ErrConfig)
-	}
-	c, docs, err := protocol.ParseKeySetChain(msg)
+	t, c, docs, err := a.parseKeySet(msg)
 	if err != nil {
-		return a.trust.version(), fmt.Errorf("key set: %w", err)
+		if t != nil {
+			return t.version(), err
+		}
+		return 0, err
 	}
 	now := a.trustedNow()
-	t := a.trust
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	st, err := t.st.Advance(c, docs, now)
@@ -197,6 +252,7 @@ func (a *Agent) AcceptKeySet(msg []byte) (uint64, error) {
 	}
 	from := t.st.Version()
 	t.st, t.floor = st, floor
+	t.bundleErr = ""
 	// trustedNow takes t.mu: the keyring calls it while verifying, never
 	// while we hold it here.
 	a.keys.Replace(protocol.PolicyKeyring(st.Held, t.extra, a.trustedNow))
@@ -206,6 +262,38 @@ func (a *Agent) AcceptKeySet(msg []byte) (uint64, error) {
 		t.notify()
 	}
 	return st.Version(), nil
+}
+
+// parseKeySet checks that the device can judge key sets and parses msg.
+// On an error it returns the trust state (nil without one) and the error.
+func (a *Agent) parseKeySet(msg []byte) (*trustState, *protocol.KeySetChain, []*protocol.KeySet, error) {
+	if a.trust == nil || len(a.trust.st.Roots) == 0 {
+		return nil, nil, nil, fmt.Errorf("this device has no root_keys in its config, so it cannot verify a key set; add the root public key files under root_keys: %w", ErrConfig)
+	}
+	c, docs, err := protocol.ParseKeySetChain(msg)
+	if err != nil {
+		return a.trust, nil, nil, fmt.Errorf("key set: %w", err)
+	}
+	return a.trust, c, docs, nil
+}
+
+// keyringIfAccepted is what AcceptKeySet would make a.keys, without
+// storing anything: the keyring that trusts msg's key set when it is
+// newer and valid (for a dry run). The error says why it would not be.
+func (a *Agent) keyringIfAccepted(msg []byte) (*protocol.Keyring, uint64, error) {
+	t, c, docs, err := a.parseKeySet(msg)
+	if err != nil {
+		return nil, 0, err
+	}
+	now := a.trustedNow()
+	t.mu.Lock()
+	st, err := t.st.Advance(c, docs, now)
+	extra := t.extra
+	t.mu.Unlock()
+	if err != nil {
+		return nil, st.Version(), err
+	}
+	return protocol.PolicyKeyring(st.Held, extra, a.trustedNow), st.Version(), nil
 }
 
 func (t *trustState) version() uint64 {

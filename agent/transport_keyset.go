@@ -73,6 +73,9 @@ func (t *mqttTransport) trustStatus(a *Agent, s *protocol.DeviceStatus) {
 	ti := a.Trust()
 	s.KeySet = ti.KeySet
 	s.KeySetError = t.keyset.err
+	if s.KeySetError == "" {
+		s.KeySetError = ti.Error // a bad key set in a sideloaded bundle
+	}
 	if ti.ClockBehind {
 		f := ti.TimeFloor.UTC().Truncate(time.Second)
 		s.ClockBehind = &f

@@ -199,7 +199,7 @@ func (p *pack) makeDelta(j *job, b deltaBase, kr *protocol.Keyring, newExe []byt
 		return fmt.Errorf("the delta manifest does not validate: %w", err)
 	}
 	path := filepath.Join(p.o.OutDir, DeltaBundleName(p.app, p.o.Version, j.prof.Name, b.m.Version))
-	if err := protocol.WriteBundleFile(path, raw, sig, bytes.NewReader(patch), pl.Size, p.o.Created); err != nil {
+	if err := protocol.WriteBundleFileKeySet(path, p.o.KeySet, raw, sig, bytes.NewReader(patch), pl.Size, p.o.Created); err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
 	d.Bundle = path

@@ -117,6 +117,15 @@ type Options struct {
 	// the unstripped size (one extra link per profile). An over-budget
 	// profile is always linked unstripped to list its biggest packages.
 	MeasureUnstripped bool
+	// KeySet is a key set chain message (protocol/SPEC.md §8.12, what
+	// `edgefleet keyset chain` writes), put first in every bundle as
+	// keyset.json so a device off the network learns the key that signed
+	// it. Validate parses it (signatures are the devices' business) and
+	// refuses one whose newest key set revokes Key. Agents older than the
+	// keyset.json entry refuse such bundles: set it only once the fleet
+	// runs an agent that reads it. Default: none (bundles as before).
+	KeySet []byte
+
 	// Progress, when set, is called as steps start and end. Calls are
 	// serialized.
 	Progress func(Event)
@@ -207,6 +216,18 @@ func (o *Options) validate(bad func(string, ...any) error) {
 	}
 	if o.Key.ID() == 0 {
 		bad("no signing key: load one with protocol.ParsePrivateKey (edgefleet keygen makes one)")
+	}
+	if o.KeySet != nil {
+		if _, docs, err := protocol.ParseKeySetChain(o.KeySet); err != nil {
+			bad("key set: %v", err)
+		} else if ks := docs[len(docs)-1]; o.Key.ID() != 0 {
+			id := protocol.KeyID16(o.Key.ID())
+			for _, r := range ks.Revoked {
+				if r == id {
+					bad("key set version %d revokes the signing key %s: every device holding it would refuse these bundles; sign with a release key the key set names", ks.Version, protocol.KeyID(o.Key.ID()))
+				}
+			}
+		}
 	}
 	if len(o.Profiles) == 0 {
 		bad("no profiles: pick at least one (edgefleet profiles lists them)")

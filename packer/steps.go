@@ -565,7 +565,7 @@ func stepWrite(_ context.Context, p *pack, j *job) (string, error) {
 	}
 	defer f.Close()
 	path := filepath.Join(p.o.OutDir, BundleName(p.app, p.o.Version, j.prof.Name))
-	if err := protocol.WriteBundleFile(path, j.rawM, j.sig, bufio.NewReaderSize(f, 256<<10), j.pl.Size, p.o.Created); err != nil {
+	if err := protocol.WriteBundleFileKeySet(path, p.o.KeySet, j.rawM, j.sig, bufio.NewReaderSize(f, 256<<10), j.pl.Size, p.o.Created); err != nil {
 		return "", fmt.Errorf("write %s: %w", path, err)
 	}
 	j.res.Bundle = path

@@ -59,8 +59,14 @@ func SignManifest(m *Manifest, priv PrivateKey) (raw, sig []byte, err error) {
 
 // WriteBundleFile writes a bundle to path atomically (see WriteFileAtomic).
 func WriteBundleFile(path string, manifest, sig []byte, payload io.Reader, payloadSize int64, mtime time.Time) error {
+	return WriteBundleFileKeySet(path, nil, manifest, sig, payload, payloadSize, mtime)
+}
+
+// WriteBundleFileKeySet is WriteBundleFile with the optional keyset.json
+// entry first (WriteBundleKeySet; nil: none).
+func WriteBundleFileKeySet(path string, keyset, manifest, sig []byte, payload io.Reader, payloadSize int64, mtime time.Time) error {
 	return WriteFileAtomic(path, 0o644, func(w io.Writer) error {
-		return WriteBundle(w, manifest, sig, payload, payloadSize, mtime)
+		return WriteBundleKeySet(w, keyset, manifest, sig, payload, payloadSize, mtime)
 	})
 }
 

@@ -17,8 +17,10 @@ import (
 	"github.com/ulikunitz/xz/lzma"
 )
 
-// Names of the bundle's tar entries, in their required order.
+// Names of the bundle's tar entries, in their required order. NameKeySet
+// is optional (SPEC.md §2, §8.12); the other three are required.
 const (
+	NameKeySet    = "keyset.json"
 	NameManifest  = "manifest.json"
 	NameSignature = "manifest.json.minisig"
 	NamePayload   = "payload"
@@ -32,6 +34,20 @@ const BundleExt = ".efb"
 // m.Payload.Size bytes). Tar headers are fixed (mode 0644, uid/gid 0, no
 // user names, USTAR, ModTime mtime) so the same inputs give the same bytes.
 func WriteBundle(w io.Writer, manifest, sig []byte, payload io.Reader, payloadSize int64, mtime time.Time) error {
+	return WriteBundleKeySet(w, nil, manifest, sig, payload, payloadSize, mtime)
+}
+
+// WriteBundleKeySet is WriteBundle with an optional first entry
+// keyset.json holding a key set chain message (SPEC.md §8.12), which must
+// parse (ParseKeySetChain; its signatures are not checked here). A nil
+// keyset writes exactly what WriteBundle writes. Agents older than the
+// keyset.json entry refuse such a bundle (SPEC.md §2).
+func WriteBundleKeySet(w io.Writer, keyset, manifest, sig []byte, payload io.Reader, payloadSize int64, mtime time.Time) error {
+	if keyset != nil {
+		if _, _, err := ParseKeySetChain(keyset); err != nil {
+			return fmt.Errorf("bundle: %s: %w", NameKeySet, err)
+		}
+	}
 	tw := tar.NewWriter(w)
 	add := func(name string, size int64, r io.Reader) error {
 		hdr := &tar.Header{
@@ -53,6 +69,11 @@ func WriteBundle(w io.Writer, manifest, sig []byte, payload io.Reader, payloadSi
 			return fmt.Errorf("bundle: %s is %d bytes, declared %d", name, n, size)
 		}
 		return nil
+	}
+	if keyset != nil {
+		if err := add(NameKeySet, int64(len(keyset)), bytes.NewReader(keyset)); err != nil {
+			return err
+		}
 	}
 	if err := add(NameManifest, int64(len(manifest)), bytes.NewReader(manifest)); err != nil {
 		return err
@@ -76,6 +97,11 @@ type Bundle struct {
 	RawSignature []byte
 	// Key is the trusted key that signed the manifest.
 	Key PublicKey
+	// RawKeySet is the optional keyset.json entry as stored (nil when the
+	// bundle has none). It is untrusted: not covered by the manifest
+	// signature, and verified only by whoever applies it
+	// (TrustState.Advance).
+	RawKeySet []byte
 
 	tr       *tar.Reader
 	src      io.Reader
@@ -100,10 +126,50 @@ func ReadManifest(path string, kr *Keyring) (*Manifest, error) {
 // OpenBundle reads the manifest and signature entries from r, verifies the
 // signature with kr, parses the manifest and positions the stream at the
 // payload. No payload byte is read. Expiry is not checked here (the caller
-// knows the clock): call Manifest.CheckExpiry.
+// knows the clock): call Manifest.CheckExpiry. An optional keyset.json
+// entry is read (bounded) and kept in Bundle.RawKeySet, not applied: use
+// OpenBundleWith to apply it before the manifest is verified.
 func OpenBundle(r io.Reader, kr *Keyring) (*Bundle, error) {
+	return OpenBundleWith(r, OpenOptions{Keyring: kr})
+}
+
+// OpenOptions says how OpenBundleWith verifies a bundle.
+type OpenOptions struct {
+	// Keyring verifies the manifest signature. Required.
+	Keyring *Keyring
+	// KeySet, when set, is called with the bytes of the optional first
+	// entry keyset.json (at most MaxKeySetMessage; neither parsed nor
+	// verified: untrusted) before the manifest signature is checked, and
+	// not called when the bundle has none. The keyring it returns
+	// verifies the manifest (nil: Keyring). A device applies the key set
+	// there (TrustState.Advance), so that a release signed by a key the
+	// key set introduces verifies; it never fails the open (SPEC.md §2).
+	KeySet func(raw []byte) *Keyring
+}
+
+// OpenBundleWith is OpenBundle with options.
+func OpenBundleWith(r io.Reader, o OpenOptions) (*Bundle, error) {
+	kr := o.Keyring
 	tr := tar.NewReader(r)
-	rawM, err := readEntry(tr, NameManifest, MaxManifestSize)
+	hdr, err := nextHeader(tr, NameManifest, NameKeySet)
+	if err != nil {
+		return nil, err
+	}
+	var rawK []byte
+	if hdr.Name == NameKeySet {
+		if rawK, err = readBody(tr, hdr, MaxKeySetMessage); err != nil {
+			return nil, err
+		}
+		if o.KeySet != nil {
+			if k := o.KeySet(rawK); k != nil {
+				kr = k
+			}
+		}
+		if hdr, err = nextHeader(tr, NameManifest); err != nil {
+			return nil, err
+		}
+	}
+	rawM, err := readBody(tr, hdr, MaxManifestSize)
 	if err != nil {
 		return nil, err
 	}
@@ -122,17 +188,19 @@ func OpenBundle(r io.Reader, kr *Keyring) (*Bundle, error) {
 	if err := kr.Authorize(key, m); err != nil {
 		return nil, err
 	}
-	hdr, err := nextHeader(tr, NamePayload)
+	hdr, err = nextHeader(tr, NamePayload)
 	if err != nil {
 		return nil, err
 	}
 	if hdr.Size != m.Payload.Size {
 		return nil, fmt.Errorf("bundle payload entry is %d bytes, the signed manifest says %d: %w", hdr.Size, m.Payload.Size, ErrPayloadMismatch)
 	}
-	return &Bundle{Manifest: m, RawManifest: rawM, RawSignature: rawS, Key: key, tr: tr, src: r}, nil
+	return &Bundle{Manifest: m, RawManifest: rawM, RawSignature: rawS, RawKeySet: rawK, Key: key, tr: tr, src: r}, nil
 }
 
-func nextHeader(tr *tar.Reader, want string) (*tar.Header, error) {
+// nextHeader reads the next tar header, which must be a regular file
+// named want (or one of also).
+func nextHeader(tr *tar.Reader, want string, also ...string) (*tar.Header, error) {
 	hdr, err := tr.Next()
 	if err == io.EOF {
 		return nil, fmt.Errorf("bundle ends before %s: %w", want, ErrTruncated)
@@ -143,14 +211,21 @@ func nextHeader(tr *tar.Reader, want string) (*tar.Header, error) {
 	if err != nil {
 		return nil, fmt.Errorf("bundle is not a valid tar file (%v); is it really an .efb? %w", err, ErrMalformed)
 	}
-	if hdr.Name != want {
+	ok := hdr.Name == want
+	for _, a := range also {
+		ok = ok || hdr.Name == a
+	}
+	if !ok {
+		if hdr.Name == NameKeySet {
+			return nil, fmt.Errorf("bundle entry %s where %q must be: a key set may only be the first entry: %w", NameKeySet, want, ErrMalformed)
+		}
 		return nil, fmt.Errorf("bundle entry %q where %q must be: %w", clip(hdr.Name), want, ErrMalformed)
 	}
 	if hdr.Typeflag != tar.TypeReg {
-		return nil, fmt.Errorf("bundle entry %s is not a regular file: %w", want, ErrMalformed)
+		return nil, fmt.Errorf("bundle entry %s is not a regular file: %w", hdr.Name, ErrMalformed)
 	}
 	if hdr.Size < 0 {
-		return nil, fmt.Errorf("bundle entry %s has a negative size: %w", want, ErrMalformed)
+		return nil, fmt.Errorf("bundle entry %s has a negative size: %w", hdr.Name, ErrMalformed)
 	}
 	return hdr, nil
 }
@@ -160,6 +235,13 @@ func readEntry(tr *tar.Reader, name string, limit int64) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	return readBody(tr, hdr, limit)
+}
+
+// readBody reads the entry hdr opened, refusing a size above limit before
+// allocating.
+func readBody(tr *tar.Reader, hdr *tar.Header, limit int64) ([]byte, error) {
+	name := hdr.Name
 	if hdr.Size > limit {
 		return nil, fmt.Errorf("bundle entry %s declares %d bytes, more than the %d allowed: %w", name, hdr.Size, limit, ErrTooLarge)
 	}

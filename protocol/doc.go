@@ -19,6 +19,10 @@
 //     the manifest signature has verified, and it hands out a chunk only after
 //     that chunk's bytes matched the signed chunk hash, so memory is bounded
 //     by one chunk (at most MaxChunkSize), not by the payload.
+//   - A bundle's optional first entry keyset.json (at most 256 KiB, read
+//     before allocating more) is not covered by the manifest signature: it
+//     is handed to the caller unparsed (OpenOptions.KeySet) and trusted only
+//     through root threshold signatures (TrustState.Advance).
 //   - The reader refuses more bytes than the manifest declares and fails at
 //     the end on any size or hash mismatch, including trailing data.
 //   - The decoded executable stream checks the signed executable size and

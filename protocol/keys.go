@@ -164,7 +164,11 @@ func (kr *Keyring) Verify(msg, sig []byte) (PublicKey, error) {
 			KeyID(k.ID()), ErrBadSignature)
 	}
 	if len(keys) == 0 {
-		return PublicKey{}, fmt.Errorf("the manifest is signed by key %s, but this device trusts no release key yet: it has root_keys and no key set; publish one (`edgefleet keyset publish`) or sideload it (`edgefleet-agent keyset`): %w", KeyID(s.KeyID), ErrUnknownKey)
+		return PublicKey{}, fmt.Errorf("the manifest is signed by key %s, but this device trusts no release key yet: it has root_keys and no key set; publish one (`edgefleet keyset publish`), sideload it (`edgefleet-agent keyset`) or carry it in the bundle (`edgefleet pack --keyset`): %w", KeyID(s.KeyID), ErrUnknownKey)
+	}
+	if policy != nil {
+		return PublicKey{}, fmt.Errorf("the manifest is signed by key %s, which is not among the trusted keys (%s, from key set version %d and trusted_keys); if the operator rotated keys, the device needs the key set that names the new key: publish it (`edgefleet keyset publish`), sideload it (`edgefleet-agent keyset`) or carry it in the bundle (`edgefleet pack --keyset`): %w",
+			KeyID(s.KeyID), strings.Join(kr.IDs(), ", "), policy.version, ErrUnknownKey)
 	}
 	return PublicKey{}, fmt.Errorf("the manifest is signed by key %s, which is not among the trusted keys (%s); if the operator rotated keys, install the new public key first: %w",
 		KeyID(s.KeyID), strings.Join(kr.IDs(), ", "), ErrUnknownKey)

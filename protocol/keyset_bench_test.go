@@ -85,3 +85,81 @@ func BenchmarkKeySetAdvance(b *testing.B) {
 	}
 	b.ReportMetric(float64(len(msg)), "message-bytes")
 }
+
+// BenchmarkOpenBundleKeySet is the cost of a key set inside a bundle
+// (SPEC.md §2): opening the manifest of the same bundle without the entry
+// (baseline), and with a chain of one key set signed by 1 root or by 2
+// roots (threshold 2) that the device verifies (TrustState.Advance) before
+// the manifest. overhead-bytes is what the entry adds to the bundle.
+func BenchmarkOpenBundleKeySet(b *testing.B) {
+	aPub, aPriv := vectorRoot(b, "root-a")
+	bPub, bPriv := vectorRoot(b, "root-b")
+	pub, _, _ := loadVectorKeys(b)
+	base := NewKeyring(pub)
+	g, err := OpenBundle(bytes.NewReader(goodVector(b)), base)
+	if err != nil {
+		b.Fatal(err)
+	}
+	p, _ := g.Payload()
+	var payload bytes.Buffer
+	payload.ReadFrom(p)
+	write := func(ks []byte) []byte {
+		var out bytes.Buffer
+		if err := WriteBundleKeySet(&out, ks, g.RawManifest, g.RawSignature, bytes.NewReader(payload.Bytes()), int64(payload.Len()), time.Unix(1700000000, 0)); err != nil {
+			b.Fatal(err)
+		}
+		return out.Bytes()
+	}
+	plain := write(nil)
+	one := baseKeySet(b, 2, aPub)
+	one.Release[0].Apps = []string{"vector"}
+	two := baseKeySet(b, 2, aPub, bPub)
+	two.Root.Threshold = 2
+	two.Release[0].Apps = []string{"vector"}
+	cases := []struct {
+		name  string
+		data  []byte
+		roots []PublicKey
+		th    int
+	}{
+		{"none", plain, []PublicKey{aPub}, 1},
+		{"1-root", write(chainBytes(b, signed(b, one, aPriv))), []PublicKey{aPub}, 1},
+		{"2-roots", write(chainBytes(b, signed(b, two, aPriv, bPriv))), []PublicKey{aPub, bPub}, 2},
+	}
+	for _, c := range cases {
+		b.Run(c.name, func(b *testing.B) {
+			for i := 0; i < b.N; i++ {
+				st := TrustState{Roots: c.roots, Threshold: c.th}
+				ksErr, err := deviceOpenManifest(c.data, base, &st, keysetNow)
+				if err != nil || ksErr != nil {
+					b.Fatal(err, ksErr)
+				}
+				if c.name != "none" && st.Version() != 2 {
+					b.Fatal("key set not applied")
+				}
+			}
+			b.ReportMetric(float64(len(c.data)-len(plain)), "overhead-bytes")
+		})
+	}
+}
+
+// deviceOpenManifest is deviceOpen without reading the payload: base
+// verifies when there is no key set entry.
+func deviceOpenManifest(data []byte, base *Keyring, st *TrustState, now time.Time) (ksErr, err error) {
+	clock := func() time.Time { return now }
+	_, err = OpenBundleWith(bytes.NewReader(data), OpenOptions{
+		Keyring: base,
+		KeySet: func(raw []byte) *Keyring {
+			c, docs, err := ParseKeySetChain(raw)
+			if err == nil {
+				var ns TrustState
+				if ns, err = st.Advance(c, docs, now); err == nil {
+					*st = ns
+				}
+			}
+			ksErr = err
+			return PolicyKeyring(st.Held, nil, clock)
+		},
+	})
+	return ksErr, err
+}

@@ -276,18 +276,28 @@ func FuzzParseManifest(f *testing.F) {
 	})
 }
 
+// FuzzOpenBundle opens arbitrary bytes as a device does, applying a
+// keyset.json entry through TrustState.Advance (seeds: every vector bundle,
+// also those carrying a key set, and testdata/fuzz/FuzzOpenBundle).
 func FuzzOpenBundle(f *testing.F) {
-	ents, _ := os.ReadDir(vectorDir)
-	for _, e := range ents {
-		if strings.HasSuffix(e.Name(), ".efb") {
-			b, _ := os.ReadFile(filepath.Join(vectorDir, e.Name()))
-			f.Add(b)
+	for _, dir := range []string{vectorDir, keysetDir} {
+		ents, _ := os.ReadDir(dir)
+		for _, e := range ents {
+			if strings.HasSuffix(e.Name(), ".efb") {
+				b, _ := os.ReadFile(filepath.Join(dir, e.Name()))
+				f.Add(b)
+			}
 		}
 	}
 	pub, _, _ := loadVectorKeys(f)
-	kr := NewKeyring(pub)
+	aPub, _ := vectorRoot(f, "root-a")
 	f.Fuzz(func(t *testing.T, data []byte) {
-		b, err := OpenBundle(bytes.NewReader(data), kr)
+		st := TrustState{Roots: []PublicKey{aPub}, Threshold: 1}
+		_, err := deviceOpen(data, &st, []PublicKey{pub}, keysetNow)
+		if st.Version() > 0 && (st.Held == nil || len(st.Raw) == 0) {
+			t.Fatalf("the device holds version %d without its key set", st.Version())
+		}
+		b, err := OpenBundle(bytes.NewReader(data), NewKeyring(pub))
 		if err != nil {
 			return
 		}

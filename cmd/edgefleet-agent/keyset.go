@@ -54,6 +54,13 @@ func cmdKeySet(ctx context.Context, e *env, args []string) int {
 	return 0
 }
 
+// printKeySetNote prints what became of a bundle's key set, if anything.
+func printKeySetNote(w io.Writer, note string) {
+	if note != "" {
+		fmt.Fprintf(w, "key set: %s\n", note)
+	}
+}
+
 // printTrust prints the key set held and a clock behind the time floor.
 func printTrust(w io.Writer, ti *agent.TrustInfo) {
 	if ti == nil {
@@ -61,6 +68,9 @@ func printTrust(w io.Writer, ti *agent.TrustInfo) {
 	}
 	if ti.KeySet > 0 {
 		fmt.Fprintf(w, "key set version %d, expires %s\n", ti.KeySet, ti.Expires.UTC().Format(time.RFC3339))
+	}
+	if ti.Error != "" {
+		fmt.Fprintf(w, "warning: %s\n", ti.Error)
 	}
 	if ti.ClockBehind {
 		fmt.Fprintf(w, "the clock is behind the newest signed time verified (%s); expiry is judged at that time: set the clock (NTP)\n", ti.TimeFloor.UTC().Format(time.RFC3339))

@@ -446,6 +446,7 @@ func cmdSideload(ctx context.Context, e *env, args []string) int {
 				return 1
 			}
 			res := r.Result
+			printKeySetNote(e.stdout, res.KeySet)
 			fmt.Fprintf(e.stdout, "installed %s %s (sequence %d, previous %s); trial: %s\n", res.App, res.Version, res.Sequence, orNone(res.Previous), r.Trial)
 			return 0
 		},
@@ -460,6 +461,7 @@ func cmdSideload(ctx context.Context, e *env, args []string) int {
 				}
 				return 1
 			}
+			printKeySetNote(e.stdout, res.KeySet)
 			fmt.Fprintf(e.stdout, "installed %s %s (sequence %d, previous %s); on trial until the daemon starts and it passes its health window\n", res.App, res.Version, res.Sequence, orNone(res.Previous))
 			return 0
 		})
@@ -493,15 +495,17 @@ func cmdCheck(ctx context.Context, e *env, args []string) int {
 			if !daemonAccepted(e, "check", r, err) {
 				return 1
 			}
+			printKeySetNote(e.stdout, r.Message)
 			fmt.Fprintf(e.stdout, "ok: %s would install here\n", r.Manifest)
 			return 0
 		},
 		func(a *agent.Agent, f *os.File) int {
-			m, err := a.Check(ctx, f)
+			m, note, err := a.CheckKeySet(ctx, f)
 			if err != nil {
 				fmt.Fprintf(e.stdout, "refused: %v\n", err)
 				return 1
 			}
+			printKeySetNote(e.stdout, note)
 			fmt.Fprintf(e.stdout, "ok: %s would install here\n", m)
 			return 0
 		})

@@ -2,9 +2,11 @@ package main
 
 import (
 	"fmt"
+	"os"
 	"path/filepath"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/edgefleet/edgefleet/agent"
 	"github.com/edgefleet/edgefleet/hardware"
@@ -13,7 +15,9 @@ import (
 
 // pickBundle chooses, from the bundle files a field engineer gives (a USB
 // stick holds one per profile), the one for this device: signed by a key
-// it trusts, for an app configured here, built for a target this CPU runs;
+// it trusts (its trusted_keys, the key set it holds, or a newer key set the
+// bundle carries, judged without storing it: agent.BundleVerifier), for an
+// app configured here, built for a target this CPU runs;
 // then the profile the config pins, the most specific target (armv7 over
 // armv6) and the highest sequence win. Only the manifests are read (and
 // their signatures checked); the install verifies everything again. One
@@ -22,7 +26,7 @@ func pickBundle(cfg *agent.Config, paths []string) (string, string, error) {
 	if len(paths) == 1 {
 		return paths[0], "", nil
 	}
-	kr, err := protocol.LoadKeyring(cfg.TrustedKeys...)
+	verifier, err := agent.BundleVerifier(cfg, time.Now)
 	if err != nil {
 		return "", "", err
 	}
@@ -37,7 +41,7 @@ func pickBundle(cfg *agent.Config, paths []string) (string, string, error) {
 	var fits []fit
 	var skipped []string
 	for _, p := range paths {
-		m, err := protocol.ReadManifest(p, kr)
+		m, err := readManifest(p, verifier)
 		if err != nil {
 			skipped = append(skipped, fmt.Sprintf("%s: %v", filepath.Base(p), err))
 			continue
@@ -95,4 +99,19 @@ func pickBundle(cfg *agent.Config, paths []string) (string, string, error) {
 		note += "; skipped " + strings.Join(skipped, "; ")
 	}
 	return best.path, note, nil
+}
+
+// readManifest opens the bundle at path with o and returns its verified
+// manifest; no payload byte is read.
+func readManifest(path string, o protocol.OpenOptions) (*protocol.Manifest, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b, err := protocol.OpenBundleWith(f, o)
+	if err != nil {
+		return nil, err
+	}
+	return b.Manifest, nil
 }

@@ -177,6 +177,15 @@ func runPublish(ctx context.Context, env *cliEnv, name string, args []string) in
 			sent[p[1]] = true
 		}
 	}
+	for _, path := range bundles {
+		// A key set in the bundle does not travel over MQTT (SPEC.md §2).
+		if _, _, ks, _, err := readBundleUnverified(path); err == nil && ks != nil {
+			if ki := describeKeySet(ks); ki != nil && ki.Version > 0 {
+				fmt.Fprintf(env.stderr, "edgefleet %s: note: %s carries key set version %d, which devices over MQTT do not take from it: they read key sets on %s only (edgefleet keyset publish)\n", name, path, ki.Version, protocol.KeySetTopic)
+				break
+			}
+		}
+	}
 	for _, j := range jobs {
 		opts := fleet.PublishOptions{Keyring: kr, Channel: channel, Device: j.device, InFlight: *inFlight, EnvelopeOnly: j.chunksSent, MirrorDir: *mirrorDir, Mirrors: mirrorURLs, Targeting: targeting}
 		done := func() {}

@@ -10,6 +10,7 @@ package main
 //	                                        the message devices read
 //	edgefleet keyset verify --root root.pub keyset.msg
 //	edgefleet keyset publish --broker URL keyset.msg
+//	edgefleet pack --keyset keyset.msg …     or carry it in every bundle
 //
 // A root rotation is a key set whose --root names the new root(s), signed
 // by the old root(s) and the new ones; publish a chain holding it and every
@@ -353,7 +354,7 @@ func keySetChain(env *cliEnv, args []string) int {
 		fmt.Fprintf(env.stderr, "edgefleet keyset chain: %v\n", err)
 		return 1
 	}
-	fmt.Fprintf(env.stdout, "%s: %d key sets, %d bytes; check it with edgefleet keyset verify --root ROOT.pub %s\n", *out, fs.NArg(), len(msg), *out)
+	fmt.Fprintf(env.stdout, "%s: %d key sets, %d bytes; check it with edgefleet keyset verify --root ROOT.pub %s, then publish it (edgefleet keyset publish), sideload it (edgefleet-agent keyset) or put it in bundles (edgefleet pack --keyset %s)\n", *out, fs.NArg(), len(msg), *out, *out)
 	return 0
 }
 

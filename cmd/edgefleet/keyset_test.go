@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/edgefleet/edgefleet/fleet"
+	"github.com/edgefleet/edgefleet/internal/testkit"
 	"github.com/edgefleet/edgefleet/protocol"
 )
 
@@ -96,5 +97,34 @@ func TestKeySetPublishAndStatus(t *testing.T) {
 	}
 	if strings.Contains(out, "device pi-new holds") {
 		t.Errorf("status lists an up-to-date device as behind:\n%s", out)
+	}
+}
+
+// publish of a bundle that carries a key set says that devices over MQTT
+// do not take it from the bundle (SPEC.md §2).
+func TestPublishBundleCarryingKeySetNotes(t *testing.T) {
+	dir := t.TempDir()
+	pubPath, priv := testkit.Keys(t, dir)
+	_, root, _ := protocol.GenerateKey()
+	now := time.Now().UTC().Truncate(time.Second)
+	raw, err := protocol.MarshalKeySet(&protocol.KeySet{Version: 4, Issued: now.Add(-time.Hour), Expires: now.Add(time.Hour),
+		Root:    protocol.RootKeys{Threshold: 1, Keys: []string{protocol.PublicKeyLine(testkit.Public(root))}},
+		Release: []protocol.ReleaseKey{{Key: protocol.PublicKeyLine(testkit.Public(priv))}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sig, _ := protocol.SignKeySet(root, raw)
+	msg, _ := protocol.MarshalKeySetChain(protocol.SignedKeySet{KeySet: raw, Signatures: []string{string(sig)}})
+	bundle := testkit.BundleFile(t, dir, testkit.Spec{Version: "1.0.0", Sequence: 1, Exe: []byte("not an executable"), NoProbe: true,
+		ELF: &protocol.ELF{Class: 64, Machine: "EM_X86_64", Endian: "little"}, KeySet: msg}, priv)
+	b, err := fleet.StartBroker(fleet.BrokerOptions{Listen: "127.0.0.1:0", DataDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	code, out, errs := runCLI(t, "publish", "--broker", b.URL(), "--pub", pubPath, "--quiet", bundle)
+	if code != 0 || !strings.Contains(out, "published hello 1.0.0") ||
+		!strings.Contains(errs, "carries key set version 4, which devices over MQTT do not take from it: they read key sets on edgefleet/v1/keyset only (edgefleet keyset publish)") {
+		t.Fatalf("publish of a bundle carrying a key set: %d\n%s\n%s", code, out, errs)
 	}
 }

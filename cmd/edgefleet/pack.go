@@ -49,6 +49,7 @@ func runPack(ctx context.Context, env *cliEnv, args []string) int {
 	noCache := fs.Bool("no-cache", false, "neither read nor write the pack cache ($EDGEFLEET_CACHE, default <user cache dir>/edgefleet/pack) of xz payloads, upx outputs and passed probes")
 	asJSON := fs.Bool("json", false, "print the results as JSON")
 	out := fs.String("o", "", "output directory for the bundles (required)")
+	keysetPath := fs.String("keyset", "", "key set message (from `edgefleet keyset chain`) to put first in every bundle, so devices off the network learn the key that signed it; agents older than this entry refuse such bundles (docs/agent.md)")
 	var deltas deltaFlags
 	deltas.register(fs)
 	fs.Usage = func() {
@@ -95,6 +96,7 @@ func runPack(ctx context.Context, env *cliEnv, args []string) int {
 		str("upx", upx, cfg.UPXProgram)
 		str("encoding", encoding, cfg.Encoding)
 		str("expires", expires, cfg.Expires)
+		str("keyset", keysetPath, cfg.path(cfg.KeySet))
 		if !set["delta-from"] {
 			for _, d := range cfg.DeltaFrom {
 				if _, err := os.Stat(cfg.path(d)); errors.Is(err, os.ErrNotExist) {
@@ -271,6 +273,17 @@ func runPack(ctx context.Context, env *cliEnv, args []string) int {
 			failure("%v", err)
 		}
 		o.Key = key
+	}
+	if *keysetPath != "" {
+		b, err := readKeySetMessage(*keysetPath)
+		if err != nil {
+			failure("--keyset: %v", err)
+		} else {
+			o.KeySet = b
+			if s := describeKeySetForPack(b, o.Key); s != "" {
+				note("%s", s)
+			}
+		}
 	}
 	if err := o.Validate(); err != nil {
 		for _, e := range strings.Split(err.Error(), "\n") {

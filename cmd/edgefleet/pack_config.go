@@ -59,6 +59,9 @@ type packConfig struct {
 	// --delta-from: bundles or folders of them (the output folder itself
 	// works: only lower sequences of the same app and profile are used).
 	DeltaFrom []string `yaml:"delta_from"`
+	// KeySet is a key set message (edgefleet keyset chain) put first in
+	// every bundle, as --keyset.
+	KeySet string `yaml:"keyset"`
 
 	dir string // the file's directory
 }

@@ -108,6 +108,9 @@ type Spec struct {
 	// Created is the creation time. Default 2023-11-14T22:13:20Z
 	// (Unix 1700000000), so equal specs give equal bundles.
 	Created time.Time
+	// KeySet is the optional first entry keyset.json (a key set chain
+	// message). Default none.
+	KeySet []byte
 }
 
 // Created is the default Spec.Created.
@@ -247,12 +250,18 @@ func encode(t testing.TB, exe []byte, encoding string, chunk int64) ([]byte, pro
 // m.Created).
 func Sign(t testing.TB, m *protocol.Manifest, payload []byte, priv protocol.PrivateKey) []byte {
 	t.Helper()
+	return signKeySet(t, m, payload, priv, nil)
+}
+
+// signKeySet is Sign with an optional keyset.json entry.
+func signKeySet(t testing.TB, m *protocol.Manifest, payload []byte, priv protocol.PrivateKey, keyset []byte) []byte {
+	t.Helper()
 	raw, sig, err := protocol.SignManifest(m, priv)
 	if err != nil {
 		t.Fatal(err)
 	}
 	var out bytes.Buffer
-	if err := protocol.WriteBundle(&out, raw, sig, bytes.NewReader(payload), int64(len(payload)), m.Created); err != nil {
+	if err := protocol.WriteBundleKeySet(&out, keyset, raw, sig, bytes.NewReader(payload), int64(len(payload)), m.Created); err != nil {
 		t.Fatal(err)
 	}
 	return out.Bytes()
@@ -262,7 +271,7 @@ func Sign(t testing.TB, m *protocol.Manifest, payload []byte, priv protocol.Priv
 func Bundle(t testing.TB, s Spec, priv protocol.PrivateKey) []byte {
 	t.Helper()
 	m, payload := Manifest(t, s)
-	return Sign(t, m, payload, priv)
+	return signKeySet(t, m, payload, priv, s.KeySet)
 }
 
 // BundleFile writes Bundle(s) to a new file in dir, named
@@ -271,7 +280,7 @@ func Bundle(t testing.TB, s Spec, priv protocol.PrivateKey) []byte {
 func BundleFile(t testing.TB, dir string, s Spec, priv protocol.PrivateKey) string {
 	t.Helper()
 	m, payload := Manifest(t, s)
-	b := Sign(t, m, payload, priv)
+	b := signKeySet(t, m, payload, priv, s.KeySet)
 	name := fmt.Sprintf("%s_%s_%d_%s_%s%s%s", m.App, m.Version, m.Sequence, m.Profile, m.Target.GOARCH, m.Target.GOARM, m.Target.GOAMD64)
 	return createUnique(t, dir, name, ".efb", b)
 }

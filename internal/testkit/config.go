@@ -14,8 +14,11 @@ type AgentConfig struct {
 	DeviceID string
 	// DataDir is the data directory; required.
 	DataDir string
-	// TrustedKeys are public key files (from Keys); required.
+	// TrustedKeys are public key files (from Keys); required unless
+	// RootKeys are given.
 	TrustedKeys []string
+	// RootKeys are root public key files (root_keys); default none.
+	RootKeys []string
 	// Apps are the supervised apps.
 	Apps []AgentApp
 	// Broker is the MQTT broker URL; empty leaves the broker section out.
@@ -46,7 +49,14 @@ func WriteAgentConfig(t testing.TB, path string, c AgentConfig) {
 		c.DeviceID = "test-device"
 	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "device_id: %s\ndata_dir: %s\ntrusted_keys: %s\napps:\n", c.DeviceID, c.DataDir, yamlList(c.TrustedKeys))
+	fmt.Fprintf(&b, "device_id: %s\ndata_dir: %s\n", c.DeviceID, c.DataDir)
+	if len(c.TrustedKeys) > 0 || len(c.RootKeys) == 0 {
+		fmt.Fprintf(&b, "trusted_keys: %s\n", yamlList(c.TrustedKeys))
+	}
+	if len(c.RootKeys) > 0 {
+		fmt.Fprintf(&b, "root_keys: %s\n", yamlList(c.RootKeys))
+	}
+	b.WriteString("apps:\n")
 	for _, a := range c.Apps {
 		if a.Window == "" {
 			a.Window = "1s"
