@@ -6,7 +6,10 @@
 #   --install  install what the suite needs, idempotently, and exit:
 #              qemu-system-x86, busybox-static, e2fsprogs, cpio, file (Debian),
 #              and Debian's cloud kernel (linux-image-*-cloud-amd64, fetched
-#              with apt-get download and unpacked into .tools/powercut/kernel)
+#              with apt-get download and unpacked into .tools/powercut/kernel),
+#              and, as root, the systemd guest's Debian root filesystem
+#              (mmdebstrap; internal/powercut/guest/systemd-rootfs.sh, cached
+#              in .tools/powercut/systemd/ per recipe: about 2-3 minutes once)
 #   --smoke    the few dozen cuts scripts/test.sh runs (about 3-4 minutes)
 #   --long N   N cuts (default 1000) of the shipped agent, then the broken-
 #              fsync proof; the Markdown tables go to .tools/powercut/report/
@@ -51,6 +54,32 @@ install() {
   fi
 }
 
+# install_systemd_rootfs: the root filesystem of the systemd guest
+# (TestSystemdUnitsBootAndRescue), built once per recipe: its name carries
+# the recipe's hash, so an edited recipe builds a new image and a session
+# reuses the cached one. EDGEFLEET_POWERCUT_SYSTEMD overrides the directory.
+install_systemd_rootfs() {
+  local recipe=$root/internal/powercut/guest/systemd-rootfs.sh
+  local dir=${EDGEFLEET_POWERCUT_SYSTEMD:-$root/.tools/powercut/systemd}
+  local img
+  img=$dir/rootfs-$(sha256sum "$recipe" | cut -c1-16).img
+  [ -f "$img" ] && return 0
+  if [ "$(id -u)" != 0 ]; then
+    log "not root: the systemd guest's root filesystem is not built (mmdebstrap and mkfs.ext4 -d keep owners only as root); TestSystemdUnitsBootAndRescue will skip"
+    return 0
+  fi
+  if ! command -v mmdebstrap >/dev/null; then
+    command -v apt-get >/dev/null || { log "no mmdebstrap and no apt-get: TestSystemdUnitsBootAndRescue will skip"; return 0; }
+    log "installing mmdebstrap"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends mmdebstrap >/dev/null
+  fi
+  log "building the systemd guest's root filesystem $img (Debian bookworm, minbase + systemd-sysv)"
+  mkdir -p "$dir"
+  local t0=$SECONDS
+  "$recipe" "$img"
+  log "built $img in $((SECONDS - t0)) s"
+}
+
 run() {
   export EDGEFLEET_POWERCUT_KERNEL=${EDGEFLEET_POWERCUT_KERNEL:-$kdir}
   export EDGEFLEET_POWERCUT_REPORT=${EDGEFLEET_POWERCUT_REPORT:-$root/.tools/powercut/report}
@@ -58,8 +87,8 @@ run() {
 }
 
 case "${1:---smoke}" in
-  --install) install ;;
-  --smoke) install; EDGEFLEET_POWERCUT=smoke run ;;
-  --long) install; EDGEFLEET_POWERCUT=long EDGEFLEET_POWERCUT_CUTS=${2:-1000} run ;;
+  --install) install; install_systemd_rootfs ;;
+  --smoke) install; install_systemd_rootfs; EDGEFLEET_POWERCUT=smoke run ;;
+  --long) install; install_systemd_rootfs; EDGEFLEET_POWERCUT=long EDGEFLEET_POWERCUT_CUTS=${2:-1000} run ;;
   *) echo "usage: scripts/powercut.sh [--install | --smoke | --long [CUTS]]" >&2; exit 2 ;;
 esac

@@ -1,0 +1,94 @@
+#!/bin/bash
+# The systemd guest's probe (edgefleet-probe.service; internal/powercut,
+# systemd_test.go): watches the agent that systemd runs from the units in
+# docs/systemd and prints what the host asserts, each line starting with
+# "PC:", on the serial console. Not part of edgefleet.
+#
+# pc.phase=rescue: the agent up at boot, then a self-update to an agent
+#   that cannot start (3.0.0), then the rescue unit's work.
+# pc.phase=cut:    the agent up, then a good self-update (4.0.0) during
+#   which the host cuts the power (after PC:BEGIN).
+# pc.phase=check:  the boot after the cut: the agent settled.
+exec > /dev/ttyS0 2>&1
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin
+C="--config /etc/edgefleet/agent.yaml"
+L=/usr/local/lib/edgefleet-powercut
+# The status client: a copy of the agent (the one at the app path is what
+# the updates replace).
+A=$L/agent
+say() { echo "PC:$*"; }
+up() { cut -d' ' -f1 /proc/uptime; }
+arg() { tr ' ' '\n' < /proc/cmdline | sed -n "s/^pc\.$1=//p"; }
+PHASE=$(arg phase)
+
+# settled VERSION SELFSTATES: the daemon answers as agent VERSION (any
+# when empty), app edgefleet-agent is in one of SELFSTATES (a|b), and
+# hello's process runs.
+settled() {
+  st=$($A status $C 2>/dev/null) || return 1
+  echo "$st" | grep -Eq "agent ${1:-[^ ]+} \(daemon pid" || return 1
+  echo "$st" | grep -Eq "^edgefleet-agent .*($2)( |$)" || return 1
+  echo "$st" | grep -A1 '^hello ' | grep -q 'process: *running, pid'
+}
+# unitwatch: one line when the units' states change (informational).
+last=
+unitwatch() {
+  s="agent $(systemctl show -p ActiveState -p SubState -p Result -p NRestarts --value edgefleet-agent.service | tr '\n' ' ')rescue $(systemctl show -p ActiveState -p Result --value edgefleet-agent-rescue.service | tr '\n' ' ')"
+  [ "$s" != "$last" ] && say "UNIT $(up) $s"
+  last=$s
+}
+# waitfor SECONDS VERSION SELFSTATES
+waitfor() {
+  end=$(( $(cut -d. -f1 /proc/uptime) + $1 ))
+  while ! settled "$2" "$3"; do
+    unitwatch
+    [ "$(cut -d. -f1 /proc/uptime)" -gt "$end" ] && return 1
+    sleep 0.5
+  done
+}
+report() {
+  echo "PC:$1{"; $A status $C --json 2>&1; echo "PC:$1}"
+  say "AGENTBIN $(/usr/local/bin/edgefleet-agent --version 2>&1 | head -1)"
+  say "MAINPID $(systemctl show -p MainPID --value edgefleet-agent.service)"
+}
+journal() {
+  echo "PC:JOURNAL{"
+  journalctl -b --no-pager -o short-monotonic -u edgefleet-agent.service -u edgefleet-agent-rescue.service 2>&1
+  echo "PC:JOURNAL}"
+}
+end() { sync; say END; sleep infinity; }
+
+say "PROBE $(up) $PHASE"
+say "ENABLED $(systemctl is-enabled edgefleet-agent.service 2>&1)"
+case "$PHASE" in
+rescue|cut)
+  if ! waitfor 180 2.0.0 committed; then say "FAIL $(up) the agent 2.0.0 did not come up with hello running"; report STATUS1; journal; end; fi
+  say "AGENTUP $(up)"
+  report STATUS1
+  v=3.0.0; [ "$PHASE" = cut ] && v=4.0.0
+  say "BEGIN $(up) $v"
+  $A sideload $C --no-wait $L/agent-$v.efb; say "SIDELOAD $? $(up)"
+  if [ "$PHASE" = rescue ]; then
+    # The new agent exits at start; systemd restarts it until the start
+    # limit, then runs the rescue unit, which restores the previous agent
+    # and starts the service again.
+    if ! waitfor 300 2.0.0 rolled-back; then say "FAIL $(up) no rescue: the agent is not back at 2.0.0 with edgefleet-agent rolled back and hello running"; fi
+    unitwatch
+    say "RESCUED $(up)"
+    report STATUS2
+  else
+    waitfor 120 4.0.0 committed
+    say "DONE $(up)"
+  fi
+  journal
+  end ;;
+check)
+  if ! waitfor 240 '' 'committed|rolled-back'; then say "FAIL $(up) the agent did not settle with hello running"; fi
+  unitwatch
+  say "SETTLED $(up)"
+  report STATUS
+  journal
+  end ;;
+esac
+say "NOPHASE $PHASE"
+end
