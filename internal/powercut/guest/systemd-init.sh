@@ -7,6 +7,11 @@
 # pc.setup=1 (the first boot of a disk): copies /pc/sys (the agent, its
 # configuration and state, the units from docs/systemd verbatim, the probe)
 # onto the root and runs `systemctl enable` in it, as an installer would.
+# It also enables systemd-networkd with no network configured and has
+# multi-user.target want network-online.target (as a unit that needs the
+# network would): a device whose network is down at boot, where
+# systemd-networkd-wait-online waits its two minutes for a link that never
+# comes.
 /bin/busybox --install -s /bin
 export PATH=/bin
 mount -t proc proc /proc
@@ -23,7 +28,8 @@ mkdir -p /newroot
 mount -t ext4 -o "$MNT" /dev/vda /newroot || fail mount /dev/vda
 if [ "$(arg setup)" = 1 ]; then
   cp -a /pc/sys/. /newroot/ || fail copy
-  chroot /newroot /bin/systemctl enable edgefleet-agent.service edgefleet-probe.service || fail systemctl enable
+  chroot /newroot /bin/systemctl enable edgefleet-agent.service edgefleet-probe.service systemd-networkd.service || fail systemctl enable
+  chroot /newroot /bin/systemctl add-wants multi-user.target network-online.target || fail systemctl add-wants
   sync
 fi
 echo "PC:INITRD $(cut -d' ' -f1 /proc/uptime)"

@@ -5,9 +5,8 @@
 # "PC:", on the serial console. Not part of edgefleet.
 #
 # pc.phase=rescue: the agent up at boot, then a self-update to an agent
-#   that cannot start (3.0.0), then the rescue unit's work.
-# pc.phase=cut:    the agent up, then a good self-update (4.0.0) during
-#   which the host cuts the power (after PC:BEGIN).
+#   that cannot start (3.0.0), the rescue unit's work, then a good
+#   self-update (4.0.0) during which the host cuts the power (after PC:CUT).
 # pc.phase=check:  the boot after the cut: the agent settled.
 exec > /dev/ttyS0 2>&1
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
@@ -61,26 +60,33 @@ end() { sync; say END; sleep infinity; }
 say "PROBE $(up) $PHASE"
 say "ENABLED $(systemctl is-enabled edgefleet-agent.service 2>&1)"
 case "$PHASE" in
-rescue|cut)
+rescue)
   if ! waitfor 180 2.0.0 committed; then say "FAIL $(up) the agent 2.0.0 did not come up with hello running"; report STATUS1; journal; end; fi
   say "AGENTUP $(up)"
+  # Still waiting for a network that is down: the agent (and its apps)
+  # must not wait for it.
+  say "WAITONLINE $(systemctl is-active systemd-networkd-wait-online.service)"
   report STATUS1
-  v=3.0.0; [ "$PHASE" = cut ] && v=4.0.0
-  say "BEGIN $(up) $v"
-  $A sideload $C --no-wait $L/agent-$v.efb; say "SIDELOAD $? $(up)"
-  if [ "$PHASE" = rescue ]; then
-    # The new agent exits at start; systemd restarts it until the start
-    # limit, then runs the rescue unit, which restores the previous agent
-    # and starts the service again.
-    if ! waitfor 300 2.0.0 rolled-back; then say "FAIL $(up) no rescue: the agent is not back at 2.0.0 with edgefleet-agent rolled back and hello running"; fi
-    unitwatch
-    say "RESCUED $(up)"
-    report STATUS2
-  else
-    waitfor 120 4.0.0 committed
-    say "DONE $(up)"
-  fi
+  # The new agent exits at start; systemd restarts it until the start
+  # limit, then runs the rescue unit, which restores the previous agent
+  # and starts the service again.
+  say "BEGIN $(up) 3.0.0"
+  $A sideload $C --no-wait $L/agent-3.0.0.efb; say "SIDELOAD $? $(up)"
+  if ! waitfor 300 2.0.0 rolled-back; then say "FAIL $(up) no rescue: the agent is not back at 2.0.0 with edgefleet-agent rolled back and hello running"; report STATUS2; journal; end; fi
+  unitwatch
+  say "RESCUED $(up)"
+  report STATUS2
+  # The rescue unit again, by hand, with the daemon up: it must change
+  # nothing (the agent keeps its process).
+  systemctl start edgefleet-agent-rescue.service; say "RESCUEAGAIN $?"
+  say "MAINPID $(systemctl show -p MainPID --value edgefleet-agent.service)"
   journal
+  # Then a good self-update, 2.0.0 -> 4.0.0, during which the host cuts
+  # the power (pc.phase=check is the next boot).
+  say "CUT $(up)"
+  $A sideload $C --no-wait $L/agent-4.0.0.efb; say "SIDELOAD2 $? $(up)"
+  waitfor 120 4.0.0 committed
+  say "DONE $(up)"
   end ;;
 check)
   if ! waitfor 240 '' 'committed|rolled-back'; then say "FAIL $(up) the agent did not settle with hello running"; fi
