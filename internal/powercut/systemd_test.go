@@ -363,6 +363,13 @@ func systemdScenario(t *testing.T, g *guest, img, point string) {
 	if mp := mainPIDs(chk); len(mp) != 1 || mp[0] != strconv.Itoa(st.PID) {
 		t.Fatalf("systemd's MainPID %v is not the daemon's pid %d\n%s", mp, st.PID, log)
 	}
+	// systemctl stop: the agent got SIGTERM and stopped hello itself, in
+	// time, and systemd killed nothing.
+	cj := chk.block("JOURNAL")
+	if v := chk.value("PC:STOPPED"); v != "0 success" || !strings.HasPrefix(chk.value("PC:HELLOAFTERSTOP"), "gone ") || chk.value("PC:HELLOAFTERSTOP") == "gone" ||
+		!strings.Contains(cj, "stopping:") || strings.Contains(cj, "SIGKILL") || strings.Contains(cj, "timed out") {
+		t.Fatalf("systemctl stop edgefleet-agent.service: %q, hello after it: %q; want the agent to stop hello on SIGTERM and exit in time, nothing killed by systemd\n%s", v, chk.value("PC:HELLOAFTERSTOP"), log)
+	}
 	t.Logf("power cut %s (the update had finished: %v); the next boot under systemd runs agent %s (%s) and hello 1.0.0, settled %.1fs after qemu started; both boots %s",
 		cutAt, done, st.AgentVersion, self.State, mustFind(chk, "PC:SETTLED").at.Seconds(), time.Since(begin).Round(100*time.Millisecond))
 }

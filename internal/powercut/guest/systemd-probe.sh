@@ -93,6 +93,12 @@ check)
   unitwatch
   say "SETTLED $(up)"
   report STATUS
+  # systemctl stop (KillMode=mixed): SIGTERM to the agent only, which
+  # stops hello itself before it exits.
+  hp=$($A status $C 2>/dev/null | grep -A1 '^hello ' | sed -n 's/.*running, pid \([0-9]*\).*/\1/p')
+  systemctl stop edgefleet-agent.service; say "STOPPED $? $(systemctl show -p Result --value edgefleet-agent.service)"
+  if [ -n "$hp" ] && [ -d "/proc/$hp" ]; then say "HELLOAFTERSTOP running $hp"; else say "HELLOAFTERSTOP gone $hp"; fi
+  sleep 1
   journal
   end ;;
 esac
