@@ -7,7 +7,7 @@
 #              qemu-system-x86, busybox-static, e2fsprogs, cpio, file (Debian),
 #              and Debian's cloud kernel (linux-image-*-cloud-amd64, fetched
 #              with apt-get download and unpacked into .tools/powercut/kernel),
-#              and, as root, the systemd guest's Debian root filesystem
+#              and (as root or with sudo) the systemd guest's Debian root filesystem
 #              (mmdebstrap; internal/powercut/guest/systemd-rootfs.sh, cached
 #              in .tools/powercut/systemd/ per recipe: about 2-3 minutes once)
 #   --smoke    the few dozen cuts scripts/test.sh runs (about 3-4 minutes)
@@ -64,19 +64,22 @@ install_systemd_rootfs() {
   local img
   img=$dir/rootfs-$(sha256sum "$recipe" | cut -c1-16).img
   [ -f "$img" ] && return 0
-  if [ "$(id -u)" != 0 ]; then
-    log "not root: the systemd guest's root filesystem is not built (mmdebstrap and mkfs.ext4 -d keep owners only as root); TestSystemdUnitsBootAndRescue will skip"
+  # mmdebstrap's root mode and mkfs.ext4 -d keep the tree's owners only as
+  # root: sudo when not root.
+  if [ "$(id -u)" != 0 ] && ! command -v sudo >/dev/null; then
+    log "not root and no sudo: the systemd guest's root filesystem is not built; TestSystemdUnitsBootAndRescue will skip"
     return 0
   fi
   if ! command -v mmdebstrap >/dev/null; then
     command -v apt-get >/dev/null || { log "no mmdebstrap and no apt-get: TestSystemdUnitsBootAndRescue will skip"; return 0; }
     log "installing mmdebstrap"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends mmdebstrap >/dev/null
+    DEBIAN_FRONTEND=noninteractive sudo_ apt-get install -y -qq --no-install-recommends mmdebstrap >/dev/null
   fi
   log "building the systemd guest's root filesystem $img (Debian bookworm, minbase + systemd-sysv)"
   mkdir -p "$dir"
   local t0=$SECONDS
-  "$recipe" "$img"
+  sudo_ "$recipe" "$img"
+  [ "$(id -u)" = 0 ] || sudo_ chown "$(id -u):$(id -g)" "$img"
   log "built $img in $((SECONDS - t0)) s"
 }
 
