@@ -289,7 +289,7 @@ func systemdScenario(t *testing.T, g *guest, img, point string) {
 		t.Fatalf("the agent came up when systemd-networkd-wait-online.service was %q: it waited for a network that is down (want it up while wait-online is still activating)\n%s", v, log)
 	}
 	mp := mainPIDs(res)
-	if len(mp) != 3 || mp[0] != strconv.Itoa(st.PID) {
+	if len(mp) != 4 || mp[0] != strconv.Itoa(st.PID) {
 		t.Fatalf("systemd's MainPID %v is not the daemon's pid %d: the agent does not run as the service's main process\n%s", mp, st.PID, log)
 	}
 
@@ -328,6 +328,18 @@ func systemdScenario(t *testing.T, g *guest, img, point string) {
 	if v := lastValue(res, "PC:AGENTBIN"); !strings.Contains(v, "2.0.0") {
 		t.Fatalf("after the rescue %s says %q, want 2.0.0\n%s", sdAgentPath, v, log)
 	}
+	// A start limit hit for another reason (the agent killed at every
+	// start): the rescue rolls nothing back and starts it again. The
+	// manual rescue reset the start limit: StartLimitBurst=5 starts are
+	// allowed, so the 6th kill is the one that fails the unit.
+	if v := res.value("PC:KILLED"); !strings.HasPrefix(v, "6 ") {
+		t.Fatalf("the probe killed the agent %s times until the rescue ran, want 6 (StartLimitBurst=5 after a reset)\n%s", v, log)
+	}
+	st3 := daemonStatus(t, res, "STATUS3")
+	if !st3.Daemon || st3.AgentVersion != "2.0.0" || sdApp(st3, agent.SelfApp).State != agent.StateRolledBack || !helloRuns(st3, "1.0.0") ||
+		mp[3] != strconv.Itoa(st3.PID) || strings.Count(j, "Triggering OnFailure=") != 2 || !strings.Contains(j, "edgefleet-agent is rolled-back, not on trial: nothing to rescue") {
+		t.Fatalf("after a start limit hit for another reason: want the rescue to find nothing on trial and start the agent 2.0.0 again with hello (MainPID %s), got daemon %v agent %q (pid %d) hello %+v\n%s", mp[3], st3.Daemon, st3.AgentVersion, st3.PID, sdApp(st3, "hello"), log)
+	}
 	// Guest times from the journal (seconds since the kernel started).
 	running := "agent 2.0.0 running"
 	reexec, fail, rolled, again, hello2 := journalAt(j, "re-executing it", 1), journalAt(j, "Triggering OnFailure=", 1),
@@ -335,6 +347,9 @@ func systemdScenario(t *testing.T, g *guest, img, point string) {
 	t.Logf("systemd guest: agent 2.0.0 running %.1fs after the kernel started (hello started %.1fs; the probe saw it %.1fs after qemu started); the broken agent swapped in and re-executed at %.1fs; start limit hit, rescue triggered +%.1fs; previous agent restored +%.1fs; agent running again +%.1fs; hello running again +%.1fs (down since the re-exec); boot %s",
 		journalAt(j, running, 1), journalAt(j, "app hello: started", 1), up.at.Seconds(), reexec, fail-reexec, rolled-reexec, again-reexec, hello2-reexec,
 		rescueTime.Round(100*time.Millisecond))
+	other, _ := strconv.ParseFloat(res.value("PC:OTHER"), 64)
+	otherDone, _ := strconv.ParseFloat(res.value("PC:OTHERDONE"), 64)
+	t.Logf("start limit hit for another reason (6 kills) to the agent and hello running again: %.1fs", otherDone-other)
 	if testing.Verbose() {
 		t.Logf("the units' journal:\n%s", j)
 	}
