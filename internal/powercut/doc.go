@@ -29,10 +29,13 @@
 // and runs hello, also while systemd-networkd-wait-online still waits for a
 // network that is down; a self-update to an agent that exits at start
 // hits StartLimitBurst, edgefleet-agent-rescue.service restores
-// edgefleet-agent.prev and starts the service again, hello runs again; a
-// power cut when the agent re-executes a good update ends, on the next
-// boot under systemd, in a working agent. procd (docs/openwrt) is not
-// booted: Debian has no procd.
+// edgefleet-agent.prev and starts the service again, hello runs again; an
+// agent killed at every start (a start limit hit for another reason; the
+// long run only) is started again by the rescue unit, which rolls nothing
+// back; a power cut
+// when the agent re-executes a good update ends, on the next boot under
+// systemd, in a working agent that systemctl stop stops gracefully. procd
+// (docs/openwrt) is not booted: Debian has no procd.
 //
 // The tests run only with EDGEFLEET_POWERCUT set (smoke: a few dozen cuts,
 // scripts/test.sh; long: EDGEFLEET_POWERCUT_CUTS cuts, scripts/powercut.sh)
