@@ -44,7 +44,7 @@ func findSystemdRootfs(t *testing.T) string {
 	}
 	img := filepath.Join(dir, "rootfs-"+hex.EncodeToString(sum[:])[:16]+".img")
 	if _, err := os.Stat(img); err != nil {
-		t.Skipf("SKIP: no Debian root filesystem with systemd at %s for the current %s (scripts/powercut.sh --install builds it with mmdebstrap, as root; or set EDGEFLEET_POWERCUT_SYSTEMD to the directory that holds it)", img, systemdRecipe)
+		t.Skipf("SKIP: no Debian root filesystem with systemd at %s for the current %s (scripts/powercut.sh --install builds it with mmdebstrap, as root or with sudo; or set EDGEFLEET_POWERCUT_SYSTEMD to the directory that holds it)", img, systemdRecipe)
 	}
 	return img
 }
