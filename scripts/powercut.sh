@@ -10,7 +10,10 @@
 #              for the ARM device: qemu-system-arm, and Debian's armhf kernel
 #              (linux-image-*-armmp) and busybox-static, fetched from the
 #              registry's signed armhf index without adding the architecture,
-#              unpacked into .tools/powercut/arm (install_arm)
+#              unpacked into .tools/powercut/arm (install_arm); and (as root or
+#              with sudo) the systemd guest's Debian root filesystem
+#              (mmdebstrap; internal/powercut/guest/systemd-rootfs.sh, cached
+#              in .tools/powercut/systemd/ per recipe: about 2-3 minutes once)
 #   --smoke    the few dozen cuts scripts/test.sh runs (about 3-4 minutes)
 #   --long N   N cuts (default 1000) of the shipped agent, then the broken-
 #              fsync proof; the Markdown tables go to .tools/powercut/report/
@@ -125,6 +128,35 @@ install_arm() {
   rm -rf "$tmp"
 }
 
+# install_systemd_rootfs: the root filesystem of the systemd guest
+# (TestSystemdUnitsBootAndRescue), built once per recipe: its name carries
+# the recipe's hash, so an edited recipe builds a new image and a session
+# reuses the cached one. EDGEFLEET_POWERCUT_SYSTEMD overrides the directory.
+install_systemd_rootfs() {
+  local recipe=$root/internal/powercut/guest/systemd-rootfs.sh
+  local dir=${EDGEFLEET_POWERCUT_SYSTEMD:-$root/.tools/powercut/systemd}
+  local img
+  img=$dir/rootfs-$(sha256sum "$recipe" | cut -c1-16).img
+  [ -f "$img" ] && return 0
+  # mmdebstrap's root mode and mkfs.ext4 -d keep the tree's owners only as
+  # root: sudo when not root.
+  if [ "$(id -u)" != 0 ] && ! command -v sudo >/dev/null; then
+    log "not root and no sudo: the systemd guest's root filesystem is not built; TestSystemdUnitsBootAndRescue will skip"
+    return 0
+  fi
+  if ! command -v mmdebstrap >/dev/null; then
+    command -v apt-get >/dev/null || { log "no mmdebstrap and no apt-get: TestSystemdUnitsBootAndRescue will skip"; return 0; }
+    log "installing mmdebstrap"
+    DEBIAN_FRONTEND=noninteractive sudo_ apt-get install -y -qq --no-install-recommends mmdebstrap >/dev/null
+  fi
+  log "building the systemd guest's root filesystem $img (Debian bookworm, minbase + systemd-sysv)"
+  mkdir -p "$dir"
+  local t0=$SECONDS
+  sudo_ "$recipe" "$img"
+  [ "$(id -u)" = 0 ] || sudo_ chown "$(id -u):$(id -g)" "$img"
+  log "built $img in $((SECONDS - t0)) s"
+}
+
 run() {
   export EDGEFLEET_POWERCUT_KERNEL=${EDGEFLEET_POWERCUT_KERNEL:-$kdir}
   export EDGEFLEET_POWERCUT_ARM=${EDGEFLEET_POWERCUT_ARM:-$adir}
@@ -133,8 +165,8 @@ run() {
 }
 
 case "${1:---smoke}" in
-  --install) install ;;
-  --smoke) install; EDGEFLEET_POWERCUT=smoke run ;;
-  --long) install; EDGEFLEET_POWERCUT=long EDGEFLEET_POWERCUT_CUTS=${2:-1000} run ;;
+  --install) install; install_systemd_rootfs ;;
+  --smoke) install; install_systemd_rootfs; EDGEFLEET_POWERCUT=smoke run ;;
+  --long) install; install_systemd_rootfs; EDGEFLEET_POWERCUT=long EDGEFLEET_POWERCUT_CUTS=${2:-1000} run ;;
   *) echo "usage: scripts/powercut.sh [--install | --smoke | --long [CUTS]]" >&2; exit 2 ;;
 esac

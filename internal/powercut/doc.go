@@ -33,10 +33,29 @@
 // tag edgefleet_powercut_nosync) and fails if no device comes out bricked
 // or degraded.
 //
+// The shipped systemd units, exercised: TestSystemdUnitsBootAndRescue
+// boots a Debian bookworm root filesystem (minbase plus systemd-sysv, built
+// by guest/systemd-rootfs.sh with mmdebstrap and cached per recipe hash in
+// .tools/powercut/systemd by scripts/powercut.sh --install) with systemd as
+// PID 1, docs/systemd's units copied verbatim and enabled with systemctl,
+// the agent 2.0.0 as app edgefleet-agent and hello. It checks, from the
+// guest's console: the agent starts at boot as the service's main process
+// and runs hello, also while systemd-networkd-wait-online still waits for a
+// network that is down; a self-update to an agent that exits at start
+// hits StartLimitBurst, edgefleet-agent-rescue.service restores
+// edgefleet-agent.prev and starts the service again, hello runs again; an
+// agent killed at every start (a start limit hit for another reason; the
+// long run only) is started again by the rescue unit, which rolls nothing
+// back; a power cut
+// when the agent re-executes a good update ends, on the next boot under
+// systemd, in a working agent that systemctl stop stops gracefully. procd
+// (docs/openwrt) is not booted: Debian has no procd.
+//
 // The tests run only with EDGEFLEET_POWERCUT set (smoke: a few dozen cuts,
 // scripts/test.sh; long: EDGEFLEET_POWERCUT_CUTS cuts, scripts/powercut.sh)
 // and skip loudly without qemu-system-x86_64, busybox or the kernel (the
 // ARM device: qemu-system-arm, Debian's armmp kernel and busybox armhf in
-// .tools/powercut/arm or EDGEFLEET_POWERCUT_ARM) (scripts/powercut.sh
-// --install fetches them). Nothing here is shipped.
+// .tools/powercut/arm or EDGEFLEET_POWERCUT_ARM; the systemd guest: the
+// root filesystem of the current recipe) (scripts/powercut.sh --install
+// fetches and builds them). Nothing here is shipped.
 package powercut
