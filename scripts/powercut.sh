@@ -7,15 +7,21 @@
 #              qemu-system-x86, busybox-static, e2fsprogs, cpio, file (Debian),
 #              and Debian's cloud kernel (linux-image-*-cloud-amd64, fetched
 #              with apt-get download and unpacked into .tools/powercut/kernel)
-#   --smoke    the few dozen cuts scripts/test.sh runs (about 3-4 minutes)
-#   --long N   N cuts (default 1000) of the shipped agent, then the broken-
-#              fsync proof; the Markdown tables go to .tools/powercut/report/
-# Env: EDGEFLEET_POWERCUT_JOBS machines at a time (default 2),
-#      EDGEFLEET_POWERCUT_BUDGET (e.g. 55m) stops starting cuts after it,
-#      EDGEFLEET_POWERCUT_VERBOSE=1 one line per cut (=logs: every console).
-#      EDGEFLEET_POWERCUT_ONLY=delta,self only these workloads (sideload, daemon,
-#      rollback, mqtt, delta, self), EDGEFLEET_POWERCUT_POINTS=delta-mid,random
-#      only these cut points.
+#   --smoke    what scripts/test.sh runs (about 2 minutes on 2 cores): every
+#              workload cut once at a random moment, one mqttdelta point,
+#              4 drawn (workload, failpoint) pairs, 2 cuts per proof build
+#   --long N   each workload calibrated, N cuts (default 1000) of the shipped
+#              agent, then both proofs (missing staged-file fsync, missing
+#              swap directory fsync) under every mount set; the Markdown
+#              tables go to .tools/powercut/report/
+# Env: EDGEFLEET_POWERCUT_JOBS machines at a time, all tests together
+#      (default 2), EDGEFLEET_POWERCUT_BUDGET (e.g. 55m) stops starting cuts
+#      after it, EDGEFLEET_POWERCUT_SEED=N repeats the plan of the run that
+#      logged "seed N", EDGEFLEET_POWERCUT_VERBOSE=1 one line per cut
+#      (=logs: every console), EDGEFLEET_POWERCUT_ONLY=delta,self only these
+#      workloads (sideload, daemon, rollback, mqtt, delta, mqttdelta, self),
+#      EDGEFLEET_POWERCUT_POINTS=delta-mid,random only these cut points
+#      (a failpoint, random, after-done).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)

@@ -156,6 +156,7 @@ func buildGuest(t *testing.T, h host, tags string) *guest {
 	}
 	t.Logf("delta workload: the delta bundle 1.0.0→1.1.0 is %d bytes, the full 1.1.0 bundle %d", len(delta), full.Size())
 	must(t, os.WriteFile(filepath.Join(root, "pc", "b", "hello-1.1.0.from-1.0.0.efb"), delta, 0o644))
+	bundles["delta-1.1.0"] = filepath.Join(root, "pc", "b", "hello-1.1.0.from-1.0.0.efb")
 	// The self workload: the agent at 1.0.0 and 2.0.0 (same build tags),
 	// as releases of app edgefleet-agent, and a configuration that has it.
 	for i, v := range []string{"1.0.0", "2.0.0"} {
@@ -276,6 +277,14 @@ func (g *guest) assign(ctx context.Context, device, version string) error {
 	return err
 }
 
+// publishDelta publishes the delta 1.0.0→1.1.0 (retained, on its delta
+// topic by result and base, SPEC.md §8.10), as edgefleet publish does
+// with a delta bundle.
+func (g *guest) publishDelta(ctx context.Context, device string) error {
+	_, err := fleet.PublishBundle(ctx, g.fleet.pub, g.bundles["delta-1.1.0"], fleet.PublishOptions{Device: device, Keyring: g.fleet.keyring})
+	return err
+}
+
 // line is one console line and when the host read it (since qemu started).
 type line struct {
 	at   time.Duration
@@ -292,6 +301,16 @@ type bootResult struct {
 func (b *bootResult) find(prefix string) (line, bool) {
 	for _, l := range b.lines {
 		if strings.HasPrefix(l.text, prefix) {
+			return l, true
+		}
+	}
+	return line{}, false
+}
+
+// findContains is the first line that contains s.
+func (b *bootResult) findContains(s string) (line, bool) {
+	for _, l := range b.lines {
+		if strings.Contains(l.text, s) {
 			return l, true
 		}
 	}
