@@ -100,6 +100,20 @@ var versions = []string{"1.0.0", "1.1.0", "1.2.0"}
 // guest's agent configuration (the host as QEMU's user network sees it).
 func buildGuest(t *testing.T, h host, tags string) *guest {
 	t.Helper()
+	return buildGuestWith(t, h, guestOptions{tags: tags})
+}
+
+// guestOptions: what buildGuestWith builds.
+type guestOptions struct {
+	tags string // go build -tags for the agent (a proof build); default none
+	// noSelf leaves out the self workload's agent releases and disk
+	// (a proof that never runs it builds faster); default false.
+	noSelf bool
+}
+
+func buildGuestWith(t *testing.T, h host, o guestOptions) *guest {
+	t.Helper()
+	tags := o.tags
 	dir := t.TempDir()
 	g := &guest{h: h, dir: dir, fleet: startFleet(t)}
 	env := []string{"GOAMD64=v1", "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64"}
@@ -159,7 +173,11 @@ func buildGuest(t *testing.T, h host, tags string) *guest {
 	bundles["delta-1.1.0"] = filepath.Join(root, "pc", "b", "hello-1.1.0.from-1.0.0.efb")
 	// The self workload: the agent at 1.0.0 and 2.0.0 (same build tags),
 	// as releases of app edgefleet-agent, and a configuration that has it.
-	for i, v := range []string{"1.0.0", "2.0.0"} {
+	selfVersions := []string{"1.0.0", "2.0.0"}
+	if o.noSelf {
+		selfVersions = nil
+	}
+	for i, v := range selfVersions {
 		ab := b
 		ab.LDFlags = "-s -w -X main.version=" + v
 		bb := testkit.Bundle(t, testkit.Spec{App: agent.SelfApp, Version: v, Sequence: uint64(i + 1), Binary: testkit.GoBuild(t, ab), Encoding: protocol.EncodingNone, ChunkSize: 256 << 10}, priv)
@@ -181,7 +199,9 @@ func buildGuest(t *testing.T, h host, tags string) *guest {
 
 	g.golden = g.goldenDisk(t, "golden", pubPath, "48M", bundles["1.0.0"])
 	// Room for the agent three times (installed, staged, .prev).
-	g.goldenSelf = g.goldenDisk(t, "golden-self", pubPath, "128M", bundles["1.0.0"], bundles["agent-1.0.0"])
+	if !o.noSelf {
+		g.goldenSelf = g.goldenDisk(t, "golden-self", pubPath, "128M", bundles["1.0.0"], bundles["agent-1.0.0"])
+	}
 	return g
 }
 

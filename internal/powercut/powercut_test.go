@@ -760,7 +760,7 @@ func proof(t *testing.T, tag, missing, reportName string, cuts []cut) {
 	}
 	t.Parallel()
 	start := time.Now()
-	g := buildGuest(t, h, tag)
+	g := buildGuestWith(t, h, guestOptions{tags: tag, noSelf: !slices.ContainsFunc(cuts, func(c cut) bool { return c.workload == "self" })})
 	s := &suite{t: t, g: g}
 	outs := s.run(context.Background(), cuts)
 	writeReport(t, reportName, report(outs)+fmt.Sprintf("\n%d cuts of the agent built with -tags %s in %s.\n", len(outs), tag, time.Since(start).Round(time.Second)))
