@@ -197,6 +197,10 @@ func (g *guest) runCut(ctx context.Context, c cut, delay time.Duration) outcome 
 	if up, ok := b1.find("PC:UP"); ok {
 		o.boot = up.at
 	}
+	if l, ok := b1.find("PC:NODAEMON"); ok {
+		o.verdict, o.why = stepFailed, "the agent daemon did not start before the power cut: "+l.text
+		return o
+	}
 	if b1.err != nil || goAt == 0 {
 		o.verdict, o.why = hostError, fmt.Sprintf("the cut boot did not reach the workload: %v", b1.err)
 		return o
@@ -656,6 +660,12 @@ func writeReport(t *testing.T, name, s string) {
 	}
 }
 
+// tail is the last n lines of s.
+func tail(s string, n int) string {
+	ls := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	return strings.Join(ls[max(0, len(ls)-n):], "\n")
+}
+
 // routes is the mqttdelta workload's table: per cut point, how the device
 // finished 1.1.0 after the cut (both the delta and the full release are
 // allowed, SPEC.md §8.10), and why it fell back.
@@ -743,7 +753,7 @@ func TestPowerCut(t *testing.T) {
 		switch o.verdict {
 		case survived:
 		case hostError:
-			t.Logf("host error (not a verdict on the agent): %s: %s", o.cut, o.why)
+			t.Logf("host error (not a verdict on the agent): %s: %s\n%s", o.cut, o.why, tail(o.log, 40))
 		default:
 			t.Errorf("%s: %s: %s\n%s", o.cut, o.verdict, o.why, o.log)
 		}
