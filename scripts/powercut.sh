@@ -7,11 +7,12 @@
 #              qemu-system-x86, busybox-static, e2fsprogs, cpio, file (Debian),
 #              and Debian's cloud kernel (linux-image-*-cloud-amd64, fetched
 #              with apt-get download and unpacked into .tools/powercut/kernel)
-#   --smoke    what scripts/test.sh runs (about 2 minutes on 2 cores): every
-#              workload cut once at a random moment, one mqttdelta point,
-#              4 drawn (workload, failpoint) pairs, 2 cuts per proof build
+#   --smoke    what scripts/test.sh runs: every workload cut once at a random
+#              moment, one mqttdelta point, 4 drawn (workload, failpoint)
+#              pairs, 2 cuts per proof build (16 cuts; estimated 2 minutes on
+#              an idle 2-core machine, 7-10 minutes measured at load 11-17)
 #   --long N   each workload calibrated, N cuts (default 1000) of the shipped
-#              agent, then both proofs (missing staged-file fsync, missing
+#              agent and, beside them, both proofs (missing staged-file fsync, missing
 #              swap directory fsync) under every mount set; the Markdown
 #              tables go to .tools/powercut/report/
 # Env: EDGEFLEET_POWERCUT_JOBS machines at a time, all tests together
@@ -67,5 +68,5 @@ case "${1:---smoke}" in
   --install) install ;;
   --smoke) install; EDGEFLEET_POWERCUT=smoke run ;;
   --long) install; EDGEFLEET_POWERCUT=long EDGEFLEET_POWERCUT_CUTS=${2:-1000} run ;;
-  *) echo "usage: scripts/powercut.sh [--install | --smoke | --long [CUTS]]" >&2; exit 2 ;;
+  *) echo "usage: scripts/powercut.sh [--install | --smoke | --long [CUTS]] (what each does and the EDGEFLEET_POWERCUT_* settings: the comment at the top of scripts/powercut.sh)" >&2; exit 2 ;;
 esac
