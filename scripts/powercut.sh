@@ -12,9 +12,9 @@
 #              pairs, 2 cuts per proof build (16 cuts; estimated 2 minutes on
 #              an idle 2-core machine, 7-10 minutes measured at load 11-17)
 #   --long N   each workload calibrated, N cuts (default 1000) of the shipped
-#              agent and, beside them, both proofs (missing staged-file fsync, missing
-#              swap directory fsync) under every mount set; the Markdown
-#              tables go to .tools/powercut/report/
+#              agent and, beside them, both proofs (missing staged-file
+#              fsync, missing swap directory fsync) under every mount set;
+#              the Markdown tables go to .tools/powercut/report/
 # Env: EDGEFLEET_POWERCUT_JOBS machines at a time, all tests together
 #      (default 2), EDGEFLEET_POWERCUT_BUDGET (e.g. 55m) stops starting cuts
 #      after it, EDGEFLEET_POWERCUT_SEED=N repeats the plan of the run that
