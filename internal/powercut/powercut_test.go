@@ -74,12 +74,14 @@ var failpoints = append(slices.Clone(agent.Failpoints), agent.DeltaFailpoint, ch
 var mqttDeltaPoints = []string{chunkFailpoint, agent.DeltaFailpoint, "stage-before-sync", "swap-after-rename"}
 
 // smokeWork: nominal uncut workload times (PC:GO to PC:DONE, measured by
-// long runs' calibrations on a loaded 2-core machine). The smoke does not
-// calibrate; its random moments are drawn over these. A moment past the
-// end cuts at PC:DONE, as after-done does.
+// long runs' calibrations on a loaded 2-core machine; mqttdelta's with GO
+// before the daemon starts, mqtt's from before that change, when GO came
+// after the daemon was ready). The smoke does not calibrate; its random
+// moments are drawn over these. A moment past the end cuts at PC:DONE, as
+// after-done does; a nominal time too short only draws earlier moments.
 var smokeWork = map[string]time.Duration{
 	"sideload": 1400 * time.Millisecond, "daemon": 2200 * time.Millisecond, "rollback": 1800 * time.Millisecond,
-	"mqtt": 6400 * time.Millisecond, "delta": 3200 * time.Millisecond, "mqttdelta": 4 * time.Second, "self": 4200 * time.Millisecond,
+	"mqtt": 6400 * time.Millisecond, "delta": 3200 * time.Millisecond, "mqttdelta": 5900 * time.Millisecond, "self": 4200 * time.Millisecond,
 }
 
 // cut is one planned power cut.
