@@ -413,11 +413,6 @@ func cloneFile(from, to string) error {
 // plan is the list of cuts for a mode, drawn with rng (the run's seed).
 func plan(mode string, n int, rng *rand.Rand) []cut { return only(planAll(mode, n, rng)) }
 
-// smokeFailpoints is how many (workload, failpoint) pairs the smoke draws
-// from all that exist (76: 18 failpoints, each with the workloads that
-// pass it); the long run takes every one in turn.
-const smokeFailpoints = 4
-
 func planAll(mode string, n int, rng *rand.Rand) []cut {
 	if mode == "smoke" {
 		return planSmoke(rng)
@@ -451,32 +446,31 @@ func planAll(mode string, n int, rng *rand.Rand) []cut {
 	return cuts[:n]
 }
 
-// planSmoke: every workload once at a random moment, each under one mount
-// option set (rotating from a seeded start); the mqttdelta workload at one
-// of its own points (mqttDeltaPoints); and smokeFailpoints (workload,
-// failpoint) pairs drawn from all that exist, the mount sets in turn:
-// 12 cuts. The longest workloads start first, so the two machines end
-// together. The seed makes the plan reproducible
-// (EDGEFLEET_POWERCUT_SEED); over many CI runs the draws cover every pair.
+// planSmoke: every workload cut once, under one mount option set
+// (rotating from a seeded start), either at a random moment or at one of
+// the failpoints it passes (a coin toss, then a draw), and the mqttdelta
+// workload once more at one of its own points (mqttDeltaPoints): 8 cuts.
+// The longest workloads start first, so the two machines end together.
+// The seed makes the plan reproducible (EDGEFLEET_POWERCUT_SEED); over
+// many CI runs the draws cover every (workload, failpoint) pair.
 func planSmoke(rng *rand.Rand) []cut {
 	m0 := rng.IntN(len(mountSets))
 	mount := func(i int) string { return mountSets[(m0+i)%len(mountSets)] }
 	var cuts []cut
 	for i, w := range workloads {
-		cuts = append(cuts, cut{w, mount(i), pointRandom, rng.Float64() * 1.1})
-	}
-	cuts = append(cuts, cut{workload: "mqttdelta", mount: mount(len(cuts)), point: mqttDeltaPoints[rng.IntN(len(mqttDeltaPoints))]})
-	var pairs []cut
-	for _, fp := range failpoints {
-		for _, w := range workloadsOf(fp) {
-			pairs = append(pairs, cut{workload: w, point: fp})
+		c := cut{w, mount(i), pointRandom, rng.Float64() * 1.1}
+		if rng.IntN(2) == 1 {
+			var fps []string
+			for _, fp := range failpoints {
+				if slices.Contains(workloadsOf(fp), w) {
+					fps = append(fps, fp)
+				}
+			}
+			c.point, c.frac = fps[rng.IntN(len(fps))], 0
 		}
-	}
-	for _, j := range rng.Perm(len(pairs))[:smokeFailpoints] {
-		c := pairs[j]
-		c.mount = mount(len(cuts))
 		cuts = append(cuts, c)
 	}
+	cuts = append(cuts, cut{workload: "mqttdelta", mount: mount(len(cuts)), point: mqttDeltaPoints[rng.IntN(len(mqttDeltaPoints))]})
 	slices.SortStableFunc(cuts, func(a, b cut) int { return int(smokeWork[b.workload] - smokeWork[a.workload]) })
 	return cuts
 }
