@@ -342,7 +342,9 @@ func (b *bootResult) value(prefix string) string {
 	return strings.TrimSpace(strings.TrimPrefix(l.text, prefix))
 }
 
-// block returns the lines between "PC:NAME{" and "PC:NAME}".
+// block returns the lines between "PC:NAME{" and "PC:NAME}", without the
+// daemon's own log lines, which share the console and can land inside
+// (one "app hello: passed its trial, committed" broke a status's JSON).
 func (b *bootResult) block(name string) string {
 	var out []string
 	in := false
@@ -352,6 +354,7 @@ func (b *bootResult) block(name string) string {
 			in = true
 		case l.text == "PC:"+name+"}":
 			in = false
+		case in && strings.HasPrefix(l.text, "edgefleet-agent: "):
 		case in:
 			out = append(out, l.text)
 		}

@@ -95,3 +95,15 @@ func TestRouteOf(t *testing.T) {
 		}
 	}
 }
+
+// A daemon log line inside a status block does not break its JSON.
+func TestBlockSkipsDaemonLog(t *testing.T) {
+	b := &bootResult{}
+	for _, l := range []string{"PC:RESUME{", "edgefleet-agent: 2026/12/01 23:15:17 app hello: passed its trial, committed", "{", `"apps": [{"app": "hello", "version": "1.1.0", "state": "committed"}]`, "}", "PC:RESUME}"} {
+		b.lines = append(b.lines, line{text: l})
+	}
+	st, ok := parseStatus(b.block("RESUME"))
+	if !ok || st.Version != "1.1.0" || st.State != "committed" {
+		t.Fatalf("parseStatus(block) = %+v, %v; want hello 1.1.0 committed", st, ok)
+	}
+}
