@@ -7,10 +7,10 @@
 #              qemu-system-x86, busybox-static, e2fsprogs, cpio, file (Debian),
 #              and Debian's cloud kernel (linux-image-*-cloud-amd64, fetched
 #              with apt-get download and unpacked into .tools/powercut/kernel)
-#   --smoke    what scripts/test.sh runs: every workload cut once at a random
-#              moment, one mqttdelta point, 4 drawn (workload, failpoint)
-#              pairs, 2 cuts per proof build (16 cuts; estimated 2 minutes on
-#              an idle 2-core machine, 7-10 minutes measured at load 11-17)
+#   --smoke    what scripts/test.sh runs: every workload cut once (a random
+#              moment or a drawn failpoint), one more mqttdelta point, 2 cuts
+#              per proof build: 12 cuts, about 2.5 minutes on 2 cores at
+#              load 4-5
 #   --long N   each workload calibrated, N cuts (default 1000) of the shipped
 #              agent and, beside them, both proofs (missing staged-file
 #              fsync, missing swap directory fsync) under every mount set;
