@@ -14,19 +14,28 @@
 #              with sudo) the systemd guest's Debian root filesystem
 #              (mmdebstrap; internal/powercut/guest/systemd-rootfs.sh, cached
 #              in .tools/powercut/systemd/ per recipe: about 2-3 minutes once)
-#   --smoke    the few dozen cuts scripts/test.sh runs (about 3-4 minutes)
-#   --long N   N cuts (default 1000) of the shipped agent, then the broken-
-#              fsync proof; the Markdown tables go to .tools/powercut/report/
-# Env: EDGEFLEET_POWERCUT_JOBS machines at a time (default 2),
-#      EDGEFLEET_POWERCUT_BUDGET (e.g. 55m) stops starting cuts after it,
-#      EDGEFLEET_POWERCUT_VERBOSE=1 one line per cut (=logs: every console).
-#      EDGEFLEET_POWERCUT_ONLY=delta,self only these workloads (sideload, daemon,
-#      rollback, mqtt, delta, self), EDGEFLEET_POWERCUT_POINTS=delta-mid,random
-#      only these cut points. The ARM device (TestARMDevice*) runs unless
-#      EDGEFLEET_POWERCUT_ONLY leaves out "arm"; EDGEFLEET_POWERCUT_ARM_RANDOM
-#      its random cuts in --long (default 6), EDGEFLEET_POWERCUT_ARM_CPU its
-#      qemu -cpu (default cortex-a7), EDGEFLEET_POWERCUT_ARM its unpacked
-#      armhf kernel and busybox (default .tools/powercut/arm).
+#   --smoke    what scripts/test.sh runs: every workload cut once (a random
+#              moment or a drawn failpoint), one more mqttdelta point, 2 cuts
+#              per proof build: 12 cuts, about 2.5 minutes on 2 cores at
+#              load 4-5; beside them the ARM device (one cut) and the
+#              systemd guest (boot, rescue, one cut)
+#   --long N   each workload calibrated, N cuts (default 1000) of the shipped
+#              agent and, beside them, both proofs (missing staged-file
+#              fsync, missing swap directory fsync) under every mount set;
+#              the Markdown tables go to .tools/powercut/report/
+# Env: EDGEFLEET_POWERCUT_JOBS machines at a time, all tests together
+#      (default 2), EDGEFLEET_POWERCUT_BUDGET (e.g. 55m) stops starting cuts
+#      after it, EDGEFLEET_POWERCUT_SEED=N repeats the plan of the run that
+#      logged "seed N", EDGEFLEET_POWERCUT_VERBOSE=1 one line per cut
+#      (=logs: every console), EDGEFLEET_POWERCUT_ONLY=delta,self only these
+#      workloads (sideload, daemon, rollback, mqtt, delta, mqttdelta, self),
+#      EDGEFLEET_POWERCUT_POINTS=delta-mid,random only these cut points
+#      (a failpoint, random, after-done). The ARM device (TestARMDevice*)
+#      runs unless EDGEFLEET_POWERCUT_ONLY leaves out "arm";
+#      EDGEFLEET_POWERCUT_ARM_RANDOM its random cuts in --long (default 6),
+#      EDGEFLEET_POWERCUT_ARM_CPU its qemu -cpu (default cortex-a7),
+#      EDGEFLEET_POWERCUT_ARM its unpacked armhf kernel and busybox (default
+#      .tools/powercut/arm).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -168,5 +177,5 @@ case "${1:---smoke}" in
   --install) install; install_systemd_rootfs ;;
   --smoke) install; install_systemd_rootfs; EDGEFLEET_POWERCUT=smoke run ;;
   --long) install; install_systemd_rootfs; EDGEFLEET_POWERCUT=long EDGEFLEET_POWERCUT_CUTS=${2:-1000} run ;;
-  *) echo "usage: scripts/powercut.sh [--install | --smoke | --long [CUTS]]" >&2; exit 2 ;;
+  *) echo "usage: scripts/powercut.sh [--install | --smoke | --long [CUTS]] (what each does and the EDGEFLEET_POWERCUT_* settings: the comment at the top of scripts/powercut.sh)" >&2; exit 2 ;;
 esac

@@ -1,9 +1,13 @@
 package policy
 
 import (
+	"bytes"
 	"encoding/json"
 	"io"
+	"io/fs"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -15,6 +19,7 @@ type pkg struct {
 	Deps       []string
 	Imports    []string
 	Standard   bool
+	GoFiles    []string
 }
 
 func goList(t *testing.T, args ...string) []pkg {
@@ -101,5 +106,58 @@ func TestAgentDoesNotImportNetHTTP(t *testing.T) {
 				t.Errorf("%s imports %s: the device agent fetches over HTTP with agent/internal/httpget (net/http's client costs ~0.5 MB on linux-armv6)", p.ImportPath, imp)
 			}
 		}
+	}
+}
+
+// The power-cut suite's broken builds (build tags edgefleet_powercut_*:
+// an agent without the staged file's fsync or the swap's directory fsync,
+// internal/powercut) are never what ships: the default build compiles the
+// syncing files, and no build input outside the suite names such a tag.
+func TestShippedAgentHasNoPowercutTag(t *testing.T) {
+	pkgs := goList(t, "./agent")
+	if len(pkgs) != 1 {
+		t.Fatalf("go list ./agent returned %d packages", len(pkgs))
+	}
+	files := strings.Join(pkgs[0].GoFiles, " ")
+	for _, f := range []string{"powercut_sync.go", "powercut_dirsync.go"} {
+		if !strings.Contains(" "+files+" ", " "+f+" ") {
+			t.Errorf("the default build of the agent does not compile %s (its files: %s): the shipped agent must fsync what the power-cut suite's proof builds leave out", f, files)
+		}
+	}
+	for _, f := range []string{"powercut_nosync.go", "powercut_nodirsync.go"} {
+		if strings.Contains(" "+files+" ", " "+f+" ") {
+			t.Errorf("the default build of the agent compiles %s, the power-cut suite's broken build: check its //go:build line", f)
+		}
+	}
+	root := "../.."
+	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(root, p)
+		if d.IsDir() {
+			switch rel {
+			case ".git", ".tools", "internal/powercut", "node_modules":
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		if strings.HasSuffix(rel, ".md") || (strings.HasPrefix(rel, "agent/powercut_") && strings.HasSuffix(rel, ".go")) || rel == "internal/policy/policy_test.go" {
+			return nil
+		}
+		if fi, err := d.Info(); err != nil || fi.Size() > 4<<20 {
+			return err
+		}
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		if bytes.Contains(b, []byte("edgefleet_powercut_")) {
+			t.Errorf("%s names a power-cut proof build tag (edgefleet_powercut_*): only internal/powercut may build the broken agent; a release or install script must never", rel)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 }

@@ -34,8 +34,12 @@ const (
 	hostError  = "host-error"  // the machine did not boot or hung: not a verdict on the agent
 )
 
-// workloadsOf lists the workloads that pass a failpoint, the first one
-// used by the smoke (the delta workload's smoke points are deltaSmoke).
+// chunkFailpoint fires in an MQTT download right after a chunk and the
+// download record are on disk (agent/transport_download.go); only the
+// mqtt and mqttdelta workloads pass it.
+const chunkFailpoint = "mqtt-after-chunk"
+
+// workloadsOf lists the workloads that pass a failpoint.
 // A delta is staged by patching, not copying: it passes every install
 // failpoint but stage-mid, and its own delta-mid.
 func workloadsOf(fp string) []string {
@@ -43,35 +47,49 @@ func workloadsOf(fp string) []string {
 	case strings.HasPrefix(fp, "rollback-"):
 		return []string{"rollback"}
 	case strings.HasPrefix(fp, "commit-"):
-		return []string{"daemon", "mqtt", "self"}
+		return []string{"daemon", "mqtt", "mqttdelta", "self"}
 	case fp == agent.DeltaFailpoint:
-		return []string{"delta"}
+		return []string{"delta", "mqttdelta"}
+	case fp == chunkFailpoint:
+		return []string{"mqtt", "mqttdelta"}
 	case fp == "stage-mid":
 		return []string{"sideload", "daemon", "mqtt", "self"}
 	}
-	return []string{"sideload", "daemon", "mqtt", "delta", "self"}
+	return []string{"sideload", "daemon", "mqtt", "delta", "mqttdelta", "self"}
 }
 
 // The self workload is the agent updating itself (app edgefleet-agent,
-// 1.0.0 → 2.0.0, re-exec, trial, commit) under a respawning init.
-var workloads = []string{"sideload", "daemon", "rollback", "mqtt", "delta", "self"}
+// 1.0.0 → 2.0.0, re-exec, trial, commit) under a respawning init; the
+// mqttdelta workload is the daemon receiving 1.1.0 over MQTT as a delta
+// from its installed 1.0.0 (SPEC.md §8.10).
+var workloads = []string{"sideload", "daemon", "rollback", "mqtt", "delta", "mqttdelta", "self"}
 
-// failpoints: every named point, the full install's and the delta's.
-var failpoints = append(slices.Clone(agent.Failpoints), agent.DeltaFailpoint)
+// failpoints: every named point, the full install's, the delta's and the
+// MQTT download's.
+var failpoints = append(slices.Clone(agent.Failpoints), agent.DeltaFailpoint, chunkFailpoint)
 
-// deltaSmoke: the delta workload's cuts in the smoke besides a random
-// moment — its own failpoint, the patched file before its fsync, and the
-// swap right after the patched file took the app path's name.
-var deltaSmoke = []string{agent.DeltaFailpoint, "stage-before-sync", "swap-after-rename"}
+// mqttDeltaPoints: the mqttdelta workload's own cuts, one of which the
+// smoke always takes: the delta's only chunk on disk, the patched file
+// half written, the patched file before its fsync, renamed over the app.
+var mqttDeltaPoints = []string{chunkFailpoint, agent.DeltaFailpoint, "stage-before-sync", "swap-after-rename"}
 
-// selfSmoke: the self workload's cuts in the smoke besides a random
-// moment — the new agent renamed over the old one, the swap done but not
-// recorded, and the new agent's commit decided but not recorded.
-var selfSmoke = []string{"swap-after-rename", "swap-before-record", "commit-before-record"}
+// smokeWork: nominal uncut workload times (PC:GO to PC:DONE, measured by
+// long runs' calibrations on a loaded 2-core machine; mqttdelta's with GO
+// before the daemon starts, mqtt's from before that change, when GO came
+// after the daemon was ready). The smoke does not calibrate; its random
+// moments are drawn over these. A moment past the end cuts at PC:DONE, as
+// after-done does; a nominal time too short only draws earlier moments.
+var smokeWork = map[string]time.Duration{
+	"sideload": 1400 * time.Millisecond, "daemon": 2200 * time.Millisecond, "rollback": 1800 * time.Millisecond,
+	"mqtt": 6400 * time.Millisecond, "delta": 3200 * time.Millisecond, "mqttdelta": 5900 * time.Millisecond, "self": 4200 * time.Millisecond,
+}
 
 // cut is one planned power cut.
 type cut struct {
 	workload, mount, point string
+	// frac: a random cut's moment as a fraction of the workload's uncut
+	// time (0 to 1.1), drawn from the run's seed.
+	frac float64
 }
 
 func (c cut) String() string { return c.workload + "/" + c.mount + "/" + c.point }
@@ -85,7 +103,11 @@ type outcome struct {
 	work     time.Duration // PC:GO to PC:DONE (uncut workloads only)
 	cutAfter time.Duration // PC:GO to the cut
 	check    time.Duration // check boot: qemu start to PC:END
-	log      string
+	// route (mqttdelta): how 1.1.0 came after the cut, read from the
+	// agent's log on the check boot: "delta", "full" (the delta was given
+	// up: fallbackWhy says why) or "none" (nothing left to fetch).
+	route, fallbackWhy string
+	log                string
 }
 
 // statusJSON is the part of `edgefleet-agent status --json` the checks read.
@@ -133,9 +155,17 @@ func (g *guest) runCut(ctx context.Context, c cut, delay time.Duration) outcome 
 		fp = " pc.fp=" + c.point
 	}
 	dev := ""
-	if c.workload == "mqtt" {
-		// A device of its own on the host's broker, 1.1.0 assigned to it.
+	if c.workload == "mqtt" || c.workload == "mqttdelta" {
+		// A device of its own on the host's broker, 1.1.0 assigned to it
+		// (for mqttdelta after the delta 1.0.0→1.1.0, which the device
+		// finds by its installed executable's sha256).
 		dev = fmt.Sprintf("pc-%d", rand.Int64N(1e12))
+		if c.workload == "mqttdelta" {
+			if err := g.publishDelta(ctx, dev); err != nil {
+				o.verdict, o.why = hostError, "publish the delta 1.0.0→1.1.0: "+err.Error()
+				return o
+			}
+		}
 		if err := g.assign(ctx, dev, "1.1.0"); err != nil {
 			o.verdict, o.why = hostError, "publish 1.1.0: "+err.Error()
 			return o
@@ -169,6 +199,10 @@ func (g *guest) runCut(ctx context.Context, c cut, delay time.Duration) outcome 
 	if up, ok := b1.find("PC:UP"); ok {
 		o.boot = up.at
 	}
+	if l, ok := b1.find("PC:NODAEMON"); ok {
+		o.verdict, o.why = stepFailed, "the agent daemon did not start before the power cut: "+l.text
+		return o
+	}
 	if b1.err != nil || goAt == 0 {
 		o.verdict, o.why = hostError, fmt.Sprintf("the cut boot did not reach the workload: %v", b1.err)
 		return o
@@ -187,6 +221,16 @@ func (g *guest) runCut(ctx context.Context, c cut, delay time.Duration) outcome 
 		}
 	}
 	_ = done
+	if c.workload == "mqttdelta" {
+		// The workload proves something only if the device took the delta
+		// (or said why not) when it started the download.
+		if fetch, ok := b1.findContains("fetching 1.1.0"); ok && !strings.Contains(fetch.text, "as a delta from") {
+			if _, fell := b1.findContains("not using the delta"); !fell {
+				o.verdict, o.why = stepFailed, "the device fetched the full 1.1.0 although the delta from 1.0.0 was published, and did not say why: "+fetch.text
+				return o
+			}
+		}
+	}
 	// What must have survived: the last acknowledged state, unless a
 	// later step had begun (it may legitimately change it).
 	must, mustSelf := "", ""
@@ -220,6 +264,13 @@ func (g *guest) runCut(ctx context.Context, c cut, delay time.Duration) outcome 
 		o.check = end.at
 	}
 	o.verdict, o.why = classify(b2, must)
+	if c.workload == "mqttdelta" && o.verdict != hostError && o.verdict != bricked {
+		o.route, o.fallbackWhy = routeOf(b2)
+		if why := resumed(b2); why != "" {
+			o.verdict = degraded
+			o.why = strings.TrimPrefix(o.why+"; "+why, "; ")
+		}
+	}
 	if c.workload == "self" && o.verdict != hostError && o.verdict != bricked {
 		if v, why := classifySelf(b2, mustSelf); v != survived {
 			o.verdict = v
@@ -230,6 +281,45 @@ func (g *guest) runCut(ctx context.Context, c cut, delay time.Duration) outcome 
 		}
 	}
 	return o
+}
+
+// routeOf reads from the agent's log on the check boot how the device
+// finished 1.1.0 after the cut: "delta" (it fetched and applied the
+// delta), "full" (it gave the delta up and fetched the full release; why)
+// or "none" (nothing was fetched: the cut left 1.1.0 installed). Both
+// delta and full are allowed outcomes (SPEC.md §8.10).
+func routeOf(b *bootResult) (route, why string) {
+	if l, ok := b.findContains("not using the delta ("); ok {
+		why = l.text[strings.Index(l.text, "not using the delta (")+len("not using the delta ("):]
+		if i := strings.LastIndex(why, "); fetching"); i >= 0 {
+			why = why[:i]
+		}
+		return "full", why
+	}
+	if l, ok := b.findContains("fetching 1.1.0"); ok {
+		if strings.Contains(l.text, "as a delta from") {
+			return "delta", ""
+		}
+		return "full", "(no fallback logged)"
+	}
+	return "none", ""
+}
+
+// resumed judges the mqttdelta check boot's resume step: with the broker
+// back, the device must end at 1.1.0 committed (by the delta or the full
+// release), or stay rolled back; "" when it did.
+func resumed(b *bootResult) string {
+	if rc := b.value("PC:RESUMED"); rc != "0" {
+		return fmt.Sprintf("after the cut the device did not finish 1.1.0 from the broker (neither by the delta nor by the full release; resume exit %q)", rc)
+	}
+	st, ok := parseStatus(b.block("RESUME"))
+	if !ok {
+		return "status --json did not answer after the resume"
+	}
+	if !(st.Version == "1.1.0" && st.State == agent.StateCommitted) && st.State != agent.StateRolledBack {
+		return fmt.Sprintf("after the resume the device is %s %s, not 1.1.0 committed", st.State, st.Version)
+	}
+	return ""
 }
 
 // classifySelf judges the agent itself after the self workload: the
@@ -320,42 +410,27 @@ func cloneFile(from, to string) error {
 	return os.WriteFile(to, b, 0o644)
 }
 
-// plan is the list of cuts for a mode.
-func plan(mode string, n int) []cut { return only(planAll(mode, n)) }
+// plan is the list of cuts for a mode, drawn with rng (the run's seed).
+func plan(mode string, n int, rng *rand.Rand) []cut { return only(planAll(mode, n, rng)) }
 
-func planAll(mode string, n int) []cut {
+func planAll(mode string, n int, rng *rand.Rand) []cut {
+	if mode == "smoke" {
+		return planSmoke(rng)
+	}
 	var cuts []cut
-	// Each failpoint under each mount set in turn, random cuts of each
-	// workload under each mount set, and a cut right after each workload.
+	// Each failpoint with each workload that passes it, the mount sets in
+	// turn; a random cut of each workload under each mount set; a cut
+	// right after each workload.
 	round := func(r int) {
 		for i, fp := range failpoints {
-			ws := workloadsOf(fp)
-			if mode == "smoke" {
-				ws = ws[:1]
-				if fp != agent.DeltaFailpoint && slices.Contains(deltaSmoke, fp) {
-					ws = append(ws, "delta")
-				}
-				if slices.Contains(selfSmoke, fp) {
-					ws = append(ws, "self")
-				}
-			}
-			for j, w := range ws {
-				cuts = append(cuts, cut{w, mountSets[(i+j+r)%len(mountSets)], fp})
+			for j, w := range workloadsOf(fp) {
+				cuts = append(cuts, cut{workload: w, mount: mountSets[(i+j+r)%len(mountSets)], point: fp})
 			}
 		}
 		for i, w := range workloads {
-			cuts = append(cuts, cut{w, mountSets[(i+r)%len(mountSets)], pointRandom})
-			if mode != "smoke" {
-				cuts = append(cuts, cut{w, mountSets[(i+r+1)%len(mountSets)], pointAfterDone})
-			}
+			cuts = append(cuts, cut{w, mountSets[(i+r)%len(mountSets)], pointRandom, rng.Float64() * 1.1},
+				cut{workload: w, mount: mountSets[(i+r+1)%len(mountSets)], point: pointAfterDone})
 		}
-	}
-	if mode == "smoke" {
-		// Every failpoint once, each workload cut at a random moment and
-		// the deltaSmoke and selfSmoke points: 28 cuts, the mount option sets in turn (after-done cuts run in
-		// TestPowerCutCatchesMissingFsync).
-		round(0)
-		return cuts
 	}
 	for r := 0; len(cuts) < n; r++ {
 		round(r)
@@ -363,12 +438,57 @@ func planAll(mode string, n int) []cut {
 		for j := 0; j < 3; j++ {
 			for _, m := range mountSets {
 				for _, w := range workloads {
-					cuts = append(cuts, cut{w, m, pointRandom})
+					cuts = append(cuts, cut{w, m, pointRandom, rng.Float64() * 1.1})
 				}
 			}
 		}
 	}
 	return cuts[:n]
+}
+
+// planSmoke: every workload cut once, under one mount option set
+// (rotating from a seeded start), either at a random moment or at one of
+// the failpoints it passes (a coin toss, then a draw), and the mqttdelta
+// workload once more at one of its own points (mqttDeltaPoints): 8 cuts.
+// The longest workloads start first, so the two machines end together.
+// The seed makes the plan reproducible (EDGEFLEET_POWERCUT_SEED); over
+// many CI runs the draws cover every (workload, failpoint) pair.
+func planSmoke(rng *rand.Rand) []cut {
+	m0 := rng.IntN(len(mountSets))
+	mount := func(i int) string { return mountSets[(m0+i)%len(mountSets)] }
+	var cuts []cut
+	for i, w := range workloads {
+		c := cut{w, mount(i), pointRandom, rng.Float64() * 1.1}
+		if rng.IntN(2) == 1 {
+			var fps []string
+			for _, fp := range failpoints {
+				if slices.Contains(workloadsOf(fp), w) {
+					fps = append(fps, fp)
+				}
+			}
+			c.point, c.frac = fps[rng.IntN(len(fps))], 0
+		}
+		cuts = append(cuts, c)
+	}
+	cuts = append(cuts, cut{workload: "mqttdelta", mount: mount(len(cuts)), point: mqttDeltaPoints[rng.IntN(len(mqttDeltaPoints))]})
+	slices.SortStableFunc(cuts, func(a, b cut) int { return int(smokeWork[b.workload] - smokeWork[a.workload]) })
+	return cuts
+}
+
+// seed is the run's seed for the plan and the random moments: from
+// EDGEFLEET_POWERCUT_SEED, else the clock. Every test logs it.
+var seed = sync.OnceValue(func() uint64 {
+	if n, err := strconv.ParseUint(os.Getenv("EDGEFLEET_POWERCUT_SEED"), 10, 64); err == nil {
+		return n
+	}
+	return uint64(time.Now().UnixNano())
+})
+
+// seeded logs the run's seed and returns a generator drawn from it (one
+// stream per test, so the plans do not depend on the tests' order).
+func seeded(t *testing.T, stream uint64) *rand.Rand {
+	t.Logf("seed %d: EDGEFLEET_POWERCUT_SEED=%d reproduces this plan (cut points, mount sets, random moments)", seed(), seed())
+	return rand.New(rand.NewPCG(seed(), stream))
 }
 
 // only keeps the cuts of the workloads in EDGEFLEET_POWERCUT_ONLY
@@ -386,13 +506,13 @@ func only(cuts []cut) []cut {
 	return cuts
 }
 
-// suite runs cuts on g with jobs machines at a time.
+// suite runs cuts on g; the machines of every suite in the process (the
+// tests run in parallel) share jobs() slots.
 type suite struct {
-	t    *testing.T
-	g    *guest
-	jobs int
-	// work is each workload's uncut duration (calibration), for the
-	// random moments.
+	t *testing.T
+	g *guest
+	// work is each workload's uncut duration (calibration, or smokeWork),
+	// for the random moments.
 	work map[string]time.Duration
 	// deadline, when set, stops starting cuts (EDGEFLEET_POWERCUT_BUDGET).
 	deadline time.Time
@@ -405,17 +525,25 @@ func jobs() int {
 	return 2
 }
 
-// calibrate runs each workload once without a cut; each must survive.
+// machines: at most jobs() machines run at once in this process, whichever
+// test starts them (EDGEFLEET_POWERCUT_JOBS, default 2).
+var machines = sync.OnceValue(func() chan struct{} { return make(chan struct{}, jobs()) })
+
+// calibrate runs each workload once without a cut; each must survive, and
+// the mqttdelta workload must have taken the delta.
 func (s *suite) calibrate(ctx context.Context) []outcome {
 	s.work = map[string]time.Duration{}
 	var cuts []cut
 	for _, w := range workloads {
-		cuts = append(cuts, cut{w, mountSets[0], pointNone})
+		cuts = append(cuts, cut{workload: w, mount: mountSets[0], point: pointNone})
 	}
 	outs := s.run(ctx, only(cuts))
 	for _, o := range outs {
 		if o.verdict != survived || o.work == 0 {
 			s.t.Fatalf("calibration %s (no power cut) did not survive: %s: %s\n%s", o.cut, o.verdict, o.why, o.log)
+		}
+		if o.workload == "mqttdelta" && !strings.Contains(o.log, "as a delta from 1.0.0") {
+			s.t.Fatalf("calibration %s: the device did not take the delta 1.0.0→1.1.0 over MQTT; the workload would prove nothing\n%s", o.cut, o.log)
 		}
 		s.work[o.workload] = o.work
 	}
@@ -424,7 +552,7 @@ func (s *suite) calibrate(ctx context.Context) []outcome {
 
 func (s *suite) run(ctx context.Context, cuts []cut) []outcome {
 	out := make([]outcome, len(cuts))
-	sem := make(chan struct{}, s.jobs)
+	sem := machines()
 	var wg sync.WaitGroup
 	started := 0
 	for i, c := range cuts {
@@ -439,22 +567,27 @@ func (s *suite) run(ctx context.Context, cuts []cut) []outcome {
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			var delay time.Duration
-			if w := s.work[c.workload]; w > 0 {
-				delay = time.Duration(rand.Int64N(int64(w) * 11 / 10))
-			}
+			delay := time.Duration(c.frac * float64(s.work[c.workload]))
 			out[i] = s.g.runCut(ctx, c, delay)
 			switch os.Getenv("EDGEFLEET_POWERCUT_VERBOSE") {
 			case "":
 			case "logs":
 				s.t.Logf("%s: %s %s\n%s", c, out[i].verdict, out[i].why, out[i].log)
 			default:
-				s.t.Logf("%s: %s %s", c, out[i].verdict, out[i].why)
+				s.t.Logf("%s%s: %s %s", c, moment(c, delay), out[i].verdict, out[i].why)
 			}
 		}()
 	}
 	wg.Wait()
 	return out[:started]
+}
+
+// moment describes a random cut's moment for the log.
+func moment(c cut, delay time.Duration) string {
+	if c.point != pointRandom {
+		return ""
+	}
+	return fmt.Sprintf(" (at %.2f of the workload, %s after PC:GO)", c.frac, delay.Round(time.Millisecond))
 }
 
 // report is the per workload / mount / point table, as Markdown.
@@ -524,74 +657,189 @@ func writeReport(t *testing.T, name, s string) {
 	}
 }
 
+// tail is the last n lines of s.
+func tail(s string, n int) string {
+	ls := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	return strings.Join(ls[max(0, len(ls)-n):], "\n")
+}
+
+// routes is the mqttdelta workload's table: per cut point, how the device
+// finished 1.1.0 after the cut (both the delta and the full release are
+// allowed, SPEC.md §8.10), and why it fell back.
+func routes(outs []outcome) string {
+	type row struct{ n, delta, full, none int }
+	rows := map[string]*row{}
+	var whys []string
+	for _, o := range outs {
+		if o.workload != "mqttdelta" || o.route == "" {
+			continue
+		}
+		r := rows[o.point]
+		if r == nil {
+			r = &row{}
+			rows[o.point] = r
+		}
+		r.n++
+		switch o.route {
+		case "delta":
+			r.delta++
+		case "full":
+			r.full++
+			whys = append(whys, fmt.Sprintf("%s: %s", o.cut, o.fallbackWhy))
+		default:
+			r.none++
+		}
+	}
+	if len(rows) == 0 {
+		return ""
+	}
+	var b strings.Builder
+	b.WriteString("\nmqttdelta, after the cut (check boot, broker back, 1.1.0 and its delta still published):\n\n| cut point | cuts | finished by the delta | fell back to the full release | nothing left to fetch |\n|---|---|---|---|---|\n")
+	for _, p := range sortedKeys(rows) {
+		r := rows[p]
+		fmt.Fprintf(&b, "| %s | %d | %d | %d | %d |\n", p, r.n, r.delta, r.full, r.none)
+	}
+	for _, w := range whys {
+		fmt.Fprintf(&b, "\nfell back: %s", w)
+	}
+	if len(whys) > 0 {
+		b.WriteString("\n")
+	}
+	return b.String()
+}
+
 // TestPowerCut: the agent as shipped survives every cut.
 func TestPowerCut(t *testing.T) {
 	m := mode(t)
 	h := findHost(t)
+	t.Parallel()
 	n, _ := strconv.Atoi(os.Getenv("EDGEFLEET_POWERCUT_CUTS"))
 	if n <= 0 {
 		n = 1000
 	}
 	start := time.Now()
+	rng := seeded(t, 0)
 	g := buildGuest(t, h, "")
-	s := &suite{t: t, g: g, jobs: jobs()}
+	s := &suite{t: t, g: g}
 	if d, err := time.ParseDuration(os.Getenv("EDGEFLEET_POWERCUT_BUDGET")); err == nil && d > 0 {
 		s.deadline = start.Add(d)
 	}
 	ctx := context.Background()
-	outs := s.calibrate(ctx)
-	t.Logf("uncut workloads: %v (boot %.1fs)", s.work, outs[0].boot.Seconds())
-	outs = append(outs, s.run(ctx, plan(m, n))...)
+	var outs []outcome
+	if m == "smoke" {
+		// No calibration: the random moments are drawn over smokeWork.
+		s.work = smokeWork
+	} else {
+		outs = s.calibrate(ctx)
+		t.Logf("uncut workloads: %v (boot %.1fs)", s.work, outs[0].boot.Seconds())
+	}
+	cuts := plan(m, n, rng)
+	t.Logf("%d cuts: %v", len(cuts), cuts)
+	outs = append(outs, s.run(ctx, cuts)...)
 	var uncut []string
 	for _, w := range sortedKeys(s.work) {
 		uncut = append(uncut, fmt.Sprintf("%s %.1fs", w, s.work[w].Seconds()))
 	}
-	writeReport(t, "powercut.md", report(outs)+fmt.Sprintf("\n%d cuts (%d boots) in %s with %d machines at a time; uncut workloads (install through trial and commit where the workload waits for it): %s.\n",
-		len(outs), 2*len(outs), time.Since(start).Round(time.Second), s.jobs, strings.Join(uncut, ", ")))
+	how := "uncut workloads (install through trial and commit where the workload waits for it)"
+	if m == "smoke" {
+		how = "random moments drawn over the nominal workload times"
+	}
+	writeReport(t, "powercut.md", report(outs)+routes(outs)+fmt.Sprintf("\n%d cuts (%d boots) in %s with %d machines at a time (shared with the proof tests), seed %d; %s: %s.\n",
+		len(outs), 2*len(outs), time.Since(start).Round(time.Second), jobs(), seed(), how, strings.Join(uncut, ", ")))
 	for _, o := range outs {
 		switch o.verdict {
 		case survived:
 		case hostError:
-			t.Logf("host error (not a verdict on the agent): %s: %s", o.cut, o.why)
+			t.Logf("host error (not a verdict on the agent): %s: %s\n%s", o.cut, o.why, tail(o.log, 40))
 		default:
 			t.Errorf("%s: %s: %s\n%s", o.cut, o.verdict, o.why, o.log)
 		}
 	}
 }
 
-// TestPowerCutCatchesMissingFsync: the same cuts against an agent whose
-// staged file is not fsynced must report bricked or degraded devices; if
-// they all survive, the suite has stopped proving anything.
-func TestPowerCutCatchesMissingFsync(t *testing.T) {
-	mode(t)
+// proof runs cuts against an agent built with tag (an fsync left out) and
+// fails unless some device comes out bricked or degraded: if they all
+// survive, the suite has stopped proving anything.
+func proof(t *testing.T, tag, missing, reportName string, cuts []cut) {
 	h := findHost(t)
-	g := buildGuest(t, h, "edgefleet_powercut_nosync")
-	s := &suite{t: t, g: g, jobs: jobs()}
-	var cuts []cut
-	for _, m := range mountSets {
-		cuts = append(cuts, cut{"sideload", m, pointAfterDone})
+	if cuts = only(cuts); len(cuts) == 0 {
+		t.Skip("SKIP: EDGEFLEET_POWERCUT_ONLY / EDGEFLEET_POWERCUT_POINTS leave none of this proof's cuts")
 	}
-	cuts = append(cuts, cut{"sideload", mountSets[2], "swap-before-record"})
-	if os.Getenv("EDGEFLEET_POWERCUT") != "smoke" {
-		for _, m := range mountSets {
-			cuts = append(cuts, cut{"daemon", m, pointAfterDone}, cut{"mqtt", m, pointAfterDone}, cut{"sideload", m, "swap-before-record"},
-				cut{"delta", m, pointAfterDone}) // the patched file goes through the same unsynced close
-		}
-	}
+	t.Parallel()
+	start := time.Now()
+	g := buildGuestWith(t, h, guestOptions{tags: tag, noSelf: !slices.ContainsFunc(cuts, func(c cut) bool { return c.workload == "self" })})
+	s := &suite{t: t, g: g}
 	outs := s.run(context.Background(), cuts)
-	writeReport(t, "powercut-nosync.md", report(outs))
+	writeReport(t, reportName, report(outs)+fmt.Sprintf("\n%d cuts of the agent built with -tags %s in %s.\n", len(outs), tag, time.Since(start).Round(time.Second)))
 	bad := 0
 	for _, o := range outs {
 		if o.verdict == degraded || o.verdict == bricked {
 			bad++
 			t.Logf("caught: %s: %s: %s", o.cut, o.verdict, o.why)
+		} else {
+			t.Logf("not caught: %s: %s %s", o.cut, o.verdict, o.why)
 		}
 	}
 	if bad == 0 {
 		for _, o := range outs {
 			t.Logf("%s: %s %s\n%s", o.cut, o.verdict, o.why, o.log)
 		}
-		t.Fatalf("the agent without the staged file's fsync survived all %d cuts: the power-cut suite no longer catches a missing fsync", len(outs))
+		t.Fatalf("the agent without %s survived all %d cuts: the power-cut suite no longer catches it", missing, len(outs))
 	}
-	t.Logf("the broken build was caught in %d of %d cuts", bad, len(outs))
+	t.Logf("the broken build (-tags %s) was caught in %d of %d cuts", tag, bad, len(outs))
+}
+
+// TestPowerCutCatchesMissingFsync: the same cuts against an agent whose
+// staged file is not fsynced (tag edgefleet_powercut_nosync) must report
+// bricked or degraded devices.
+func TestPowerCutCatchesMissingFsync(t *testing.T) {
+	m := mode(t)
+	rng := seeded(t, 1)
+	// The smoke: a sideload cut right after it returned, and the swap done
+	// but not recorded, one under each noauto_da_alloc set (in turn), where
+	// the long runs caught every after-done cut and 3 of 4 at
+	// swap-before-record; default data=ordered hides the missing fsync
+	// (auto_da_alloc flushes a file renamed over another).
+	m0 := 1 + rng.IntN(2)
+	cuts := []cut{
+		{workload: "sideload", mount: mountSets[m0], point: pointAfterDone},
+		{workload: "sideload", mount: mountSets[3-m0], point: "swap-before-record"},
+	}
+	if m != "smoke" {
+		cuts = nil
+		for _, m := range mountSets {
+			cuts = append(cuts, cut{workload: "sideload", mount: m, point: pointAfterDone}, cut{workload: "daemon", mount: m, point: pointAfterDone},
+				cut{workload: "mqtt", mount: m, point: pointAfterDone}, cut{workload: "sideload", mount: m, point: "swap-before-record"},
+				cut{workload: "delta", mount: m, point: pointAfterDone}, // the patched file goes through the same unsynced close
+				cut{workload: "mqttdelta", mount: m, point: pointAfterDone},
+				cut{workload: "self", mount: m, point: pointAfterDone}, cut{workload: "self", mount: m, point: "swap-before-record"})
+		}
+	}
+	proof(t, "edgefleet_powercut_nosync", "the staged file's fsync", "powercut-nosync.md", cuts)
+}
+
+// TestPowerCutCatchesMissingDirSync: an agent whose swap does not fsync
+// the app's directory (tag edgefleet_powercut_nodirsync) loses the .prev
+// link and the rename when the power goes right after the install
+// returned; the suite must report it.
+func TestPowerCutCatchesMissingDirSync(t *testing.T) {
+	m := mode(t)
+	rng := seeded(t, 2)
+	m0 := rng.IntN(len(mountSets))
+	// The smoke: a sideload and a daemon install cut right after they
+	// returned, under two mount sets in turn.
+	cuts := []cut{
+		{workload: "sideload", mount: mountSets[m0], point: pointAfterDone},
+		{workload: "daemon", mount: mountSets[(m0+1)%len(mountSets)], point: pointAfterDone},
+	}
+	if m != "smoke" {
+		cuts = nil
+		for _, m := range mountSets {
+			for _, w := range workloads {
+				cuts = append(cuts, cut{workload: w, mount: m, point: pointAfterDone})
+			}
+			cuts = append(cuts, cut{workload: "sideload", mount: m, point: "swap-before-record"}, cut{workload: "self", mount: m, point: "swap-before-record"})
+		}
+	}
+	proof(t, "edgefleet_powercut_nodirsync", "the swap's directory fsync", "powercut-nodirsync.md", cuts)
 }

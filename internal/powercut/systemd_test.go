@@ -231,6 +231,7 @@ func TestSystemdUnitsBootAndRescue(t *testing.T) {
 	start := time.Now()
 	h := findHost(t)
 	img := findSystemdRootfs(t)
+	t.Parallel() // its one machine at a time takes a slot the x86 cuts share (machines())
 	g := buildSystemdGuest(t, h)
 	t.Logf("built the guest in %s", time.Since(start).Round(100*time.Millisecond))
 	// Where the good self-update 2.0.0 → 4.0.0 loses power: when the agent
@@ -253,6 +254,9 @@ func TestSystemdUnitsBootAndRescue(t *testing.T) {
 // systemdScenario: other adds the start limit hit for another reason (the
 // long run: about a minute more).
 func systemdScenario(t *testing.T, g *guest, img, point string, other bool) {
+	sem := machines()
+	sem <- struct{}{}
+	defer func() { <-sem }()
 	begin := time.Now()
 	cmdline := "pc.setup=1 pc.phase=rescue"
 	wantPIDs := 3

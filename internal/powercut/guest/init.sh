@@ -4,15 +4,17 @@
 # the device's disk at /dev/vda (ext4, mounted at /mnt with pc.mount).
 #
 # pc.phase=cut:   run workload pc.workload (sideload | daemon | rollback |
-#                 mqtt | delta | self), with EDGEFLEET_FAILPOINT=pc.fp when set; the host
-#                 cuts the power (SIGKILL of qemu) at some moment of it.
+#                 mqtt | delta | mqttdelta | self), with EDGEFLEET_FAILPOINT=pc.fp
+#                 when set; the host cuts the power (SIGKILL of qemu) at
+#                 some moment of it.
 # pc.phase=check: the next boot: what the app path holds, recovery by the
 #                 daemon, its status, then the next install (1.2.0).
 #
 # Every line the host reads starts with "PC:" on the serial console:
 #   PC:UP t, PC:GO, PC:BEGIN op, PC:ACK state version, PC:KILLED (the
 #   failpoint fired), PC:DONE, PC:PRE v, PC:STATUS{ ... PC:STATUS},
-#   PC:APP v, PC:NEXT rc, PC:END.
+#   PC:APP v, PC:RESUMED rc, PC:RESUME{ ... PC:RESUME} (mqttdelta),
+#   PC:CATCHUP, PC:NEXT rc, PC:END.
 /bin/busybox --install -s /bin
 export PATH=/bin
 mount -t proc proc /proc
@@ -148,12 +150,15 @@ if [ "$PHASE" = cut ]; then
     say BEGIN rollback
     /pc/agent rollback $C --reason "power-cut suite" hello; rc=$?; killed $rc
     ok $rc rollback && say ACK rolled-back 1.0.0 ;;
-  mqtt)
-    # The daemon downloads 1.1.0 from the host's broker, installs it and
-    # runs the trial; the workload ends when it committed.
-    daemon || stop
+  mqtt|mqttdelta)
+    # The daemon downloads 1.1.0 from the host's broker (mqttdelta: as the
+    # delta from its installed 1.0.0, which the host published too),
+    # installs it and runs the trial; the workload ends when it committed.
+    # It starts with the daemon, which fetches at once (a failpoint may
+    # fire before status first answers).
     say GO
     say BEGIN mqtt
+    daemon || stop
     i=0
     while :; do
       daemon_dead
@@ -192,9 +197,24 @@ if [ "$PHASE" = check ]; then
     # Catch up with the fleet: the host assigns 1.2.0 when it reads
     # CATCHUP; the daemon, now with the broker, downloads and commits it.
     kill $DPID; wait $DPID
-    say CATCHUP
     C=$CM
-    daemon || stop
+    if [ "$WL" = mqttdelta ]; then
+      # First finish what the cut interrupted: 1.1.0 and the delta are
+      # still published; by the delta or the full release (the host reads
+      # which from the agent's log), or nothing to do.
+      daemon || stop
+      i=0; rc=1
+      while [ $i -lt 600 ]; do
+        case "$(/pc/agent status $C 2>/dev/null | grep '^hello ')" in *"1.1.0"*committed*|*rolled-back*) rc=0; break ;; esac
+        i=$((i+1)); sleep 0.2
+      done
+      say RESUMED $rc
+      echo "PC:RESUME{"; /pc/agent status $C --json 2>&1; echo "PC:RESUME}"
+      say CATCHUP
+    else
+      say CATCHUP
+      daemon || stop
+    fi
     i=0; rc=1
     while [ $i -lt 600 ]; do
       case "$(/pc/agent status $C 2>/dev/null | grep '^hello ')" in *"1.2.0"*committed*) rc=0; break ;; esac
