@@ -8,29 +8,13 @@ package agent
 import (
 	"errors"
 	"fmt"
-	"io"
-	"os"
 
 	"github.com/edgefleet/edgefleet/protocol"
 )
 
 // ReadKeySetFile reads a key set message file, refusing one above the
-// protocol limit before reading it whole.
-func ReadKeySetFile(path string) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, protocol.MaxKeySetMessage+1))
-	if err != nil {
-		return nil, err
-	}
-	if len(b) > protocol.MaxKeySetMessage {
-		return nil, fmt.Errorf("%s is larger than a key set message may be (%d bytes): %w", path, protocol.MaxKeySetMessage, protocol.ErrTooLarge)
-	}
-	return b, nil
-}
+// protocol limit before reading it whole (protocol.ReadKeySetFile).
+func ReadKeySetFile(path string) ([]byte, error) { return protocol.ReadKeySetFile(path) }
 
 // KeySetMessage is the sentence both the daemon and the direct path print
 // for an accepted (or already held) key set.

@@ -393,7 +393,7 @@ func keySetVerify(env *cliEnv, args []string) int {
 	if err != nil {
 		return fail(err)
 	}
-	b, err := os.ReadFile(fs.Arg(0))
+	b, err := protocol.ReadKeySetFile(fs.Arg(0))
 	if err != nil {
 		return fail(err)
 	}
@@ -431,7 +431,7 @@ func keySetPublish(ctx context.Context, env *cliEnv, args []string) int {
 	if err != nil {
 		return fail(err)
 	}
-	b, err := os.ReadFile(fs.Arg(0))
+	b, err := protocol.ReadKeySetFile(fs.Arg(0))
 	if err != nil {
 		return fail(err)
 	}

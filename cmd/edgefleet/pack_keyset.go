@@ -5,8 +5,6 @@ package main
 
 import (
 	"fmt"
-	"io"
-	"os"
 
 	"github.com/edgefleet/edgefleet/protocol"
 )
@@ -14,17 +12,9 @@ import (
 // readKeySetMessage reads a key set chain message file, refusing one above
 // the protocol limit before reading it whole, and parses it.
 func readKeySetMessage(path string) ([]byte, error) {
-	f, err := os.Open(path)
+	b, err := protocol.ReadKeySetFile(path)
 	if err != nil {
 		return nil, err
-	}
-	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, protocol.MaxKeySetMessage+1))
-	if err != nil {
-		return nil, err
-	}
-	if len(b) > protocol.MaxKeySetMessage {
-		return nil, fmt.Errorf("%s is larger than a key set message may be (%d bytes): %w", path, protocol.MaxKeySetMessage, protocol.ErrTooLarge)
 	}
 	if _, _, err := protocol.ParseKeySetChain(b); err != nil {
 		return nil, fmt.Errorf("%s is not a key set message (make one with edgefleet keyset chain): %w", path, err)
