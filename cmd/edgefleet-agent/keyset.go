@@ -27,12 +27,7 @@ func cmdKeySet(ctx context.Context, e *env, args []string) int {
 	}
 	if c := dial(ctx, cfg); c != nil {
 		defer c.Close()
-		r, err := c.Do(ctx, agent.Request{Op: agent.OpKeySet, Bundle: path}, nil)
-		if !daemonAccepted(e, "keyset", r, err) {
-			return 1
-		}
-		fmt.Fprintln(e.stdout, r.Message)
-		return 0
+		return daemonDo(ctx, e, c, "keyset", agent.Request{Op: agent.OpKeySet, Bundle: path})
 	}
 	a, ok := openDirect(e, cfg)
 	if !ok {

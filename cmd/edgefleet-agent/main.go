@@ -481,6 +481,17 @@ func daemonAccepted(e *env, cmd string, r agent.Response, err error) bool {
 	return true
 }
 
+// daemonDo sends req to the daemon and prints its answer's message: the
+// daemon's side of a command that works with or without one. Exit code.
+func daemonDo(ctx context.Context, e *env, c *agent.ControlClient, cmd string, req agent.Request) int {
+	r, err := c.Do(ctx, req, nil)
+	if !daemonAccepted(e, cmd, r, err) {
+		return 1
+	}
+	fmt.Fprintln(e.stdout, r.Message)
+	return 0
+}
+
 func orNone(s string) string {
 	if s == "" {
 		return "none"
@@ -656,12 +667,7 @@ func cmdRollback(ctx context.Context, e *env, args []string) int {
 			fmt.Fprintln(e.stdout, "a daemon is running: nothing to rescue")
 			return 0
 		}
-		r, err := c.Do(ctx, agent.Request{Op: agent.OpRollback, App: app, Reason: *reason}, nil)
-		if !daemonAccepted(e, "rollback", r, err) {
-			return 1
-		}
-		fmt.Fprintln(e.stdout, r.Message)
-		return 0
+		return daemonDo(ctx, e, c, "rollback", agent.Request{Op: agent.OpRollback, App: app, Reason: *reason})
 	}
 	a, ok := openDirect(e, cfg)
 	if !ok {
@@ -755,12 +761,7 @@ func cmdReset(ctx context.Context, e *env, args []string) int {
 			fmt.Fprintf(e.stdout, "refused: the agent daemon is running and holds the state database %s, so it reads fine and nothing needs resetting; to start over with empty state anyway, stop the daemon (e.g. `systemctl stop edgefleet-agent`), run `edgefleet-agent reset --force` again, then start it\n", cfg.StatePath())
 			return 1
 		}
-		r, err := c.Do(ctx, agent.Request{Op: agent.OpReset}, nil)
-		if !daemonAccepted(e, "reset", r, err) {
-			return 1
-		}
-		fmt.Fprintln(e.stdout, r.Message)
-		return 0
+		return daemonDo(ctx, e, c, "reset", agent.Request{Op: agent.OpReset})
 	}
 	reset := agent.ResetState
 	if *force {
