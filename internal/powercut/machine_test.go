@@ -136,16 +136,7 @@ func buildGuestWith(t *testing.T, h host, o guestOptions) *guest {
 	copyFile(t, filepath.Join(testkit.RepoRoot(t), "internal", "powercut", "guest", "init.sh"), filepath.Join(root, "init"), 0o755)
 	copyFile(t, agentBin, filepath.Join(root, "pc", "agent"), 0o755)
 	copyFile(t, pubPath, filepath.Join(root, "pc", "release.pub"), 0o644)
-	for _, m := range modules {
-		ko, _ := filepath.Glob(filepath.Join(h.moddir, "kernel", "*", "*", m+".ko"))
-		ko2, _ := filepath.Glob(filepath.Join(h.moddir, "kernel", "*", m+".ko"))
-		ko = append(ko, ko2...)
-		if len(ko) == 0 {
-			t.Skipf("SKIP: module %s.ko not under %s (a Debian cloud kernel has it)", m, h.moddir)
-		}
-		copyFile(t, ko[0], filepath.Join(root, "lib", "modules", m+".ko"), 0o644)
-	}
-	must(t, os.WriteFile(filepath.Join(root, "pc", "modules"), []byte(strings.Join(modules, " ")+"\n"), 0o644))
+	copyModules(t, h, root)
 	cfg := testkit.AgentConfig{DeviceID: "powercut", DataDir: "/mnt/data", TrustedKeys: []string{"/pc/release.pub"},
 		Apps: []testkit.AgentApp{{Name: "hello", Path: "/mnt/opt/hello/bin/hello", Args: []string{"--serve"}, Window: "1s", MaxBootsOnTrial: 3}}}
 	testkit.WriteAgentConfig(t, filepath.Join(root, "pc", "agent.yaml"), cfg)
@@ -461,4 +452,21 @@ func sortedKeys[V any](m map[string]V) []string {
 	}
 	sort.Strings(ks)
 	return ks
+}
+
+// copyModules puts the kernel modules the guests load (modules) into the
+// initramfs tree at root, and their names, in load order, into
+// /pc/modules for the init; it skips the test loudly when one is missing.
+func copyModules(t *testing.T, h host, root string) {
+	t.Helper()
+	for _, m := range modules {
+		ko, _ := filepath.Glob(filepath.Join(h.moddir, "kernel", "*", "*", m+".ko"))
+		ko2, _ := filepath.Glob(filepath.Join(h.moddir, "kernel", "*", m+".ko"))
+		ko = append(ko, ko2...)
+		if len(ko) == 0 {
+			t.Skipf("SKIP: module %s.ko not under %s (a Debian cloud kernel has it)", m, h.moddir)
+		}
+		copyFile(t, ko[0], filepath.Join(root, "lib", "modules", m+".ko"), 0o644)
+	}
+	must(t, os.WriteFile(filepath.Join(root, "pc", "modules"), []byte(strings.Join(modules, " ")+"\n"), 0o644))
 }

@@ -95,16 +95,7 @@ func buildSystemdGuest(t *testing.T, h host) *guest {
 	}
 	copyFile(t, h.busybox, filepath.Join(root, "bin", "busybox"), 0o755)
 	copyFile(t, filepath.Join(repo, "internal", "powercut", "guest", "systemd-init.sh"), filepath.Join(root, "init"), 0o755)
-	for _, m := range modules {
-		ko, _ := filepath.Glob(filepath.Join(h.moddir, "kernel", "*", "*", m+".ko"))
-		ko2, _ := filepath.Glob(filepath.Join(h.moddir, "kernel", "*", m+".ko"))
-		ko = append(ko, ko2...)
-		if len(ko) == 0 {
-			t.Skipf("SKIP: module %s.ko not under %s (a Debian cloud kernel has it)", m, h.moddir)
-		}
-		copyFile(t, ko[0], filepath.Join(root, "lib", "modules", m+".ko"), 0o644)
-	}
-	must(t, os.WriteFile(filepath.Join(root, "pc", "modules"), []byte(strings.Join(modules, " ")+"\n"), 0o644))
+	copyModules(t, h, root)
 
 	// The units as shipped (EDGEFLEET_POWERCUT_SYSTEMD_UNITS: another
 	// directory's, to try a change), and the probe's.
