@@ -53,7 +53,10 @@ func workloadsOf(fp string) []string {
 	case fp == chunkFailpoint:
 		return []string{"mqtt", "mqttdelta"}
 	case fp == "stage-mid":
-		return []string{"sideload", "daemon", "mqtt", "self"}
+		// Not mqtt: its device shares the host's broker with mqttdelta's,
+		// so once that delta is retained for the same base it installs by
+		// the delta too (a long run found 3 unreached stage-mid cuts).
+		return []string{"sideload", "daemon", "self"}
 	}
 	return []string{"sideload", "daemon", "mqtt", "delta", "mqttdelta", "self"}
 }
