@@ -40,14 +40,7 @@ func deviceOpen(data []byte, st *TrustState, extra []PublicKey, now time.Time) (
 	b, err := OpenBundleWith(bytes.NewReader(data), OpenOptions{
 		Keyring: PolicyKeyring(st.Held, extra, clock),
 		KeySet: func(raw []byte) *Keyring {
-			c, docs, err := ParseKeySetChain(raw)
-			if err == nil {
-				var ns TrustState
-				if ns, err = st.Advance(c, docs, now); err == nil {
-					*st = ns
-				}
-			}
-			ksErr = err
+			ksErr = advanceFromBundle(st, raw, now)
 			return PolicyKeyring(st.Held, extra, clock)
 		},
 	})
@@ -261,4 +254,18 @@ func TestWriteBundleKeySet(t *testing.T) {
 	if !errors.Is(err, ErrMalformed) || !strings.Contains(err.Error(), NameKeySet) {
 		t.Fatalf("a chain with no key set: want ErrMalformed naming %s, got %v", NameKeySet, err)
 	}
+}
+
+// advanceFromBundle is what a device does with a bundle's keyset.json in
+// these tests: parse the chain and, when it verifies, hold the new state.
+func advanceFromBundle(st *TrustState, raw []byte, now time.Time) error {
+	c, docs, err := ParseKeySetChain(raw)
+	if err != nil {
+		return err
+	}
+	ns, err := st.Advance(c, docs, now)
+	if err == nil {
+		*st = ns
+	}
+	return err
 }

@@ -150,14 +150,7 @@ func deviceOpenManifest(data []byte, base *Keyring, st *TrustState, now time.Tim
 	_, err = OpenBundleWith(bytes.NewReader(data), OpenOptions{
 		Keyring: base,
 		KeySet: func(raw []byte) *Keyring {
-			c, docs, err := ParseKeySetChain(raw)
-			if err == nil {
-				var ns TrustState
-				if ns, err = st.Advance(c, docs, now); err == nil {
-					*st = ns
-				}
-			}
-			ksErr = err
+			ksErr = advanceFromBundle(st, raw, now)
 			return PolicyKeyring(st.Held, nil, clock)
 		},
 	})
