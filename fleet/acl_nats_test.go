@@ -16,7 +16,9 @@ func TestACLNATS(t *testing.T) {
 		t.Skip("-short: 3-node NATS cluster")
 	}
 	bin := testkit.NATSServerPath(t, "the NATS ACL test")
-	c := testkit.StartNATSCluster(t, bin, testkit.NATSClusterOptions{Extra: natsAuthorization(t, aclPasswords())})
+	pw := aclPasswords()
+	c := testkit.StartNATSCluster(t, bin, testkit.NATSClusterOptions{Extra: natsAuthorization(t, pw),
+		ReadyUser: "operator", ReadyPassword: pw["operator"]})
 	aclMatrix(t, c.Nodes[0].MQTTURL())
 }
 
