@@ -105,6 +105,8 @@ type Daemon struct {
 	// ready is set once recovery is done and the apps are started; until
 	// then the control socket answers status only (with Starting set).
 	ready atomic.Bool
+	// notifyFailed is set once a message to systemd failed (sdnotify.go).
+	notifyFailed atomic.Bool
 	// beforeRecover, when set (tests only), runs before Recover: it holds
 	// the daemon in its starting phase.
 	beforeRecover func()
@@ -217,13 +219,22 @@ func (d *Daemon) Run(ctx context.Context) error {
 	d.ready.Store(true)
 	d.startMQTT(runCtx) // MQTT transport (transport_mqtt.go) when cfg.Broker is set
 	d.logf("agent %s running: %d apps, control socket %s", d.opts.Version, len(d.cfg.Apps), d.opts.SocketPath)
+	// systemd (sdnotify.go): ready now; the watchdog pings go on through
+	// the apps' graceful stop below, until Run returns.
+	d.notify(fmt.Sprintf("READY=1\nSTATUS=agent %s running %d apps", d.opts.Version, len(d.cfg.Apps)))
+	wdCtx, wdStop := context.WithCancel(context.Background())
+	wdDone := make(chan struct{})
+	go func() { defer close(wdDone); d.watchdog(wdCtx) }()
+	defer func() { wdStop(); <-wdDone }()
 
 	var result error
 	select {
 	case <-ctx.Done():
 		d.logf("stopping: %v", context.Cause(ctx))
+		d.notify("STOPPING=1\nSTATUS=stopping the apps")
 	case re := <-d.reexec:
 		d.logf("%v", re)
+		d.notify("STATUS=" + re.Error())
 		result = re
 	}
 	cancel()

@@ -381,7 +381,7 @@ type proc struct {
 
 func (s *Supervisor) start(run uint64) (*proc, error) {
 	cmd := exec.Command(s.opts.Path, s.opts.Args...)
-	cmd.Env = append(os.Environ(), s.opts.Env...)
+	cmd.Env = childEnv(s.opts.Env) // not the agent's systemd variables (sdnotify.go)
 	cmd.Dir = s.opts.Dir
 	cmd.SysProcAttr = &syscall.SysProcAttr{
 		Setpgid: true,
