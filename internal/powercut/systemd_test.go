@@ -64,8 +64,8 @@ const (
 // on this host, as goldenDisk does), the agent's configuration, the units
 // from docs/systemd verbatim, the probe, and the self-update bundles:
 // 3.0.0, which passes the install's probe but exits at start (hello
-// stands in for it, as in cmd/edgefleet-agent's rescue test), and a good
-// 4.0.0.
+// stands in for it, as in cmd/edgefleet-agent's rescue test), 3.5.0,
+// which hangs at start instead (hello -X main.hang=1), and a good 4.0.0.
 func buildSystemdGuest(t *testing.T, h host) *guest {
 	t.Helper()
 	dir := t.TempDir()
@@ -112,7 +112,8 @@ func buildSystemdGuest(t *testing.T, h host) *guest {
 	copyFile(t, bins[0], in(sdProbeDir+"/agent"), 0o755)
 	copyFile(t, pubPath, in("etc/edgefleet/release.pub"), 0o644)
 	must(t, os.Rename(bundle(agent.SelfApp, "3.0.0", 3, testkit.BuildHello(t, env, "3.0.0", "")), in(sdProbeDir+"/agent-3.0.0.efb")))
-	must(t, os.Rename(bundle(agent.SelfApp, "4.0.0", 4, bins[1]), in(sdProbeDir+"/agent-4.0.0.efb")))
+	must(t, os.Rename(bundle(agent.SelfApp, "3.5.0", 4, testkit.BuildHello(t, env, "3.5.0", "-X main.hang=1")), in(sdProbeDir+"/agent-3.5.0.efb")))
+	must(t, os.Rename(bundle(agent.SelfApp, "4.0.0", 5, bins[1]), in(sdProbeDir+"/agent-4.0.0.efb")))
 	apps := func(prefix string) []testkit.AgentApp {
 		return []testkit.AgentApp{
 			{Name: "hello", Path: prefix + sdHelloPath, Args: []string{"--serve"}, Window: "1s", MaxBootsOnTrial: 3},
@@ -167,7 +168,11 @@ func systemdDisk(t *testing.T, img string) string {
 // PC:END (or cut returns true for a line) and fails t on a host error.
 func systemdBoot(t *testing.T, g *guest, disk, cmdline string, cut func(l line, cut func()) bool) *bootResult {
 	t.Helper()
-	res := g.boot(context.Background(), disk, "no_timer_check systemd.journald.forward_to_console=1 "+cmdline, 8*time.Minute, func(l line, c func()) bool {
+	limit := 8 * time.Minute
+	if strings.Contains(cmdline, "pc.hang=1") {
+		limit = 20 * time.Minute // the agent that hangs: about 10 minutes of systemd's timeouts
+	}
+	res := g.boot(context.Background(), disk, "no_timer_check systemd.journald.forward_to_console=1 "+cmdline, limit, func(l line, c func()) bool {
 		if strings.HasPrefix(l.text, "PC:END") || strings.HasPrefix(l.text, "PC:INITRDFAIL") {
 			return true
 		}
@@ -230,7 +235,8 @@ func TestSystemdUnitsBootAndRescue(t *testing.T) {
 	// yet started), and in the long run also at a random moment of it
 	// (staging, swap, re-exec, trial and commit take 10-20 s under TCG).
 	// The long run also has the agent hit its start limit for another
-	// reason (killed at each start) in the first scenario.
+	// reason (killed at each start), and a self-update to an agent that
+	// hangs at start, in the first scenario.
 	long := os.Getenv("EDGEFLEET_POWERCUT") == "long"
 	points := []string{"at-reexec"}
 	if long {
@@ -242,8 +248,8 @@ func TestSystemdUnitsBootAndRescue(t *testing.T) {
 	t.Logf("TestSystemdUnitsBootAndRescue took %s", time.Since(start).Round(time.Second))
 }
 
-// systemdScenario: other adds the start limit hit for another reason (the
-// long run: about a minute more).
+// systemdScenario: other adds the start limit hit for another reason and
+// the agent that hangs at start (the long run: about 11 minutes more).
 func systemdScenario(t *testing.T, g *guest, img, point string, other bool) {
 	sem := machines()
 	sem <- struct{}{}
@@ -252,8 +258,8 @@ func systemdScenario(t *testing.T, g *guest, img, point string, other bool) {
 	cmdline := "pc.setup=1 pc.phase=rescue"
 	wantPIDs := 3
 	if other {
-		cmdline += " pc.other=1"
-		wantPIDs = 4
+		cmdline += " pc.other=1 pc.hang=1"
+		wantPIDs = 5
 	}
 	disk := systemdDisk(t, img)
 	var cutAt string
@@ -297,6 +303,11 @@ func systemdScenario(t *testing.T, g *guest, img, point string, other bool) {
 	mp := mainPIDs(res)
 	if len(mp) != wantPIDs || mp[0] != strconv.Itoa(st.PID) {
 		t.Fatalf("systemd's MainPID %v is not the daemon's pid %d: the agent does not run as the service's main process\n%s", mp, st.PID, log)
+	}
+	// Type=notify: the unit became active on the agent's READY=1, carries
+	// its STATUS= line, and the agent pings the watchdog.
+	if ty, sts, wd := res.value("PC:SDTYPE"), res.value("PC:SDSTATUS"), res.value("PC:SDWATCHDOG"); ty != "notify" || sts != "agent 2.0.0 running 2 apps" || wd != "1min 30s" {
+		t.Fatalf("systemd says Type=%q StatusText=%q WatchdogUSec=%q; want notify, \"agent 2.0.0 running 2 apps\" (the agent's STATUS=), 1min 30s (docs/systemd)\n%s", ty, sts, wd, log)
 	}
 
 	// 2. The self-update to an agent that cannot start, and its rescue.
@@ -347,6 +358,32 @@ func systemdScenario(t *testing.T, g *guest, img, point string, other bool) {
 			mp[3] != strconv.Itoa(st3.PID) || strings.Count(j, "Triggering OnFailure=") != 2 || !strings.Contains(j, "edgefleet-agent is rolled-back, not on trial: nothing to rescue") {
 			t.Fatalf("after a start limit hit for another reason: want the rescue to find nothing on trial and start the agent 2.0.0 again with hello (MainPID %s), got daemon %v agent %q (pid %d) hello %+v\n%s", mp[3], st3.Daemon, st3.AgentVersion, st3.PID, sdApp(st3, "hello"), log)
 		}
+	}
+	if other {
+		// The self-update to an agent that hangs after the re-exec: no
+		// more pings, the watchdog kills it; it hangs at each start, each
+		// start times out; the start limit hands over to the rescue unit,
+		// which restores 2.0.0.
+		if v := res.value("PC:SIDELOAD3"); !strings.HasPrefix(v, "0 ") {
+			t.Fatalf("sideloading the agent 3.5.0 that hangs: exit %s\n%s", v, log)
+		}
+		st4 := daemonStatus(t, res, "STATUS4")
+		self4 := sdApp(st4, agent.SelfApp)
+		if !st4.Daemon || st4.AgentVersion != "2.0.0" || self4.State != agent.StateRolledBack || self4.Sequence != 2 || !helloRuns(st4, "1.0.0") || mp[4] != strconv.Itoa(st4.PID) {
+			t.Fatalf("after the agent that hangs: want the rescue to have restored the daemon 2.0.0 (sequence 2, rolled back) running hello (MainPID %s), got daemon %v agent %q (pid %d), edgefleet-agent %+v, hello %+v\n%s", mp[4], st4.Daemon, st4.AgentVersion, st4.PID, self4.AppStatus, sdApp(st4, "hello"), log)
+		}
+		for _, want := range []string{"hanging on purpose", "edgefleet-agent.service: Watchdog timeout", "edgefleet-agent.service: start operation timed out"} {
+			if !strings.Contains(j, want) {
+				t.Fatalf("the journal of the units lacks %q\n%s", want, log)
+			}
+		}
+		if n := strings.Count(j, "edgefleet-agent rolled back to 2.0.0"); n != 2 || strings.Count(j, "Triggering OnFailure=") != 3 {
+			t.Fatalf("want two rescues that rolled back (3.0.0, 3.5.0) of three OnFailure triggers, got %d and %d\n%s", n, strings.Count(j, "Triggering OnFailure="), log)
+		}
+		h, _ := strconv.ParseFloat(res.value("PC:HANG"), 64)
+		hd, _ := strconv.ParseFloat(res.value("PC:HANGDONE"), 64)
+		t.Logf("an agent that hangs at start: sideloaded at %.1fs; watchdog kill +%.1fs; first start timed out +%.1fs; rescue triggered +%.1fs; the agent 2.0.0 and hello running again +%.1fs",
+			h, journalAt(j, "Watchdog timeout", 1)-h, journalAt(j, "start operation timed out", 1)-h, journalAt(j, "Triggering OnFailure=", 3)-h, hd-h)
 	}
 	// Guest times from the journal (seconds since the kernel started).
 	running := "agent 2.0.0 running"

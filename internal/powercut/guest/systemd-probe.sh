@@ -5,8 +5,9 @@
 # "PC:", on the serial console. Not part of edgefleet.
 #
 # pc.phase=rescue: the agent up at boot, then a self-update to an agent
-#   that cannot start (3.0.0), the rescue unit's work, then a good
-#   self-update (4.0.0) during which the host cuts the power (after PC:CUT).
+#   that cannot start (3.0.0), the rescue unit's work, (pc.hang=1) one to
+#   an agent that hangs (3.5.0) and its rescue, then a good self-update
+#   (4.0.0) during which the host cuts the power (after PC:CUT).
 # pc.phase=check:  the boot after the cut: the agent settled.
 exec > /dev/ttyS0 2>&1
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
@@ -67,6 +68,10 @@ rescue)
   # must not wait for it.
   say "WAITONLINE $(systemctl is-active systemd-networkd-wait-online.service)"
   report STATUS1
+  # Type=notify: active on the agent's READY=1, with its STATUS= line.
+  say "SDTYPE $(systemctl show -p Type --value edgefleet-agent.service)"
+  say "SDSTATUS $(systemctl show -p StatusText --value edgefleet-agent.service)"
+  say "SDWATCHDOG $(systemctl show -p WatchdogUSec --value edgefleet-agent.service)"
   # The new agent exits at start; systemd restarts it until the start
   # limit, then runs the rescue unit, which restores the previous agent
   # and starts the service again.
@@ -107,6 +112,26 @@ rescue)
     if ! waitfor 120 2.0.0 rolled-back; then say "FAIL $(up) after a start limit hit for another reason the agent is not running hello again"; fi
     say "OTHERDONE $(up)"
     report STATUS3
+  fi
+  # A self-update to an agent that hangs at start (3.5.0; pc.hang=1, the
+  # long run: about 10 minutes). After the re-exec it never pings: the
+  # watchdog (WatchdogSec) kills it; at each start it never says READY:
+  # each start times out (TimeoutStartSec); after StartLimitBurst starts
+  # the rescue unit restores 2.0.0.
+  if [ "$(arg hang)" = 1 ]; then
+    rolled() { journalctl -b -u edgefleet-agent-rescue.service | grep -c 'rolled back to 2.0.0'; }
+    n0=$(rolled)
+    say "HANG $(up)"
+    $A sideload $C --no-wait $L/agent-3.5.0.efb; say "SIDELOAD3 $? $(up)"
+    deadline=$(( $(cut -d. -f1 /proc/uptime) + 900 ))
+    until [ "$(rolled)" -gt "$n0" ]; do
+      unitwatch
+      [ "$(cut -d. -f1 /proc/uptime)" -gt "$deadline" ] && break
+      sleep 1
+    done
+    if ! waitfor 120 2.0.0 rolled-back; then say "FAIL $(up) no rescue of the agent that hangs: the agent is not back at 2.0.0 with hello running"; report STATUS4; journal; end; fi
+    say "HANGDONE $(up)"
+    report STATUS4
   fi
   journal
   # Then a good self-update, 2.0.0 -> 4.0.0, during which the host cuts

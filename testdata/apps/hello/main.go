@@ -15,7 +15,9 @@
 //
 // The failure switches can also be baked in at build time with
 // -X main.crash=1 or -X main.healthFail=1, for releases that are broken
-// whatever the environment.
+// whatever the environment. -X main.hang=1 makes any other mode (e.g. an
+// agent's "run --config ...") block until SIGTERM instead of printing the
+// usage: a stand-in for an agent that hangs at start.
 package main
 
 import (
@@ -32,6 +34,7 @@ var version = "dev"
 var (
 	crash      = ""
 	healthFail = ""
+	hang       = ""
 )
 
 func main() {
@@ -54,6 +57,13 @@ func main() {
 	case "--health", "health":
 		os.Exit(health())
 	default:
+		if hang != "" {
+			fmt.Fprintf(os.Stderr, "hello %s: hanging on purpose (-X main.hang) in %q\n", version, os.Args[1:])
+			sig := make(chan os.Signal, 1)
+			signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+			<-sig
+			os.Exit(0)
+		}
 		fmt.Fprintf(os.Stderr, "usage: hello --version | --serve | --health (version %s)\n", version)
 		os.Exit(2)
 	}
