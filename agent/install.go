@@ -582,6 +582,7 @@ func runProbe(ctx context.Context, path string, p *protocol.Probe) error {
 		cmd.Stdout, cmd.Stderr = &stdout, &stderr
 		cmd.WaitDelay = time.Second
 		cmd.Dir = filepath.Dir(path)
+		cmd.Env = childEnv(nil) // not the agent's systemd variables (sdnotify.go)
 		if p.StayUp > 0 {
 			stayedUp, err = stayup.Run(cmd, time.Duration(p.StayUp))
 		} else {

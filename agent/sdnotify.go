@@ -17,8 +17,8 @@ package agent
 //
 // Outside systemd (no NOTIFY_SOCKET) every call is a no-op. The variables
 // stay in the agent's own environment (the re-exec needs them) but are
-// taken out of the apps' (childEnv): an app is not the agent's main
-// process and must not be able to feed the agent's watchdog.
+// taken out of the apps', health commands' and probes' (childEnv): they
+// are not the agent's main process and must not feed its watchdog.
 
 import (
 	"context"
