@@ -355,7 +355,7 @@ func systemdScenario(t *testing.T, g *guest, img, point string, other bool) {
 		}
 		st3 := daemonStatus(t, res, "STATUS3")
 		if !st3.Daemon || st3.AgentVersion != "2.0.0" || sdApp(st3, agent.SelfApp).State != agent.StateRolledBack || !helloRuns(st3, "1.0.0") ||
-			mp[3] != strconv.Itoa(st3.PID) || strings.Count(j, "Triggering OnFailure=") != 2 || !strings.Contains(j, "edgefleet-agent is rolled-back, not on trial: nothing to rescue") {
+			mp[3] != strconv.Itoa(st3.PID) || strings.Count(j, "Triggering OnFailure=") < 2 || !strings.Contains(j, "edgefleet-agent is rolled-back, not on trial: nothing to rescue") {
 			t.Fatalf("after a start limit hit for another reason: want the rescue to find nothing on trial and start the agent 2.0.0 again with hello (MainPID %s), got daemon %v agent %q (pid %d) hello %+v\n%s", mp[3], st3.Daemon, st3.AgentVersion, st3.PID, sdApp(st3, "hello"), log)
 		}
 	}
