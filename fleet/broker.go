@@ -246,12 +246,12 @@ func StartBroker(opts BrokerOptions) (*Broker, error) {
 	}); err != nil {
 		return nil, fmt.Errorf("broker: open %s (is another broker using this --data?): %w", filepath.Join(opts.DataDir, "broker.db"), err)
 	}
-	tcp := &tcpListener{id: "tcp", address: opts.Listen, tlsConf: tlsConf, connectTimeout: opts.ConnectTimeout, logf: opts.Logf}
+	tcp := &tcpListener{id: "tcp", address: opts.Listen, tlsConf: tlsConf, connectTimeout: opts.ConnectTimeout, logf: opts.Logf, srv: srv}
 	if err := srv.AddListener(tcp); err != nil {
 		srv.Close()
 		return nil, fmt.Errorf("broker: listen on %s: %w", opts.Listen, err)
 	}
-	internal := &tcpListener{id: internalListenerID, address: "127.0.0.1:0", connectTimeout: opts.ConnectTimeout, logf: opts.Logf}
+	internal := &tcpListener{id: internalListenerID, address: "127.0.0.1:0", connectTimeout: opts.ConnectTimeout, logf: opts.Logf, srv: srv}
 	if err := srv.AddListener(internal); err != nil {
 		srv.Close()
 		return nil, fmt.Errorf("broker: internal listener on 127.0.0.1: %w", err)

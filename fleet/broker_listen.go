@@ -10,7 +10,9 @@ import (
 	"syscall"
 	"time"
 
+	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/listeners"
+	"github.com/mochi-mqtt/server/v2/packets"
 )
 
 // tcpListener is mochi's TCP listener with an accept loop that survives
@@ -27,6 +29,9 @@ type tcpListener struct {
 	// a deadline).
 	connectTimeout time.Duration
 	logf           func(string, ...any)
+	// srv, when set, is the broker whose clients Close disconnects itself
+	// (closeClients).
+	srv *mqtt.Server
 
 	mu     sync.Mutex
 	ln     net.Listener
@@ -132,5 +137,23 @@ func (l *tcpListener) Close(closeClients listeners.CloseFn) {
 	if l.ln != nil {
 		l.ln.Close()
 	}
-	closeClients(l.id)
+	l.closeClients(closeClients)
+}
+
+// closeClients disconnects this listener's clients. Not through mochi's
+// CloseFn when it can: that calls Clients.GetByListener, which takes the
+// clients' read lock twice, so a client connecting or leaving between the
+// two (a writer waiting) deadlocks the whole broker (mochi-mqtt/server
+// issue 488, unfixed in v2.7.9; seen here as a test stuck in Broker.Close
+// for 8 minutes). GetAll takes the lock once.
+func (l *tcpListener) closeClients(fallback listeners.CloseFn) {
+	if l.srv == nil {
+		fallback(l.id)
+		return
+	}
+	for _, cl := range l.srv.Clients.GetAll() {
+		if cl.Net.Listener == l.id && !cl.Closed() {
+			_ = l.srv.DisconnectClient(cl, packets.ErrServerShuttingDown)
+		}
+	}
 }
