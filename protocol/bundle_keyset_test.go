@@ -102,32 +102,14 @@ func makeBundleKeySetVectors(t testing.TB) (map[string][]byte, []bundleKeySetVec
 
 	// A chain message that does not parse (no key set in it), written
 	// around WriteBundleKeySet, which refuses it.
-	var garbage bytes.Buffer
-	tw := tar.NewWriter(&garbage)
-	for _, e := range []struct {
-		name string
-		data []byte
-	}{{NameKeySet, []byte(`{"schema":1,"keysets":[]}`)}, {NameManifest, rawT}, {NameSignature, sigT}, {NamePayload, xzp}} {
-		tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: e.name, Mode: 0o644, Size: int64(len(e.data)), ModTime: time.Unix(1700000000, 0), Format: tar.FormatUSTAR})
-		tw.Write(e.data)
-	}
-	tw.Close()
-	add("bundle-malformed-keyset.efb", "ok", 0, "ErrMalformed", "keyset.json holds a chain with no key set: ignored; the manifest signed by TEST-ONLY-trusted installs", garbage.Bytes())
+	garbage := tarOf(tarEntry{NameKeySet, []byte(`{"schema":1,"keysets":[]}`)}, tarEntry{NameManifest, rawT}, tarEntry{NameSignature, sigT}, tarEntry{NamePayload, xzp})
+	add("bundle-malformed-keyset.efb", "ok", 0, "ErrMalformed", "keyset.json holds a chain with no key set: ignored; the manifest signed by TEST-ONLY-trusted installs", garbage)
 
-	var late bytes.Buffer
-	tw = tar.NewWriter(&late)
-	for _, e := range []struct {
-		name string
-		data []byte
-	}{{NameManifest, rawT}, {NameSignature, sigT}, {NameKeySet, good}, {NamePayload, xzp}} {
-		tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: e.name, Mode: 0o644, Size: int64(len(e.data)), ModTime: time.Unix(1700000000, 0), Format: tar.FormatUSTAR})
-		tw.Write(e.data)
-	}
-	tw.Close()
-	add("bundle-keyset-not-first.efb", "ErrMalformed", 0, "", "keyset.json after the signature: only the first entry may be a key set", late.Bytes())
+	late := tarOf(tarEntry{NameManifest, rawT}, tarEntry{NameSignature, sigT}, tarEntry{NameKeySet, good}, tarEntry{NamePayload, xzp})
+	add("bundle-keyset-not-first.efb", "ErrMalformed", 0, "", "keyset.json after the signature: only the first entry may be a key set", late)
 
 	var big bytes.Buffer
-	tw = tar.NewWriter(&big)
+	tw := tar.NewWriter(&big)
 	tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: NameKeySet, Mode: 0o644, Size: MaxKeySetMessage + 1, ModTime: time.Unix(1700000000, 0), Format: tar.FormatUSTAR})
 	tw.Flush()
 	add("bundle-keyset-too-large.efb", "ErrTooLarge", 0, "", "keyset.json declares 256 KiB + 1 bytes (the archive ends after the header): refused before allocating", big.Bytes())
@@ -268,4 +250,22 @@ func advanceFromBundle(st *TrustState, raw []byte, now time.Time) error {
 		*st = ns
 	}
 	return err
+}
+
+type tarEntry struct {
+	name string
+	data []byte
+}
+
+// tarOf is a bundle-shaped tar of entries in order, written around
+// WriteBundle and WriteBundleKeySet (which refuse such bundles).
+func tarOf(entries ...tarEntry) []byte {
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for _, e := range entries {
+		tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: e.name, Mode: 0o644, Size: int64(len(e.data)), ModTime: time.Unix(1700000000, 0), Format: tar.FormatUSTAR})
+		tw.Write(e.data)
+	}
+	tw.Close()
+	return buf.Bytes()
 }
