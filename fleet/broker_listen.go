@@ -29,8 +29,7 @@ type tcpListener struct {
 	// a deadline).
 	connectTimeout time.Duration
 	logf           func(string, ...any)
-	// srv, when set, is the broker whose clients Close disconnects itself
-	// (closeClients).
+	// srv is the broker whose clients Close disconnects (closeClients).
 	srv *mqtt.Server
 
 	mu     sync.Mutex
@@ -123,7 +122,8 @@ func (l *tcpListener) acceptFailed(err error) {
 	l.logf("broker: cannot accept a connection on %s: %v (retrying)", l.Address(), err)
 }
 
-func (l *tcpListener) Close(closeClients listeners.CloseFn) {
+// Close ignores mochi's CloseFn: see closeClients.
+func (l *tcpListener) Close(_ listeners.CloseFn) {
 	l.mu.Lock()
 	if l.closed {
 		l.mu.Unlock()
@@ -137,20 +137,16 @@ func (l *tcpListener) Close(closeClients listeners.CloseFn) {
 	if l.ln != nil {
 		l.ln.Close()
 	}
-	l.closeClients(closeClients)
+	l.closeClients()
 }
 
 // closeClients disconnects this listener's clients. Not through mochi's
-// CloseFn when it can: that calls Clients.GetByListener, which takes the
+// CloseFn: that calls Clients.GetByListener, which takes the
 // clients' read lock twice, so a client connecting or leaving between the
 // two (a writer waiting) deadlocks the whole broker (mochi-mqtt/server
 // issue 488, unfixed in v2.7.9; seen here as a test stuck in Broker.Close
 // for 8 minutes). GetAll takes the lock once.
-func (l *tcpListener) closeClients(fallback listeners.CloseFn) {
-	if l.srv == nil {
-		fallback(l.id)
-		return
-	}
+func (l *tcpListener) closeClients() {
 	for _, cl := range l.srv.Clients.GetAll() {
 		if cl.Net.Listener == l.id && !cl.Closed() {
 			_ = l.srv.DisconnectClient(cl, packets.ErrServerShuttingDown)
