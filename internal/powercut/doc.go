@@ -58,7 +58,7 @@
 // long run only) is started again by the rescue unit, which rolls nothing
 // back; the unit is Type=notify (active on the agent's READY, its STATUS
 // line shown) with a watchdog, and a self-update to an agent that hangs
-// at start (the long run only: about ten minutes) is killed by the
+// at start (the long run only: about eight minutes) is killed by the
 // watchdog, times out at each start and is rescued the same way; a power cut
 // when the agent re-executes a good update ends, on the next boot under
 // systemd, in a working agent that systemctl stop stops gracefully. procd

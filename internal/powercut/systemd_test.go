@@ -170,7 +170,7 @@ func systemdBoot(t *testing.T, g *guest, disk, cmdline string, cut func(l line, 
 	t.Helper()
 	limit := 8 * time.Minute
 	if strings.Contains(cmdline, "pc.hang=1") {
-		limit = 20 * time.Minute // the agent that hangs: about 10 minutes of systemd's timeouts
+		limit = 20 * time.Minute // the agent that hangs: about 8 minutes of systemd's timeouts
 	}
 	res := g.boot(context.Background(), disk, "no_timer_check systemd.journald.forward_to_console=1 "+cmdline, limit, func(l line, c func()) bool {
 		if strings.HasPrefix(l.text, "PC:END") || strings.HasPrefix(l.text, "PC:INITRDFAIL") {
@@ -249,7 +249,7 @@ func TestSystemdUnitsBootAndRescue(t *testing.T) {
 }
 
 // systemdScenario: other adds the start limit hit for another reason and
-// the agent that hangs at start (the long run: about 11 minutes more).
+// the agent that hangs at start (the long run: about 8 minutes more).
 func systemdScenario(t *testing.T, g *guest, img, point string, other bool) {
 	sem := machines()
 	sem <- struct{}{}

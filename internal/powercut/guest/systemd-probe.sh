@@ -114,7 +114,7 @@ rescue)
     report STATUS3
   fi
   # A self-update to an agent that hangs at start (3.5.0; pc.hang=1, the
-  # long run: about 10 minutes). After the re-exec it never pings: the
+  # long run: about 8 minutes). After the re-exec it never pings: the
   # watchdog (WatchdogSec) kills it; at each start it never says READY:
   # each start times out (TimeoutStartSec); after StartLimitBurst starts
   # the rescue unit restores 2.0.0.
